@@ -1,0 +1,34 @@
+"""THUMOS14 with I3D features (2048-d, RGB + flow), the paper's settings.
+
+Expects the BaSNet/LACP layout: an ActivityNet-style annotation JSON and
+``features/{rgb,flow}/<video_id>.npy`` of shape ``(T, 1024)`` each; trains on
+the validation split and tests on the test split::
+
+  python -m jaxseg.main --config configs/thumos14_i3d.py --workdir runs/thumos14 \
+      --config.data.annotation_path=/data/thumos14/gt.json \
+      --config.data.features_dir=/data/thumos14/features
+
+Paper settings (section 5.1): alpha 0.1, beta 1e-4, gamma 0.02, r = 2Q;
+Adam lr 1e-4 with weight decay 5e-4 as in W-TALC / BaSNet.
+"""
+
+from jaxseg import config as config_lib
+
+
+def get_config():
+  c = config_lib.base_config()
+  c.data.format = "activitynet"
+  c.data.feature_streams = ("rgb", "flow")
+  c.data.feature_dim = 2048
+  c.data.train_subset = "validation"
+  c.data.test_subset = "test"
+  c.labels.mode = "one-segment"
+  c.train.batch_size = 16
+  c.train.num_steps = 10000
+  c.train.learning_rate = 1e-4
+  c.train.weight_decay = 5e-4
+  c.train.max_length = 750
+  c.train.validation_fraction = 0.1
+  c.eval.tiou_thresholds = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+  c.eval.averages = (("avg0.1:0.5", 0.1, 0.5), ("avg0.1:0.7", 0.1, 0.7))
+  return c

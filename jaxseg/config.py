@@ -1,0 +1,208 @@
+"""The base configuration every ``configs/*.py`` starts from, and its validation.
+
+Every knob of a run lives here, with its default and meaning. ``configs/*.py``
+override what differs; the command line overrides further
+(``--config.train.learning_rate=3e-4``).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+LABEL_MODES = ("one-segment", "two-segment", "video-level", "full", "points")
+DATASET_FORMATS = ("synthetic", "activitynet", "wtalc")
+PROP_METHODS = ("naive", "dense", "factorized")
+TOPK_MODES = ("labeled", "fixed")
+PROTOCOLS = ("activitynet", "wtalc")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """All fields with their defaults (the paper's THUMOS14 I3D settings)."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # parameter init, dropout and data order
+
+  # ----------------------------------------------------------------- data
+  c.data = d = ml_collections.ConfigDict()
+  d.format = "synthetic"  # one of DATASET_FORMATS
+  # ActivityNet-style JSON + features folder (BaSNet / LACP layout).
+  d.annotation_path = ""
+  d.features_dir = ""
+  # Sub-folders of features_dir concatenated on D, e.g. ("rgb", "flow"); empty:
+  # features_dir/<vid>.npy.
+  d.feature_streams = ()
+  d.train_split_file = ""  # optional text file, one video id per line
+  d.test_split_file = ""
+  # W-TALC bundle folder (features .npy + videoname.npy, subset.npy, ...).
+  d.wtalc_dir = ""
+  d.wtalc_features_file = ""  # e.g. "Thumos14reduced-I3D-JOINTFeatures.npy"
+  d.train_subset = "validation"  # THUMOS14 trains on its validation split
+  d.test_subset = "test"
+  d.feature_dim = 2048  # checked against the files
+  d.feature_rate = 25.0 / 16.0  # segments per second
+  d.skip_bad_videos = False  # skip (and report) unreadable videos instead of failing
+  # Synthetic THUMOS14-shaped dataset, generated into <workdir>/data if absent.
+  d.synthetic = s = ml_collections.ConfigDict()
+  s.seed = 0
+  s.num_classes = 20
+  s.num_train = 200
+  s.num_test = 200
+  s.feature_dim = 64
+  s.max_length = 2600
+  s.output_dir = ""  # default: <workdir>/data
+
+  # ------------------------------------------------- segment-level labels
+  c.labels = l = ml_collections.ConfigDict()
+  l.mode = "one-segment"  # one of LABEL_MODES
+  l.seed = 0  # which segments get sampled
+  l.points_csv = ""  # LACP-style point labels, with mode="points"
+  l.fps_json = ""  # per-video original fps for points_csv
+
+  # ---------------------------------------------------------------- model
+  c.model = m = ml_collections.ConfigDict()
+  m.embed_dim = -1  # -1: same as the feature dimension (paper: D -> D)
+  m.dropout_rate = 0.7  # as W-TALC
+
+  # ----------------------------------------------------------------- loss
+  c.loss = lo = ml_collections.ConfigDict()
+  lo.use_classification = True
+  lo.use_segment = True
+  lo.use_sphere = True
+  lo.use_propagation = True
+  lo.alpha = 0.1  # partial segment loss weight (eq. 1)
+  lo.beta = 1e-4  # sphere loss weight
+  lo.gamma = 0.02  # propagation loss weight
+  lo.margin = 4  # SphereFace m (integer >= 1)
+  # top-k for eq. 2: "labeled": r = 2 Q (paper 5.1); "fixed": r = topk_ratio.
+  lo.topk_mode = "labeled"
+  lo.topk_ratio = 8.0
+  lo.propagation_method = "factorized"  # one of PROP_METHODS
+  # Whether the propagation loss back-propagates into f through S (eq. 13).
+  lo.propagation_grad_through_similarity = False
+
+  # ------------------------------------------------------------- training
+  c.train = t = ml_collections.ConfigDict()
+  t.batch_size = 16
+  t.num_steps = 5000
+  t.learning_rate = 1e-4
+  t.weight_decay = 5e-4
+  t.warmup_steps = 0
+  t.schedule = "constant"  # "constant" or "cosine"
+  t.grad_clip_norm = 0.0  # 0: off
+  t.max_length = 750  # training videos longer than this are sampled down
+  t.crop_mode = "uniform"  # "uniform" sampling or random "crop" to max_length
+  t.length_buckets = (64, 128, 256, 512, 750, 1024, 2048, 4096)
+  t.log_every = 50
+  t.eval_every = 500
+  t.checkpoint_every = 500
+  t.keep_checkpoints = 3
+  t.validation_fraction = 0.0  # held out of training for model selection
+  t.skip_nonfinite = False  # skip a batch with non-finite gradients instead of stopping
+  t.progress = True
+
+  # ------------------------------------------------------------ inference
+  c.inference = i = ml_collections.ConfigDict()
+  i.batch_size = 8
+  i.class_threshold = 0.0  # keep classes whose s_a exceeds this (paper 4.7)
+  i.class_top_ratio = 0.0  # and/or softmax p_a above this (0: off)
+  i.cas_thresholds = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)  # on min-max normalised C_a
+  i.outer_scale = 0.25  # outer region = this fraction of the proposal on each side
+  i.class_score_weight = 0.2  # proposal score = inner-outer + w * class score
+  i.nms_iou = 0.6
+  i.max_proposals_per_video = 100
+
+  # ----------------------------------------------------------- evaluation
+  c.eval = e = ml_collections.ConfigDict()
+  e.protocol = "activitynet"  # or "wtalc" (non-interpolated, first match)
+  e.tiou_thresholds = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+  # Averages reported: name -> (low, high) inclusive range of thresholds.
+  e.averages = (("avg0.1:0.5", 0.1, 0.5), ("avg0.1:0.7", 0.1, 0.7))
+  e.num_plot_videos = 0  # --mode eval writes CAS timelines for this many videos
+
+  # --------------------------------------------------------------- ablation
+  c.ablation = a = ml_collections.ConfigDict()
+  a.label_modes = ("one-segment", "two-segment")
+  a.num_seeds = 1
+  return c
+
+
+class ConfigError(ValueError):
+  """A configuration value is invalid; the message names the field."""
+
+
+def _check(ok: bool, field: str, message: str) -> None:
+  if not ok:
+    raise ConfigError(f"config.{field}: {message}")
+
+
+def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1) -> None:
+  """Rejects a bad configuration before anything is loaded or compiled.
+
+  Raises:
+    ConfigError: naming the first offending field.
+  """
+  _check(c.data.format in DATASET_FORMATS, "data.format",
+         f"{c.data.format!r} is not one of {DATASET_FORMATS}")
+  if c.data.format == "activitynet":
+    _check(bool(c.data.annotation_path), "data.annotation_path",
+           "is required with data.format='activitynet'")
+    _check(bool(c.data.features_dir), "data.features_dir",
+           "is required with data.format='activitynet'")
+  if c.data.format == "wtalc":
+    _check(bool(c.data.wtalc_dir), "data.wtalc_dir", "is required with data.format='wtalc'")
+  _check(c.data.feature_rate > 0, "data.feature_rate", "must be > 0")
+  _check(c.labels.mode in LABEL_MODES, "labels.mode",
+         f"{c.labels.mode!r} is not one of {LABEL_MODES}")
+  if c.labels.mode == "points":
+    _check(bool(c.labels.points_csv), "labels.points_csv", "is required with labels.mode='points'")
+    _check(bool(c.labels.fps_json), "labels.fps_json", "is required with labels.mode='points'")
+  _check(0.0 <= c.model.dropout_rate < 1.0, "model.dropout_rate", "must be in [0, 1)")
+  _check(c.model.embed_dim == -1 or c.model.embed_dim > 0, "model.embed_dim",
+         "must be > 0, or -1 for the feature dimension")
+  for name in ("alpha", "beta", "gamma"):
+    v = getattr(c.loss, name)
+    _check(v >= 0, f"loss.{name}", f"loss weights must be >= 0, got {v}")
+  _check(int(c.loss.margin) == c.loss.margin and c.loss.margin >= 1, "loss.margin",
+         f"the SphereFace margin m must be an integer >= 1, got {c.loss.margin}")
+  _check(c.loss.topk_mode in TOPK_MODES, "loss.topk_mode",
+         f"{c.loss.topk_mode!r} is not one of {TOPK_MODES}")
+  _check(c.loss.topk_ratio >= 1, "loss.topk_ratio",
+         f"the top-k ratio r must be >= 1, got {c.loss.topk_ratio}")
+  _check(c.loss.propagation_method in PROP_METHODS, "loss.propagation_method",
+         f"{c.loss.propagation_method!r} is not one of {PROP_METHODS}")
+  _check(c.loss.use_classification or c.loss.use_segment or c.loss.use_sphere
+         or c.loss.use_propagation, "loss", "at least one loss term must be on")
+  t = c.train
+  _check(t.batch_size >= 1, "train.batch_size", "must be >= 1")
+  _check(t.batch_size % num_devices == 0, "train.batch_size",
+         f"{t.batch_size} is not divisible by the number of devices ({num_devices})")
+  _check(t.num_steps >= 1, "train.num_steps", "must be >= 1")
+  _check(t.learning_rate > 0, "train.learning_rate", "must be > 0")
+  _check(t.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+  _check(t.schedule in ("constant", "cosine"), "train.schedule",
+         f"{t.schedule!r} is not 'constant' or 'cosine'")
+  _check(t.max_length >= 1, "train.max_length", "must be >= 1")
+  _check(t.crop_mode in ("uniform", "crop"), "train.crop_mode",
+         f"{t.crop_mode!r} is not 'uniform' or 'crop'")
+  _check(len(t.length_buckets) > 0 and all(b > 0 for b in t.length_buckets),
+         "train.length_buckets", "must be a non-empty list of positive lengths")
+  for name in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
+    _check(getattr(t, name) >= 1, f"train.{name}", "must be >= 1")
+  _check(0.0 <= t.validation_fraction < 1.0, "train.validation_fraction", "must be in [0, 1)")
+  i = c.inference
+  _check(i.batch_size >= 1, "inference.batch_size", "must be >= 1")
+  _check(len(i.cas_thresholds) > 0 and all(0.0 <= x <= 1.0 for x in i.cas_thresholds),
+         "inference.cas_thresholds", "must be a non-empty list of values in [0, 1]")
+  _check(0.0 <= i.nms_iou <= 1.0, "inference.nms_iou", "must be in [0, 1]")
+  _check(i.outer_scale >= 0, "inference.outer_scale", "must be >= 0")
+  _check(i.max_proposals_per_video >= 1, "inference.max_proposals_per_video", "must be >= 1")
+  _check(0.0 <= i.class_top_ratio <= 1.0, "inference.class_top_ratio", "must be in [0, 1]")
+  _check(c.eval.protocol in PROTOCOLS, "eval.protocol",
+         f"{c.eval.protocol!r} is not one of {PROTOCOLS}")
+  _check(len(c.eval.tiou_thresholds) > 0
+         and all(0.0 < x <= 1.0 for x in c.eval.tiou_thresholds),
+         "eval.tiou_thresholds", "must be a non-empty list of values in (0, 1]")
+  for name, lo_, hi_ in c.eval.averages:
+    _check(lo_ <= hi_, "eval.averages", f"{name}: low {lo_} > high {hi_}")
+  for mode in c.ablation.label_modes:
+    _check(mode in LABEL_MODES, "ablation.label_modes", f"{mode!r} is not one of {LABEL_MODES}")
+  _check(c.ablation.num_seeds >= 1, "ablation.num_seeds", "must be >= 1")
