@@ -1,0 +1,416 @@
+"""Tests for jaxseg.inference (paper 4.7) against float64 NumPy references."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from jaxseg import inference
+from jaxseg.data.video import DataError, Video
+
+
+def make_config(**overrides) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict(dict(
+      class_threshold=0.0, class_top_ratio=0.0, cas_thresholds=(0.4,),
+      outer_scale=0.25, class_score_weight=0.2, nms_iou=0.6,
+      max_proposals_per_video=100))
+  c.update(overrides)
+  return c
+
+
+# ------------------------------------------------------------ references
+
+
+def ref_scores(cas_cls, cas_loc, lengths, k):
+  """Eq. 2-3 in float64, straight from the paper, one video at a time."""
+  num_b, _, num_n = cas_cls.shape
+  s = np.zeros((num_b, num_n))
+  for b in range(num_b):
+    length = int(lengths[b])
+    if length == 0:
+      continue
+    kk = min(max(int(k[b]), 1), length)
+    cas_a = (cas_cls[b, :length].astype(np.float64) + cas_loc[b, :length]) / 2
+    for n in range(num_n):
+      s[b, n] = np.sum(sorted(cas_a[:, n], reverse=True)[:kk]) / kk
+  e = np.exp(s - s.max(axis=1, keepdims=True))
+  return s, e / e.sum(axis=1, keepdims=True)
+
+
+def ref_iou(a, b):
+  inter = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
+  union = (a[1] - a[0]) + (b[1] - b[0]) - inter
+  return inter / union if union > 0 else 0.0
+
+
+def ref_nms(segments, scores, thr):
+  order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+  kept = []
+  for i in order:
+    if all(ref_iou(segments[i], segments[j]) <= thr for j in kept):
+      kept.append(i)
+  return kept
+
+
+def ref_proposals(cas, s, p, rate, duration, cfg):
+  """Paper 4.7 proposals with plain Python loops over segments."""
+  num_t, num_n = cas.shape
+  keep = [n for n in range(num_n) if s[n] > cfg.class_threshold
+          and (cfg.class_top_ratio <= 0 or p[n] >= cfg.class_top_ratio * max(p))]
+  top = int(np.argmax(s))
+  if top not in keep:
+    keep = sorted(keep + [top])
+  dets = []
+  for c in keep:
+    x = [float(v) for v in cas[:, c]]
+    lo, hi = min(x), max(x)
+    norm = [(v - lo) / (hi - lo) if hi > lo else 1.0 for v in x]
+    segs, scores = [], []
+    for th in cfg.cas_thresholds:
+      t = 0
+      while t < num_t:
+        if norm[t] <= th:
+          t += 1
+          continue
+        u = t
+        while u < num_t and norm[u] > th:
+          u += 1
+        w = math.ceil(cfg.outer_scale * (u - t) - 1e-9)
+        outer = x[max(0, t - w):t] + x[u:min(num_t, u + w)]
+        score = (sum(x[t:u]) / (u - t) - (sum(outer) / len(outer) if outer else 0.0)
+                 + cfg.class_score_weight * s[c])
+        start, end = min(t / rate, duration), min(u / rate, duration)
+        if end > start:
+          segs.append((start, end))
+          scores.append(score)
+        t = u
+    for i in ref_nms(segs, scores, cfg.nms_iou):
+      dets.append((scores[i], c, segs[i]))
+  dets.sort(key=lambda d: -d[0])
+  return dets[:cfg.max_proposals_per_video]
+
+
+def assert_same_detections(got, want, tol=1e-9):
+  assert len(got) == len(want)
+  for g, (score, c, seg) in zip(got, want):
+    assert g["label"] == c
+    assert g["score"] == pytest.approx(score, abs=tol)
+    assert g["segment"] == pytest.approx(list(seg), abs=1e-12)
+
+
+# ---------------------------------------------------------------- scores
+
+
+def test_inference_topk():
+  k = inference.inference_topk(np.array([0, 1, 7, 8, 16, 17, 100]), 8.0)
+  np.testing.assert_array_equal(k, [1, 1, 1, 1, 2, 2, 12])
+  assert k.dtype == np.int32
+  np.testing.assert_array_equal(inference.inference_topk(np.array([5, 6]), 2.5), [2, 2])
+  with pytest.raises(ValueError, match="ratio"):
+    inference.inference_topk(np.array([5]), 0.5)
+
+
+def test_video_scores_matches_float64_reference():
+  rng = np.random.default_rng(0)
+  num_b, num_t, num_n = 5, 9, 4
+  lengths = np.array([9, 5, 1, 0, 6])
+  mask = np.arange(num_t)[None] < lengths[:, None]
+  cas_cls = rng.normal(size=(num_b, num_t, num_n)).astype(np.float32)
+  cas_loc = rng.normal(size=(num_b, num_t, num_n)).astype(np.float32)
+  # Video 4: all real values negative, padding exactly zero (as the model's
+  # zero-padded output could be): the padding must not be picked by the top-k.
+  cas_cls[4] = -np.abs(cas_cls[4]) - 1.0
+  cas_loc[4] = -np.abs(cas_loc[4]) - 1.0
+  cas_cls[4, 6:] = cas_loc[4, 6:] = 0.0
+  # Other padded steps hold garbage that must be ignored.
+  cas_cls[:4][~mask[:4]] = 1e3
+  k = np.array([3, 10, 1, 1, 2], np.int32)  # 10 > length 5: clipped to 5
+  out = jax.device_get(inference.video_scores(cas_cls, cas_loc, mask, k))
+  s_ref, p_ref = ref_scores(cas_cls, cas_loc, lengths, k)
+  np.testing.assert_allclose(out["s_a"], s_ref, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(out["p_a"], p_ref, rtol=1e-6, atol=1e-7)
+  assert out["s_a"].dtype == np.float32 and out["p_a"].dtype == np.float32
+  np.testing.assert_array_equal(out["cas_a"][~mask], 0.0)
+  np.testing.assert_allclose(out["cas_a"][mask],
+                             ((cas_cls.astype(np.float64) + cas_loc) / 2)[mask], rtol=1e-6)
+  np.testing.assert_allclose(out["p_a"][3], np.full(num_n, 1 / num_n), rtol=1e-6)
+  assert np.all(out["s_a"][4] < -1.0)
+
+
+# ------------------------------------------------------------------- NMS
+
+
+def test_temporal_nms_hand_built():
+  segs = np.array([[0, 10], [1, 11], [20, 30], [0, 5]], float)
+  scores = np.array([0.9, 0.8, 0.7, 0.95])
+  # [0,5] first; IoU([0,5],[0,10]) = 0.5 is not > 0.5: kept; IoU([0,10],[1,11])
+  # = 9/11: suppressed; [20,30] overlaps nothing.
+  np.testing.assert_array_equal(inference.temporal_nms(segs, scores, 0.5), [3, 0, 2])
+  # At 0.4 [0,10] goes, so it no longer suppresses [1,11], whose IoU with
+  # [0,5] is 4/11 <= 0.4 (greedy: only kept segments suppress).
+  np.testing.assert_array_equal(inference.temporal_nms(segs, scores, 0.4), [3, 1, 2])
+  np.testing.assert_array_equal(inference.temporal_nms(segs, scores, 0.9), [3, 0, 1, 2])
+  assert inference.temporal_nms(np.zeros((0, 2)), np.zeros(0), 0.5).shape == (0,)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_temporal_nms_vs_brute_force(seed):
+  rng = np.random.default_rng(seed)
+  starts = rng.uniform(0, 50, size=40)
+  segs = np.stack([starts, starts + rng.uniform(0.5, 15, size=40)], axis=1)
+  segs[5] = segs[3]  # an exact duplicate
+  scores = rng.uniform(size=40)
+  thr = [0.3, 0.5, 0.7][seed % 3]
+  got = inference.temporal_nms(segs, scores, thr)
+  assert got.tolist() == ref_nms(segs.tolist(), scores.tolist(), thr)
+
+
+# ------------------------------------------------------------- proposals
+
+
+def test_proposals_hand_built():
+  cas = np.zeros((10, 3), np.float32)
+  cas[:, 0] = [0, 4, 2, 0, 0, 1, 2, 4, 4, 2]  # normalised: / 4
+  cas[:, 1] = np.arange(10)
+  cas[:, 2] = 1.0  # constant: the whole video
+  s_a = np.array([0.5, -0.1, 0.2])
+  p_a = np.exp(s_a) / np.exp(s_a).sum()
+  dets = inference.generate_proposals(cas, s_a, p_a, feature_rate=2.0, duration=4.8,
+                                      config=make_config())
+  # Class 0 at 0.4: runs [1, 3) and [6, 10) segments -> [0.5, 1.5] s and
+  # [3.0, min(5.0, 4.8)] s. Outer width ceil(0.25 * 2) = 1 and ceil(0.25 * 4) = 1.
+  # [1, 3): inner (4 + 2) / 2 = 3, outer {0, 0} -> 0: 3 + 0.2 * 0.5 = 3.1.
+  # [6, 10): inner 12 / 4 = 3, outer {1} (the right side is past the end) -> 2.1.
+  # Class 1 (s_a < 0) is dropped. Class 2: [0, 4.8], inner 1, no outer: 1.04.
+  assert [d["label"] for d in dets] == [0, 0, 2]
+  assert [d["segment"] for d in dets] == [[0.5, 1.5], [3.0, 4.8], [0.0, 4.8]]
+  np.testing.assert_allclose([d["score"] for d in dets], [3.1, 2.1, 1.04], atol=1e-12)
+  assert all(type(d["score"]) is float and type(d["label"]) is int for d in dets)
+  assert all(type(x) is float for d in dets for x in d["segment"])
+  # A proposal that starts after the (shorter) duration is dropped; one that
+  # straddles it is clipped.
+  dets = inference.generate_proposals(cas, s_a, p_a, feature_rate=2.0, duration=2.9,
+                                      config=make_config(class_threshold=0.3))
+  assert [(d["label"], d["segment"]) for d in dets] == [(0, [0.5, 1.5])]
+  # Strictly above the threshold: normalised values equal to 0.5 are out.
+  # [1,2): 4 - mean{0, 2} + 0.1 = 3.1; [7,9): 4 - mean{2, 2} + 0.1 = 2.1.
+  dets = inference.generate_proposals(cas, s_a, p_a, feature_rate=2.0, duration=4.8,
+                                      config=make_config(class_threshold=0.3,
+                                                         cas_thresholds=(0.5,)))
+  assert [d["segment"] for d in dets] == [[0.5, 1.0], [3.5, 4.5]]
+  assert [d["score"] for d in dets] == pytest.approx([3.1, 2.1], abs=1e-12)
+  # The cap keeps the best proposals.
+  dets = inference.generate_proposals(cas, s_a, p_a, feature_rate=2.0, duration=4.8,
+                                      config=make_config(max_proposals_per_video=2))
+  assert [d["score"] for d in dets] == pytest.approx([3.1, 2.1])
+
+
+def test_proposals_several_thresholds_deduplicated():
+  cas = np.zeros((10, 1), np.float32)
+  cas[:, 0] = [0, 4, 2, 0, 0, 1, 2, 4, 4, 2]
+  cfg = make_config(cas_thresholds=(0.1, 0.4, 0.6), outer_scale=0.5)
+  dets = inference.generate_proposals(cas, np.array([1.0]), np.array([1.0]),
+                                      feature_rate=1.0, duration=10.0, config=cfg)
+  # Runs: > 0.1: [1,3) [5,10); > 0.4: [1,3) [6,10); > 0.6: [1,2) [7,9).
+  # Scores (outer width ceil(0.5 L)), plus 0.2 * 1:
+  #   [1,3): 3 - mean{0, 0} = 3;      [5,10): 13/5 - mean{2, 0, 0} = 1.933;
+  #   [6,10): 3 - mean{0, 1} = 2.5;   [1,2): 4 - mean{0, 2} = 3;
+  #   [7,9): 4 - mean{2, 2} = 2.
+  # NMS at 0.6: the second [1,3) is a duplicate; [1,2) vs [1,3): IoU 0.5, kept;
+  # [7,9) vs [6,10): IoU 0.5, kept; [5,10) vs [6,10): IoU 0.8, suppressed.
+  got = [(d["segment"], round(d["score"], 9)) for d in dets]
+  assert got == [([1.0, 3.0], 3.2), ([1.0, 2.0], 3.2), ([6.0, 10.0], 2.7),
+                 ([7.0, 9.0], 2.2)]
+
+
+def test_class_selection():
+  s_a = np.array([-2.0, -0.5, -1.0])
+  assert inference.select_classes(s_a, s_a, class_threshold=0.0).tolist() == [1]
+  s_a = np.array([2.0, 1.9, 0.1, -3.0])
+  p_a = np.exp(s_a) / np.exp(s_a).sum()
+  assert inference.select_classes(s_a, p_a, class_threshold=0.0).tolist() == [0, 1, 2]
+  # p1 / p0 = e^-0.1 >= 0.5; p2 / p0 = e^-1.9 < 0.5.
+  assert inference.select_classes(s_a, p_a, class_threshold=0.0,
+                                  class_top_ratio=0.5).tolist() == [0, 1]
+  # Via generate_proposals: a video with all class scores negative still gets
+  # detections, of its top class only.
+  rng = np.random.default_rng(1)
+  cas = rng.normal(size=(20, 3))
+  dets = inference.generate_proposals(cas, np.array([-2.0, -0.5, -1.0]),
+                                      np.array([0.2, 0.5, 0.3]), feature_rate=1.0,
+                                      duration=20.0, config=make_config())
+  assert dets and {d["label"] for d in dets} == {1}
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_proposals_vs_brute_force(seed):
+  rng = np.random.default_rng(seed)
+  num_t, num_n = int(rng.integers(1, 40)), 4
+  cas = rng.normal(size=(num_t, num_n)).astype(np.float32)
+  cas[:, 3] = np.round(cas[:, 3])  # plateaus and ties
+  s_a = rng.normal(size=num_n)
+  p_a = np.exp(s_a) / np.exp(s_a).sum()
+  cfg = make_config(cas_thresholds=(0.1, 0.25, 0.5, 0.7, 0.9),
+                    outer_scale=[0.25, 0.5, 0.0][seed % 3],
+                    class_top_ratio=[0.0, 0.3][seed % 2],
+                    class_threshold=[0.0, -0.5][seed % 2],
+                    nms_iou=[0.6, 0.3, 0.9][seed % 3],
+                    max_proposals_per_video=[100, 5][seed % 2])
+  rate, duration = 25 / 16, (num_t - 0.5) * 16 / 25
+  got = inference.generate_proposals(cas, s_a, p_a, feature_rate=rate, duration=duration,
+                                     config=cfg)
+  want = ref_proposals(cas.astype(np.float64), s_a, p_a, rate, duration, cfg)
+  assert got
+  assert_same_detections(got, want)
+
+
+def test_proposals_bad_input():
+  cfg = make_config()
+  with pytest.raises(ValueError, match="'vid7'.*feature_rate"):
+    inference.generate_proposals(np.ones((3, 2)), np.ones(2), np.ones(2), feature_rate=0.0,
+                                 duration=1.0, config=cfg, video_id="vid7")
+  with pytest.raises(ValueError, match="'vid7'.*classes"):
+    inference.generate_proposals(np.ones((3, 2)), np.ones(3), np.ones(3), feature_rate=1.0,
+                                 duration=1.0, config=cfg, video_id="vid7")
+  with pytest.raises(ValueError, match="not finite"):
+    inference.generate_proposals(np.full((3, 2), np.nan), np.ones(2), np.ones(2),
+                                 feature_rate=1.0, duration=1.0, config=cfg)
+
+
+# --------------------------------------------------------------- predict
+
+NUM_D, NUM_N, NUM_T = 3, 3, 12
+CLASS_NAMES = ["Jump", "Throw", "Run"]
+
+
+@jax.jit
+def fake_apply(variables, features, mask):
+  cas = jnp.einsum("btd,dn->btn", features, variables["w"])
+  return {"features": features, "cas_cls": cas, "cas_loc": 0.5 * cas + variables["b"]}
+
+
+@pytest.fixture(scope="module")
+def predict_setup():
+  rng = np.random.default_rng(3)
+  variables = {"w": rng.normal(size=(NUM_D, NUM_N)).astype(np.float32),
+               "b": np.float32(0.25)}
+  lengths = {"v0": 12, "v1": 7, "v2": 10}
+  feats = {v: rng.normal(size=(n, NUM_D)).astype(np.float32) for v, n in lengths.items()}
+  videos = {v: Video(v, "test", feats[v], feature_rate=1.5, duration=n / 1.5 - 0.3)
+            for v, n in lengths.items()}
+
+  def batch(ids):
+    features = np.full((2, NUM_T, NUM_D), 1e3, np.float32)  # garbage padding
+    mask = np.zeros((2, NUM_T), bool)
+    lens = np.zeros((2,), np.int32)
+    for i, v in enumerate(ids):
+      features[i, :lengths[v]] = feats[v]
+      mask[i, :lengths[v]] = True
+      lens[i] = lengths[v]
+    return {"features": features, "mask": mask, "lengths": lens, "video_ids": list(ids)}
+
+  batches = [batch(["v0", "v1"]), batch(["v2"])]  # the second has a padded row
+  cfg = make_config(cas_thresholds=(0.2, 0.5, 0.8))
+  out = inference.predict(fake_apply, variables, batches, videos=videos,
+                          class_names=CLASS_NAMES, config_inference=cfg, topk_ratio=4.0,
+                          return_cas=["v1"])
+  return dict(variables=variables, feats=feats, videos=videos, batches=batches, cfg=cfg,
+              out=out, batch=batch)
+
+
+def test_predict_end_to_end(predict_setup):
+  st = predict_setup
+  out = st["out"]
+  assert list(out["results"]) == ["v0", "v1", "v2"]
+  w = st["variables"]["w"].astype(np.float64)
+  for vid, feat in st["feats"].items():
+    n = feat.shape[0]
+    cas_cls = feat.astype(np.float64) @ w
+    cas_loc = 0.5 * cas_cls + 0.25
+    k = max(1, n // 4)
+    s_ref, p_ref = ref_scores(cas_cls[None], cas_loc[None], [n], [k])
+    np.testing.assert_allclose(out["s_a"][vid], s_ref[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["p_a"][vid], p_ref[0], rtol=1e-5, atol=1e-6)
+    video = st["videos"][vid]
+    want = ref_proposals((cas_cls + cas_loc) / 2, s_ref[0], p_ref[0], video.feature_rate,
+                         video.duration, st["cfg"])
+    got = out["results"][vid]
+    assert got
+    assert [d["label"] for d in got] == [CLASS_NAMES[c] for _, c, _ in want]
+    np.testing.assert_allclose([d["segment"] for d in got], [seg for _, _, seg in want],
+                               atol=1e-12)
+    np.testing.assert_allclose([d["score"] for d in got], [s for s, _, _ in want],
+                               atol=1e-5)
+    assert all(0 <= d["segment"][0] < d["segment"][1] <= video.duration for d in got)
+  # CAS only for the requested video, cut to its length.
+  assert list(out["cas"]) == ["v1"]
+  cas_cls = st["feats"]["v1"].astype(np.float64) @ w
+  np.testing.assert_allclose(out["cas"]["v1"]["cas_cls"], cas_cls, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(out["cas"]["v1"]["cas_loc"], 0.5 * cas_cls + 0.25, rtol=1e-5,
+                             atol=1e-6)
+  np.testing.assert_allclose(out["cas"]["v1"]["cas_a"], 0.75 * cas_cls + 0.125, rtol=1e-5,
+                             atol=1e-6)
+  json.dumps(out["results"], allow_nan=False)  # plain Python types
+
+
+def test_predict_errors(predict_setup):
+  st = predict_setup
+  kw = dict(videos=st["videos"], class_names=CLASS_NAMES, config_inference=st["cfg"],
+            topk_ratio=4.0)
+  with pytest.raises(ValueError, match="'v0' appears twice"):
+    inference.predict(fake_apply, st["variables"], [st["batch"](["v0"]), st["batch"](["v0"])],
+                      **kw)
+  bad = st["batch"](["v2"])
+  bad["video_ids"] = ["nope"]
+  with pytest.raises(DataError, match="'nope'"):
+    inference.predict(fake_apply, st["variables"], [bad], **kw)
+  with pytest.raises(ValueError, match="class names"):
+    inference.predict(fake_apply, st["variables"], st["batches"],
+                      **{**kw, "class_names": CLASS_NAMES[:2]})
+  assert "cas" not in inference.predict(fake_apply, st["variables"], st["batches"], **kw)
+
+
+# ------------------------------------------------------------------ write
+
+
+def test_write_detections(tmp_path, predict_setup):
+  out = predict_setup["out"]
+  path = tmp_path / "sub" / "detections.json"
+  inference.write_detections(path, out)
+  data = json.loads(path.read_text())
+  assert data["version"] == "VERSION 1.3"
+  assert data["external_data"]["used"] is True
+  assert data["results"] == out["results"]
+  assert os.listdir(path.parent) == ["detections.json"]
+  # A plain {vid: [...]} mapping overwrites in place.
+  inference.write_detections(path, {"x": [{"label": "Run", "score": 1.5,
+                                           "segment": [0.0, 2.0]}]})
+  assert json.loads(path.read_text())["results"] == {
+      "x": [{"label": "Run", "score": 1.5, "segment": [0.0, 2.0]}]}
+
+
+def test_write_detections_is_atomic(tmp_path, monkeypatch):
+  path = tmp_path / "detections.json"
+  good = {"a": [{"label": "Run", "score": 0.5, "segment": [1.0, 2.0]}]}
+  inference.write_detections(path, good)
+  before = path.read_text()
+  with pytest.raises(ValueError, match="'b'.*not finite"):
+    inference.write_detections(path, {"b": [{"label": "Run", "score": float("nan"),
+                                             "segment": [0.0, 1.0]}]})
+
+  def failing_dump(obj, f, **kwargs):
+    f.write('{"version": ')  # a partial write, then a crash
+    raise OSError("disk full")
+
+  monkeypatch.setattr(inference.json, "dump", failing_dump)
+  with pytest.raises(OSError, match="disk full"):
+    inference.write_detections(path, good)
+  assert path.read_text() == before
+  assert os.listdir(tmp_path) == ["detections.json"]
