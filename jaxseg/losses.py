@@ -1,0 +1,495 @@
+"""The four losses of the paper (eq. 1-13) as pure functions over padded batches.
+
+Every loss takes ``mask (B, T) bool`` (True on real segments), ignores padded
+steps completely (their values, even NaN, never reach the result, and they get
+exactly zero gradient), computes each video's loss as in the paper and returns
+the mean over the videos of the batch that have at least one real segment (a
+video with no real segment, e.g. batch padding, is left out of the mean; a batch
+with none gives 0).
+
+Shapes: ``B`` videos, ``T`` padded segments, ``E`` embedding dim (``D`` in the
+paper), ``N`` classes. The choices where the paper is ambiguous are argued in
+``docs/paper-notes.md``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+PROPAGATION_METHODS = ("naive", "dense", "factorized")
+TOPK_MODES = ("labeled", "fixed")
+
+
+# ---------------------------------------------------------------- helpers
+def _masked(x: Array, mask: Array) -> Array:
+  """Zeroes ``x (B, T, ...)`` on padded steps with a ``where`` (NaN-safe)."""
+  m = mask.reshape(mask.shape + (1,) * (x.ndim - mask.ndim))
+  return jnp.where(m, x, jnp.zeros((), x.dtype))
+
+
+def _batch_mean(per_video: Array, mask: Array) -> Array:
+  """Mean of ``per_video (B,)`` over the videos with at least one real step."""
+  valid = jnp.any(mask, axis=1)
+  total = jnp.sum(jnp.where(valid, per_video, 0.0))
+  count = jnp.sum(valid.astype(per_video.dtype))
+  return total / jnp.maximum(count, 1.0)
+
+
+def _low_fill(dtype) -> Array:
+  """A large finite negative number (a quarter of the dtype's minimum)."""
+  return jnp.asarray(jnp.finfo(dtype).min / 4, dtype)
+
+
+def _safe_norm(x: Array, axis: int = -1) -> tuple[Array, Array]:
+  """``(||x||, ||x|| > 0)`` with a finite (zero) gradient at ``x = 0``."""
+  sq = jnp.sum(x * x, axis=axis)
+  pos = sq > 0
+  norm = jnp.where(pos, jnp.sqrt(jnp.where(pos, sq, 1.0)), 0.0)
+  return norm, pos
+
+
+def _check_rank(name: str, x: Array, ndim: int) -> None:
+  if jnp.ndim(x) != ndim:
+    raise ValueError(f"{name}: expected {ndim} dimensions, got shape {jnp.shape(x)}")
+
+
+# ------------------------------------------------------------- top-k (eq. 2)
+def topk_k(lengths: Array, num_labeled: Array, *, mode: str = "labeled",
+           ratio: float = 8.0) -> Array:
+  """The per-video ``k`` of eq. 2: ``max(1, floor(l_i / r))``.
+
+  Args:
+    lengths: ``(B,) int`` real segments per video ``l_i``.
+    num_labeled: ``(B,) int`` number of labeled segments ``Q_i``.
+    mode: ``"labeled"``: ``r = 2 Q_i`` (paper 5.1), falling back to
+      ``r = ratio`` for a video with ``Q_i = 0`` (video-level labels);
+      ``"fixed"``: ``r = ratio`` (8 in W-TALC).
+    ratio: the fixed ``r``.
+
+  Returns:
+    ``(B,) int32`` ``k``, at least 1 (and at most ``l_i`` when ``r >= 1``).
+  """
+  if mode not in TOPK_MODES:
+    raise ValueError(f"topk mode: expected one of {TOPK_MODES}, got {mode!r}")
+  if not ratio > 0:
+    raise ValueError(f"topk ratio: expected > 0, got {ratio!r}")
+  lengths = jnp.asarray(lengths, jnp.int32)
+  fixed = jnp.floor(lengths.astype(jnp.float32) / jnp.float32(ratio)).astype(jnp.int32)
+  if mode == "fixed":
+    k = fixed
+  else:
+    q = jnp.asarray(num_labeled, jnp.int32)
+    labeled = lengths // jnp.maximum(2 * q, 1)  # exact integer floor(l / 2Q)
+    k = jnp.where(q > 0, labeled, fixed)
+  return jnp.maximum(k, 1).astype(jnp.int32)
+
+
+def topk_mean(cas: Array, mask: Array, k: Array) -> Array:
+  """Eq. 2: per class, the mean of the ``k`` largest CAS values of each video.
+
+  Sorts along time with padded steps pushed to the bottom by a large finite
+  negative fill, then averages the first ``k`` entries through an index mask
+  (no Python loop; ``k`` may differ per video). ``k`` is clipped to
+  ``[1, l_i]``. A video with no real step gets 0.
+
+  Args:
+    cas: ``(B, T, N) float`` class activation sequence.
+    mask: ``(B, T) bool``.
+    k: ``(B,) int``.
+
+  Returns:
+    ``(B, N) float`` class scores ``s``.
+  """
+  _check_rank("cas", cas, 3)
+  lengths = jnp.sum(mask, axis=1).astype(jnp.int32)
+  k = jnp.clip(jnp.asarray(k, jnp.int32), 1, jnp.maximum(lengths, 1))
+  filled = jnp.where(mask[..., None], cas, _low_fill(cas.dtype))
+  top = -jnp.sort(-filled, axis=1)  # descending along T
+  steps = jnp.arange(cas.shape[1])
+  take = steps[None, :, None] < k[:, None, None]
+  s = jnp.sum(jnp.where(take, top, 0.0), axis=1) / k[:, None].astype(cas.dtype)
+  return jnp.where((lengths > 0)[:, None], s, 0.0)
+
+
+# ------------------------------------------------- classification (eq. 2-4)
+def classification_loss(cas: Array, labels: Array, mask: Array, k: Array) -> Array:
+  """Eq. 2-4: ``(1/N) sum_n -y_n log softmax_n(s)``, batch mean.
+
+  Args:
+    cas: ``(B, T, N) float`` ``C_cls``.
+    labels: ``(B, N) float`` multi-hot ``y`` (used as is, not normalized).
+    mask: ``(B, T) bool``.
+    k: ``(B,) int`` see :func:`topk_k`.
+
+  Returns:
+    scalar float.
+  """
+  s = topk_mean(cas, mask, k)
+  log_p = jax.nn.log_softmax(s, axis=-1)  # eq. 3
+  n = cas.shape[-1]
+  per_video = -jnp.sum(labels.astype(cas.dtype) * log_p, axis=-1) / n  # eq. 4
+  return _batch_mean(per_video, mask)
+
+
+# -------------------------------------------------- partial segment (eq. 5-6)
+def _log_normalized_cas(cas: Array, mask: Array) -> Array:
+  """``log a`` of eq. 5 on real steps, 0 on padded steps. ``(B, T, N)``."""
+  valid = mask[..., None]
+  peak = jnp.max(jnp.where(valid, cas, _low_fill(cas.dtype)), axis=1, keepdims=True)
+  peak = jax.lax.stop_gradient(peak)
+  shifted = jnp.where(valid, cas - peak, 0.0)
+  total = jnp.sum(jnp.where(valid, jnp.exp(shifted), 0.0), axis=1, keepdims=True)
+  # total >= 1 whenever the video has a real step (its peak gives exp(0) = 1).
+  log_total = jnp.log(jnp.where(total > 0, total, 1.0))
+  return jnp.where(valid, shifted - log_total, 0.0)
+
+
+def normalized_cas(cas: Array, mask: Array) -> Array:
+  """Eq. 5: ``a(t, n)``, softmax of ``cas`` over the real steps of each class.
+
+  Args:
+    cas: ``(B, T, N) float`` ``C_loc``.
+    mask: ``(B, T) bool``.
+
+  Returns:
+    ``(B, T, N) float``, each class column sums to 1 over the real steps; 0 on
+    padded steps.
+  """
+  _check_rank("cas", cas, 3)
+  return jnp.where(mask[..., None], jnp.exp(_log_normalized_cas(cas, mask)), 0.0)
+
+
+def partial_segment_loss(cas: Array, segment_labels: Array, mask: Array) -> Array:
+  """Eq. 6: ``sum_{(t,n): u(t,n)=1} -log a(t, n)`` per video, batch mean.
+
+  Args:
+    cas: ``(B, T, N) float`` ``C_loc``.
+    segment_labels: ``(B, T, N)`` ``u`` in {0, 1} (ignored on padded steps).
+    mask: ``(B, T) bool``.
+
+  Returns:
+    scalar float. A video with no labeled segment contributes 0.
+  """
+  _check_rank("cas", cas, 3)
+  log_a = _log_normalized_cas(cas, mask)
+  u = jnp.where(mask[..., None], segment_labels, 0).astype(cas.dtype)
+  per_video = -jnp.sum(u * log_a, axis=(1, 2))
+  return _batch_mean(per_video, mask)
+
+
+# --------------------------------------------------------- sphere (eq. 7-10)
+def masked_median(x: Array, mask: Array) -> Array:
+  """``numpy.median`` over the real steps, per video and class.
+
+  For an even count, the mean of the two middle values. Sort + gather, no loop.
+
+  Args:
+    x: ``(B, T, N) float``.
+    mask: ``(B, T) bool``.
+
+  Returns:
+    ``(B, N) float`` (0 for a video with no real step).
+  """
+  lengths = jnp.sum(mask, axis=1).astype(jnp.int32)  # (B,)
+  high = jnp.asarray(jnp.finfo(x.dtype).max / 4, x.dtype)
+  srt = jnp.sort(jnp.where(mask[..., None], x, high), axis=1)  # ascending
+  lo = jnp.maximum((lengths - 1) // 2, 0)
+  hi = jnp.maximum(lengths // 2, 0)
+  hi = jnp.minimum(hi, jnp.maximum(lengths - 1, 0))
+  pick = lambda i: jnp.take_along_axis(srt, i[:, None, None], axis=1)[:, 0]
+  med = 0.5 * pick(lo) + 0.5 * pick(hi)
+  return jnp.where((lengths > 0)[:, None], med, 0.0)
+
+
+def attention(cas: Array, mask: Array) -> Array:
+  """Eq. 7: ``A = a * [a >= median(a)]`` with ``a`` of eq. 5. ``(B, T, N)``."""
+  a = normalized_cas(cas, mask)
+  tau = jax.lax.stop_gradient(masked_median(a, mask))
+  keep = (a >= tau[:, None, :]) & mask[..., None]
+  return jnp.where(keep, a, 0.0)
+
+
+def _chebyshev(c: Array, m: int) -> Array:
+  """``cos(m theta)`` from ``c = cos(theta)`` (Chebyshev recurrence, static m)."""
+  prev, cur = jnp.ones_like(c), c
+  if m == 0:
+    return prev
+  for _ in range(m - 1):
+    prev, cur = cur, 2.0 * c * cur - prev
+  return cur
+
+
+def sphere_psi(cos_theta: Array, margin: int) -> Array:
+  """SphereFace's ``psi(theta) = (-1)^k cos(m theta) - 2k``, from ``cos(theta)``.
+
+  ``theta`` in ``[k pi/m, (k+1) pi/m]``, ``k in [0, m-1]`` (the paper prints
+  ``- 2``, a typo for ``- 2k``). ``k`` is found by comparing ``cos(theta)``
+  with ``cos(j pi / m)`` (piecewise constant: no gradient), ``cos(m theta)``
+  by the Chebyshev polynomial, so no ``arccos`` (infinite slope at +-1).
+
+  Args:
+    cos_theta: float array in ``[-1, 1]``.
+    margin: static int ``m >= 1``.
+
+  Returns:
+    ``psi``, same shape, decreasing from 1 (theta = 0) to ``1 - 2m`` (pi).
+  """
+  c = jnp.clip(cos_theta, -1.0, 1.0)
+  k = jnp.zeros(c.shape, jnp.int32)
+  for j in range(1, margin):
+    k = k + (c <= math.cos(j * math.pi / margin)).astype(jnp.int32)
+  sign = jnp.where(k % 2 == 0, 1.0, -1.0).astype(c.dtype)
+  return sign * _chebyshev(c, margin) - 2.0 * k.astype(c.dtype)
+
+
+def sphere_loss(features: Array, cas: Array, labels: Array, mask: Array,
+                weight: Array, margin: int = 4) -> Array:
+  """Eq. 7-10: the A-Softmax loss of the attention-pooled class features.
+
+  ``a`` is eq. 5 of ``cas`` (``C_loc``), ``tau_n`` its median over the real
+  steps, ``A`` eq. 7, ``F^n = f^T A(:, n)`` eq. 8. For each class with
+  ``y_n = 1`` one A-Softmax term (eq. 9 with the ``1/D`` sum read as a single
+  term, see the notes) with target ``n``: logits ``||F^n|| cos(theta_j)``
+  for ``j != n`` and ``||F^n|| psi(theta_n)``, ``theta_j`` the angle between
+  ``F^n`` and row ``W_j`` (rows normalized, no bias, as A-Softmax). A
+  video's loss is the sum over its present classes (eq. 10), batch mean.
+  ``F^n = 0`` gives all logits 0 (loss ``log N``) with finite gradients.
+
+  Args:
+    features: ``(B, T, E) float`` ``f``.
+    cas: ``(B, T, N) float`` ``C_loc``.
+    labels: ``(B, N) float`` multi-hot ``y``.
+    mask: ``(B, T) bool``.
+    weight: ``(N, E) float`` ``W``.
+    margin: static int ``m >= 1``.
+
+  Returns:
+    scalar float.
+  """
+  _check_rank("features", features, 3)
+  _check_rank("cas", cas, 3)
+  margin = int(margin)
+  if margin < 1:
+    raise ValueError(f"sphere margin: expected an integer >= 1, got {margin}")
+  n = cas.shape[-1]
+  if weight.shape != (n, features.shape[-1]):
+    raise ValueError(f"sphere weight: expected shape {(n, features.shape[-1])}, "
+                     f"got {weight.shape}")
+  f = _masked(features, mask)
+  att = attention(cas, mask)  # (B, T, N)
+  big_f = jnp.einsum("bte,btn->bne", f, att)  # F^n, (B, N, E)
+  w_norm, w_pos = _safe_norm(weight)
+  w_hat = weight / jnp.where(w_pos, w_norm, 1.0)[:, None]  # (N, E)
+  f_norm, f_pos = _safe_norm(big_f)  # (B, N)
+  # logits[b, n, j] = ||F^n|| cos(theta_{j}) = W_hat_j . F^n
+  logits = jnp.einsum("bne,je->bnj", big_f, w_hat)
+  cos_target = jnp.einsum("bne,ne->bn", big_f, w_hat)
+  cos_target = jnp.where(f_pos, cos_target / jnp.where(f_pos, f_norm, 1.0), 1.0)
+  target = f_norm * sphere_psi(cos_target, margin)  # (B, N)
+  eye = jnp.eye(n, dtype=bool)
+  logits = jnp.where(eye[None], target[..., None], logits)
+  per_class = jax.nn.logsumexp(logits, axis=-1) - target  # (B, N)
+  y = labels.astype(per_class.dtype)
+  per_video = jnp.sum(jnp.where(y > 0, y * per_class, 0.0), axis=-1)
+  return _batch_mean(per_video, mask)
+
+
+# ------------------------------------------------------ propagation (eq. 13)
+def similarity_matrix(features: Array, mask_or_length: Array | int) -> Array:
+  """``S = f f^T`` (paper 4.2) of one video, zero outside the real steps.
+
+  Args:
+    features: ``(T, E) float`` one video's ``f``.
+    mask_or_length: ``(T,) bool`` mask or an int number of real steps.
+
+  Returns:
+    ``(T, T) float``.
+  """
+  _check_rank("features", features, 2)
+  t = features.shape[0]
+  mask = jnp.asarray(mask_or_length)
+  if mask.ndim == 0:
+    mask = jnp.arange(t) < mask
+  f = jnp.where(mask[:, None], features, 0.0)
+  return f @ f.T
+
+
+def _per_video_propagation(f: Array, c: Array, method: str) -> Array:
+  """``sum_n sum_ij S_ij (c_in - c_jn)^2`` per video; f, c already masked."""
+  if method == "naive":
+    s = jnp.einsum("bte,bse->bts", f, f)
+    diff = c[:, :, None, :] - c[:, None, :, :]  # (B, T, T, N)
+    return jnp.sum(s[..., None] * diff * diff, axis=(1, 2, 3))
+  if method == "dense":
+    s = jnp.einsum("bte,bse->bts", f, f)  # (B, T, T)
+    d = jnp.sum(s, axis=2)  # (B, T)
+    quad = jnp.einsum("btn,bts,bsn->b", c, s, c)
+    return 2.0 * jnp.sum(d[..., None] * c * c, axis=(1, 2)) - 2.0 * quad
+  if method == "factorized":
+    d = jnp.einsum("bte,be->bt", f, jnp.sum(f, axis=1))  # d = f (f^T 1)
+    proj = jnp.einsum("bte,btn->ben", f, c)  # f^T c, (B, E, N)
+    return (2.0 * jnp.sum(d[..., None] * c * c, axis=(1, 2))
+            - 2.0 * jnp.sum(proj * proj, axis=(1, 2)))
+  raise ValueError(
+      f"propagation method: expected one of {PROPAGATION_METHODS}, got {method!r}")
+
+
+def propagation_loss(features: Array, cas: Array, mask: Array,
+                     method: str = "factorized", *,
+                     grad_through_similarity: bool = False) -> Array:
+  """Eq. 13 summed over classes (eq. 12): ``sum_n sum_ij S_ij (C(i,n) - C(j,n))^2``.
+
+  ``S = f f^T`` over the real pairs ``(i, j)`` of each video; batch mean.
+
+  Methods (equal up to float rounding):
+    * ``"naive"``: the broadcast the equation reads like, ``(B, T, T, N)``.
+    * ``"dense"``: materializes ``S (B, T, T)`` and uses the identity below.
+    * ``"factorized"`` (default): never forms ``S``:
+      ``sum_ij S_ij (c_i - c_j)^2 = 2 sum_i d_i c_i^2 - 2 ||f^T c||^2`` with
+      ``d = f (f^T 1)``; cost and memory linear in ``T``.
+  ``dense`` and ``factorized`` subtract each class's mean over the real steps
+  from ``c`` first (the loss is shift invariant) to limit cancellation.
+
+  Args:
+    features: ``(B, T, E) float`` ``f``.
+    cas: ``(B, T, N) float`` ``C_loc``.
+    mask: ``(B, T) bool``.
+    method: ``"naive"``, ``"dense"`` or ``"factorized"``.
+    grad_through_similarity: if False (default), ``S`` is a constant
+      (``stop_gradient`` on ``f``): eq. 12 treats it as the given similarity
+      ``W_ij`` of eq. 11, and letting the loss shrink ``f`` collapses it.
+
+  Returns:
+    scalar float.
+  """
+  _check_rank("features", features, 3)
+  _check_rank("cas", cas, 3)
+  f = _masked(features, mask)
+  if not grad_through_similarity:
+    f = jax.lax.stop_gradient(f)
+  c = _masked(cas, mask)
+  if method != "naive":
+    count = jnp.maximum(jnp.sum(mask, axis=1), 1).astype(c.dtype)
+    mean = jax.lax.stop_gradient(jnp.sum(c, axis=1) / count[:, None])
+    c = _masked(c - mean[:, None, :], mask)
+  per_video = _per_video_propagation(f, c, method)
+  return _batch_mean(per_video, mask)
+
+
+# ------------------------------------------------------------- total (eq. 1)
+def total_loss(outputs: Mapping[str, Array], batch: Mapping[str, Any], *,
+               weight: Array | None = None,
+               alpha: float = 0.1, beta: float = 1e-4, gamma: float = 0.02,
+               use_classification: bool = True, use_segment: bool = True,
+               use_sphere: bool = True, use_propagation: bool = True,
+               margin: int = 4, topk_mode: str = "labeled",
+               topk_ratio: float = 8.0, propagation_method: str = "factorized",
+               grad_through_similarity: bool = False,
+               log_disabled_terms: bool = False) -> tuple[Array, dict[str, Array]]:
+  """Eq. 1: ``L = L_cls + alpha L_segment + beta L_sphere + gamma L_prop``.
+
+  Args:
+    outputs: the :class:`jaxseg.model.SegmentModel` output dict (``features``,
+      ``cas_cls``, ``cas_loc``; optionally ``sphere_weight``).
+    batch: the batch pytree of ``docs/design.md`` (``mask``, ``lengths``,
+      ``video_labels``, ``segment_labels``, ``num_labeled``).
+    weight: ``(N, E)`` sphere weight ``W`` (``params["sphere_weight"]``);
+      defaults to ``outputs["sphere_weight"]``. Needed when the sphere term is
+      computed.
+    alpha, beta, gamma: eq. 1 trade-offs.
+    use_classification, use_segment, use_sphere, use_propagation: static
+      switches; a switched-off term is not computed and reported as 0, unless
+      ``log_disabled_terms`` (then computed under ``stop_gradient``, for
+      logging only).
+    margin: SphereFace ``m`` (static int).
+    topk_mode, topk_ratio: see :func:`topk_k`.
+    propagation_method: see :func:`propagation_loss`.
+    grad_through_similarity: see :func:`propagation_loss`.
+    log_disabled_terms: compute the switched-off terms for logging.
+
+  Returns:
+    ``(total, terms)``: scalar total and a dict of the unweighted terms
+    ``classification``, ``segment``, ``sphere``, ``propagation`` plus
+    ``total``.
+  """
+  mask = jnp.asarray(batch["mask"], bool)
+  cas_cls, cas_loc, f = outputs["cas_cls"], outputs["cas_loc"], outputs["features"]
+  zero = jnp.zeros((), cas_loc.dtype)
+
+  def term(use, fn):
+    if use:
+      return fn()
+    if log_disabled_terms:
+      return jax.lax.stop_gradient(fn())
+    return zero
+
+  def cls():
+    k = topk_k(batch["lengths"], batch["num_labeled"], mode=topk_mode,
+               ratio=topk_ratio)
+    return classification_loss(cas_cls, batch["video_labels"], mask, k)
+
+  def seg():
+    return partial_segment_loss(cas_loc, batch["segment_labels"], mask)
+
+  def sph():
+    w = weight if weight is not None else outputs.get("sphere_weight")
+    if w is None:
+      raise ValueError("total_loss: the sphere term needs `weight` "
+                       "(params['sphere_weight']) or outputs['sphere_weight']")
+    return sphere_loss(f, cas_loc, batch["video_labels"], mask, w, margin)
+
+  def prop():
+    return propagation_loss(f, cas_loc, mask, propagation_method,
+                            grad_through_similarity=grad_through_similarity)
+
+  terms = {
+      "classification": term(use_classification, cls),
+      "segment": term(use_segment, seg),
+      "sphere": term(use_sphere, sph),
+      "propagation": term(use_propagation, prop),
+  }
+  total = zero
+  for name, scale, use in (("classification", 1.0, use_classification),
+                           ("segment", alpha, use_segment),
+                           ("sphere", beta, use_sphere),
+                           ("propagation", gamma, use_propagation)):
+    if use:
+      total = total + scale * terms[name]
+  terms["total"] = total
+  return total, terms
+
+
+def loss_config_kwargs(loss_config: Any) -> dict[str, Any]:
+  """Maps ``config.loss`` (see :mod:`jaxseg.config`) to :func:`total_loss` kwargs."""
+  method = str(loss_config.propagation_method)
+  if method not in PROPAGATION_METHODS:
+    raise ValueError(f"config.loss.propagation_method: expected one of "
+                     f"{PROPAGATION_METHODS}, got {method!r}")
+  mode = str(loss_config.topk_mode)
+  if mode not in TOPK_MODES:
+    raise ValueError(f"config.loss.topk_mode: expected one of {TOPK_MODES}, "
+                     f"got {mode!r}")
+  margin = loss_config.margin
+  if int(margin) != margin or int(margin) < 1:
+    raise ValueError(f"config.loss.margin: expected an integer >= 1, got {margin!r}")
+  return dict(
+      alpha=float(loss_config.alpha),
+      beta=float(loss_config.beta),
+      gamma=float(loss_config.gamma),
+      use_classification=bool(loss_config.use_classification),
+      use_segment=bool(loss_config.use_segment),
+      use_sphere=bool(loss_config.use_sphere),
+      use_propagation=bool(loss_config.use_propagation),
+      margin=int(margin),
+      topk_mode=mode,
+      topk_ratio=float(loss_config.topk_ratio),
+      propagation_method=method,
+      grad_through_similarity=bool(
+          loss_config.propagation_grad_through_similarity),
+  )

@@ -1,0 +1,90 @@
+"""The network of paper Fig. 3 (section 4.2) as a Flax linen module.
+
+``x (B, T, D)`` -> FC ``D -> E`` + ReLU + dropout = the discriminative feature
+``f`` -> two FC heads ``E -> N``: ``C_cls`` (classification module) and
+``C_loc`` (localization module). The sphere loss (eq. 9) has its own weight
+``W (N, E)``, the parameter ``"sphere_weight"``. The paper uses ``E = D``.
+
+Usage::
+
+  model = SegmentModel(num_classes=20, embed_dim=2048)
+  variables = init_params(model, jax.random.key(0), feature_dim=2048)
+  out = model.apply(variables, x, mask, deterministic=False,
+                    rngs={"dropout": key})
+  w = sphere_weight(variables)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+class SegmentModel(nn.Module):
+  """Embedding + classification and localization heads (paper Fig. 3).
+
+  Attributes:
+    num_classes: ``N``.
+    embed_dim: ``E``, the width of ``f``; ``<= 0`` means the input feature
+      dimension ``D`` (the paper's ``D -> D``).
+    dropout_rate: dropout on ``f`` (0.7 as in W-TALC), after the ReLU.
+  """
+  num_classes: int
+  embed_dim: int
+  dropout_rate: float = 0.7
+
+  @nn.compact
+  def __call__(self, features: Array, mask: Array, *,
+               deterministic: bool) -> dict[str, Array]:
+    """Runs the network.
+
+    Args:
+      features: ``(B, T, D) float32`` fused segment features ``x``; padded
+        steps may hold anything (they are zeroed first).
+      mask: ``(B, T) bool``, True on real segments.
+      deterministic: no dropout if True; otherwise needs a ``"dropout"`` rng.
+
+    Returns:
+      dict with ``"features"``: ``f (B, T, E) float32`` after ReLU and dropout
+      (what the heads see, and what the sphere and propagation losses use);
+      ``"cas_cls"``, ``"cas_loc"``: ``(B, T, N) float32``. All three are zero
+      on padded steps.
+    """
+    if features.ndim != 3 or mask.shape != features.shape[:2]:
+      raise ValueError(f"SegmentModel: expected features (B, T, D) and mask "
+                       f"(B, T), got {features.shape} and {mask.shape}")
+    embed_dim = self.embed_dim if self.embed_dim > 0 else features.shape[-1]
+    valid = mask[..., None]
+    x = jnp.where(valid, features, 0.0)
+    f = nn.relu(nn.Dense(embed_dim, name="embedding")(x))
+    f = nn.Dropout(rate=self.dropout_rate)(f, deterministic=deterministic)
+    cas_cls = nn.Dense(self.num_classes, name="cls_head")(f)
+    cas_loc = nn.Dense(self.num_classes, name="loc_head")(f)
+    # W of eq. 9; created here so it lives in params with the rest.
+    self.param("sphere_weight", nn.initializers.lecun_normal(),
+               (self.num_classes, embed_dim), jnp.float32)
+    return {
+        "features": jnp.where(valid, f, 0.0),
+        "cas_cls": jnp.where(valid, cas_cls, 0.0),
+        "cas_loc": jnp.where(valid, cas_loc, 0.0),
+    }
+
+
+def init_params(model: SegmentModel, rng: Array,
+                feature_dim: int) -> dict[str, Any]:
+  """Initial variables (``{"params": ...}``) for inputs of width ``feature_dim``."""
+  x = jnp.zeros((1, 2, feature_dim), jnp.float32)
+  mask = jnp.ones((1, 2), bool)
+  return model.init({"params": rng}, x, mask, deterministic=True)
+
+
+def sphere_weight(params: Mapping[str, Any]) -> Array:
+  """``W (N, E)`` of eq. 9 from the variables or from their ``"params"``."""
+  if "params" in params:
+    params = params["params"]
+  return params["sphere_weight"]

@@ -1,0 +1,436 @@
+"""Tests of jaxseg.losses against the float64 NumPy references (paper eq. 1-13)."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from jaxseg import config as config_lib
+from jaxseg import losses
+from tests import reference_losses as ref
+
+B, T, N, E = 5, 12, 4, 6
+RTOL = 1e-5
+
+
+def random_batch(seed, b=B, t=T, n=N, e=E, min_len=1, feature_sign="relu"):
+  """Random lengths, CAS, features, multi-hot labels and segment labels."""
+  rng = np.random.default_rng(seed)
+  lengths = rng.integers(min_len, t + 1, size=b)
+  lengths[0] = t  # one full video
+  mask = np.arange(t)[None, :] < lengths[:, None]
+  cas = rng.normal(0.0, 2.0, (b, t, n)).astype(np.float32)
+  feats = rng.normal(0.0, 1.0, (b, t, e)).astype(np.float32)
+  if feature_sign == "relu":
+    feats = np.maximum(feats, 0.0)
+  labels = (rng.random((b, n)) < 0.4).astype(np.float32)
+  labels[np.arange(b), rng.integers(0, n, size=b)] = 1.0
+  seg = ((rng.random((b, t, n)) < 0.15) & mask[..., None]
+         & (labels[:, None, :] > 0)).astype(np.float32)
+  seg[1] = 0.0  # a video with no labeled segment
+  num_labeled = seg.max(axis=2).sum(axis=1).astype(np.int32)
+  weight = rng.normal(0.0, 1.0, (n, e)).astype(np.float32)
+  return dict(features=feats * mask[..., None], mask=mask, lengths=lengths.astype(np.int32),
+              cas=cas * mask[..., None], video_labels=labels, segment_labels=seg,
+              num_labeled=num_labeled, weight=weight)
+
+
+def with_junk(batch, value):
+  """The same batch with `value` written into every padded step."""
+  out = dict(batch)
+  pad = ~batch["mask"]
+  for key in ("features", "cas", "segment_labels"):
+    x = np.array(batch[key])
+    x[pad] = value
+    out[key] = x
+  return out
+
+
+# ------------------------------------------------------------------ jitted fns
+@pytest.fixture(scope="module")
+def fns():
+  return dict(
+      topk_mean=jax.jit(losses.topk_mean),
+      cls=jax.jit(losses.classification_loss),
+      norm=jax.jit(losses.normalized_cas),
+      seg=jax.jit(losses.partial_segment_loss),
+      median=jax.jit(losses.masked_median),
+      sphere=jax.jit(losses.sphere_loss, static_argnums=5),
+      prop=jax.jit(losses.propagation_loss, static_argnums=3,
+                   static_argnames="grad_through_similarity"),
+  )
+
+
+# ------------------------------------------------------------------ top-k
+def test_topk_k_matches_reference_and_hand_cases():
+  lengths = np.array([1, 7, 16, 100, 750, 3, 40])
+  q = np.array([0, 1, 2, 3, 0, 5, 20])
+  for mode in ("labeled", "fixed"):
+    got = np.asarray(losses.topk_k(lengths, q, mode=mode, ratio=8.0))
+    np.testing.assert_array_equal(got, ref.topk_k(lengths, q, mode, 8.0))
+    assert got.dtype == np.int32
+  # Hand-computed: r = 2Q, Q = 0 falls back to r = 8.
+  np.testing.assert_array_equal(losses.topk_k(lengths, q, mode="labeled"),
+                                [1, 3, 4, 16, 93, 1, 1])
+  np.testing.assert_array_equal(losses.topk_k(lengths, q, mode="fixed"),
+                                [1, 1, 2, 12, 93, 1, 5])
+  with pytest.raises(ValueError, match="topk mode"):
+    losses.topk_k(lengths, q, mode="bogus")
+
+
+def test_topk_mean_matches_reference(fns):
+  for seed in range(3):
+    b = random_batch(seed)
+    k = np.random.default_rng(seed).integers(1, T + 3, size=B)  # some k > l: clipped
+    got = fns["topk_mean"](b["cas"], b["mask"], k)
+    np.testing.assert_allclose(got, ref.class_scores(b["cas"], b["lengths"], k),
+                               rtol=RTOL, atol=1e-6)
+
+
+# ------------------------------------------------------------ losses vs refs
+@pytest.mark.parametrize("mode", ["labeled", "fixed"])
+def test_classification_loss_matches_reference(fns, mode):
+  for seed in range(4):
+    b = random_batch(seed)
+    k = losses.topk_k(b["lengths"], b["num_labeled"], mode=mode, ratio=3.0)
+    got = fns["cls"](b["cas"], b["video_labels"], b["mask"], k)
+    want = ref.classification_loss(b["cas"], b["video_labels"], b["lengths"],
+                                   ref.topk_k(b["lengths"], b["num_labeled"], mode, 3.0))
+    np.testing.assert_allclose(got, want, rtol=RTOL)
+
+
+def test_normalized_cas_matches_reference(fns):
+  b = random_batch(0)
+  a = np.asarray(fns["norm"](b["cas"], b["mask"]))
+  np.testing.assert_allclose(a, ref.normalized_cas(b["cas"], b["lengths"]),
+                             rtol=RTOL, atol=1e-7)
+  np.testing.assert_allclose(a.sum(axis=1), 1.0, rtol=1e-5)
+  assert np.all(a[~b["mask"]] == 0)
+
+
+def test_partial_segment_loss_matches_reference(fns):
+  for seed in range(4):
+    b = random_batch(seed)
+    got = fns["seg"](b["cas"], b["segment_labels"], b["mask"])
+    want = ref.partial_segment_loss(b["cas"], b["segment_labels"], b["lengths"])
+    assert want > 0
+    np.testing.assert_allclose(got, want, rtol=RTOL)
+
+
+def test_masked_median_is_numpy_median(fns):
+  rng = np.random.default_rng(3)
+  x = rng.random((B, T, N)).astype(np.float32)
+  lengths = np.array([T, 1, 2, 5, 8])  # odd and even counts
+  mask = np.arange(T)[None] < lengths[:, None]
+  got = np.asarray(fns["median"](x, mask))
+  for i, l in enumerate(lengths):
+    np.testing.assert_allclose(got[i], np.median(x[i, :l], axis=0), rtol=1e-6)
+
+
+def test_sphere_psi_matches_sphereface_definition():
+  thetas = np.linspace(0.0, math.pi, 181)
+  for m in (1, 2, 3, 4):
+    got = np.asarray(losses.sphere_psi(jnp.cos(jnp.asarray(thetas, jnp.float32)), m))
+    want = np.array([ref.sphere_psi(t, m) for t in thetas])
+    np.testing.assert_allclose(got, want, atol=2e-4)
+    assert np.all(np.diff(got) <= 1e-5)  # monotonically decreasing
+    np.testing.assert_allclose([got[0], got[-1]], [1.0, 1.0 - 2 * m], atol=1e-5)
+
+
+@pytest.mark.parametrize("margin", [1, 2, 4])
+def test_sphere_loss_matches_reference(fns, margin):
+  for seed in range(3):
+    b = random_batch(seed + 10, feature_sign="any")
+    got = fns["sphere"](b["features"], b["cas"], b["video_labels"], b["mask"],
+                        b["weight"], margin)
+    want = ref.sphere_loss(b["features"], b["cas"], b["video_labels"], b["lengths"],
+                           b["weight"], margin)
+    np.testing.assert_allclose(got, want, rtol=RTOL)
+
+
+def test_sphere_loss_zero_features_is_log_n(fns):
+  b = random_batch(1)
+  zeros = np.zeros_like(b["features"])
+  got = fns["sphere"](zeros, b["cas"], b["video_labels"], b["mask"], b["weight"], 4)
+  per_video = b["video_labels"].sum(axis=1) * math.log(N)
+  np.testing.assert_allclose(got, per_video.mean(), rtol=RTOL)
+  grads = jax.jit(jax.grad(losses.sphere_loss, argnums=(0, 1, 4)), static_argnums=5)(
+      zeros, b["cas"], b["video_labels"], b["mask"], b["weight"], 4)
+  for g in grads:
+    assert np.all(np.isfinite(g))
+
+
+@pytest.mark.parametrize("method", losses.PROPAGATION_METHODS)
+def test_propagation_loss_matches_reference(fns, method):
+  for seed in range(3):
+    b = random_batch(seed + 20)
+    got = fns["prop"](b["features"], b["cas"], b["mask"], method)
+    want = ref.propagation_loss(b["features"], b["cas"], b["lengths"])
+    np.testing.assert_allclose(got, want, rtol=RTOL)
+
+
+def test_propagation_methods_agree_in_value_and_gradient():
+  b = random_batch(7, feature_sign="any")
+  # An offset in the CAS stresses the cancellation of the identity.
+  cas = b["cas"] + 5.0 * b["mask"][..., None]
+  results = {}
+  for method in losses.PROPAGATION_METHODS:
+    for through in (False, True):
+      fn = jax.jit(jax.value_and_grad(
+          functools.partial(losses.propagation_loss, method=method,
+                            grad_through_similarity=through),
+          argnums=(0, 1)))
+      results[method, through] = fn(b["features"], cas, b["mask"])
+  for through in (False, True):
+    v0, (gf0, gc0) = results["naive", through]
+    np.testing.assert_allclose(v0, ref.propagation_loss(b["features"], cas, b["lengths"]),
+                               rtol=RTOL)
+    for method in ("dense", "factorized"):
+      v, (gf, gc) = results[method, through]
+      np.testing.assert_allclose(v, v0, rtol=RTOL)
+      np.testing.assert_allclose(gc, gc0, rtol=1e-4, atol=1e-3 * np.abs(gc0).max())
+      np.testing.assert_allclose(gf, gf0, rtol=1e-4, atol=1e-3 * np.abs(gf0).max())
+    if not through:  # S is a constant: no gradient into f
+      assert np.all(np.asarray(gf0) == 0)
+    else:
+      assert np.abs(gf0).max() > 0
+
+
+def test_propagation_memory_factorized_linear_naive_quadratic():
+  def temp_bytes(method, t):
+    rng = np.random.default_rng(0)
+    f = jnp.asarray(rng.random((2, t, 8)), jnp.float32)
+    c = jnp.asarray(rng.normal(size=(2, t, 4)), jnp.float32)
+    mask = jnp.ones((2, t), bool)
+    fn = jax.value_and_grad(functools.partial(losses.propagation_loss, method=method),
+                            argnums=1)
+    compiled = jax.jit(fn).lower(f, c, mask).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+  naive = [temp_bytes("naive", t) for t in (64, 256)]
+  fact = [temp_bytes("factorized", t) for t in (64, 256)]
+  # 4x the length: quadratic -> ~16x, linear -> ~4x.
+  assert naive[1] >= 10 * naive[0] > 0, naive
+  assert fact[1] <= 5 * fact[0] + 1024, fact
+  assert fact[1] * 20 < naive[1], (fact, naive)
+
+
+def test_similarity_matrix():
+  rng = np.random.default_rng(0)
+  f = rng.normal(size=(9, 5)).astype(np.float32)
+  want = np.zeros((9, 9))
+  want[:6, :6] = f[:6].astype(np.float64) @ f[:6].T.astype(np.float64)
+  np.testing.assert_allclose(losses.similarity_matrix(f, 6), want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(losses.similarity_matrix(f, np.arange(9) < 6), want,
+                             rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------- padding invariance
+PAD_BATCH = random_batch(5, feature_sign="any")
+
+
+@pytest.fixture(scope="module")
+def padding_fns():
+  """name -> (jitted value_and_grad over (features, cas), its vmap), compiled once."""
+  b = PAD_BATCH
+  k = losses.topk_k(b["lengths"], b["num_labeled"])
+  raw = {
+      "cls": lambda f, c, u, m: losses.classification_loss(c, b["video_labels"], m, k),
+      "seg": lambda f, c, u, m: losses.partial_segment_loss(c, u, m),
+      "sphere": lambda f, c, u, m: losses.sphere_loss(f, c, b["video_labels"], m,
+                                                      b["weight"], 4),
+      "prop": lambda f, c, u, m: losses.propagation_loss(
+          f, c, m, "factorized", grad_through_similarity=True),
+      "prop_naive": lambda f, c, u, m: losses.propagation_loss(
+          f, c, m, "naive", grad_through_similarity=True),
+      "total": lambda f, c, u, m: losses.total_loss(
+          {"features": f, "cas_cls": c, "cas_loc": 0.5 * c},
+          {**b, "segment_labels": u, "mask": m}, weight=b["weight"],
+          grad_through_similarity=True)[0],
+  }
+  out = {}
+  for name, fn in raw.items():
+    vg = jax.value_and_grad(fn, argnums=(0, 1))
+    out[name] = (jax.jit(vg), jax.jit(jax.vmap(vg)))
+  return out
+
+
+@pytest.mark.parametrize("junk", [1e30, -3e38, np.nan])
+def test_padding_invariance_jit_and_vmap(padding_fns, junk):
+  b = PAD_BATCH
+  bad = with_junk(b, junk)
+  args = lambda x: (x["features"], x["cas"], x["segment_labels"], b["mask"])
+  stack = lambda key: np.stack([b[key], bad[key]])
+  for name, (vg, vmapped) in padding_fns.items():
+    v_clean, g_clean = vg(*args(b))
+    v_bad, g_bad = vg(*args(bad))
+    np.testing.assert_allclose(v_bad, v_clean, rtol=1e-6, err_msg=name)
+    assert np.isfinite(v_clean), name
+    for gc, gb in zip(g_clean, g_bad):
+      gb = np.asarray(gb)
+      assert np.all(gb[~b["mask"]] == 0), name
+      np.testing.assert_allclose(gb, gc, rtol=1e-5, atol=1e-6, err_msg=name)
+    # vmap over a stack of (clean, junk) copies of the batch.
+    vv, vgr = vmapped(stack("features"), stack("cas"), stack("segment_labels"),
+                      np.stack([b["mask"], b["mask"]]))
+    np.testing.assert_allclose(vv, [v_clean, v_clean], rtol=1e-6, err_msg=name)
+    for g, gc in zip(vgr, g_clean):
+      g = np.asarray(g)
+      assert np.all(g[:, ~b["mask"]] == 0), name
+      np.testing.assert_allclose(g[1], gc, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_empty_video_is_left_out_of_the_mean(fns):
+  b = random_batch(2)
+  lengths = b["lengths"].copy()
+  lengths[-1] = 0
+  mask = np.arange(T)[None] < lengths[:, None]
+  keep = slice(0, B - 1)
+  got = fns["seg"](b["cas"], b["segment_labels"] * mask[..., None], mask)
+  want = fns["seg"](b["cas"][keep], b["segment_labels"][keep], b["mask"][keep])
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  assert losses.topk_mean(b["cas"], mask, np.ones(B, np.int32))[-1].tolist() == [0.0] * N
+
+
+# ------------------------------------------------------------ total (eq. 1)
+def test_total_loss_weights_and_switches():
+  b = random_batch(9)
+  rng = np.random.default_rng(1)
+  out = {"features": b["features"], "cas_cls": b["cas"],
+         "cas_loc": (rng.normal(size=b["cas"].shape) * b["mask"][..., None]).astype(np.float32)}
+  k = ref.topk_k(b["lengths"], b["num_labeled"])
+  want = {
+      "classification": ref.classification_loss(b["cas"], b["video_labels"], b["lengths"], k),
+      "segment": ref.partial_segment_loss(out["cas_loc"], b["segment_labels"], b["lengths"]),
+      "sphere": ref.sphere_loss(b["features"], out["cas_loc"], b["video_labels"],
+                                b["lengths"], b["weight"], 4),
+      "propagation": ref.propagation_loss(b["features"], out["cas_loc"], b["lengths"]),
+  }
+  scale = {"classification": 1.0, "segment": 0.1, "sphere": 1e-4, "propagation": 0.02}
+  total, terms = jax.jit(functools.partial(losses.total_loss, weight=b["weight"]))(out, b)
+  for name, value in want.items():
+    np.testing.assert_allclose(terms[name], value, rtol=RTOL, err_msg=name)
+  np.testing.assert_allclose(total, sum(scale[n] * want[n] for n in want), rtol=RTOL)
+  np.testing.assert_allclose(terms["total"], total)
+
+  # Weight from the outputs dict, and every switch.
+  flags = {"classification": "use_classification", "segment": "use_segment",
+           "sphere": "use_sphere", "propagation": "use_propagation"}
+  for off in flags:
+    kwargs = {flags[off]: False}
+    t_off, terms_off = jax.jit(functools.partial(losses.total_loss, **kwargs))(
+        {**out, "sphere_weight": b["weight"]}, b)
+    assert float(terms_off[off]) == 0.0
+    np.testing.assert_allclose(
+        t_off, sum(scale[n] * want[n] for n in want if n != off), rtol=RTOL)
+    # Logged but not trained on.
+    t_log, terms_log = jax.jit(functools.partial(
+        losses.total_loss, weight=b["weight"], log_disabled_terms=True, **kwargs))(out, b)
+    np.testing.assert_allclose(terms_log[off], want[off], rtol=RTOL)
+    np.testing.assert_allclose(t_log, t_off, rtol=1e-6)
+  # Classification alone: no gradient reaches C_loc or f.
+  g = jax.jit(jax.grad(lambda o: losses.total_loss(
+      o, b, use_segment=False, use_sphere=False, use_propagation=False)[0]))(out)
+  assert np.all(np.asarray(g["cas_loc"]) == 0) and np.all(np.asarray(g["features"]) == 0)
+  assert np.abs(g["cas_cls"]).max() > 0
+  with pytest.raises(ValueError, match="sphere"):
+    losses.total_loss(out, b)
+
+
+def test_loss_config_kwargs():
+  c = config_lib.base_config()
+  kw = losses.loss_config_kwargs(c.loss)
+  assert kw == dict(alpha=0.1, beta=1e-4, gamma=0.02, use_classification=True,
+                    use_segment=True, use_sphere=True, use_propagation=True, margin=4,
+                    topk_mode="labeled", topk_ratio=8.0, propagation_method="factorized",
+                    grad_through_similarity=False)
+  c.loss.use_sphere = False
+  c.loss.propagation_grad_through_similarity = True
+  kw = losses.loss_config_kwargs(c.loss)
+  assert kw["use_sphere"] is False and kw["grad_through_similarity"] is True
+  b = random_batch(0)
+  out = {"features": b["features"], "cas_cls": b["cas"], "cas_loc": b["cas"]}
+  _, terms = losses.total_loss(out, b, **kw)  # no weight needed without the sphere term
+  assert float(terms["sphere"]) == 0.0
+  c.loss.propagation_method = "sparse"
+  with pytest.raises(ValueError, match="propagation_method"):
+    losses.loss_config_kwargs(c.loss)
+  c.loss.propagation_method = "dense"
+  c.loss.margin = 0
+  with pytest.raises(ValueError, match="margin"):
+    losses.loss_config_kwargs(c.loss)
+
+
+# ------------------------------------------------ numerical gradient checks
+def edge_batch():
+  """float64 edge cases in one batch of T = 40.
+
+  video 0: one segment; 1: all-zero features; 2: no labeled segment (Q = 0);
+  3: two classes; 4: T >> k (l = 40, Q = 20 -> k = 1).
+  """
+  t, n, e = 40, 3, 4
+  rng = np.random.default_rng(42)
+  lengths = np.array([1, 7, 12, 20, 40])
+  mask = np.arange(t)[None] < lengths[:, None]
+  cas = rng.normal(0, 1.5, (5, t, n)) * mask[..., None]
+  feats = np.abs(rng.normal(0, 1, (5, t, e))) * mask[..., None]
+  feats[1] = 0.0
+  labels = np.zeros((5, n))
+  labels[[0, 1, 2, 3, 3, 4], [0, 1, 2, 0, 2, 1]] = 1.0
+  seg = np.zeros((5, t, n))
+  seg[0, 0, 0] = 1
+  seg[1, [2, 5], 1] = 1
+  seg[3, [3, 4, 15], [0, 0, 2]] = 1
+  seg[4, np.arange(0, 40, 2), 1] = 1
+  num_labeled = seg.max(axis=2).sum(axis=1).astype(np.int32)
+  weight = rng.normal(0, 1, (n, e))
+  return dict(features=feats, cas=cas, mask=mask, lengths=lengths, video_labels=labels,
+              segment_labels=seg, num_labeled=num_labeled, weight=weight)
+
+
+def test_gradients_numerically_on_edge_cases():
+  b = edge_batch()
+  def check(fn, args):
+    check_grads(jax.jit(fn), args, order=1, modes=("rev",), eps=1e-6)
+
+  with jax.enable_x64(True):
+    f, c, w = (jnp.asarray(b[k], jnp.float64) for k in ("features", "cas", "weight"))
+    mask = jnp.asarray(b["mask"])
+    y = jnp.asarray(b["video_labels"])
+    u = jnp.asarray(b["segment_labels"])
+    k = losses.topk_k(b["lengths"], b["num_labeled"])
+    np.testing.assert_array_equal(k, [1, 1, 1, 3, 1])
+
+    check(lambda c: losses.classification_loss(c, y, mask, k), (c,))
+    check(lambda c: losses.partial_segment_loss(c, u, mask), (c,))
+    # F^n = 0 for video 1: smooth in (C_loc, W) there; f checked on the others.
+    check(lambda c, w: losses.sphere_loss(f, c, y, mask, w, 4), (c, w))
+    others = np.array([0, 2, 3, 4])
+    check(lambda f: losses.sphere_loss(f, c[others], y[others], mask[others], w, 4),
+          (f[others],))
+    for method in losses.PROPAGATION_METHODS:
+      check(lambda f, c: losses.propagation_loss(f, c, mask, method,
+                                                 grad_through_similarity=True), (f, c))
+    sphere = jax.jit(losses.sphere_loss, static_argnums=5)
+    g = jax.jit(jax.grad(lambda f: sphere(f, c, y, mask, w, 4)))(f)
+    assert np.all(np.isfinite(g)) and np.abs(g[0]).max() > 0
+    # float64 values against the references, too.
+    np.testing.assert_allclose(sphere(f, c, y, mask, w, 4),
+                               ref.sphere_loss(f, c, y, b["lengths"], w, 4), rtol=1e-10)
+    np.testing.assert_allclose(jax.jit(losses.partial_segment_loss)(c, u, mask),
+                               ref.partial_segment_loss(c, u, b["lengths"]), rtol=1e-10)
+    cls = jax.jit(losses.classification_loss)
+    np.testing.assert_allclose(cls(c, y, mask, k),
+                               ref.classification_loss(c, y, b["lengths"], np.asarray(k)),
+                               rtol=1e-10)
+    # T >> k: only the top-1 step of each class of video 4 gets gradient.
+    gc = jax.jit(jax.grad(cls))(c, y, mask, k)
+    assert np.all(np.count_nonzero(np.asarray(gc[4]), axis=0) == 1)
+    # One-segment video: a = 1, so its labeled segment costs nothing.
+    np.testing.assert_allclose(losses.normalized_cas(c, mask)[0, 0], 1.0)

@@ -1,0 +1,119 @@
+"""Tests of jaxseg.model.SegmentModel (paper Fig. 3)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxseg import losses
+from jaxseg import model as model_lib
+
+B, T, D, E, N = 3, 10, 7, 6, 5
+
+
+@pytest.fixture(scope="module")
+def setup():
+  m = model_lib.SegmentModel(num_classes=N, embed_dim=E, dropout_rate=0.5)
+  variables = model_lib.init_params(m, jax.random.key(0), D)
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(B, T, D)).astype(np.float32)
+  lengths = np.array([T, 4, 1])
+  mask = np.arange(T)[None] < lengths[:, None]
+  x = x * mask[..., None]
+  apply = jax.jit(m.apply, static_argnames="deterministic")
+  return m, variables, x, mask, apply
+
+
+def test_parameter_shapes(setup):
+  _, variables, *_ = setup
+  shapes = jax.tree.map(jnp.shape, variables["params"])
+  assert shapes == {
+      "embedding": {"kernel": (D, E), "bias": (E,)},
+      "cls_head": {"kernel": (E, N), "bias": (N,)},
+      "loc_head": {"kernel": (E, N), "bias": (N,)},
+      "sphere_weight": (N, E),
+  }
+  assert model_lib.sphere_weight(variables).shape == (N, E)
+  assert model_lib.sphere_weight(variables["params"]) is variables["params"]["sphere_weight"]
+
+
+def test_outputs_match_hand_computation(setup):
+  _, variables, x, mask, apply = setup
+  out = apply(variables, x, mask, deterministic=True)
+  assert set(out) == {"features", "cas_cls", "cas_loc"}
+  assert out["features"].shape == (B, T, E)
+  assert out["cas_cls"].shape == out["cas_loc"].shape == (B, T, N)
+  p = jax.tree.map(np.asarray, variables["params"])
+  f = np.maximum(x @ p["embedding"]["kernel"] + p["embedding"]["bias"], 0.0)
+  m = mask[..., None]
+  np.testing.assert_allclose(out["features"], f * m, rtol=1e-5, atol=1e-6)
+  for head in ("cls", "loc"):
+    want = (f @ p[f"{head}_head"]["kernel"] + p[f"{head}_head"]["bias"]) * m
+    np.testing.assert_allclose(out[f"cas_{head}"], want, rtol=1e-5, atol=1e-6)
+    assert np.all(np.asarray(out[f"cas_{head}"])[~mask] == 0)
+
+
+def test_padding_junk_changes_nothing_and_gets_no_gradient(setup):
+  _, variables, x, mask, apply = setup
+  bad = x.copy()
+  bad[~mask] = np.nan
+  key = jax.random.key(3)
+  clean = apply(variables, x, mask, deterministic=False, rngs={"dropout": key})
+  junk = apply(variables, bad, mask, deterministic=False, rngs={"dropout": key})
+  for name in clean:
+    np.testing.assert_array_equal(clean[name], junk[name])
+    assert np.all(np.asarray(junk[name])[~mask] == 0)
+
+  def loss(params, feats):
+    out = apply({"params": params}, feats, mask, deterministic=True)
+    return (jnp.sum(out["cas_cls"] ** 2) + jnp.sum(out["cas_loc"])
+            + jnp.sum(out["features"] ** 2))
+
+  g_clean = jax.grad(loss, argnums=(0, 1))(variables["params"], x)
+  g_junk = jax.grad(loss, argnums=(0, 1))(variables["params"], bad)
+  for a, b in zip(jax.tree.leaves(g_clean), jax.tree.leaves(g_junk)):
+    np.testing.assert_array_equal(a, b)
+  assert np.all(np.asarray(g_junk[1])[~mask] == 0)
+
+
+def test_dropout(setup):
+  _, variables, x, mask, apply = setup
+  det = apply(variables, x, mask, deterministic=True)["features"]
+  a = apply(variables, x, mask, deterministic=False, rngs={"dropout": jax.random.key(1)})
+  b = apply(variables, x, mask, deterministic=False, rngs={"dropout": jax.random.key(2)})
+  fa = np.asarray(a["features"])
+  # Kept units are scaled by 1 / (1 - rate), the others zeroed.
+  kept = fa != 0
+  np.testing.assert_allclose(fa[kept], 2.0 * np.asarray(det)[kept], rtol=1e-5)
+  assert np.any((np.asarray(det) != 0) & ~kept)
+  assert not np.array_equal(fa, np.asarray(b["features"]))
+
+
+def test_embed_dim_default_and_loss_pipeline():
+  m = model_lib.SegmentModel(num_classes=N, embed_dim=-1)
+  variables = model_lib.init_params(m, jax.random.key(1), D)
+  assert model_lib.sphere_weight(variables).shape == (N, D)
+  assert variables["params"]["embedding"]["kernel"].shape == (D, D)
+  rng = np.random.default_rng(1)
+  mask = np.arange(T)[None] < np.array([T, 3])[:, None]
+  batch = dict(features=rng.normal(size=(2, T, D)).astype(np.float32) * mask[..., None],
+               mask=mask, lengths=mask.sum(1).astype(np.int32),
+               video_labels=np.eye(N, dtype=np.float32)[[0, 2]],
+               segment_labels=np.zeros((2, T, N), np.float32),
+               num_labeled=np.array([1, 1], np.int32))
+  batch["segment_labels"][0, 2, 0] = batch["segment_labels"][1, 1, 2] = 1
+
+  def loss(params):
+    out = m.apply({"params": params}, batch["features"], batch["mask"],
+                  deterministic=False, rngs={"dropout": jax.random.key(0)})
+    return losses.total_loss(out, batch, weight=model_lib.sphere_weight(params))[0]
+
+  value, grads = jax.jit(jax.value_and_grad(loss))(variables["params"])
+  assert np.isfinite(value)
+  for name, g in jax.tree_util.tree_leaves_with_path(grads):
+    assert np.all(np.isfinite(g)), name
+  assert np.abs(grads["sphere_weight"]).max() > 0
+  with pytest.raises(ValueError, match="SegmentModel"):
+    m.apply(variables, batch["features"], batch["mask"][:, :3], deterministic=True)
