@@ -1,0 +1,717 @@
+"""Detection mAP at temporal IoU (two protocols) and video classification mAP.
+
+Two detection protocols, chosen with ``protocol=`` and labeled in every output
+(``DataFrame.attrs["protocol"]``, the summary row name, the CLI header):
+
+* ``"activitynet"`` (default): the algorithm of the official ActivityNet
+  ``eval_detection.py`` (``ANETdetection``). Continuous tIoU in seconds; per
+  class, predictions sorted by score (``argsort()[::-1]``, the official tie
+  order); each prediction takes, per threshold, the unmatched ground truth of
+  its video with the highest tIoU, if that tIoU reaches the threshold;
+  VOC-style interpolated AP; a class without predictions has AP 0; the classes
+  are the ground-truth labels, in order of first appearance.
+* ``"wtalc"``: the W-TALC ``getDetectionMAP`` protocol. Bounds in seconds are
+  rounded to segment indices (``feature_rate`` segments per second), IoU on
+  index sets; predictions that overlap an "Ambiguous" interval are removed;
+  each prediction takes the *first* unmatched ground truth (annotation order)
+  whose IoU reaches the threshold; non-interpolated AP (sum of the precision at
+  each true positive over the number of ground truths).
+
+``docs/evaluation.md`` states both protocols precisely and how they differ.
+The paper reports the THUMOS14 mAP at tIoU 0.1:0.1:0.7 with the 0.1-0.5 average
+(its Table 2) and the ActivityNet average over 0.5:0.05:0.95 (Tables 3-4), and
+video classification mAP in its Table 5 (:func:`classification_map`).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from jaxseg.data.video import I3D_FEATURE_RATE, DataError
+
+PROTOCOLS = ("activitynet", "wtalc")
+PROTOCOL_LABELS = {
+    "activitynet": "ActivityNet protocol (interpolated AP, best-tIoU match)",
+    "wtalc": "W-TALC protocol (non-interpolated AP, first match, segment-index IoU)",
+}
+AMBIGUOUS_LABEL = "Ambiguous"
+MEAN_ROW = "mean"
+
+THUMOS14_TIOU = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+ACTIVITYNET_TIOU = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
+THUMOS14_AVERAGES = (("avg0.1:0.5", 0.1, 0.5), ("avg0.1:0.7", 0.1, 0.7))
+ACTIVITYNET_AVERAGES = (("avg0.5:0.95", 0.5, 0.95),)
+
+_TOL = 1e-9  # threshold-label comparisons
+
+
+# ----------------------------------------------------------------- thresholds
+
+
+def parse_tiou(spec: str) -> tuple[float, ...]:
+  """Parses a tIoU threshold list.
+
+  Args:
+    spec: ``"start:stop:step"`` (stop inclusive, e.g. ``"0.1:0.7:0.1"`` or
+      ``"0.5:0.95:0.05"``), a comma-separated list (``"0.3,0.5"``) or one value.
+
+  Returns:
+    The thresholds, each rounded to 10 decimals (no ``0.30000000000000004``).
+
+  Raises:
+    ValueError: on an empty or malformed spec, a non-positive step, a stop
+      below the start, a value outside [0, 1] or a repeated value.
+  """
+  text = str(spec).strip()
+  if not text:
+    raise ValueError("tIoU spec is empty")
+  try:
+    if ":" in text:
+      parts = text.split(":")
+      if len(parts) != 3:
+        raise ValueError("expected start:stop:step")
+      start, stop, step = (float(p) for p in parts)
+      if not all(math.isfinite(v) for v in (start, stop, step)):
+        raise ValueError("values must be finite")
+      if step <= 0:
+        raise ValueError("step must be positive")
+      if stop < start:
+        raise ValueError("stop is below start")
+      n = int(math.floor((stop - start) / step + 1e-9)) + 1
+      values = [round(start + i * step, 10) for i in range(n)]
+    else:
+      values = [round(float(p), 10) for p in text.split(",")]
+  except ValueError as e:
+    raise ValueError(f"bad tIoU spec {spec!r}: {e}") from None
+  return _check_thresholds(values, what=f"tIoU spec {spec!r}")
+
+
+def _check_thresholds(values: Iterable[float], what: str = "tiou_thresholds") -> tuple[float, ...]:
+  out = []
+  for v in values:
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+      raise ValueError(f"{what}: {v!r} is not a number")
+    v = float(v)
+    if not 0.0 <= v <= 1.0:
+      raise ValueError(f"{what}: {v!r} is outside [0, 1]")
+    out.append(v)
+  if not out:
+    raise ValueError(f"{what}: no threshold")
+  labels = [_label(v) for v in out]
+  if len(set(labels)) != len(labels):
+    raise ValueError(f"{what}: repeated threshold in {out}")
+  return tuple(out)
+
+
+def _label(t: float) -> float:
+  """The column name of threshold ``t`` (``np.linspace`` drift removed)."""
+  return round(float(t), 6)
+
+
+# ------------------------------------------------------------- input parsing
+
+
+def _real(x, source: str, vid, field: str, *, allow_str: bool) -> float:
+  """A finite float from a JSON number (or a numeric string when allowed)."""
+  t = type(x)
+  if t is float or t is int:  # fast path
+    v = float(x)
+    if math.isfinite(v):
+      return v
+    raise DataError(f"{source}: video {vid!r}: field {field!r}: {x!r} is not finite")
+  if isinstance(x, (bool, np.bool_)):
+    ok = False
+  elif isinstance(x, numbers.Real):
+    ok = True
+  elif allow_str and isinstance(x, str):
+    ok = True
+  else:
+    ok = False
+  if ok:
+    try:
+      v = float(x)
+    except (TypeError, ValueError):
+      ok = False
+  if not ok:
+    raise DataError(f"{source}: video {vid!r}: field {field!r}: {x!r} is not a number")
+  if not math.isfinite(v):
+    raise DataError(f"{source}: video {vid!r}: field {field!r}: {x!r} is not finite")
+  return v
+
+
+def _segment(seg, source: str, vid, field: str) -> tuple[float, float]:
+  bad = type(seg) is not list and (isinstance(seg, (str, bytes, Mapping))
+                                   or not hasattr(seg, "__len__"))
+  if bad or len(seg) != 2:
+    raise DataError(
+        f"{source}: video {vid!r}: field {field!r}: expected [start, end], got {seg!r}")
+  s = _real(seg[0], source, vid, field + "[0]", allow_str=True)
+  e = _real(seg[1], source, vid, field + "[1]", allow_str=True)
+  if e < s:
+    raise DataError(f"{source}: video {vid!r}: field {field!r}: end {e} < start {s}")
+  return s, e
+
+
+def _get(d, key: str, source: str, vid=None):
+  if type(d) is dict and key in d:  # fast path
+    return d[key]
+  if not isinstance(d, Mapping):
+    where = f"video {vid!r}: " if vid is not None else ""
+    raise DataError(f"{source}: {where}expected an object with {key!r}, got {type(d).__name__}")
+  if key not in d:
+    where = f"video {vid!r}: " if vid is not None else ""
+    raise DataError(f"{source}: {where}missing field {key!r}")
+  return d[key]
+
+
+class _GroundTruth:
+  """Ground-truth instances in document order (database order, then annotations).
+
+  Attributes:
+    video_ids: the kept videos, in database order.
+    vid: ``(G,) int64`` video code (index into ``video_ids``) per instance.
+    seg: ``(G, 2) float64`` bounds in seconds.
+    label: the label string per instance.
+  """
+
+  def __init__(self, ground_truth, subset, source: str):
+    database = _get(ground_truth, "database", source)
+    if not isinstance(database, Mapping):
+      raise DataError(f"{source}: field 'database' must be an object of videos")
+    self.video_ids: list = []
+    vids, segs, labels = [], [], []
+    subsets = set()
+    for vid, entry in database.items():
+      if subset is not None:
+        s = _get(entry, "subset", source, vid)
+        subsets.add(s if isinstance(s, str) else repr(s))
+        if s != subset:
+          continue
+      anns = _get(entry, "annotations", source, vid)
+      if not isinstance(anns, (list, tuple)):
+        raise DataError(f"{source}: video {vid!r}: field 'annotations' must be a list")
+      code = len(self.video_ids)
+      self.video_ids.append(vid)
+      for j, ann in enumerate(anns):
+        field = f"annotations[{j}]"
+        if not isinstance(ann, Mapping):
+          raise DataError(f"{source}: video {vid!r}: field {field!r}: expected an object")
+        seg = _get(ann, "segment", source, vid)
+        label = _get(ann, "label", source, vid)
+        if not isinstance(label, str):
+          raise DataError(
+              f"{source}: video {vid!r}: field {field + '.label'!r}: {label!r} is not a string")
+        segs.append(_segment(seg, source, vid, field + ".segment"))
+        vids.append(code)
+        labels.append(label)
+    if subset is not None and not self.video_ids:
+      raise DataError(f"{source}: no video in subset {subset!r}; subsets present: "
+                      f"{sorted(subsets)}")
+    self.vid = np.asarray(vids, np.int64)
+    self.seg = np.asarray(segs, np.float64).reshape(-1, 2)
+    self.label = labels
+
+
+class _Predictions:
+  """Predictions in document order (results order, then list order).
+
+  Attributes:
+    vid: ``(P,) int64`` code of the video in the ground truth, -1 if absent.
+    seg: ``(P, 2) float64`` bounds in seconds.
+    score: ``(P,) float64``.
+    label: the label string per prediction.
+  """
+
+  def __init__(self, predictions, video_code: Mapping, source: str):
+    results = _get(predictions, "results", source)
+    if not isinstance(results, Mapping):
+      raise DataError(f"{source}: field 'results' must be an object of videos")
+    vids, segs, scores, labels = [], [], [], []
+    self.first_video: dict = {}  # label -> first video predicting it (for errors)
+    for vid, preds in results.items():
+      if not isinstance(preds, (list, tuple)):
+        raise DataError(f"{source}: video {vid!r}: expected a list of predictions")
+      code = video_code.get(vid, -1)
+      for j, p in enumerate(preds):
+        field = f"results[{j}]"
+        if type(p) is not dict and not isinstance(p, Mapping):
+          raise DataError(f"{source}: video {vid!r}: field {field!r}: expected an object")
+        label = _get(p, "label", source, vid)
+        if type(label) is not str:
+          raise DataError(
+              f"{source}: video {vid!r}: field {field + '.label'!r}: {label!r} is not a string")
+        scores.append(_real(_get(p, "score", source, vid), source, vid, field + ".score",
+                            allow_str=False))
+        segs.append(_segment(_get(p, "segment", source, vid), source, vid,
+                             field + ".segment"))
+        vids.append(code)
+        labels.append(label)
+        self.first_video.setdefault(label, vid)
+    self.vid = np.asarray(vids, np.int64)
+    self.seg = np.asarray(segs, np.float64).reshape(-1, 2)
+    self.score = np.asarray(scores, np.float64)
+    self.label = labels
+
+
+def _parse_ambiguous(ambiguous, video_code: Mapping, source: str):
+  """``{vid: [[s, e], ...]}`` -> list of ``(code, s, e)`` for videos in the GT."""
+  if ambiguous is None:
+    return []
+  if not isinstance(ambiguous, Mapping):
+    raise DataError(f"{source}: expected an object {{video: [[start, end], ...]}}")
+  out = []
+  for vid, segs in ambiguous.items():
+    if not isinstance(segs, (list, tuple)):
+      raise DataError(f"{source}: video {vid!r}: expected a list of [start, end]")
+    parsed = [_segment(s, source, vid, f"[{j}]") for j, s in enumerate(segs)]
+    if vid in video_code:
+      out.extend((video_code[vid], s, e) for s, e in parsed)
+  return out
+
+
+# ------------------------------------------------------------ shared helpers
+
+
+def _group(codes: np.ndarray) -> dict[int, np.ndarray]:
+  """Positions of each code, each group in increasing position order."""
+  if codes.size == 0:
+    return {}
+  order = np.argsort(codes, kind="stable")
+  sorted_codes = codes[order]
+  cuts = np.flatnonzero(np.diff(sorted_codes)) + 1
+  return {int(sorted_codes[g[0]]): g_idx
+          for g, g_idx in zip(np.split(np.arange(codes.size), cuts), np.split(order, cuts))}
+
+
+def _interpolated_ap(tp: np.ndarray, npos: int) -> np.ndarray:
+  """VOC-style interpolated AP per row of ``tp`` ``(K, P) bool`` (ranked)."""
+  tp_c = np.cumsum(tp, axis=1, dtype=np.float64)
+  fp_c = np.cumsum(~tp, axis=1, dtype=np.float64)
+  rec = tp_c / float(npos)
+  prec = tp_c / (tp_c + fp_c)
+  k = tp.shape[0]
+  mprec = np.concatenate([np.zeros((k, 1)), prec, np.zeros((k, 1))], axis=1)
+  mrec = np.concatenate([np.zeros((k, 1)), rec, np.ones((k, 1))], axis=1)
+  mprec = np.maximum.accumulate(mprec[:, ::-1], axis=1)[:, ::-1]
+  d = mrec[:, 1:] - mrec[:, :-1]
+  return np.sum(np.where(d != 0, d * mprec[:, 1:], 0.0), axis=1)
+
+
+def _activitynet_class_ap(gt_vid, gt_seg, pr_vid, pr_seg, pr_score,
+                          thr: np.ndarray) -> np.ndarray:
+  """AP ``(K,)`` of one class under the ActivityNet protocol.
+
+  Args:
+    gt_vid, gt_seg: ``(G,) int64``, ``(G, 2) float64``, the class's ground
+      truth in document order.
+    pr_vid, pr_seg, pr_score: ``(P,)``, ``(P, 2)``, ``(P,)``, its predictions in
+      document order (``pr_vid`` -1 for videos without ground truth).
+    thr: ``(K,) float64`` thresholds.
+  """
+  k, p = thr.size, pr_score.size
+  if p == 0:
+    return np.zeros(k)
+  order = pr_score.argsort()[::-1]  # the official call: same tie order
+  pr_vid, pr_seg = pr_vid[order], pr_seg[order]
+  tp = np.zeros((k, p), bool)
+  thr_min = thr.min()
+  gt_groups = _group(gt_vid)
+  for v, ranks in _group(pr_vid).items():
+    g = gt_groups.get(v)
+    if g is None:
+      continue  # false positives at every threshold
+    gs, ge = gt_seg[g, 0], gt_seg[g, 1]
+    ps, pe = pr_seg[ranks, 0:1], pr_seg[ranks, 1:2]
+    inter = (np.minimum(pe, ge) - np.maximum(ps, gs)).clip(0)
+    union = (ge - gs) + (pe - ps) - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+      tiou = inter / union  # (R, n); NaN on 0/0 as the official
+    live = ~np.all(tiou < thr_min, axis=1)
+    locked = np.zeros((k, g.size), bool)
+    for i in np.flatnonzero(live):
+      t = tiou[i]
+      cand = t.argsort()[::-1]  # the official candidate order
+      # Official loop: walk candidates by tIoU; stop at the first below the
+      # threshold; take the first one not yet locked.
+      prefix = ~np.logical_or.accumulate(t[cand][None, :] < thr[:, None], axis=1)
+      eligible = prefix & ~locked[:, cand]
+      hit = np.flatnonzero(eligible.any(axis=1))
+      if hit.size:
+        first = eligible[hit].argmax(axis=1)
+        locked[hit, cand[first]] = True
+        tp[hit, ranks[i]] = True
+  return _interpolated_ap(tp, gt_vid.size)
+
+
+def _wtalc_class_ap(gt_vid, gt_idx, pr_vid, pr_idx, pr_score, thr: np.ndarray) -> np.ndarray:
+  """AP ``(K,)`` of one class under the W-TALC protocol.
+
+  Args:
+    gt_vid, gt_idx: ``(G,) int64``, ``(G, 2) int64`` ground truth in list order,
+      bounds as segment indices (the index range ``[s, e)``).
+    pr_vid, pr_idx, pr_score: ``(P,)``, ``(P, 2) int64``, ``(P,) float64``, in
+      document order (all ``pr_vid`` >= 0).
+    thr: ``(K,) float64``.
+  """
+  k, p = thr.size, pr_score.size
+  if p == 0:
+    return np.zeros(k)
+  # W-TALC lists a class's predictions video by video (dataset order), then
+  # ranks them with np.argsort(-score): same input order, same tie order.
+  by_video = np.argsort(pr_vid, kind="stable")
+  pr_vid, pr_idx, pr_score = pr_vid[by_video], pr_idx[by_video], pr_score[by_video]
+  order = np.argsort(-pr_score)
+  pr_vid, pr_idx = pr_vid[order], pr_idx[order]
+  tp = np.zeros((k, p), bool)
+  gt_groups = _group(gt_vid)
+  for v, ranks in _group(pr_vid).items():
+    g = gt_groups.get(v)
+    if g is None:
+      continue
+    iou = _index_iou(pr_idx[ranks], gt_idx[g])  # (R, n)
+    locked = np.zeros((k, g.size), bool)
+    above = iou[:, None, :] >= thr[None, :, None]  # (R, K, n)
+    for i in np.flatnonzero(above.any(axis=(1, 2))):
+      eligible = above[i] & ~locked
+      hit = np.flatnonzero(eligible.any(axis=1))
+      if hit.size:
+        first = eligible[hit].argmax(axis=1)  # first in annotation order
+        locked[hit, first] = True
+        tp[hit, ranks[i]] = True
+  tp_c = np.cumsum(tp, axis=1, dtype=np.float64)
+  prec = tp_c / np.arange(1, p + 1, dtype=np.float64)
+  return np.sum(prec * tp, axis=1) / float(gt_vid.size)
+
+
+def _index_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  """IoU of index ranges ``[s, e)``: ``(R, 2)`` x ``(n, 2)`` -> ``(R, n)``.
+
+  Equals ``len(set(range(..)) & set(range(..))) / len(union)`` (0 on an empty union).
+  """
+  inter = np.maximum(np.minimum(a[:, 1:2], b[None, :, 1]) - np.maximum(a[:, 0:1], b[None, :, 0]), 0)
+  la = np.maximum(a[:, 1:2] - a[:, 0:1], 0)
+  lb = np.maximum(b[None, :, 1] - b[None, :, 0], 0)
+  union = la + lb - inter
+  return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def _to_index(seconds: np.ndarray, rate: float) -> np.ndarray:
+  """W-TALC's ``int(round(t * factor))`` (round half to even, as Python 3)."""
+  return np.rint(np.asarray(seconds, np.float64) * rate).astype(np.int64)
+
+
+# ------------------------------------------------------------------ detection
+
+
+def detection_map(ground_truth: dict, predictions: dict, tiou_thresholds=THUMOS14_TIOU,
+                  subset: str | None = None, *, protocol: str = "activitynet",
+                  class_names: Sequence[str] | None = None,
+                  feature_rate: float = I3D_FEATURE_RATE,
+                  ambiguous: Mapping | None = None) -> pd.DataFrame:
+  """Detection AP per class and their mean, at each tIoU threshold.
+
+  Args:
+    ground_truth: ``{"database": {vid: {"subset", "annotations": [{"segment":
+      [s, e], "label"}], ...}}}`` (ActivityNet format; bounds in seconds, numbers
+      or numeric strings; other fields ignored).
+    predictions: ``{"results": {vid: [{"label", "score", "segment": [s, e]}]}}``
+      (other top-level keys ignored).
+    tiou_thresholds: the thresholds, a sequence of floats in [0, 1] or a
+      :func:`parse_tiou` spec string.
+    subset: keep the ground-truth videos of this subset (``None``: all).
+      Predictions are not filtered: under "activitynet" a prediction on a video
+      without ground truth of its class is a false positive.
+    protocol: ``"activitynet"`` (the official algorithm) or ``"wtalc"``.
+    class_names: optional vocabulary: labels of ground truth and predictions
+      must be in it, rows follow its order, predictions of a class without
+      ground truth (in the subset) are ignored. ``None``: the classes are the
+      ground-truth labels in order of first appearance and any other predicted
+      label is an error (as the official code).
+    feature_rate: "wtalc" only: segments per second used to round bounds to
+      segment indices (25/16 for I3D on 25 fps video, 10/4 for UntrimmedNet).
+    ambiguous: "wtalc" only: extra ambiguous intervals ``{vid: [[s, e], ...]}``
+      in seconds, added to the ground-truth instances labeled "Ambiguous".
+
+  Returns:
+    DataFrame of AP in [0, 1]: one row per class (index: class name, in the
+    order above) and a last row ``"mean"``; one column per threshold (float
+    names rounded to 6 decimals, e.g. ``0.5``). ``attrs`` holds ``protocol``,
+    ``subset``, ``num_videos``, ``num_instances`` and ``num_predictions``
+    (those evaluated).
+
+  Raises:
+    ValueError (a ``DataError``): on malformed input, naming the video and the
+      field: missing keys, non-numeric or non-finite bounds or score, end <
+      start, a predicted label that is not a class, an empty subset, no class.
+  """
+  return _detection_map(ground_truth, predictions, tiou_thresholds, subset, protocol=protocol,
+                        class_names=class_names, feature_rate=feature_rate,
+                        ambiguous=ambiguous)
+
+
+def _detection_map(ground_truth, predictions, tiou_thresholds, subset, *, protocol,
+                   class_names, feature_rate, ambiguous, gt_source="ground truth",
+                   pred_source="predictions", ambiguous_source="ambiguous") -> pd.DataFrame:
+  if protocol not in PROTOCOLS:
+    raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+  if isinstance(tiou_thresholds, str):
+    thresholds = parse_tiou(tiou_thresholds)
+  else:
+    thresholds = _check_thresholds(np.ravel(np.asarray(tiou_thresholds, dtype=object)).tolist())
+  thr = np.asarray(thresholds, np.float64)
+  if protocol == "activitynet" and ambiguous is not None:
+    raise ValueError("ambiguous intervals apply to protocol='wtalc' only")
+  if protocol == "wtalc":
+    if isinstance(feature_rate, bool) or not isinstance(feature_rate, numbers.Real) or not (
+        math.isfinite(feature_rate) and feature_rate > 0):
+      raise ValueError(f"feature_rate must be a positive number, got {feature_rate!r}")
+
+  gt = _GroundTruth(ground_truth, subset, gt_source)
+  video_code = {v: i for i, v in enumerate(gt.video_ids)}
+  pr = _Predictions(predictions, video_code, pred_source)
+
+  wtalc = protocol == "wtalc"
+  is_amb = np.asarray([wtalc and l == AMBIGUOUS_LABEL for l in gt.label], bool)
+  # Classes: first appearance in the (filtered) ground truth, as the official.
+  present = list(dict.fromkeys(l for l, a in zip(gt.label, is_amb) if not a))
+  if class_names is not None:
+    vocab = list(class_names)
+    vocab_set = set(vocab)
+    for l, code in zip(gt.label, gt.vid):
+      if l not in vocab_set and not (wtalc and l == AMBIGUOUS_LABEL):
+        raise DataError(f"{gt_source}: video {gt.video_ids[code]!r}: field 'label': "
+                        f"{l!r} is not in class_names")
+    present_set = set(present)
+    classes = [c for c in vocab if c in present_set]
+  else:
+    vocab_set = set(present)
+    classes = present
+  if not classes:
+    raise DataError(f"{gt_source}: no annotated instance"
+                    + (f" in subset {subset!r}" if subset is not None else ""))
+  for l in pr.first_video:
+    if l not in vocab_set and not (wtalc and l == AMBIGUOUS_LABEL):
+      raise DataError(f"{pred_source}: video {pr.first_video[l]!r}: field 'label': unknown "
+                      f"label {l!r} (not a ground-truth class"
+                      + (" nor in class_names)" if class_names is not None else ")"))
+
+  # Integer class codes; -1: not evaluated (Ambiguous, or a class without GT).
+  class_code = {c: i for i, c in enumerate(classes)}
+  gt_cls = np.asarray([-1 if a else class_code[l] for l, a in zip(gt.label, is_amb)], np.int64)
+  pr_cls = np.asarray([class_code.get(l, -1) for l in pr.label], np.int64)
+  if wtalc:
+    rate = float(feature_rate)
+    # W-TALC evaluates only the videos with temporal annotations.
+    annotated = np.zeros(len(gt.video_ids) + 1, bool)  # last entry: code -1
+    annotated[gt.vid[gt_cls >= 0]] = True
+    pr_cls[~annotated[pr.vid]] = -1
+    amb = [(int(c), s, e) for c, (s, e) in zip(gt.vid[is_amb], gt.seg[is_amb])]
+    amb += _parse_ambiguous(ambiguous, video_code, ambiguous_source)
+    gt_idx = _to_index(gt.seg, rate)
+    pr_idx = _to_index(pr.seg, rate)
+    if amb and np.any(pr_cls >= 0):
+      amb_vid = np.asarray([a[0] for a in amb], np.int64)
+      amb_idx = _to_index(np.asarray([a[1:] for a in amb], np.float64), rate)
+      amb_groups = _group(amb_vid)
+      for v, rows in _group(np.where(pr_cls >= 0, pr.vid, -1)).items():
+        if v < 0 or v not in amb_groups:
+          continue
+        a = amb_idx[amb_groups[v]]
+        inter = (np.minimum(pr_idx[rows, 1:2], a[None, :, 1])
+                 - np.maximum(pr_idx[rows, 0:1], a[None, :, 0]))
+        pr_cls[rows[np.any(inter > 0, axis=1)]] = -1
+
+  ap = np.zeros((len(classes), thr.size))
+  gt_by_cls, pr_by_cls = _group(gt_cls), _group(pr_cls)
+  empty = np.zeros((0,), np.int64)
+  for ci in range(len(classes)):
+    g, q = gt_by_cls[ci], pr_by_cls.get(ci, empty)
+    if wtalc:
+      ap[ci] = _wtalc_class_ap(gt.vid[g], gt_idx[g], pr.vid[q], pr_idx[q], pr.score[q], thr)
+    else:
+      ap[ci] = _activitynet_class_ap(gt.vid[g], gt.seg[g], pr.vid[q], pr.seg[q],
+                                     pr.score[q], thr)
+
+  values = np.concatenate([ap, ap.mean(axis=0, keepdims=True)], axis=0)
+  df = pd.DataFrame(values, index=pd.Index(classes + [MEAN_ROW], name="class"),
+                    columns=pd.Index([_label(t) for t in thresholds], name="tIoU"))
+  df.attrs.update(protocol=protocol, subset=subset, num_videos=len(gt.video_ids),
+                  num_instances=int(np.sum(gt_cls >= 0)),
+                  num_predictions=int(np.sum(pr_cls >= 0)))
+  return df
+
+
+# ------------------------------------------------------------------- averages
+
+
+def _threshold_columns(df: pd.DataFrame) -> list[float]:
+  return [float(c) for c in df.columns]
+
+
+def average_over(df: pd.DataFrame, low: float, high: float) -> float:
+  """Mean of the ``"mean"`` row over the thresholds in ``[low, high]``.
+
+  Args:
+    df: a :func:`detection_map` table.
+    low, high: inclusive range of thresholds (compared with 1e-9 tolerance).
+
+  Returns:
+    The average mAP as a fraction in [0, 1].
+
+  Raises:
+    ValueError: if no threshold column lies in the range.
+  """
+  cols = [c for c in df.columns if low - _TOL <= float(c) <= high + _TOL]
+  if not cols:
+    raise ValueError(f"no tIoU threshold in [{low}, {high}]; thresholds: "
+                     f"{_threshold_columns(df)}")
+  return float(np.mean(df.loc[MEAN_ROW, cols].to_numpy(np.float64)))
+
+
+def default_averages(thresholds: Iterable[float]) -> tuple[tuple[str, float, float], ...]:
+  """The averages papers report for a threshold set.
+
+  THUMOS14 ``avg0.1:0.5`` and ``avg0.1:0.7`` and ActivityNet ``avg0.5:0.95``,
+  each when both its ends are among ``thresholds``; otherwise the average over
+  all thresholds, named ``avg{low}:{high}``.
+  """
+  ts = [float(t) for t in thresholds]
+  has = lambda x: any(abs(t - x) < _TOL for t in ts)  # noqa: E731
+  out = tuple(a for a in THUMOS14_AVERAGES + ACTIVITYNET_AVERAGES if has(a[1]) and has(a[2]))
+  if out or len(ts) < 2:
+    return out
+  lo, hi = min(ts), max(ts)
+  return ((f"avg{lo:g}:{hi:g}", lo, hi),)
+
+
+def _resolve_averages(df, averages):
+  if averages is None:
+    return default_averages(_threshold_columns(df))
+  ts = _threshold_columns(df)
+  out = []
+  for name, lo, hi in averages:
+    for end in (lo, hi):
+      if not any(abs(t - float(end)) < _TOL for t in ts):
+        raise ValueError(f"average {name!r}: threshold {end} is not among {ts}")
+    out.append((str(name), float(lo), float(hi)))
+  return tuple(out)
+
+
+def summary_table(df: pd.DataFrame, averages: Sequence[tuple[str, float, float]] | None = None,
+                  *, decimals: int = 1) -> pd.DataFrame:
+  """The line papers print: mAP (%) per threshold and the averages.
+
+  Args:
+    df: a :func:`detection_map` table.
+    averages: ``(name, low, high)`` triples (inclusive ranges whose ends must be
+      thresholds of ``df``); ``None``: :func:`default_averages`.
+    decimals: rounding of the percentages (papers print one decimal).
+
+  Returns:
+    A one-row DataFrame, index the protocol name (``df.attrs["protocol"]``),
+    columns ``"mAP@0.1"``, ... then the average names, values in percent.
+  """
+  avgs = _resolve_averages(df, averages)
+  mean = df.loc[MEAN_ROW]
+  row = {f"mAP@{float(t):g}": 100.0 * float(mean[t]) for t in df.columns}
+  for name, lo, hi in avgs:
+    row[name] = 100.0 * average_over(df, lo, hi)
+  protocol = df.attrs.get("protocol", "activitynet")
+  out = pd.DataFrame([row], index=pd.Index([protocol], name="protocol"))
+  out.attrs.update(df.attrs)
+  return out.round(decimals)
+
+
+def results_table(df: pd.DataFrame,
+                  averages: Sequence[tuple[str, float, float]] | None = None) -> pd.DataFrame:
+  """Per-class AP and mean (%, unrounded) with the averages as extra columns.
+
+  Columns ``"mAP@0.1"``, ..., the average names, and ``"protocol"``; what the
+  CLI writes to ``--output``.
+  """
+  avgs = _resolve_averages(df, averages)
+  out = pd.DataFrame(100.0 * df.to_numpy(np.float64), index=df.index,
+                     columns=[f"mAP@{float(t):g}" for t in df.columns])
+  for name, lo, hi in avgs:
+    cols = [c for c in df.columns if lo - _TOL <= float(c) <= hi + _TOL]
+    out[name] = 100.0 * df[cols].to_numpy(np.float64).mean(axis=1)
+  out["protocol"] = df.attrs.get("protocol", "activitynet")
+  out.attrs.update(df.attrs)
+  return out
+
+
+# -------------------------------------------------------------- classification
+
+
+def classification_ap(video_labels, scores) -> np.ndarray:
+  """Average precision of each class over videos (paper Table 5, per class).
+
+  For class ``c``, videos are ranked by ``scores[:, c]`` (descending) and
+  ``AP = sum_k (R_k - R_{k-1}) P_k`` over the distinct score values ``k``
+  (scikit-learn's ``average_precision_score``). Without tied scores this is the
+  sum over positive videos of the precision at their rank, divided by the
+  number of positives (W-TALC's ``getAP``); tied videos share the precision at
+  the end of their tie, so the result does not depend on the video order.
+
+  Args:
+    video_labels: ``(V, N)`` multi-hot labels in {0, 1} (any numeric or bool dtype).
+    scores: ``(V, N)`` finite float scores.
+
+  Returns:
+    ``(N,) float64`` AP in [0, 1]; NaN for a class without a positive video.
+
+  Raises:
+    ValueError: on mismatched shapes, labels other than 0/1, non-finite scores.
+  """
+  y = np.asarray(video_labels)
+  s = np.asarray(scores, np.float64)
+  if y.ndim != 2 or s.shape != y.shape:
+    raise ValueError(f"video_labels {y.shape} and scores {s.shape} must both be (V, N)")
+  yf = y.astype(np.float64)
+  if not np.all((yf == 0) | (yf == 1)):
+    raise ValueError("video_labels must be 0 or 1")
+  if not np.all(np.isfinite(s)):
+    raise ValueError("scores must be finite")
+  v, n = y.shape
+  out = np.full((n,), np.nan)
+  for c in range(n):
+    pos = yf[:, c]
+    npos = pos.sum()
+    if npos == 0:
+      continue
+    order = np.argsort(-s[:, c], kind="stable")
+    ss, yy = s[order, c], pos[order]
+    tp_c = np.cumsum(yy)
+    # Index of the last video of each video's tie block.
+    is_end = np.append(ss[1:] != ss[:-1], True)
+    ends = np.flatnonzero(is_end)
+    block_end = ends[np.searchsorted(ends, np.arange(v))]
+    prec = tp_c[block_end] / (block_end + 1.0)
+    out[c] = float(np.sum(yy * prec) / npos)
+  return out
+
+
+def classification_map(video_labels, scores) -> float:
+  """Video classification mAP (paper Table 5): mean of :func:`classification_ap`.
+
+  Classes without a positive video are excluded from the mean.
+
+  Args:
+    video_labels: ``(V, N)`` multi-hot labels in {0, 1}.
+    scores: ``(V, N)`` float scores (e.g. the softmax ``p_a`` of paper 4.7).
+
+  Returns:
+    mAP as a fraction in [0, 1].
+
+  Raises:
+    ValueError: as :func:`classification_ap`, or if no class has a positive.
+  """
+  ap = classification_ap(video_labels, scores)
+  if not np.any(np.isfinite(ap)):
+    raise ValueError("no class has a positive video")
+  return float(np.nanmean(ap))
