@@ -1,0 +1,457 @@
+"""A synthetic THUMOS14-shaped dataset, so the tool runs with no download.
+
+:func:`generate_synthetic` writes the dataset in the ActivityNet JSON + features
+folder layout (format 1 of ``docs/data-formats.md``), so loading it exercises
+the same reader as real data::
+
+  <output_dir>/annotations.json     {"database": {vid: {"subset", "duration",
+                                                        "annotations": [...]}}}
+  <output_dir>/features/<vid>.npy   (T, D) float32, non-negative
+  <output_dir>/generator.json       the generator's parameters and class list
+
+The generative model (``docs/synthetic-data.md`` has the full description and
+the measured statistics of the default dataset) reproduces the difficulty the
+paper's Fig. 4 shows on THUMOS14: a class is clearly recognisable only in a
+short *discriminative core* of each instance; the rest of the instance carries
+a class-agnostic "action" pattern and only a weak class signal; the background
+holds noise and class-agnostic distractors. A classifier trained with the
+video-level loss alone (eq. 2-4) therefore fires on the cores, while labels on
+random segments of each instance (eq. 5-6) teach the whole extent.
+
+Every annotation also carries ``"core_segments": [first, last]``, the
+(inclusive) segment indices of its discriminative core: readers ignore it;
+tests and plots may use it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import numpy as np
+
+from jaxseg.data.video import DataError, I3D_FEATURE_RATE
+
+GENERATOR_NAME = "jaxseg.data.synthetic"
+GENERATOR_VERSION = 1
+ANNOTATION_FILE = "annotations.json"
+FEATURES_DIR = "features"
+GENERATOR_FILE = "generator.json"
+TRAIN_SUBSET = "validation"  # THUMOS14 trains on its validation split
+TEST_SUBSET = "test"
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticParams:
+  """Every knob of the generator. Defaults give the THUMOS14-shaped dataset.
+
+  Signal strengths are in units of the per-direction noise standard deviation
+  of the pre-activation ``z`` (see ``docs/synthetic-data.md``): a strength of
+  ``s`` along a unit direction gives a single-segment signal-to-noise ratio of
+  about ``s`` for the best linear read-out.
+
+  Attributes:
+    seed: seed of everything below.
+    num_classes: number of action classes (THUMOS14: 20).
+    num_train: videos in subset "validation" (THUMOS14 trains on it).
+    num_test: videos in subset "test".
+    feature_dim: ``D`` (I3D: 2048; 64 keeps the CPU demo fast).
+    max_length: longest video, in segments.
+    feature_rate: segments per second.
+    min_length: shortest video, in segments.
+    median_length: median video length, in segments (log-normal).
+    length_sigma: log-normal sigma of the video length.
+    coverage_mean: mean fraction of a video covered by actions (Beta).
+    coverage_concentration: Beta concentration of that fraction.
+    two_class_fraction: fraction of videos holding two classes.
+    instance_length_median: median over classes of the per-class median
+      instance length, in segments.
+    class_length_sigma: log-normal sigma of the per-class median length.
+    instance_length_sigma: log-normal sigma of an instance's length around
+      its class median.
+    long_instance_prob: probability that an instance is "very long".
+    long_instance_factor: (low, high) of the uniform factor a very long
+      instance's length is multiplied by.
+    core_fraction: the discriminative core's share of an instance (at least
+      one segment).
+    core_strength: class signal in the core.
+    weak_class_strength: class signal in the rest of the instance.
+    action_strength: class-agnostic action pattern, in the whole instance.
+    distractor_rate: fraction of background segments inside distractor runs.
+    distractor_action_strength: action pattern (no class signal) in a
+      class-agnostic distractor run.
+    distractor_class_strength: class signal of a random class in a weak
+      class-like distractor run.
+    distractor_action_prob: share of distractor runs that are action-like
+      (the others are weak class-like).
+    scene_strength: per-video random offset ("scene appearance").
+    noise: noise scale of ``z`` (1 = the unit the strengths are given in).
+    bias: offset of ``z`` before the softplus.
+  """
+  seed: int = 0
+  num_classes: int = 20
+  num_train: int = 200
+  num_test: int = 200
+  feature_dim: int = 64
+  max_length: int = 2600
+  feature_rate: float = I3D_FEATURE_RATE
+  min_length: int = 15
+  median_length: float = 240.0
+  length_sigma: float = 0.8
+  coverage_mean: float = 0.25
+  coverage_concentration: float = 10.0
+  two_class_fraction: float = 0.15
+  instance_length_median: float = 5.5
+  class_length_sigma: float = 0.35
+  instance_length_sigma: float = 0.5
+  long_instance_prob: float = 0.03
+  long_instance_factor: tuple[float, float] = (3.0, 8.0)
+  core_fraction: float = 0.25
+  core_strength: float = 4.0
+  weak_class_strength: float = 0.5
+  action_strength: float = 3.5
+  distractor_rate: float = 0.08
+  distractor_action_strength: float = 3.0
+  distractor_class_strength: float = 1.0
+  distractor_action_prob: float = 0.5
+  scene_strength: float = 1.0
+  noise: float = 0.75
+  bias: float = -0.5
+
+  def validate(self) -> None:
+    """Raises ValueError on an impossible setting."""
+    checks = [
+        (self.num_classes >= 1, "num_classes must be >= 1"),
+        (self.num_train >= 0 and self.num_test >= 0,
+         "num_train and num_test must be >= 0"),
+        (self.num_train + self.num_test >= 1, "at least one video is needed"),
+        (self.feature_dim >= 1, "feature_dim must be >= 1"),
+        (self.min_length >= 2, "min_length must be >= 2"),
+        (self.max_length >= self.min_length, "max_length must be >= min_length"),
+        (self.feature_rate > 0, "feature_rate must be > 0"),
+        (self.median_length > 0 and self.length_sigma >= 0,
+         "median_length must be > 0 and length_sigma >= 0"),
+        (0 < self.coverage_mean < 1, "coverage_mean must be in (0, 1)"),
+        (self.coverage_concentration > 0, "coverage_concentration must be > 0"),
+        (0 <= self.two_class_fraction <= 1, "two_class_fraction must be in [0, 1]"),
+        (self.num_classes >= 2 or self.two_class_fraction == 0,
+         "two_class_fraction > 0 needs num_classes >= 2"),
+        (self.instance_length_median > 0, "instance_length_median must be > 0"),
+        (0 <= self.long_instance_prob <= 1, "long_instance_prob must be in [0, 1]"),
+        (0 < self.core_fraction <= 1, "core_fraction must be in (0, 1]"),
+        (0 <= self.distractor_rate < 1, "distractor_rate must be in [0, 1)"),
+        (0 <= self.distractor_action_prob <= 1,
+         "distractor_action_prob must be in [0, 1]"),
+        (self.noise >= 0, "noise must be >= 0"),
+    ]
+    for ok, msg in checks:
+      if not ok:
+        raise ValueError(f"synthetic dataset: {msg}")
+
+  def to_json(self) -> dict[str, Any]:
+    d = dataclasses.asdict(self)
+    d["long_instance_factor"] = list(self.long_instance_factor)
+    return d
+
+
+def class_names(num_classes: int) -> list[str]:
+  """``["Class00", "Class01", ...]``."""
+  width = max(2, len(str(num_classes - 1)))
+  return [f"Class{i:0{width}d}" for i in range(num_classes)]
+
+
+def video_id(subset: str, index: int) -> str:
+  """THUMOS14-style id, e.g. ``video_validation_0000001``."""
+  return f"video_{subset}_{index + 1:07d}"
+
+
+# ------------------------------------------------------------------ layout
+
+
+@dataclasses.dataclass
+class _SynthInstance:
+  first: int  # inclusive segment range of the instance
+  last: int
+  label: int
+  core_first: int  # inclusive segment range of its discriminative core
+  core_last: int
+
+
+def _sample_length(rng: np.random.Generator, p: SyntheticParams) -> int:
+  t = p.median_length * math.exp(p.length_sigma * rng.standard_normal())
+  return int(np.clip(round(t), p.min_length, p.max_length))
+
+
+def _sample_layout(rng: np.random.Generator, num_segments: int,
+                   class_medians: np.ndarray,
+                   p: SyntheticParams) -> list[_SynthInstance]:
+  """Non-overlapping instances (with at least one background segment between
+  two instances) covering about ``coverage`` of the video."""
+  t_len = num_segments
+  a = p.coverage_mean * p.coverage_concentration
+  b = (1.0 - p.coverage_mean) * p.coverage_concentration
+  coverage = float(rng.beta(a, b))
+  primary = int(rng.integers(p.num_classes))
+  classes = [primary]
+  if rng.random() < p.two_class_fraction:
+    other = int(rng.integers(p.num_classes - 1))
+    classes.append(other + (other >= primary))
+  target = coverage * t_len
+  max_inst = max(1, t_len // 2)
+  labels: list[int] = []
+  lengths: list[int] = []
+  while not lengths or sum(lengths) < target or len(lengths) < len(classes):
+    if len(lengths) < len(classes):
+      c = classes[len(lengths)]
+    else:
+      c = classes[int(rng.integers(len(classes)))]
+    ell = class_medians[c] * math.exp(p.instance_length_sigma * rng.standard_normal())
+    if rng.random() < p.long_instance_prob:
+      ell *= rng.uniform(*p.long_instance_factor)
+    labels.append(c)
+    lengths.append(int(np.clip(round(ell), 1, max_inst)))
+  # Fit: instances plus one background segment between neighbours, and keep at
+  # least 30% of the video as background.
+  while len(lengths) > 1 and (sum(lengths) + len(lengths) - 1 > 0.7 * t_len):
+    lengths.pop()
+    labels.pop()
+  if sum(lengths) > 0.7 * t_len:
+    lengths[0] = max(1, int(0.7 * t_len))
+  order = rng.permutation(len(lengths))
+  lengths = [lengths[i] for i in order]
+  labels = [labels[i] for i in order]
+  n = len(lengths)
+  free = t_len - sum(lengths) - (n - 1)
+  gaps = rng.multinomial(free, rng.dirichlet(np.ones(n + 1)))
+  gaps[1:n] += 1
+  out = []
+  pos = int(gaps[0])
+  for i in range(n):
+    ell = lengths[i]
+    core_len = max(1, int(round(p.core_fraction * ell)))
+    core_first = pos + int(rng.integers(ell - core_len + 1))
+    out.append(_SynthInstance(pos, pos + ell - 1, labels[i], core_first,
+                              core_first + core_len - 1))
+    pos += ell + int(gaps[i + 1])
+  assert pos == t_len, (pos, t_len)
+  return out
+
+
+# ---------------------------------------------------------------- features
+
+
+def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
+  v = rng.standard_normal((n, d))
+  return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def _smooth_noise(rng: np.random.Generator, t_len: int, d: int) -> np.ndarray:
+  """``(T, D)`` unit-variance noise with neighbour correlation 2/3 (kernel
+  [1, 2, 1] / sqrt(6)), like temporally smooth I3D features."""
+  e = rng.standard_normal((t_len + 2, d))
+  return (e[:-2] + 2.0 * e[1:-1] + e[2:]) / math.sqrt(6.0)
+
+
+def _video_features(rng: np.random.Generator, t_len: int,
+                    instances: list[_SynthInstance], class_dirs: np.ndarray,
+                    action_dir: np.ndarray, p: SyntheticParams) -> np.ndarray:
+  """``(T, D) float32`` features: ``softplus(bias + scene + signal + noise)``."""
+  d = class_dirs.shape[1]
+  z = p.noise * _smooth_noise(rng, t_len, d)
+  z += p.bias
+  z += p.scene_strength * _unit(rng, 1, d)
+  background = np.ones((t_len,), bool)
+  for inst in instances:
+    sl = slice(inst.first, inst.last + 1)
+    background[sl] = False
+    z[sl] += p.action_strength * action_dir
+    z[sl] += p.weak_class_strength * class_dirs[inst.label]
+    core = slice(inst.core_first, inst.core_last + 1)
+    z[core] += (p.core_strength - p.weak_class_strength) * class_dirs[inst.label]
+  # Distractor runs of 1-3 segments, only on background segments.
+  num_bg = int(background.sum())
+  num_runs = rng.poisson(p.distractor_rate * num_bg / 2.0) if num_bg else 0
+  for _ in range(num_runs):
+    start = int(rng.integers(t_len))
+    run = np.arange(start, min(t_len, start + int(rng.integers(1, 4))))
+    run = run[background[run]]
+    if rng.random() < p.distractor_action_prob:
+      z[run] += p.distractor_action_strength * action_dir
+    else:
+      z[run] += p.distractor_class_strength * class_dirs[int(rng.integers(p.num_classes))]
+  return np.logaddexp(0.0, z).astype(np.float32)  # softplus: non-negative
+
+
+# ------------------------------------------------------------------ writing
+
+
+def _generate_into(directory: str, p: SyntheticParams) -> None:
+  names = class_names(p.num_classes)
+  root = np.random.SeedSequence([p.seed, 0x5E6])
+  global_rng = np.random.default_rng(root.spawn(1)[0])
+  d = p.feature_dim
+  dirs = _unit(global_rng, p.num_classes + 1, d)
+  class_dirs, action_dir = dirs[:-1], dirs[-1]
+  class_medians = p.instance_length_median * np.exp(
+      p.class_length_sigma * global_rng.standard_normal(p.num_classes))
+  feat_dir = os.path.join(directory, FEATURES_DIR)
+  os.makedirs(feat_dir)
+  database: dict[str, Any] = {}
+  for subset_code, (subset, count) in enumerate(
+      ((TRAIN_SUBSET, p.num_train), (TEST_SUBSET, p.num_test))):
+    for i in range(count):
+      # One stream per video: a video does not depend on the number of others.
+      rng = np.random.default_rng([p.seed, 0x5E6, subset_code + 1, i])
+      t_len = _sample_length(rng, p)
+      instances = _sample_layout(rng, t_len, class_medians, p)
+      feats = _video_features(rng, t_len, instances, class_dirs, action_dir, p)
+      vid = video_id(subset, i)
+      np.save(os.path.join(feat_dir, vid + ".npy"), feats)
+      rate = p.feature_rate
+      annotations = []
+      for inst in instances:
+        # Inside the first/last segment, so that segment t <-> [t, t+1)/rate.
+        start = (inst.first + rng.uniform(0.0, 0.4)) / rate
+        end = (inst.last + 1 - rng.uniform(0.0, 0.4)) / rate
+        annotations.append({
+            "segment": [round(start, 3), round(end, 3)],
+            "label": names[inst.label],
+            "core_segments": [inst.core_first, inst.core_last],
+        })
+      database[vid] = {
+          "subset": subset,
+          "duration": round((t_len + rng.uniform(0.0, 0.99)) / rate, 3),
+          "annotations": annotations,
+      }
+  with open(os.path.join(directory, ANNOTATION_FILE), "w") as f:
+    json.dump({"version": f"{GENERATOR_NAME}-{GENERATOR_VERSION}",
+               "database": database}, f)
+  with open(os.path.join(directory, GENERATOR_FILE), "w") as f:
+    json.dump(_generator_record(p), f, indent=1)
+
+
+def _generator_record(p: SyntheticParams) -> dict[str, Any]:
+  return {"generator": GENERATOR_NAME, "version": GENERATOR_VERSION,
+          "params": p.to_json(), "class_names": class_names(p.num_classes)}
+
+
+def read_generator_record(output_dir: str) -> dict[str, Any] | None:
+  """The ``generator.json`` of a generated dataset, or None if there is none."""
+  path = os.path.join(output_dir, GENERATOR_FILE)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      rec = json.load(f)
+  except (OSError, json.JSONDecodeError):
+    return None
+  if not isinstance(rec, dict) or rec.get("generator") != GENERATOR_NAME:
+    return None
+  return rec
+
+
+def _is_complete(output_dir: str, record: dict[str, Any]) -> bool:
+  if not os.path.isfile(os.path.join(output_dir, ANNOTATION_FILE)):
+    return False
+  par = record.get("params", {})
+  expected = int(par.get("num_train", -1)) + int(par.get("num_test", -1))
+  feat_dir = os.path.join(output_dir, FEATURES_DIR)
+  if not os.path.isdir(feat_dir):
+    return False
+  return len([n for n in os.listdir(feat_dir) if n.endswith(".npy")]) == expected
+
+
+def generate_synthetic(output_dir: str, *, seed: int = 0, num_classes: int = 20,
+                       num_train: int = 200, num_test: int = 200,
+                       feature_dim: int = 64, max_length: int = 2600,
+                       feature_rate: float = I3D_FEATURE_RATE,
+                       **knobs: Any) -> str:
+  """Writes (or reuses) the synthetic dataset; returns the annotation JSON path.
+
+  The dataset is first written into a temporary folder next to ``output_dir``
+  and then renamed into place, so a crash never leaves a half dataset. If
+  ``output_dir`` already holds a dataset generated with exactly these
+  parameters (its ``generator.json``), it is reused as is; one generated with
+  other parameters is replaced. A non-empty ``output_dir`` that this generator
+  did not write is never touched.
+
+  Args:
+    output_dir: where the dataset goes.
+    seed, num_classes, num_train, num_test, feature_dim, max_length,
+      feature_rate: see :class:`SyntheticParams`.
+    **knobs: any other field of :class:`SyntheticParams` (core_fraction,
+      core_strength, weak_class_strength, action_strength, noise, ...).
+
+  Returns:
+    ``<output_dir>/annotations.json``.
+
+  Raises:
+    DataError: if ``output_dir`` is a file or a non-empty folder this
+      generator did not write.
+    ValueError: on an unknown knob or an impossible setting.
+  """
+  fields = {f.name for f in dataclasses.fields(SyntheticParams)}
+  unknown = sorted(set(knobs) - fields)
+  if unknown:
+    raise ValueError(f"generate_synthetic: unknown parameter(s) {unknown}; "
+                     f"known: {sorted(fields)}")
+  if "long_instance_factor" in knobs:
+    knobs["long_instance_factor"] = tuple(float(x) for x in knobs["long_instance_factor"])
+  params = SyntheticParams(
+      seed=int(seed), num_classes=int(num_classes), num_train=int(num_train),
+      num_test=int(num_test), feature_dim=int(feature_dim),
+      max_length=int(max_length), feature_rate=float(feature_rate), **knobs)
+  params.validate()
+  output_dir = os.path.abspath(output_dir)
+  annotation_path = os.path.join(output_dir, ANNOTATION_FILE)
+  record = _generator_record(params)
+
+  def reusable() -> bool:
+    existing = read_generator_record(output_dir)
+    return (existing is not None and
+            json.loads(json.dumps(existing)) == json.loads(json.dumps(record)) and
+            _is_complete(output_dir, existing))
+
+  if os.path.exists(output_dir):
+    if not os.path.isdir(output_dir):
+      raise DataError(f"{output_dir}: synthetic output_dir exists and is not a folder")
+    if reusable():
+      return annotation_path
+    if os.listdir(output_dir) and read_generator_record(output_dir) is None:
+      raise DataError(
+          f"{output_dir}: folder is not empty and holds no {GENERATOR_FILE} "
+          "from the synthetic generator; refusing to overwrite it (choose "
+          "another data.synthetic.output_dir)")
+  parent = os.path.dirname(output_dir)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=".synthetic-tmp-", dir=parent)
+  try:
+    _generate_into(tmp, params)
+    if os.path.isdir(output_dir) and not os.listdir(output_dir):
+      os.rmdir(output_dir)
+    if os.path.exists(output_dir):
+      # An older generated dataset with other parameters (or one another
+      # process has just finished): move it aside, then swap.
+      if reusable():
+        return annotation_path
+      old = tempfile.mkdtemp(prefix=".synthetic-old-", dir=parent)
+      os.rmdir(old)
+      os.rename(output_dir, old)
+      os.rename(tmp, output_dir)
+      shutil.rmtree(old, ignore_errors=True)
+    else:
+      try:
+        os.rename(tmp, output_dir)
+      except OSError:
+        if reusable():  # another process won the race with the same dataset
+          return annotation_path
+        raise
+  finally:
+    if os.path.exists(tmp):
+      shutil.rmtree(tmp, ignore_errors=True)
+  return annotation_path
