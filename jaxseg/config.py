@@ -78,6 +78,12 @@ def base_config() -> ml_collections.ConfigDict:
   lo.propagation_method = "factorized"  # one of PROP_METHODS
   # Whether the propagation loss back-propagates into f through S (eq. 13).
   lo.propagation_grad_through_similarity = False
+  # Eq. 4 scale: "classes" (1/N, as printed) or "labels" (y / sum y, W-TALC's loss).
+  lo.classification_normalization = "labels"
+  # Eq. 13: S from "dot" products (as printed) or "cosine" similarities, and the
+  # sum over pairs as printed ("none") or divided by l^2 ("pairs").
+  lo.propagation_similarity = "cosine"
+  lo.propagation_normalization = "pairs"
 
   # ------------------------------------------------------------- training
   c.train = t = ml_collections.ConfigDict()
@@ -102,13 +108,28 @@ def base_config() -> ml_collections.ConfigDict:
   # ------------------------------------------------------------ inference
   c.inference = i = ml_collections.ConfigDict()
   i.batch_size = 8
+  # Video-level class scores from "average" (C_a, paper 4.7) or "classification" (C_cls).
+  i.score_source = "classification"
   i.class_threshold = 0.0  # keep classes whose s_a exceeds this (paper 4.7)
-  i.class_top_ratio = 0.0  # and/or softmax p_a above this (0: off)
+  i.class_top_ratio = 0.2  # and p_a >= this * max p_a (0: off); the top class is always kept
   i.cas_thresholds = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)  # on min-max normalised C_a
+  i.contrast_on = "normalized"  # outer-inner contrast on "raw" C_a or its per-class "normalized" form
+  i.class_score = "p_a"  # the video score added to a proposal's: "s_a" (eq. 2) or "p_a" (eq. 3)
   i.outer_scale = 0.25  # outer region = this fraction of the proposal on each side
-  i.class_score_weight = 0.2  # proposal score = inner-outer + w * class score
+  i.class_score_weight = 1.0  # proposal score = inner-outer + w * class score
   i.nms_iou = 0.6
   i.max_proposals_per_video = 100
+
+  # -------------------------------------------------------------- parallel
+  c.parallel = pa = ml_collections.ConfigDict()
+  pa.num_devices = -1  # data-parallel over this many devices (-1: all)
+  # Multi-host: jax.distributed.initialize(coordinator_address, num_processes,
+  # process_id), or auto=True on SLURM / Open MPI / Cloud TPU.
+  c.distributed = di = ml_collections.ConfigDict()
+  di.coordinator_address = ""
+  di.num_processes = 1
+  di.process_id = 0
+  di.auto = False
 
   # ----------------------------------------------------------- evaluation
   c.eval = e = ml_collections.ConfigDict()
@@ -169,10 +190,20 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1) -> None:
          f"the top-k ratio r must be >= 1, got {c.loss.topk_ratio}")
   _check(c.loss.propagation_method in PROP_METHODS, "loss.propagation_method",
          f"{c.loss.propagation_method!r} is not one of {PROP_METHODS}")
+  _check(c.loss.classification_normalization in ("classes", "labels"),
+         "loss.classification_normalization",
+         f"{c.loss.classification_normalization!r} is not 'classes' or 'labels'")
+  _check(c.loss.propagation_similarity in ("dot", "cosine"), "loss.propagation_similarity",
+         f"{c.loss.propagation_similarity!r} is not 'dot' or 'cosine'")
+  _check(c.loss.propagation_normalization in ("none", "pairs"),
+         "loss.propagation_normalization",
+         f"{c.loss.propagation_normalization!r} is not 'none' or 'pairs'")
   _check(c.loss.use_classification or c.loss.use_segment or c.loss.use_sphere
          or c.loss.use_propagation, "loss", "at least one loss term must be on")
   t = c.train
   _check(t.batch_size >= 1, "train.batch_size", "must be >= 1")
+  _check(c.parallel.num_devices == -1 or c.parallel.num_devices >= 1,
+         "parallel.num_devices", "must be >= 1, or -1 for all devices")
   _check(t.batch_size % num_devices == 0, "train.batch_size",
          f"{t.batch_size} is not divisible by the number of devices ({num_devices})")
   _check(t.num_steps >= 1, "train.num_steps", "must be >= 1")
@@ -190,6 +221,8 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1) -> None:
   _check(0.0 <= t.validation_fraction < 1.0, "train.validation_fraction", "must be in [0, 1)")
   i = c.inference
   _check(i.batch_size >= 1, "inference.batch_size", "must be >= 1")
+  _check(i.score_source in ("average", "classification"), "inference.score_source",
+         f"{i.score_source!r} is not 'average' or 'classification'")
   _check(len(i.cas_thresholds) > 0 and all(0.0 <= x <= 1.0 for x in i.cas_thresholds),
          "inference.cas_thresholds", "must be a non-empty list of values in [0, 1]")
   _check(0.0 <= i.nms_iou <= 1.0, "inference.nms_iou", "must be in [0, 1]")

@@ -118,22 +118,39 @@ def topk_mean(cas: Array, mask: Array, k: Array) -> Array:
 
 
 # ------------------------------------------------- classification (eq. 2-4)
-def classification_loss(cas: Array, labels: Array, mask: Array, k: Array) -> Array:
+CLASSIFICATION_NORMALIZATIONS = ("classes", "labels")
+
+
+def classification_loss(cas: Array, labels: Array, mask: Array, k: Array, *,
+                        normalization: str = "classes") -> Array:
   """Eq. 2-4: ``(1/N) sum_n -y_n log softmax_n(s)``, batch mean.
 
   Args:
     cas: ``(B, T, N) float`` ``C_cls``.
-    labels: ``(B, N) float`` multi-hot ``y`` (used as is, not normalized).
+    labels: ``(B, N) float`` multi-hot ``y``.
     mask: ``(B, T) bool``.
     k: ``(B,) int`` see :func:`topk_k`.
+    normalization: ``"classes"``: eq. 4 as printed, ``y`` used as is and the
+      sum divided by ``N``; ``"labels"``: W-TALC's multiple-instance loss the
+      paper builds on, ``sum_n -(y_n / sum y) log p_n`` (no ``1/N``), which
+      keeps the term's scale independent of the number of classes (see
+      docs/paper-notes.md).
 
   Returns:
     scalar float.
   """
   s = topk_mean(cas, mask, k)
   log_p = jax.nn.log_softmax(s, axis=-1)  # eq. 3
-  n = cas.shape[-1]
-  per_video = -jnp.sum(labels.astype(cas.dtype) * log_p, axis=-1) / n  # eq. 4
+  y = labels.astype(cas.dtype)
+  if normalization == "classes":
+    per_video = -jnp.sum(y * log_p, axis=-1) / cas.shape[-1]  # eq. 4
+  elif normalization == "labels":
+    count = jnp.sum(y, axis=-1)
+    denom = jnp.where(count > 0, count, 1.0)
+    per_video = -jnp.sum(y * log_p, axis=-1) / denom
+  else:
+    raise ValueError(f"classification_loss: normalization must be one of "
+                     f"{CLASSIFICATION_NORMALIZATIONS}, got {normalization!r}")
   return _batch_mean(per_video, mask)
 
 
@@ -340,9 +357,15 @@ def _per_video_propagation(f: Array, c: Array, method: str) -> Array:
       f"propagation method: expected one of {PROPAGATION_METHODS}, got {method!r}")
 
 
+PROPAGATION_SIMILARITIES = ("dot", "cosine")
+PROPAGATION_NORMALIZATIONS = ("none", "pairs")
+
+
 def propagation_loss(features: Array, cas: Array, mask: Array,
                      method: str = "factorized", *,
-                     grad_through_similarity: bool = False) -> Array:
+                     grad_through_similarity: bool = False,
+                     similarity: str = "dot",
+                     normalization: str = "none") -> Array:
   """Eq. 13 summed over classes (eq. 12): ``sum_n sum_ij S_ij (C(i,n) - C(j,n))^2``.
 
   ``S = f f^T`` over the real pairs ``(i, j)`` of each video; batch mean.
@@ -364,13 +387,28 @@ def propagation_loss(features: Array, cas: Array, mask: Array,
     grad_through_similarity: if False (default), ``S`` is a constant
       (``stop_gradient`` on ``f``): eq. 12 treats it as the given similarity
       ``W_ij`` of eq. 11, and letting the loss shrink ``f`` collapses it.
+    similarity: ``"dot"``: ``S = f f^T`` as printed; ``"cosine"``: rows of
+      ``f`` scaled to unit norm first (zero rows stay zero), so ``S_ij`` is in
+      ``[-1, 1]`` whatever the feature norms.
+    normalization: ``"none"``: the sum over pairs as printed (it grows as
+      ``l^2``); ``"pairs"``: divided by ``l_i^2``, the number of pairs of
+      video ``i``, so long and short videos weigh alike.
 
   Returns:
     scalar float.
   """
   _check_rank("features", features, 3)
   _check_rank("cas", cas, 3)
+  if similarity not in PROPAGATION_SIMILARITIES:
+    raise ValueError(f"propagation_loss: similarity must be one of "
+                     f"{PROPAGATION_SIMILARITIES}, got {similarity!r}")
+  if normalization not in PROPAGATION_NORMALIZATIONS:
+    raise ValueError(f"propagation_loss: normalization must be one of "
+                     f"{PROPAGATION_NORMALIZATIONS}, got {normalization!r}")
   f = _masked(features, mask)
+  if similarity == "cosine":
+    norm, pos = _safe_norm(f, axis=-1)
+    f = jnp.where(pos[..., None], f / jnp.where(pos, norm, 1.0)[..., None], 0.0)
   if not grad_through_similarity:
     f = jax.lax.stop_gradient(f)
   c = _masked(cas, mask)
@@ -379,6 +417,9 @@ def propagation_loss(features: Array, cas: Array, mask: Array,
     mean = jax.lax.stop_gradient(jnp.sum(c, axis=1) / count[:, None])
     c = _masked(c - mean[:, None, :], mask)
   per_video = _per_video_propagation(f, c, method)
+  if normalization == "pairs":
+    count = jnp.sum(mask, axis=1).astype(per_video.dtype)
+    per_video = per_video / jnp.maximum(count, 1.0) ** 2
   return _batch_mean(per_video, mask)
 
 
@@ -391,6 +432,9 @@ def total_loss(outputs: Mapping[str, Array], batch: Mapping[str, Any], *,
                margin: int = 4, topk_mode: str = "labeled",
                topk_ratio: float = 8.0, propagation_method: str = "factorized",
                grad_through_similarity: bool = False,
+               classification_normalization: str = "classes",
+               propagation_similarity: str = "dot",
+               propagation_normalization: str = "none",
                log_disabled_terms: bool = False) -> tuple[Array, dict[str, Array]]:
   """Eq. 1: ``L = L_cls + alpha L_segment + beta L_sphere + gamma L_prop``.
 
@@ -411,6 +455,9 @@ def total_loss(outputs: Mapping[str, Array], batch: Mapping[str, Any], *,
     topk_mode, topk_ratio: see :func:`topk_k`.
     propagation_method: see :func:`propagation_loss`.
     grad_through_similarity: see :func:`propagation_loss`.
+    classification_normalization: see :func:`classification_loss`.
+    propagation_similarity, propagation_normalization: ``similarity`` and
+      ``normalization`` of :func:`propagation_loss`.
     log_disabled_terms: compute the switched-off terms for logging.
 
   Returns:
@@ -432,7 +479,8 @@ def total_loss(outputs: Mapping[str, Array], batch: Mapping[str, Any], *,
   def cls():
     k = topk_k(batch["lengths"], batch["num_labeled"], mode=topk_mode,
                ratio=topk_ratio)
-    return classification_loss(cas_cls, batch["video_labels"], mask, k)
+    return classification_loss(cas_cls, batch["video_labels"], mask, k,
+                               normalization=classification_normalization)
 
   def seg():
     return partial_segment_loss(cas_loc, batch["segment_labels"], mask)
@@ -446,7 +494,9 @@ def total_loss(outputs: Mapping[str, Array], batch: Mapping[str, Any], *,
 
   def prop():
     return propagation_loss(f, cas_loc, mask, propagation_method,
-                            grad_through_similarity=grad_through_similarity)
+                            grad_through_similarity=grad_through_similarity,
+                            similarity=propagation_similarity,
+                            normalization=propagation_normalization)
 
   terms = {
       "classification": term(use_classification, cls),
@@ -492,4 +542,7 @@ def loss_config_kwargs(loss_config: Any) -> dict[str, Any]:
       propagation_method=method,
       grad_through_similarity=bool(
           loss_config.propagation_grad_through_similarity),
+      classification_normalization=str(loss_config.classification_normalization),
+      propagation_similarity=str(loss_config.propagation_similarity),
+      propagation_normalization=str(loss_config.propagation_normalization),
   )

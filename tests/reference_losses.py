@@ -44,8 +44,8 @@ def class_scores(cas, lengths, k):
   return out
 
 
-def classification_loss(cas, labels, lengths, k):
-  """Eq. 2-4."""
+def classification_loss(cas, labels, lengths, k, normalization="classes"):
+  """Eq. 2-4 (``classes``: 1/N as printed; ``labels``: W-TALC's y / sum y)."""
   s = class_scores(cas, lengths, k)
   labels = _f64(labels)
   values = []
@@ -53,7 +53,12 @@ def classification_loss(cas, labels, lengths, k):
     e = np.exp(s[b] - s[b].max())
     p = e / e.sum()  # eq. 3
     n_cls = s.shape[1]
-    values.append(sum(-labels[b, n] * math.log(p[n]) for n in range(n_cls)) / n_cls)
+    ce = sum(-labels[b, n] * math.log(p[n]) for n in range(n_cls))
+    if normalization == "classes":
+      values.append(ce / n_cls)
+    else:
+      count = labels[b].sum()
+      values.append(ce / count if count > 0 else 0.0)
   return _batch_mean(values, lengths)
 
 
@@ -123,17 +128,29 @@ def sphere_loss(features, cas, labels, lengths, weight, margin):
   return _batch_mean(values, lengths)
 
 
-def propagation_loss(features, cas, lengths):
-  """Eq. 13 summed over classes: sum_n sum_ij S_ij (C(i,n) - C(j,n))^2."""
+def propagation_loss(features, cas, lengths, similarity="dot", normalization="none"):
+  """Eq. 13 summed over classes: sum_n sum_ij S_ij (C(i,n) - C(j,n))^2.
+
+  ``similarity="cosine"``: S_ij = f_i.f_j / (|f_i| |f_j|) (0 for a zero row);
+  ``normalization="pairs"``: the video's sum divided by l^2.
+  """
   f_all = _f64(features)
   c_all = _f64(cas)
   values = []
   for b, l in enumerate(lengths):
     f = f_all[b, :l]
-    s = f @ f.T
+    s = np.zeros((l, l))
+    for i in range(l):
+      for j in range(l):
+        s[i, j] = float(np.dot(f[i], f[j]))
+        if similarity == "cosine":
+          ni, nj = np.linalg.norm(f[i]), np.linalg.norm(f[j])
+          s[i, j] = s[i, j] / (ni * nj) if ni > 0 and nj > 0 else 0.0
     total = 0.0
     for i in range(l):
       for j in range(l):
         total += s[i, j] * float(np.sum((c_all[b, i] - c_all[b, j]) ** 2))
+    if normalization == "pairs" and l > 0:
+      total /= l * l
     values.append(total)
   return _batch_mean(values, lengths)

@@ -63,7 +63,10 @@ def fns():
       median=jax.jit(losses.masked_median),
       sphere=jax.jit(losses.sphere_loss, static_argnums=5),
       prop=jax.jit(losses.propagation_loss, static_argnums=3,
-                   static_argnames="grad_through_similarity"),
+                   static_argnames=("grad_through_similarity", "similarity",
+                                    "normalization")),
+      cls_labels=jax.jit(functools.partial(losses.classification_loss,
+                                           normalization="labels")),
   )
 
 
@@ -102,6 +105,16 @@ def test_classification_loss_matches_reference(fns, mode):
     got = fns["cls"](b["cas"], b["video_labels"], b["mask"], k)
     want = ref.classification_loss(b["cas"], b["video_labels"], b["lengths"],
                                    ref.topk_k(b["lengths"], b["num_labeled"], mode, 3.0))
+    np.testing.assert_allclose(got, want, rtol=RTOL)
+
+
+def test_classification_loss_label_normalization_matches_reference(fns):
+  for seed in range(3):
+    b = random_batch(seed + 5)
+    k = losses.topk_k(b["lengths"], b["num_labeled"], mode="labeled", ratio=3.0)
+    got = fns["cls_labels"](b["cas"], b["video_labels"], b["mask"], k)
+    want = ref.classification_loss(b["cas"], b["video_labels"], b["lengths"],
+                                   np.asarray(k), normalization="labels")
     np.testing.assert_allclose(got, want, rtol=RTOL)
 
 
@@ -173,6 +186,24 @@ def test_propagation_loss_matches_reference(fns, method):
     got = fns["prop"](b["features"], b["cas"], b["mask"], method)
     want = ref.propagation_loss(b["features"], b["cas"], b["lengths"])
     np.testing.assert_allclose(got, want, rtol=RTOL)
+
+
+@pytest.mark.parametrize("method", losses.PROPAGATION_METHODS)
+@pytest.mark.parametrize("similarity,normalization", [("cosine", "pairs"), ("cosine", "none"),
+                                                      ("dot", "pairs")])
+def test_propagation_loss_options_match_reference(fns, method, similarity, normalization):
+  b = random_batch(31)
+  b["features"][0, 1] = 0.0  # a zero row: cosine similarity 0, finite gradient
+  got = fns["prop"](b["features"], b["cas"], b["mask"], method, similarity=similarity,
+                    normalization=normalization)
+  want = ref.propagation_loss(b["features"], b["cas"], b["lengths"], similarity,
+                              normalization)
+  np.testing.assert_allclose(got, want, rtol=RTOL)
+  grad = jax.grad(lambda f: fns["prop"](f, b["cas"], b["mask"], method,
+                                        grad_through_similarity=True,
+                                        similarity=similarity,
+                                        normalization=normalization))(b["features"])
+  assert np.all(np.isfinite(grad))
 
 
 def test_propagation_methods_agree_in_value_and_gradient():
@@ -349,7 +380,8 @@ def test_loss_config_kwargs():
   assert kw == dict(alpha=0.1, beta=1e-4, gamma=0.02, use_classification=True,
                     use_segment=True, use_sphere=True, use_propagation=True, margin=4,
                     topk_mode="labeled", topk_ratio=8.0, propagation_method="factorized",
-                    grad_through_similarity=False)
+                    grad_through_similarity=False, classification_normalization="labels",
+                    propagation_similarity="cosine", propagation_normalization="pairs")
   c.loss.use_sphere = False
   c.loss.propagation_grad_through_similarity = True
   kw = losses.loss_config_kwargs(c.loss)
