@@ -21,6 +21,7 @@ The pipeline for one batch of padded videos:
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -75,9 +76,12 @@ def inference_topk(lengths: np.ndarray, ratio: float) -> np.ndarray:
   return np.minimum(k, np.maximum(lengths, 1)).astype(np.int32)
 
 
-@jax.jit
+SCORE_SOURCES = ("average", "classification")
+
+
+@functools.partial(jax.jit, static_argnames=("score_source",))
 def video_scores(cas_cls: jax.Array, cas_loc: jax.Array, mask: jax.Array,
-                 k: jax.Array) -> dict[str, jax.Array]:
+                 k: jax.Array, *, score_source: str = "average") -> dict[str, jax.Array]:
   """Final CAS and video-level scores of a padded batch (paper 4.7, eq. 2-3).
 
   Args:
@@ -86,6 +90,11 @@ def video_scores(cas_cls: jax.Array, cas_loc: jax.Array, mask: jax.Array,
     mask: ``(B, T) bool``, True on real segments.
     k: ``(B,) int32`` top-k size per video (see :func:`inference_topk`);
       clipped to ``[1, T_i]``.
+    score_source: the CAS the video-level scores come from: ``"average"``,
+      ``C_a`` as in the paper's section 4.7, or ``"classification"``, ``C_cls``
+      (the localization head is trained only by losses that are invariant to a
+      per-class offset of ``C_loc``, eq. 5-6 and 13, so its class offsets carry
+      no class evidence; see docs/paper-notes.md).
 
   Returns:
     ``{"cas_a": (B, T, N) float32`` ``C_a = (C_cls + C_loc) / 2``, zero on
@@ -96,7 +105,12 @@ def video_scores(cas_cls: jax.Array, cas_loc: jax.Array, mask: jax.Array,
   mask = mask.astype(bool)
   # The masked top-k mean of eq. 2 is shared with the classification loss.
   cas_a = jnp.where(mask[..., None], (cas_cls + cas_loc) / 2, 0.0)
-  s_a = losses.topk_mean(cas_a, mask, k)
+  if score_source == "average":
+    s_a = losses.topk_mean(cas_a, mask, k)
+  elif score_source == "classification":
+    s_a = losses.topk_mean(jnp.where(mask[..., None], cas_cls, 0.0), mask, k)
+  else:
+    raise ValueError(f"score_source: expected one of {SCORE_SOURCES}, got {score_source!r}")
   p_a = jax.nn.softmax(s_a, axis=-1)
   return {"cas_a": cas_a, "s_a": s_a, "p_a": p_a}
 
@@ -221,10 +235,15 @@ def _oic_scores(cas: np.ndarray, t0: np.ndarray, t1: np.ndarray,
   return inner - outer
 
 
-def _get(config: Any, name: str) -> Any:
+_MISSING = object()
+
+
+def _get(config: Any, name: str, default: Any = _MISSING) -> Any:
   try:
     return config[name] if isinstance(config, Mapping) else getattr(config, name)
   except (KeyError, AttributeError):
+    if default is not _MISSING:
+      return default
     raise ValueError(f"inference config: missing field {name!r}") from None
 
 
@@ -292,6 +311,15 @@ def generate_proposals(cas_a: np.ndarray, s_a: np.ndarray, p_a: np.ndarray, *,
   weight = float(_get(config, "class_score_weight"))
   nms_iou = float(_get(config, "nms_iou"))
   max_props = int(_get(config, "max_proposals_per_video"))
+  contrast_on = str(_get(config, "contrast_on", "raw"))
+  if contrast_on not in ("raw", "normalized"):
+    raise ValueError(f"inference config: contrast_on must be 'raw' or 'normalized', "
+                     f"got {contrast_on!r}")
+  class_score = str(_get(config, "class_score", "s_a"))
+  if class_score not in ("s_a", "p_a"):
+    raise ValueError(f"inference config: class_score must be 's_a' or 'p_a', "
+                     f"got {class_score!r}")
+  video_score = s_a if class_score == "s_a" else p_a
 
   classes = select_classes(s_a, p_a, class_threshold=float(_get(config, "class_threshold")),
                            class_top_ratio=float(_get(config, "class_top_ratio")))
@@ -309,7 +337,8 @@ def generate_proposals(cas_a: np.ndarray, s_a: np.ndarray, p_a: np.ndarray, *,
     if not np.any(sel):
       continue
     a, b = t0[sel], t1[sel]
-    scores = _oic_scores(cas[pos], a, b, outer_scale) + weight * s_a[c]
+    contrast = cas[pos] if contrast_on == "raw" else norm[pos]
+    scores = _oic_scores(contrast, a, b, outer_scale) + weight * video_score[c]
     start = np.minimum(a / feature_rate, duration)
     end = np.minimum(b / feature_rate, duration)
     valid = end > start
@@ -393,7 +422,9 @@ def predict(apply_fn: Callable[..., Mapping[str, Any]], variables: Any,
       raise ValueError(f"predict: the model predicts {out['cas_cls'].shape[-1]} classes "
                        f"but {len(class_names)} class names were given")
     k = inference_topk(np.minimum(lengths, num_t), topk_ratio)
-    scores = jax.device_get(video_scores(out["cas_cls"], out["cas_loc"], mask, k))
+    scores = jax.device_get(video_scores(
+        out["cas_cls"], out["cas_loc"], mask, k,
+        score_source=str(_get(config_inference, "score_source", "average"))))
     if want_cas is None or want_cas:
       raw = jax.device_get({"cas_cls": out["cas_cls"], "cas_loc": out["cas_loc"]})
     for i, vid in enumerate(ids):

@@ -414,3 +414,43 @@ def test_write_detections_is_atomic(tmp_path, monkeypatch):
     inference.write_detections(path, good)
   assert path.read_text() == before
   assert os.listdir(tmp_path) == ["detections.json"]
+
+
+def test_video_scores_from_classification_cas():
+  rng = np.random.default_rng(3)
+  lengths = np.array([7, 3])
+  mask = np.arange(7)[None] < lengths[:, None]
+  cas_cls = rng.normal(size=(2, 7, 3)).astype(np.float32)
+  cas_loc = 50.0 + rng.normal(size=(2, 7, 3)).astype(np.float32)  # must not matter
+  k = np.array([2, 1], np.int32)
+  out = jax.device_get(inference.video_scores(cas_cls, cas_loc, mask, k,
+                                              score_source="classification"))
+  s_ref, p_ref = ref_scores(cas_cls, cas_cls, lengths, k)  # (C_cls + C_cls) / 2 = C_cls
+  np.testing.assert_allclose(out["s_a"], s_ref, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(out["p_a"], p_ref, rtol=1e-6, atol=1e-7)
+  # C_a is still the average of the two CAS.
+  np.testing.assert_allclose(out["cas_a"][mask], ((cas_cls + cas_loc) / 2)[mask], rtol=1e-6)
+  with pytest.raises(ValueError, match="score_source"):
+    inference.video_scores(cas_cls, cas_loc, mask, k, score_source="bogus")
+
+
+def test_proposals_normalized_contrast_and_probability_score():
+  cas = np.zeros((10, 3), np.float32)
+  cas[:, 0] = [0, 4, 2, 0, 0, 1, 2, 4, 4, 2]  # normalised: / 4
+  cas[:, 1] = np.arange(10)
+  cas[:, 2] = 1.0
+  s_a = np.array([0.5, -0.1, 0.2])
+  p_a = np.exp(s_a) / np.exp(s_a).sum()
+  dets = inference.generate_proposals(
+      cas, s_a, p_a, feature_rate=2.0, duration=4.8,
+      config=make_config(contrast_on="normalized", class_score="p_a",
+                         class_score_weight=1.0))
+  # Class 0, normalised [0, 1, .5, 0, 0, .25, .5, 1, 1, .5] > 0.4:
+  # [1, 3): inner .75, outer {0, 0} -> .75 + p0;  [6, 10): inner .75, outer {.25} -> .5 + p0.
+  # Class 2 (constant -> all ones): inner 1, no outer -> 1 + p2. Class 1: s_a < 0, dropped.
+  want = sorted([(0.75 + p_a[0], 0), (0.5 + p_a[0], 0), (1.0 + p_a[2], 2)], reverse=True)
+  np.testing.assert_allclose([d["score"] for d in dets], [w[0] for w in want], atol=1e-12)
+  assert [d["label"] for d in dets] == [w[1] for w in want]
+  with pytest.raises(ValueError, match="contrast_on"):
+    inference.generate_proposals(cas, s_a, p_a, feature_rate=2.0, duration=4.8,
+                                 config=make_config(contrast_on="bogus"))
