@@ -14,6 +14,7 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -41,6 +42,8 @@ def main(argv):
   from jaxseg import train  # pylint: disable=g-import-not-at-top
   from jaxseg.data.video import DataError  # pylint: disable=g-import-not-at-top
 
+  # Orbax logs every checkpoint step at INFO; keep the console for progress and results.
+  logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
   workdir = _WORKDIR.value
   try:

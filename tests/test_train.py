@@ -1,0 +1,140 @@
+"""End-to-end training on configs/test.py: outputs, determinism, resume."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pandas as pd
+import pytest
+
+from configs import test as test_config
+from jaxseg import train
+from jaxseg.data import batching
+
+
+def _config(**overrides):
+  c = test_config.get_config()
+  for key, value in overrides.items():
+    node = c
+    *path, leaf = key.split(".")
+    for p in path:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  """One synthetic dataset shared by every run of this module."""
+  return str(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, data_dir):
+  workdir = str(tmp_path_factory.mktemp("full"))
+  c = _config(**{"data.synthetic.output_dir": data_dir})
+  out = train.train_and_evaluate(c, workdir)
+  return c, workdir, out
+
+
+def _read_jsonl(path):
+  with open(path) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_outputs_written(full_run):
+  c, workdir, out = full_run
+  for name in ("config.json", "metrics.jsonl", "segment_labels.npz", "splits.json",
+               "detections.json", "detections_selected.json", "results.csv",
+               "results.md", "results.json"):
+    assert os.path.exists(os.path.join(workdir, name)), name
+  with open(os.path.join(workdir, "detections.json")) as f:
+    det = json.load(f)
+  with open(os.path.join(c.data.synthetic.output_dir, "annotations.json")) as f:
+    database = json.load(f)["database"]
+  assert set(det["results"]) == {v for v, a in database.items() if a["subset"] == "test"}
+  table = pd.read_csv(os.path.join(workdir, "results.csv"), index_col=0)
+  assert list(table.index) == ["final", "selected"]
+  for t in c.eval.tiou_thresholds:
+    col = f"mAP@{t:g}"
+    assert 0.0 <= table.loc["final", col] <= 100.0
+    assert table.loc["final", col] == pytest.approx(out["final"][col], abs=1e-3)
+  assert 0.0 <= out["final"]["cls_mAP"] <= 100.0
+
+
+def test_metrics_log_every_step_and_validation(full_run):
+  c, workdir, _ = full_run
+  recs = _read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  train_steps = [r["step"] for r in recs if r["kind"] == "train"]
+  assert train_steps == list(range(c.train.log_every, c.train.num_steps + 1, c.train.log_every))
+  for r in recs:
+    if r["kind"] == "train":
+      for key in ("total", "classification", "segment", "sphere", "propagation", "grad_norm"):
+        assert np.isfinite(r[key]), key
+  val_steps = [r["step"] for r in recs if r["kind"] == "validation"]
+  assert val_steps == [6, 12]
+
+
+def test_loss_decreases_on_training_data(full_run):
+  _, workdir, _ = full_run
+  recs = [r for r in _read_jsonl(os.path.join(workdir, "metrics.jsonl")) if r["kind"] == "train"]
+  assert recs[-1]["classification"] < recs[0]["classification"]
+
+
+def test_same_seed_same_results(full_run, tmp_path, data_dir):
+  c, workdir, out = full_run
+  again = train.train_and_evaluate(c, str(tmp_path / "again"))
+  assert again["final"] == out["final"]
+  a = open(os.path.join(workdir, "detections.json")).read()
+  b = open(tmp_path / "again" / "detections.json").read()
+  assert a == b
+
+
+def test_interrupted_run_resumes_to_same_result(full_run, tmp_path, monkeypatch):
+  c, workdir, out = full_run
+  resumed_dir = str(tmp_path / "resumed")
+  original = batching.TrainLoader.batch
+
+  def crash_at_7(self, step):
+    if step == 7:
+      raise KeyboardInterrupt("simulated kill")
+    return original(self, step)
+
+  monkeypatch.setattr(batching.TrainLoader, "batch", crash_at_7)
+  with pytest.raises(KeyboardInterrupt):
+    train.train_and_evaluate(c, resumed_dir)
+  monkeypatch.setattr(batching.TrainLoader, "batch", original)
+  # Checkpoint at step 4 (checkpoint_every=4) and a log line at step 4 and 6 survive.
+  logged = [r["step"] for r in _read_jsonl(os.path.join(resumed_dir, "metrics.jsonl"))]
+  assert max(logged) == 6
+  res = train.train_and_evaluate(c, resumed_dir)
+  assert res["final"] == out["final"]
+  assert res["selected_step"] == out["selected_step"]
+  ref = [{k: v for k, v in r.items() if k != "steps_per_s"}
+         for r in _read_jsonl(os.path.join(workdir, "metrics.jsonl"))]
+  got = [{k: v for k, v in r.items() if k != "steps_per_s"}
+         for r in _read_jsonl(os.path.join(resumed_dir, "metrics.jsonl"))]
+  assert got == ref
+
+
+def test_workdir_of_another_config_is_refused(full_run):
+  c, workdir, _ = full_run
+  other = _config(**{"data.synthetic.output_dir": c.data.synthetic.output_dir,
+                     "loss.gamma": 0.5})
+  with pytest.raises(train.ConfigError, match="loss.gamma"):
+    train.train_and_evaluate(other, workdir)
+
+
+def test_eval_mode_reproduces_reported_numbers(full_run):
+  c, workdir, out = full_run
+  again = train.evaluate_workdir(c, workdir)
+  assert again["final"] == out["final"]
+  assert again["selected"] == out["selected"]
+
+
+def test_nonfinite_loss_stops_with_step_and_term(tmp_path, data_dir):
+  c = _config(**{"data.synthetic.output_dir": data_dir, "train.learning_rate": 1e30,
+                 "train.num_steps": 8})
+  with pytest.raises(train.NonFiniteError, match=r"at step \d+"):
+    train.train_and_evaluate(c, str(tmp_path / "nan"))
