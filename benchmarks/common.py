@@ -1,0 +1,105 @@
+"""Timing, memory and reporting helpers shared by the benchmark scripts."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import time
+from typing import Callable, Sequence
+
+import jax
+import numpy as np
+import pandas as pd
+
+
+def environment() -> dict:
+  """The device and versions every result row carries."""
+  import flax  # pylint: disable=g-import-not-at-top
+  import jaxlib  # pylint: disable=g-import-not-at-top
+  dev = jax.devices()[0]
+  return {"device": f"{dev.platform}:{dev.device_kind}", "num_devices": jax.device_count(),
+          "jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,
+          "cpu_count": os.cpu_count(), "python": platform.python_version(),
+          "date": datetime.date.today().isoformat()}
+
+
+def compile_fn(fn: Callable, *args):
+  """AOT-compiles ``jax.jit(fn)`` for ``args``; returns (compiled, temp bytes, compile s)."""
+  t0 = time.perf_counter()
+  compiled = jax.jit(fn).lower(*args).compile()
+  seconds = time.perf_counter() - t0
+  mem = compiled.memory_analysis()
+  temp = int(mem.temp_size_in_bytes) if mem is not None else -1
+  return compiled, temp, seconds
+
+
+def time_compiled(compiled, *args, warmup: int = 2, repeats: int = 10,
+                  min_seconds: float = 0.0) -> dict:
+  """Median and spread of wall time (ms) of ``compiled(*args)``, blocking on the result.
+
+  Runs ``warmup`` untimed calls, then at least ``repeats`` timed calls (more
+  while their total is under ``min_seconds``).
+  """
+  for _ in range(warmup):
+    jax.block_until_ready(compiled(*args))
+  times = []
+  start = time.perf_counter()
+  while len(times) < repeats or (time.perf_counter() - start) < min_seconds:
+    t0 = time.perf_counter()
+    jax.block_until_ready(compiled(*args))
+    times.append(time.perf_counter() - t0)
+    if len(times) >= 10 * max(repeats, 1):
+      break
+  ms = np.asarray(times) * 1e3
+  return {"median_ms": float(np.median(ms)), "p10_ms": float(np.percentile(ms, 10)),
+          "p90_ms": float(np.percentile(ms, 90)), "repeats": len(ms)}
+
+
+def matmul_rate(n: int = 4096, dtype=np.float32, repeats: int = 5) -> float:
+  """Measured dense matmul throughput (FLOP/s) of the default device at ``n x n``."""
+  a = jax.device_put(np.random.default_rng(0).standard_normal((n, n)).astype(dtype))
+  compiled, _, _ = compile_fn(lambda x: x @ x, a)
+  t = time_compiled(compiled, a, warmup=2, repeats=repeats)
+  return 2.0 * n ** 3 / (t["median_ms"] * 1e-3)
+
+
+def write_reports(df: pd.DataFrame, out_dir: str, name: str, title: str,
+                  notes: Sequence[str] = ()) -> list[str]:
+  """Writes ``<name>.csv`` and ``<name>.md`` under ``out_dir``; returns the paths."""
+  os.makedirs(out_dir, exist_ok=True)
+  csv_path = os.path.join(out_dir, f"{name}.csv")
+  md_path = os.path.join(out_dir, f"{name}.md")
+  df.to_csv(csv_path, index=False)
+  env = environment()
+  lines = [f"# {title}", "",
+           ", ".join(f"{k}: {v}" for k, v in env.items()), "", *notes, "",
+           df.to_markdown(index=False, floatfmt=".4g"), ""]
+  with open(md_path, "w") as f:
+    f.write("\n".join(lines))
+  return [csv_path, md_path]
+
+
+def plot_scaling(df: pd.DataFrame, out_path: str, *, x: str, series: str, title: str) -> str:
+  """Time and temporary memory against ``x`` on log-log axes, one line per series."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+  for key, group in df.groupby(series, sort=False):
+    g = group.sort_values(x)
+    axes[0].plot(g[x], g["median_ms"], marker="o", label=str(key))
+    mem = g["temp_mib"].clip(lower=1e-3)
+    axes[1].plot(g[x], mem, marker="o", label=str(key))
+  axes[0].set(xscale="log", yscale="log", xlabel=x, ylabel="forward+backward (ms)",
+              title="time")
+  axes[1].set(xscale="log", yscale="log", xlabel=x, ylabel="XLA temp memory (MiB)",
+              title="memory")
+  for ax in axes:
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(out_path, dpi=120)
+  plt.close(fig)
+  return out_path

@@ -1,0 +1,158 @@
+"""Forward+backward time and XLA temporary memory of the losses against video length.
+
+Measures the propagation loss (eq. 13) in its three forms -- ``naive``
+(``(B, T, T, N)`` broadcast), ``dense`` (materialized ``S``) and
+``factorized`` (never forms ``S``) -- and the full four-term loss (eq. 1), for
+``T`` in {256, 750, 2048, 4096, 8192} at ``B=16, D=2048, N=20``, float32.
+Gradients are taken with respect to both the features and the CAS, with the
+gradient flowing through ``S`` (the most expensive case). A form whose
+estimated memory would not fit is skipped and reported as such.
+
+  python benchmarks/loss_throughput.py                 # the paper's shapes
+  python benchmarks/loss_throughput.py --quick         # a small CPU smoke run
+  python benchmarks/loss_throughput.py --batch 4 --lengths 2048 --dim 2048  # CPU ratio
+
+Writes ``loss_throughput.csv``, ``loss_throughput.md`` and
+``loss_throughput.png`` to ``--out`` (default ``benchmarks/out/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jaxseg import losses  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+METHODS = ("naive", "dense", "factorized")
+
+
+def make_inputs(batch: int, length: int, dim: int, classes: int, seed: int = 0) -> dict:
+  """Random post-ReLU features, CAS, labels and a mask with ragged lengths."""
+  rng = np.random.default_rng(seed)
+  lengths = np.maximum(1, (length * rng.uniform(0.7, 1.0, batch)).astype(np.int32))
+  lengths[0] = length
+  mask = np.arange(length)[None, :] < lengths[:, None]
+  f = np.maximum(rng.standard_normal((batch, length, dim)), 0).astype(np.float32) / np.sqrt(dim)
+  cas = rng.standard_normal((batch, length, classes)).astype(np.float32)
+  labels = (rng.uniform(size=(batch, classes)) < 0.1).astype(np.float32)
+  labels[np.arange(batch), rng.integers(0, classes, batch)] = 1.0
+  seg = ((rng.uniform(size=(batch, length, classes)) < 0.01) & mask[..., None]
+         & (labels[:, None, :] > 0)).astype(np.float32)
+  return {"features": f, "cas_cls": cas, "cas_loc": cas[..., ::-1].copy(), "mask": mask,
+          "lengths": lengths, "video_labels": labels, "segment_labels": seg,
+          "num_labeled": seg.any(-1).sum(-1).astype(np.int32),
+          "weight": rng.standard_normal((classes, dim)).astype(np.float32)}
+
+
+def propagation_fn(method: str):
+  def fn(features, cas, mask):
+    loss = lambda f, c: losses.propagation_loss(f, c, mask, method,
+                                                grad_through_similarity=True)
+    return jax.value_and_grad(loss, argnums=(0, 1))(features, cas)
+  return fn
+
+
+def total_fn(features, cas_cls, cas_loc, weight, batch):
+  def loss(f, cc, cl, w):
+    out = {"features": f, "cas_cls": cc, "cas_loc": cl}
+    return losses.total_loss(out, batch, weight=w, grad_through_similarity=True)[0]
+  return jax.value_and_grad(loss, argnums=(0, 1, 2, 3))(features, cas_cls, cas_loc, weight)
+
+
+def estimated_bytes(method: str, b: int, t: int, d: int, n: int) -> float:
+  """A rough upper estimate of the form's working memory, to skip what cannot fit."""
+  base = 4.0 * b * t * (d + n) * 4
+  if method == "naive":
+    return base + 4.0 * b * t * t * n * 4
+  if method == "dense":
+    return base + 4.0 * b * t * t * 4
+  return base
+
+
+def device_memory_bytes() -> float:
+  dev = jax.devices()[0]
+  try:
+    stats = dev.memory_stats() or {}
+  except Exception:  # pylint: disable=broad-except
+    stats = {}
+  if "bytes_limit" in stats:
+    return float(stats["bytes_limit"])
+  return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) * 0.6
+
+
+def run(batch: int, lengths, dim: int, classes: int, repeats: int, methods,
+        include_total: bool = True) -> pd.DataFrame:
+  limit = device_memory_bytes()
+  rows = []
+  for t in lengths:
+    x = make_inputs(batch, t, dim, classes)
+    dev = {k: jax.device_put(v) for k, v in x.items()}
+    cases = [(m, propagation_fn(m), (dev["features"], dev["cas_loc"], dev["mask"]))
+             for m in methods]
+    if include_total:
+      b = {k: dev[k] for k in ("mask", "lengths", "video_labels", "segment_labels",
+                               "num_labeled")}
+      cases.append(("total (4 terms, factorized)",
+                    lambda f, cc, cl, w, b=b: total_fn(f, cc, cl, w, b),
+                    (dev["features"], dev["cas_cls"], dev["cas_loc"], dev["weight"])))
+    for name, fn, args in cases:
+      method = name if name in METHODS else "factorized"
+      row = {"loss": name, "B": batch, "T": t, "D": dim, "N": classes}
+      if estimated_bytes(method, batch, t, dim, classes) > limit:
+        rows.append({**row, "median_ms": np.nan, "p10_ms": np.nan, "p90_ms": np.nan,
+                     "temp_mib": np.nan, "note": "skipped: would not fit"})
+        continue
+      compiled, temp, _ = common.compile_fn(fn, *args)
+      timing = common.time_compiled(compiled, *args, repeats=repeats)
+      rows.append({**row, **timing, "temp_mib": temp / 2 ** 20, "note": ""})
+      print(f"{name:>28} T={t:5d}: {timing['median_ms']:9.3f} ms  "
+            f"temp {temp / 2 ** 20:10.1f} MiB", flush=True)
+      del compiled
+  return pd.DataFrame(rows)
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--quick", action="store_true", help="small shapes for a CPU smoke run")
+  p.add_argument("--batch", type=int, default=16)
+  p.add_argument("--lengths", type=int, nargs="+", default=[256, 750, 2048, 4096, 8192])
+  p.add_argument("--dim", type=int, default=2048)
+  p.add_argument("--classes", type=int, default=20)
+  p.add_argument("--repeats", type=int, default=10)
+  p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+  p.add_argument("--no-total", action="store_true", help="skip the four-term loss")
+  p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out"))
+  args = p.parse_args(argv)
+  if args.quick:
+    args.batch, args.lengths, args.dim, args.repeats = 2, [64, 256], 32, 3
+  df = run(args.batch, args.lengths, args.dim, args.classes, args.repeats, args.methods,
+           include_total=not args.no_total)
+  notes = []
+  fact = df[df["loss"] == "factorized"].set_index("T")["median_ms"]
+  for m in ("naive", "dense"):
+    other = df[df["loss"] == m].set_index("T")["median_ms"]
+    ratio = (other / fact).dropna()
+    if len(ratio):
+      notes.append(f"- {m} / factorized time ratio: " + ", ".join(
+          f"T={t}: {r:.1f}x" for t, r in ratio.items()))
+  paths = common.write_reports(df, args.out, "loss_throughput",
+                               "Loss forward+backward throughput", notes)
+  plot_df = df.dropna(subset=["median_ms"])
+  paths.append(common.plot_scaling(plot_df, os.path.join(args.out, "loss_throughput.png"),
+                                   x="T", series="loss",
+                                   title=f"B={args.batch}, D={args.dim}, N={args.classes}"))
+  print("\n".join(notes))
+  print("wrote", ", ".join(paths))
+  return df
+
+
+if __name__ == "__main__":
+  main()
