@@ -318,12 +318,26 @@ def sphere_loss(features: Array, cas: Array, labels: Array, mask: Array,
 
 
 # ------------------------------------------------------ propagation (eq. 13)
-def similarity_matrix(features: Array, mask_or_length: Array | int) -> Array:
+def _similarity_features(f: Array, similarity: str) -> Array:
+  """Rows whose Gram matrix is ``S``: ``f`` itself or its unit-norm rows (zero rows stay 0)."""
+  if similarity not in PROPAGATION_SIMILARITIES:
+    raise ValueError(f"similarity must be one of {PROPAGATION_SIMILARITIES}, "
+                     f"got {similarity!r}")
+  if similarity == "dot":
+    return f
+  norm, pos = _safe_norm(f, axis=-1)
+  return jnp.where(pos[..., None], f / jnp.where(pos, norm, 1.0)[..., None], 0.0)
+
+
+def similarity_matrix(features: Array, mask_or_length: Array | int, *,
+                      similarity: str = "dot") -> Array:
   """``S = f f^T`` (paper 4.2) of one video, zero outside the real steps.
 
   Args:
     features: ``(T, E) float`` one video's ``f``.
     mask_or_length: ``(T,) bool`` mask or an int number of real steps.
+    similarity: ``"dot"`` (as printed) or ``"cosine"`` (the propagation loss's
+      ``loss.propagation_similarity``).
 
   Returns:
     ``(T, T) float``.
@@ -333,7 +347,7 @@ def similarity_matrix(features: Array, mask_or_length: Array | int) -> Array:
   mask = jnp.asarray(mask_or_length)
   if mask.ndim == 0:
     mask = jnp.arange(t) < mask
-  f = jnp.where(mask[:, None], features, 0.0)
+  f = _similarity_features(jnp.where(mask[:, None], features, 0.0), similarity)
   return f @ f.T
 
 
@@ -405,10 +419,7 @@ def propagation_loss(features: Array, cas: Array, mask: Array,
   if normalization not in PROPAGATION_NORMALIZATIONS:
     raise ValueError(f"propagation_loss: normalization must be one of "
                      f"{PROPAGATION_NORMALIZATIONS}, got {normalization!r}")
-  f = _masked(features, mask)
-  if similarity == "cosine":
-    norm, pos = _safe_norm(f, axis=-1)
-    f = jnp.where(pos[..., None], f / jnp.where(pos, norm, 1.0)[..., None], 0.0)
+  f = _similarity_features(_masked(features, mask), similarity)
   if not grad_through_similarity:
     f = jax.lax.stop_gradient(f)
   c = _masked(cas, mask)

@@ -588,19 +588,73 @@ def write_results(config, workdir: str, data: RunData, final: dict, selected: di
   print(rows.round(2).to_string())
 
 
-def evaluate_workdir(config, workdir: str) -> dict:
-  """``--mode eval``: re-evaluates the final and selected checkpoints of a run."""
+@dataclasses.dataclass
+class LoadedRun:
+  """A trained run read back from its work directory."""
+  config: ml_collections.ConfigDict
+  data: RunData
+  model: model_lib.SegmentModel
+  state: TrainState
+  step: int
+
+
+def load_run(config, workdir: str, *, which: str = "final") -> LoadedRun:
+  """Reads a run back: its data, model and the ``"final"`` (latest) or ``"selected"`` state.
+
+  Raises:
+    ConfigError: if ``workdir`` holds no run or no such checkpoint.
+  """
+  if which not in ("final", "selected"):
+    raise ValueError(f"load_run: which must be 'final' or 'selected', got {which!r}")
   config_lib.validate(config)
   if not os.path.exists(os.path.join(workdir, "config.json")):
     raise ConfigError(f"{workdir} holds no run (no config.json); train first")
   claim_workdir(config, workdir)
   data = prepare_data(config, workdir)
   model = make_model(config, data.dataset.feature_dim, data.dataset.num_classes)
-  optimizer = make_optimizer(config)
-  state = init_state(config, model, optimizer, data.dataset.feature_dim)
+  state = init_state(config, model, make_optimizer(config), data.dataset.feature_dim)
   latest_mngr, best_mngr = _managers(workdir, config)
-  step = latest_mngr.latest_step()
+  mngr = latest_mngr if which == "final" else best_mngr
+  step = mngr.latest_step() if which == "final" else mngr.best_step()
+  if step is None and which == "selected":
+    mngr, step = latest_mngr, latest_mngr.latest_step()  # no validation split
   if step is None:
-    raise ConfigError(f"{workdir}/checkpoints/latest holds no checkpoint; train first")
-  state = _restore(latest_mngr, int(step), state)
-  return _evaluate_and_report(config, workdir, model, data, state, best_mngr)
+    raise ConfigError(f"{workdir}/checkpoints holds no checkpoint; train first")
+  return LoadedRun(config, data, model, _restore(mngr, int(step), state), int(step))
+
+
+def restore_params(config, workdir: str, *, which: str = "final"):
+  """The parameters of a run's ``"final"`` or ``"selected"`` checkpoint."""
+  return load_run(config, workdir, which=which).state.params
+
+
+def evaluate_workdir(config, workdir: str) -> dict:
+  """``--mode eval``: re-evaluates the final and selected checkpoints of a run.
+
+  Also writes CAS timelines of the first ``config.eval.num_plot_videos`` test
+  videos to ``workdir/plots/``.
+  """
+  run = load_run(config, workdir, which="final")
+  _, best_mngr = _managers(workdir, config)
+  out = _evaluate_and_report(config, workdir, run.model, run.data, run.state, best_mngr)
+  if config.eval.num_plot_videos > 0 and is_main_process():
+    write_timelines(run, os.path.join(workdir, "plots"), config.eval.num_plot_videos)
+  return out
+
+
+def write_timelines(run: LoadedRun, out_dir: str, num_videos: int) -> list[str]:
+  """CAS timelines (paper Fig. 4/6) of the first ``num_videos`` test videos."""
+  from jaxseg import plots  # pylint: disable=g-import-not-at-top
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  videos = run.data.test.videos[:num_videos]
+  sub = Dataset(run.data.test.class_names, videos)
+  res = evaluate_params(run.config, run.model, run.state.params, sub, with_cas=True)
+  paths = []
+  for v in videos:
+    cas = res["predictions"]["cas"][v.video_id]
+    path = os.path.join(out_dir, f"{v.video_id}.png")
+    fig = plots.plot_cas_timeline(v, sub.class_names, cas_cls=cas["cas_cls"],
+                                  cas_loc=cas["cas_loc"], path=path)
+    plt.close(fig)
+    paths.append(path)
+  return paths

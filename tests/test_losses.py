@@ -466,3 +466,19 @@ def test_gradients_numerically_on_edge_cases():
     assert np.all(np.count_nonzero(np.asarray(gc[4]), axis=0) == 1)
     # One-segment video: a = 1, so its labeled segment costs nothing.
     np.testing.assert_allclose(losses.normalized_cas(c, mask)[0, 0], 1.0)
+
+
+def test_similarity_matrix_cosine():
+  rng = np.random.default_rng(4)
+  f = rng.normal(size=(7, 5)).astype(np.float32)
+  f[2] = 0.0  # a zero row has similarity 0 with everything
+  got = np.asarray(losses.similarity_matrix(f, 5, similarity="cosine"))
+  want = np.zeros((7, 7))
+  for i in range(5):
+    for j in range(5):
+      ni, nj = np.linalg.norm(f[i]), np.linalg.norm(f[j])
+      if ni > 0 and nj > 0:
+        want[i, j] = float(np.dot(f[i], f[j])) / (ni * nj)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="similarity"):
+    losses.similarity_matrix(f, 5, similarity="bogus")

@@ -126,11 +126,21 @@ def test_workdir_of_another_config_is_refused(full_run):
     train.train_and_evaluate(other, workdir)
 
 
-def test_eval_mode_reproduces_reported_numbers(full_run):
+def test_eval_mode_reproduces_reported_numbers_and_plots(full_run):
   c, workdir, out = full_run
+  c = _config(**{"data.synthetic.output_dir": c.data.synthetic.output_dir,
+                 "eval.num_plot_videos": 2})
   again = train.evaluate_workdir(c, workdir)
   assert again["final"] == out["final"]
   assert again["selected"] == out["selected"]
+  plots = sorted(os.listdir(os.path.join(workdir, "plots")))
+  assert len(plots) == 2 and all(p.endswith(".png") for p in plots)
+  selected = train.restore_params(c, workdir, which="selected")
+  final = train.restore_params(c, workdir, which="final")
+  assert jax.tree.structure(selected) == jax.tree.structure(final)
+  same = all(np.array_equal(a, b)
+             for a, b in zip(jax.tree.leaves(selected), jax.tree.leaves(final)))
+  assert same == (out["selected_step"] == c.train.num_steps)
 
 
 def test_nonfinite_loss_stops_with_step_and_term(tmp_path, data_dir):
