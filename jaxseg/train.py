@@ -318,10 +318,9 @@ def prepare_data(config, workdir: str) -> RunData:
   if os.path.exists(labels_path):
     seg = labels_lib.load_segment_labels(labels_path)
   elif config.labels.mode == "points":
-    seg = labels_lib.SegmentLabels(
-        labels=readers.read_point_labels(config.labels.points_csv, config.labels.fps_json,
-                                         train),
-        mode="points", seed=config.labels.seed, num_clipped=0, num_dropped=0)
+    # Read against the whole dataset: the CSV also names held-out videos.
+    seg = readers.read_point_segment_labels(config.labels.points_csv,
+                                            config.labels.fps_json, dataset)
     labels_lib.save_segment_labels(labels_path, seg)
   else:
     seg = labels_lib.sample_segment_labels(train, config.labels.mode, config.labels.seed)
@@ -337,7 +336,11 @@ def describe_data(config, workdir: str) -> None:
   """``--mode data``: load the data named by the config and print a summary."""
   config_lib.validate(config)
   os.makedirs(workdir, exist_ok=True)
-  data = prepare_data(config, workdir)
+  print_data_summary(prepare_data(config, workdir))
+
+
+def print_data_summary(data: RunData) -> None:
+  """Prints the dataset, the splits and the segment labels a run uses."""
   print(data.dataset.summary())
   print(f"train {len(data.train.videos)} | validation "
         f"{len(data.validation.videos) if data.validation else 0} | test {len(data.test.videos)}")
@@ -447,6 +450,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   config_lib.validate(config, num_devices=mesh.devices.size)
   claim_workdir(config, workdir, overwrite=overwrite)
   data = prepare_data(config, workdir)
+  if is_main_process():
+    print_data_summary(data)
   num_classes = data.dataset.num_classes
   feature_dim = data.dataset.feature_dim
   model = make_model(config, feature_dim, num_classes)

@@ -148,3 +148,45 @@ def test_nonfinite_loss_stops_with_step_and_term(tmp_path, data_dir):
                  "train.num_steps": 8})
   with pytest.raises(train.NonFiniteError, match=r"at step \d+"):
     train.train_and_evaluate(c, str(tmp_path / "nan"))
+
+
+def test_point_labels_end_to_end(full_run, tmp_path):
+  """labels.mode='points': an LACP-style CSV (naming held-out videos too) trains."""
+  c, _, _ = full_run
+  with open(os.path.join(c.data.synthetic.output_dir, "annotations.json")) as f:
+    database = json.load(f)["database"]
+  classes = sorted({a["label"] for v in database.values() for a in v["annotations"]})
+  fps = {}
+  lines = ["class,class_index,start_frame,stop_frame,video_id,point"]
+  for vid, entry in database.items():
+    if entry["subset"] != "validation":
+      continue
+    fps[vid] = 30.0
+    for a in entry["annotations"]:
+      s, e = (float(x) for x in a["segment"])
+      mid = int((s + e) / 2 * 30.0)
+      lines.append(f"{a['label']},{classes.index(a['label'])},{int(s * 30)},{int(e * 30)},"
+                   f"{vid},{mid}")
+  (tmp_path / "points.csv").write_text("\n".join(lines) + "\n")
+  (tmp_path / "fps.json").write_text(json.dumps(fps))
+  pc = _config(**{"data.synthetic.output_dir": c.data.synthetic.output_dir,
+                  "labels.mode": "points", "labels.points_csv": str(tmp_path / "points.csv"),
+                  "labels.fps_json": str(tmp_path / "fps.json"), "train.num_steps": 4})
+  workdir = str(tmp_path / "points_run")
+  train.train_and_evaluate(pc, workdir, evaluate=False)
+  from jaxseg.data import labels as labels_lib
+  seg = labels_lib.load_segment_labels(os.path.join(workdir, "segment_labels.npz"))
+  assert seg.mode == "points"
+  # One labeled segment per instance of every training video, inside the instance.
+  with open(os.path.join(workdir, "splits.json")) as f:
+    held_out = set(json.load(f)["validation"])
+  for vid, entry in database.items():
+    if entry["subset"] != "validation" or vid in held_out:
+      continue
+    u = seg.labels[vid]
+    assert u.sum() >= 1
+    for t, n in zip(*np.nonzero(u)):
+      inside = [a for a in entry["annotations"] if classes.index(a["label"]) == n
+                and float(a["segment"][0]) - 1 <= t / c.data.feature_rate
+                <= float(a["segment"][1]) + 1]
+      assert inside, (vid, t, n)
