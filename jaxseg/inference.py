@@ -458,7 +458,8 @@ def predict(apply_fn: Callable[..., Mapping[str, Any]], variables: Any,
 
 def write_detections(path: str | os.PathLike, results: Mapping[str, Any], *,
                      version: str = RESULTS_VERSION,
-                     external_data: Mapping[str, Any] | None = None) -> None:
+                     external_data: Mapping[str, Any] | None = None,
+                     provenance: Mapping[str, Any] | None = None) -> None:
   """Writes detections as an ActivityNet result JSON, atomically.
 
   The file is ``{"version", "results": {vid: [{"label", "score", "segment"}]},
@@ -469,6 +470,8 @@ def write_detections(path: str | os.PathLike, results: Mapping[str, Any], *,
     path: the output file; missing parent folders are created.
     results: ``{vid: [detection]}`` or the output of :func:`predict`.
     version: the ``"version"`` field.
+    provenance: written as a ``"provenance"`` field when given (what produced
+      the detections; the official evaluation ignores extra fields).
     external_data: the ``"external_data"`` field (default: features
       pretrained on external data).
 
@@ -496,6 +499,8 @@ def write_detections(path: str | os.PathLike, results: Mapping[str, Any], *,
   payload = {"version": version, "results": clean,
              "external_data": dict(DEFAULT_EXTERNAL_DATA if external_data is None
                                    else external_data)}
+  if provenance is not None:
+    payload["provenance"] = dict(provenance)
   path = os.fspath(path)
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)

@@ -67,3 +67,13 @@ def collect(config: ml_collections.ConfigDict, dataset: Dataset, segment_labels,
       "git_commit": git_commit(),
       "workdir": os.path.abspath(workdir) if workdir else None,
   }
+
+
+def flat_columns(prov: dict) -> dict:
+  """The provenance fields a results table carries as constant columns."""
+  v = prov["versions"]
+  return {"protocol": prov["config"]["eval"]["protocol"],
+          "label_mode": prov["label_mode"], "label_seed": prov["label_seed"],
+          "seed": prov["seed"], "dataset_fingerprint": prov["dataset_fingerprint"][:16],
+          "git_commit": prov["git_commit"] or "", "jax": v["jax"], "jaxlib": v["jaxlib"],
+          "flax": v["flax"], "optax": v["optax"], "device": v["device"]}

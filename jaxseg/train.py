@@ -564,14 +564,20 @@ def write_results(config, workdir: str, data: RunData, final: dict, selected: di
   """Writes detections, ``results.csv``, ``results.md`` and ``results.json``."""
   if not is_main_process():
     return
-  inference.write_detections(os.path.join(workdir, "detections.json"), final["predictions"])
+  prov = provenance.collect(config, data.dataset, data.segment_labels, workdir)
+  inference.write_detections(os.path.join(workdir, "detections.json"), final["predictions"],
+                             provenance={**prov, "checkpoint": "final", "step": final_step})
   inference.write_detections(os.path.join(workdir, "detections_selected.json"),
-                             selected["predictions"])
+                             selected["predictions"],
+                             provenance={**prov, "checkpoint": "selected",
+                                         "step": selected_step})
   rows = pd.DataFrame(
       [{"checkpoint": "final", "step": final_step, **final["summary"]},
        {"checkpoint": "selected", "step": selected_step, **selected["summary"]}]
   ).set_index("checkpoint")
-  prov = provenance.collect(config, data.dataset, data.segment_labels, workdir)
+  table = rows.copy()  # the metrics alone, for the markdown and the console
+  for key, value in provenance.flat_columns(prov).items():
+    rows[key] = value
   protocol = ("ActivityNet protocol (interpolated AP)" if config.eval.protocol == "activitynet"
               else "W-TALC protocol (non-interpolated AP, first match)")
   atomic_write_text(os.path.join(workdir, "results.csv"), rows.round(4).to_csv())
@@ -580,7 +586,7 @@ def write_results(config, workdir: str, data: RunData, final: dict, selected: di
         "from the video-level scores. `selected` is the checkpoint with the best mean "
         "mAP on the validation split held out of the training videos "
         "(the test split is never looked at for selection).", "",
-        rows.round(2).to_markdown(), "",
+        table.round(2).to_markdown(), "",
         "## Provenance", "", "```json", json.dumps(prov, indent=2, sort_keys=True), "```", ""]
   atomic_write_text(os.path.join(workdir, "results.md"), "\n".join(md))
   atomic_write_text(os.path.join(workdir, "results.json"), json.dumps(
@@ -590,7 +596,7 @@ def write_results(config, workdir: str, data: RunData, final: dict, selected: di
        .to_dict(orient="index"),
        "provenance": prov}, indent=2, sort_keys=True) + "\n")
   print(f"\nResults on {config.data.test_subset} ({protocol}), written to {workdir}/results.md")
-  print(rows.round(2).to_string())
+  print(table.round(2).to_string())
 
 
 @dataclasses.dataclass

@@ -86,9 +86,19 @@ def test_same_seed_same_results(full_run, tmp_path, data_dir):
   c, workdir, out = full_run
   again = train.train_and_evaluate(c, str(tmp_path / "again"))
   assert again["final"] == out["final"]
-  a = open(os.path.join(workdir, "detections.json")).read()
-  b = open(tmp_path / "again" / "detections.json").read()
-  assert a == b
+  with open(os.path.join(workdir, "detections.json")) as f:
+    a = json.load(f)
+  with open(tmp_path / "again" / "detections.json") as f:
+    b = json.load(f)
+  assert a["results"] == b["results"]
+  # What produced them travels with them; only the work directory differs.
+  assert a["provenance"].pop("workdir") != b["provenance"].pop("workdir")
+  assert a["provenance"] == b["provenance"]
+  for key in ("dataset_fingerprint", "label_seed", "git_commit", "versions", "config"):
+    assert key in a["provenance"]
+  table = pd.read_csv(os.path.join(workdir, "results.csv"), index_col=0)
+  assert table.loc["final", "jax"] == jax.__version__
+  assert table.loc["final", "label_seed"] == c.labels.seed
 
 
 def test_interrupted_run_resumes_to_same_result(full_run, tmp_path, monkeypatch):
