@@ -19,6 +19,7 @@ import ml_collections
 import numpy as np
 import pandas as pd
 
+from jaxseg import provenance
 from jaxseg import train
 
 # (name, use_segment, use_sphere, use_propagation) in the column order of Table 1.
@@ -59,18 +60,15 @@ def run_ablation(config: ml_collections.ConfigDict, workdir: str, *,
     run_dir = os.path.join(workdir, "runs", mode, combo[0], f"seed{seed_index}")
     c = run_config(config, mode, combo, seed_index)
     done = os.path.join(run_dir, "results.json")
-    if os.path.exists(done) and not overwrite:
-      with open(done) as f:
-        res = json.load(f)
-      final, selected = res["final"], res["selected"]
-    else:
+    if not os.path.exists(done) or overwrite:
       print(f"[{i + 1}/{len(cells)}] {mode} {combo[0]} seed {seed_index}", flush=True)
-      out = train.train_and_evaluate(c, run_dir, overwrite=overwrite)
-      final, selected = out["final"], out["selected"]
-    for which, summary in (("final", final), ("selected", selected)):
+      train.train_and_evaluate(c, run_dir, overwrite=overwrite)
+    with open(done) as f:
+      res = json.load(f)
+    prov = provenance.flat_columns(res["provenance"])
+    for which in ("final", "selected"):
       rows.append({"label_mode": mode, "losses": combo[0], "seed": seed_index,
-                   "checkpoint": which,
-                   **{k: v for k, v in summary.items() if k != "step"}})
+                   "checkpoint": which, **res[which], **prov})
   df = pd.DataFrame(rows)
   train.atomic_write_text(os.path.join(workdir, "ablation.csv"), df.round(4).to_csv(index=False))
   train.atomic_write_text(os.path.join(workdir, "ablation.md"), ablation_markdown(df, config))
