@@ -19,6 +19,7 @@ import ml_collections
 import numpy as np
 import pandas as pd
 
+from jaxseg import config as config_lib
 from jaxseg import provenance
 from jaxseg import train
 
@@ -52,6 +53,7 @@ def run_ablation(config: ml_collections.ConfigDict, workdir: str, *,
     One row per (label mode, combination, seed) with the test mAP (percent)
     of the final and of the selected checkpoint.
   """
+  config_lib.validate(config)  # before the workdir exists, naming ablation.* fields
   num_seeds = num_seeds or config.ablation.num_seeds
   os.makedirs(workdir, exist_ok=True)
   rows = []

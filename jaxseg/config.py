@@ -7,6 +7,8 @@ override what differs; the command line overrides further
 
 from __future__ import annotations
 
+import math
+
 import ml_collections
 
 LABEL_MODES = ("one-segment", "two-segment", "video-level", "full", "points")
@@ -181,7 +183,7 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1) -> None:
          "must be > 0, or -1 for the feature dimension")
   for name in ("alpha", "beta", "gamma"):
     v = getattr(c.loss, name)
-    _check(v >= 0, f"loss.{name}", f"loss weights must be >= 0, got {v}")
+    _check(0 <= v < math.inf, f"loss.{name}", f"loss weights must be finite and >= 0, got {v}")
   _check(int(c.loss.margin) == c.loss.margin and c.loss.margin >= 1, "loss.margin",
          f"the SphereFace margin m must be an integer >= 1, got {c.loss.margin}")
   _check(c.loss.topk_mode in TOPK_MODES, "loss.topk_mode",
@@ -207,7 +209,7 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1) -> None:
   _check(t.batch_size % num_devices == 0, "train.batch_size",
          f"{t.batch_size} is not divisible by the number of devices ({num_devices})")
   _check(t.num_steps >= 1, "train.num_steps", "must be >= 1")
-  _check(t.learning_rate > 0, "train.learning_rate", "must be > 0")
+  _check(0 < t.learning_rate < math.inf, "train.learning_rate", "must be finite and > 0")
   _check(t.weight_decay >= 0, "train.weight_decay", "must be >= 0")
   _check(t.schedule in ("constant", "cosine"), "train.schedule",
          f"{t.schedule!r} is not 'constant' or 'cosine'")
@@ -223,6 +225,10 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1) -> None:
   _check(i.batch_size >= 1, "inference.batch_size", "must be >= 1")
   _check(i.score_source in ("average", "classification"), "inference.score_source",
          f"{i.score_source!r} is not 'average' or 'classification'")
+  _check(i.contrast_on in ("raw", "normalized"), "inference.contrast_on",
+         f"{i.contrast_on!r} is not 'raw' or 'normalized'")
+  _check(i.class_score in ("s_a", "p_a"), "inference.class_score",
+         f"{i.class_score!r} is not 's_a' or 'p_a'")
   _check(len(i.cas_thresholds) > 0 and all(0.0 <= x <= 1.0 for x in i.cas_thresholds),
          "inference.cas_thresholds", "must be a non-empty list of values in [0, 1]")
   _check(0.0 <= i.nms_iou <= 1.0, "inference.nms_iou", "must be in [0, 1]")

@@ -66,6 +66,8 @@ def collect(config: ml_collections.ConfigDict, dataset: Dataset, segment_labels,
       "versions": versions(),
       "git_commit": git_commit(),
       "workdir": os.path.abspath(workdir) if workdir else None,
+      # Videos the reader skipped (data.skip_bad_videos): [[video_id, reason], ...].
+      "skipped_videos": [[v, r] for v, r in getattr(dataset, "skipped_videos", [])],
   }
 
 

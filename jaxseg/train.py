@@ -510,6 +510,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       best_mngr.save(done, args=ocp.args.StandardSave(state),
                      metrics={"selection": score})
     if done % config.train.checkpoint_every == 0 or done == num_steps:
+      # A resume from `done` never redoes this step's validation: the best
+      # checkpoint of `done` must be on disk before the latest one can be.
+      best_mngr.wait_until_finished()
       latest_mngr.save(done, args=ocp.args.StandardSave(state))
   if bar is not None:
     bar.close()
