@@ -148,6 +148,18 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def with_overrides(c: ml_collections.ConfigDict, **overrides) -> ml_collections.ConfigDict:
+  """A copy of ``c`` with dotted-name overrides, e.g. ``**{"loss.alpha": 0.5}``."""
+  c = ml_collections.ConfigDict(c.to_dict())
+  for key, value in overrides.items():
+    node = c
+    *path, leaf = key.split(".")
+    for name in path:
+      node = node[name]
+    node[leaf] = value
+  return c
+
+
 class ConfigError(ValueError):
   """A configuration value is invalid; the message names the field."""
 

@@ -29,13 +29,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _config(**overrides):
   """configs/test.py with dotted-name overrides, e.g. ``**{"loss.alpha": -1.0}``."""
   c = test_config.get_config()
-  for key, value in overrides.items():
-    node = c
-    *path, leaf = key.split(".")
-    for p in path:
-      node = node[p]
-    node[leaf] = value
-  return c
+  return config_lib.with_overrides(c, **overrides)
 
 
 def _rejects(c, field, *, num_devices=1):

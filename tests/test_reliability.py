@@ -27,6 +27,7 @@ import pandas as pd
 import pytest
 
 from configs import test as test_config
+from jaxseg import config as config_lib
 from jaxseg import train
 from jaxseg.data import batching
 from jaxseg.data import labels as labels_lib
@@ -365,13 +366,7 @@ BAD_STEP = 5  # the 6th batch (0-based step index)
 def _config(base, **overrides):
   c = test_config.get_config()
   c.data.synthetic.output_dir = base["data"]
-  for key, value in overrides.items():
-    node = c
-    *path, leaf = key.split(".")
-    for p in path:
-      node = node[p]
-    node[leaf] = value
-  return c
+  return config_lib.with_overrides(c, **overrides)
 
 
 def _poison(monkeypatch, bad_step):

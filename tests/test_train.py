@@ -9,19 +9,14 @@ import pandas as pd
 import pytest
 
 from configs import test as test_config
+from jaxseg import config as config_lib
 from jaxseg import train
 from jaxseg.data import batching
 
 
 def _config(**overrides):
   c = test_config.get_config()
-  for key, value in overrides.items():
-    node = c
-    *path, leaf = key.split(".")
-    for p in path:
-      node = node[p]
-    node[leaf] = value
-  return c
+  return config_lib.with_overrides(c, **overrides)
 
 
 @pytest.fixture(scope="module")

@@ -62,6 +62,21 @@ def _load_json(path: str, what: str = "JSON") -> Any:
         f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
 
 
+def _bounds(pair, *, where: str) -> tuple[float, float]:
+  """``(start, end)`` seconds from a two-element ``[start, end]`` (numbers or numeric strings).
+
+  Raises:
+    DataError: naming ``where`` if a bound is not a number, negative, or end < start.
+  """
+  start = _number(pair[0], where=f"{where}[0]")
+  end = _number(pair[1], where=f"{where}[1]")
+  if start < 0:
+    raise DataError(f"{where}: start {start} < 0")
+  if end < start:
+    raise DataError(f"{where}: end {end} < start {start}")
+  return start, end
+
+
 def _number(value: Any, *, where: str) -> float:
   """A finite float from a number or a numeric string, else DataError."""
   if isinstance(value, np.ndarray) and value.size == 1:
@@ -280,12 +295,7 @@ def _parse_activitynet(path: str, data: Any) -> dict[str, dict[str, Any]]:
       seg = ann.get("segment")
       if not isinstance(seg, (list, tuple)) or len(seg) != 2:
         raise DataError(f'{aw}: field "segment" must be [start, end], got {seg!r}')
-      start = _number(seg[0], where=f"{aw}.segment[0]")
-      end = _number(seg[1], where=f"{aw}.segment[1]")
-      if start < 0:
-        raise DataError(f"{aw}.segment: start {start} < 0")
-      if end < start:
-        raise DataError(f"{aw}.segment: end {end} < start {start}")
+      start, end = _bounds(seg, where=f"{aw}.segment")
       label = ann.get("label")
       if not isinstance(label, str) or not label:
         raise DataError(f'{aw}: field "label" missing or not a string')
@@ -463,12 +473,7 @@ def read_wtalc(directory: str, features_file: str, *,
         raise DataError(f"{where}: expected [start, end], got {seg!r}") from None
       if len(pair) != 2:
         raise DataError(f"{where}: expected [start, end], got {seg!r}")
-      start = _number(pair[0], where=f"{where}[0]")
-      end = _number(pair[1], where=f"{where}[1]")
-      if start < 0:
-        raise DataError(f"{where}: start {start} < 0")
-      if end < start:
-        raise DataError(f"{where}: end {end} < start {start}")
+      start, end = _bounds(pair, where=where)
       label = _text(lab).strip()
       if label not in index:
         raise DataError(f"{lab_path}: video {vid!r}: labels[{j}]: unknown class "
