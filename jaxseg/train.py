@@ -46,7 +46,9 @@ ConfigError = config_lib.ConfigError
 
 # Fields that may differ between the config that made a workdir and a rerun.
 _RERUN_FREE_FIELDS = ("train.progress", "train.num_steps", "eval.num_plot_videos",
-                      "ablation.num_seeds")
+                      "ablation.num_seeds", "parallel.num_devices",
+                      "distributed.coordinator_address", "distributed.num_processes",
+                      "distributed.process_id", "distributed.auto")
 
 
 class NonFiniteError(FloatingPointError):
@@ -408,13 +410,18 @@ def _managers(workdir: str, config):
   root = os.path.abspath(os.path.join(workdir, "checkpoints"))
   latest = ocp.CheckpointManager(
       os.path.join(root, "latest"),
-      options=ocp.CheckpointManagerOptions(max_to_keep=config.train.keep_checkpoints,
-                                           create=True))
+      options=ocp.CheckpointManagerOptions(
+          max_to_keep=config.train.keep_checkpoints, create=True,
+          # Distinct barrier names: both managers save the last step.
+          multiprocessing_options=ocp.options.MultiprocessingOptions(
+              barrier_sync_key_prefix="latest")))
   best = ocp.CheckpointManager(
       os.path.join(root, "best"),
       options=ocp.CheckpointManagerOptions(
           max_to_keep=1, create=True, best_fn=lambda m: m["selection"], best_mode="max",
-          keep_checkpoints_without_metrics=False))
+          keep_checkpoints_without_metrics=False,
+          multiprocessing_options=ocp.options.MultiprocessingOptions(
+              barrier_sync_key_prefix="best")))
   return latest, best
 
 
