@@ -19,7 +19,7 @@ import json
 import os
 import sys
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import flax
 import jax
@@ -555,6 +555,7 @@ def _check_finite(state: TrainState, config, workdir: str) -> None:
 def _evaluate_and_report(config, workdir, model, data: RunData, state: TrainState,
                          best_mngr, *, apply_fn=None) -> dict:
   """Evaluates the final and the selected checkpoint on test and writes results."""
+  apply_fn = apply_fn or make_apply_fn(model)  # one compile per bucket for both
   final = evaluate_params(config, model, state.params, data.test, apply_fn=apply_fn)
   selected_step = int(state.step)
   selected = final
@@ -657,19 +658,24 @@ def evaluate_workdir(config, workdir: str) -> dict:
   """
   run = load_run(config, workdir, which="final")
   _, best_mngr = _managers(workdir, config)
-  out = _evaluate_and_report(config, workdir, run.model, run.data, run.state, best_mngr)
+  apply_fn = make_apply_fn(run.model)
+  out = _evaluate_and_report(config, workdir, run.model, run.data, run.state, best_mngr,
+                             apply_fn=apply_fn)
   if config.eval.num_plot_videos > 0 and is_main_process():
-    write_timelines(run, os.path.join(workdir, "plots"), config.eval.num_plot_videos)
+    write_timelines(run, os.path.join(workdir, "plots"), config.eval.num_plot_videos,
+                    apply_fn=apply_fn)
   return out
 
 
-def write_timelines(run: LoadedRun, out_dir: str, num_videos: int) -> list[str]:
+def write_timelines(run: LoadedRun, out_dir: str, num_videos: int, *,
+                    apply_fn=None) -> list[str]:
   """CAS timelines (paper Fig. 4/6) of the first ``num_videos`` test videos."""
   from jaxseg import plots  # pylint: disable=g-import-not-at-top
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   videos = run.data.test.videos[:num_videos]
   sub = Dataset(run.data.test.class_names, videos)
-  res = evaluate_params(run.config, run.model, run.state.params, sub, with_cas=True)
+  res = evaluate_params(run.config, run.model, run.state.params, sub, with_cas=True,
+                        apply_fn=apply_fn)
   paths = []
   for v in videos:
     cas = res["predictions"]["cas"][v.video_id]

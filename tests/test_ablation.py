@@ -4,7 +4,6 @@ import os
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from configs import test as test_config
 from jaxseg import ablation
