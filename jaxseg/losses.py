@@ -14,6 +14,7 @@ paper), ``N`` classes. The choices where the paper is ambiguous are argued in
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Mapping
 
@@ -22,7 +23,7 @@ import jax.numpy as jnp
 
 Array = jax.Array
 
-PROPAGATION_METHODS = ("naive", "dense", "factorized")
+PROPAGATION_METHODS = ("naive", "dense", "factorized", "fused")
 TOPK_MODES = ("labeled", "fixed")
 
 
@@ -371,12 +372,86 @@ def _per_video_propagation(f: Array, c: Array, method: str) -> Array:
       f"propagation method: expected one of {PROPAGATION_METHODS}, got {method!r}")
 
 
+def _fused_weights(f: Array, c: Array, mask: Array, cosine: bool):
+  """Masked ``f``, row scales and ``W = [inv, q inv, c inv]`` of :func:`_fused_propagation`.
+
+  ``inv (B, T)`` is ``1 / ||f_t||`` for cosine similarity (0 on zero rows and
+  padded steps) or the mask for dot similarity; ``q = ||c_t||^2``.
+  Returns ``(fm (B, T, E), inv (B, T), w (B, T, N + 2))``.
+  """
+  fm = jnp.where(mask[..., None], f, jnp.zeros((), f.dtype))
+  if cosine:
+    sq = jnp.sum(fm * fm, axis=-1)
+    pos = sq > 0
+    inv = jnp.where(pos, jax.lax.rsqrt(jnp.where(pos, sq, 1.0)), 0.0)
+  else:
+    inv = mask.astype(f.dtype)
+  inv = inv.astype(c.dtype)
+  q = jnp.sum(c * c, axis=-1)
+  w = jnp.concatenate([inv[..., None], (q * inv)[..., None], c * inv[..., None]], axis=-1)
+  return fm, inv, w
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _fused_propagation(f: Array, c: Array, mask: Array, cosine: bool,
+                       grad_f: bool) -> Array:
+  """Per-video ``sum_ij S_ij ||c_i - c_j||^2`` in one product ``f^T W``; ``(B,)``.
+
+  With ``u_t = f_t inv_t`` (unit rows for cosine ``S``), ``s = sum_t u_t``,
+  ``r = sum_t q_t u_t`` and ``P = sum_t u_t c_t^T`` the loss is
+  ``2 s.r - 2 ||P||^2``, and ``[s, r, P] = f^T W`` with
+  ``W = [inv, q inv, c inv] (T, N + 2)``: the scaled rows ``u`` are never
+  formed. The hand-written gradient (``_fused_bwd``) reads ``f`` twice more
+  (``f G`` and the norm term) and writes ``df`` once, so no ``(B, T, E)``
+  temporary is held; ``grad_f=False`` skips ``df`` (``S`` is a constant).
+
+  Args:
+    f: ``(B, T, E) float`` features (padded steps may hold anything).
+    c: ``(B, T, N) float`` CAS, zero on padded steps (centering is the caller's).
+    mask: ``(B, T) bool``.
+    cosine: cosine (True) or dot (False) similarity.
+    grad_f: whether a gradient flows into ``f``.
+  """
+  return _fused_fwd(f, c, mask, cosine, grad_f)[0]
+
+
+def _fused_fwd(f, c, mask, cosine, grad_f):
+  fm, inv, w = _fused_weights(f, c, mask, cosine)
+  m = jnp.einsum("bte,btk->bek", fm, w.astype(fm.dtype)).astype(c.dtype)  # (B, E, N+2)
+  s, r, p = m[..., 0], m[..., 1], m[..., 2:]
+  per_video = 2.0 * jnp.sum(s * r, axis=-1) - 2.0 * jnp.sum(p * p, axis=(1, 2))
+  return per_video, (f, c, mask, m)
+
+
+def _fused_bwd(cosine, grad_f, res, g):
+  f, c, mask, m = res
+  fm, inv, w = _fused_weights(f, c, mask, cosine)
+  g = g[:, None, None]
+  # dL/dM for L = 2 s.r - 2 ||P||^2, M = [s, r, P] = f^T W.
+  gm = jnp.concatenate([2.0 * g * m[..., 1:2], 2.0 * g * m[..., 0:1],
+                        -4.0 * g * m[..., 2:]], axis=-1)  # (B, E, N+2)
+  gw = jnp.einsum("bte,bek->btk", fm, gm.astype(fm.dtype)).astype(c.dtype)  # f G
+  a, b, pc = gw[..., 0], gw[..., 1], gw[..., 2:]
+  # W = [inv, q inv, c inv] with q = ||c||^2.
+  dc = inv[..., None] * (pc + 2.0 * b[..., None] * c)
+  df = None
+  if grad_f:
+    df = jnp.einsum("btk,bek->bte", w.astype(fm.dtype), gm.astype(fm.dtype))
+    if cosine:  # inv = (f.f)^(-1/2): d inv / d f = -inv^3 f
+      dinv = a + b * jnp.sum(c * c, axis=-1) + jnp.sum(pc * c, axis=-1)
+      df = df - (inv ** 3 * dinv).astype(fm.dtype)[..., None] * fm
+  return df, dc, None
+
+
+_fused_propagation.defvjp(_fused_fwd, _fused_bwd)
+
+
 PROPAGATION_SIMILARITIES = ("dot", "cosine")
 PROPAGATION_NORMALIZATIONS = ("none", "pairs")
 
 
 def propagation_loss(features: Array, cas: Array, mask: Array,
-                     method: str = "factorized", *,
+                     method: str = "fused", *,
                      grad_through_similarity: bool = False,
                      similarity: str = "dot",
                      normalization: str = "none") -> Array:
@@ -387,17 +462,23 @@ def propagation_loss(features: Array, cas: Array, mask: Array,
   Methods (equal up to float rounding):
     * ``"naive"``: the broadcast the equation reads like, ``(B, T, T, N)``.
     * ``"dense"``: materializes ``S (B, T, T)`` and uses the identity below.
-    * ``"factorized"`` (default): never forms ``S``:
+    * ``"factorized"``: never forms ``S``:
       ``sum_ij S_ij (c_i - c_j)^2 = 2 sum_i d_i c_i^2 - 2 ||f^T c||^2`` with
-      ``d = f (f^T 1)``; cost and memory linear in ``T``.
-  ``dense`` and ``factorized`` subtract each class's mean over the real steps
-  from ``c`` first (the loss is shift invariant) to limit cancellation.
+      ``d = f (f^T 1)``; cost and memory linear in ``T``; gradient by autodiff,
+      which holds ``(B, T, E)`` intermediates (the unit-norm rows and their
+      cotangents).
+    * ``"fused"`` (default): the same identity as one product ``f^T W``,
+      ``W = [1/||f||, ||c||^2/||f||, c/||f||] (B, T, N + 2)``, with a
+      hand-written gradient: reads ``f`` twice forward and twice backward and
+      never forms a ``(B, T, E)`` temporary (see ``_fused_propagation``).
+  All but ``naive`` subtract each class's mean over the real steps from ``c``
+  first (the loss is shift invariant) to limit cancellation.
 
   Args:
     features: ``(B, T, E) float`` ``f``.
     cas: ``(B, T, N) float`` ``C_loc``.
     mask: ``(B, T) bool``.
-    method: ``"naive"``, ``"dense"`` or ``"factorized"``.
+    method: ``"naive"``, ``"dense"``, ``"factorized"`` or ``"fused"``.
     grad_through_similarity: if False (default), ``S`` is a constant
       (``stop_gradient`` on ``f``): eq. 12 treats it as the given similarity
       ``W_ij`` of eq. 11, and letting the loss shrink ``f`` collapses it.
@@ -419,15 +500,23 @@ def propagation_loss(features: Array, cas: Array, mask: Array,
   if normalization not in PROPAGATION_NORMALIZATIONS:
     raise ValueError(f"propagation_loss: normalization must be one of "
                      f"{PROPAGATION_NORMALIZATIONS}, got {normalization!r}")
-  f = _similarity_features(_masked(features, mask), similarity)
-  if not grad_through_similarity:
-    f = jax.lax.stop_gradient(f)
+  if method not in PROPAGATION_METHODS:
+    raise ValueError(f"propagation method: expected one of {PROPAGATION_METHODS}, "
+                     f"got {method!r}")
   c = _masked(cas, mask)
   if method != "naive":
     count = jnp.maximum(jnp.sum(mask, axis=1), 1).astype(c.dtype)
     mean = jax.lax.stop_gradient(jnp.sum(c, axis=1) / count[:, None])
     c = _masked(c - mean[:, None, :], mask)
-  per_video = _per_video_propagation(f, c, method)
+  if method == "fused":
+    f = features if grad_through_similarity else jax.lax.stop_gradient(features)
+    per_video = _fused_propagation(f, c, jnp.asarray(mask, bool), similarity == "cosine",
+                                   bool(grad_through_similarity))
+  else:
+    f = _similarity_features(_masked(features, mask), similarity)
+    if not grad_through_similarity:
+      f = jax.lax.stop_gradient(f)
+    per_video = _per_video_propagation(f, c, method)
   if normalization == "pairs":
     count = jnp.sum(mask, axis=1).astype(per_video.dtype)
     per_video = per_video / jnp.maximum(count, 1.0) ** 2
@@ -441,7 +530,7 @@ def total_loss(outputs: Mapping[str, Array], batch: Mapping[str, Any], *,
                use_classification: bool = True, use_segment: bool = True,
                use_sphere: bool = True, use_propagation: bool = True,
                margin: int = 4, topk_mode: str = "labeled",
-               topk_ratio: float = 8.0, propagation_method: str = "factorized",
+               topk_ratio: float = 8.0, propagation_method: str = "fused",
                grad_through_similarity: bool = False,
                classification_normalization: str = "classes",
                propagation_similarity: str = "dot",

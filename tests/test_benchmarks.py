@@ -14,12 +14,15 @@ def test_loss_throughput_quick(tmp_path):
   for name in ("loss_throughput.csv", "loss_throughput.md", "loss_throughput.png"):
     assert os.path.getsize(tmp_path / name) > 0
   saved = pd.read_csv(tmp_path / "loss_throughput.csv")
-  assert set(saved["loss"]) == {"naive", "dense", "factorized", "total (4 terms, factorized)"}
+  assert set(saved["loss"]) == {"naive", "dense", "factorized", "fused",
+                                "total (4 terms, fused)"}
   assert np.all(saved["median_ms"] > 0)
-  # Memory: the naive form's temporaries grow with T^2, the factorized form's do not.
+  assert np.all(saved["xla_bytes_gib"] > 0)
+  # Memory: the naive form's temporaries grow with T^2, the factorized forms' do not.
   mem = df.pivot(index="T", columns="loss", values="temp_mib")
   assert mem.loc[256, "naive"] / mem.loc[64, "naive"] > 8
-  assert mem.loc[256, "factorized"] < mem.loc[256, "naive"] / 50
+  for method in ("factorized", "fused"):
+    assert mem.loc[256, method] < mem.loc[256, "naive"] / 50
 
 
 def test_train_step_quick(tmp_path):
@@ -29,3 +32,70 @@ def test_train_step_quick(tmp_path):
   assert np.all(df["ratio_to_floor"] > 0)
   expected = 3 * 2 * 2 * 64 * (32 * 32 + 2 * 32 * 20)
   assert train_step.fc_flops(2, 64, 32, 32, 20) == expected
+
+
+def test_reports_without_tabulate_or_matplotlib(tmp_path, monkeypatch):
+  """A bare GPU image may lack both: the tables are still written, the plot skipped."""
+  import builtins
+  from benchmarks import common
+  df = pd.DataFrame({"loss": ["fused", "naive"], "T": [64, 64],
+                     "median_ms": [1.23456, np.nan], "temp_mib": [0.5, 2.0]})
+  real_import = builtins.__import__
+
+  def no_matplotlib(name, *args, **kwargs):
+    if name.split(".")[0] == "matplotlib":
+      raise ImportError(f"No module named {name!r}")
+    return real_import(name, *args, **kwargs)
+
+  def no_tabulate(*args, **kwargs):  # what pandas raises without tabulate
+    raise ImportError("Missing optional dependency 'tabulate'.")
+
+  monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+  monkeypatch.setattr(pd.DataFrame, "to_markdown", no_tabulate)
+  assert common.plot_scaling(df, str(tmp_path / "x.png"), x="T", series="loss",
+                             title="t") is None
+  csv_path, md_path = common.write_reports(df, str(tmp_path), "r", "Title")
+  text = open(md_path).read()
+  assert "| loss | T | median_ms | temp_mib |" in text
+  assert "| fused | 64 | 1.235 | 0.5 |" in text and "| naive | 64 | nan | 2 |" in text
+  assert pd.read_csv(csv_path).shape == (2, 4)
+  assert not os.path.exists(tmp_path / "x.png")
+
+
+def test_loss_throughput_records_a_failed_case_and_goes_on(tmp_path, monkeypatch):
+  from benchmarks import common
+  real = common.compile_fn
+
+  def oom_for_naive(fn, *args):
+    if args[0].shape[1] == 32 and fn.__qualname__.startswith("propagation_fn"):
+      raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate")
+    return real(fn, *args)
+
+  monkeypatch.setattr(common, "compile_fn", oom_for_naive)
+  df = loss_throughput.run(1, [32, 48], 8, 3, 2, ["naive", "fused"], include_total=False,
+                           partial_csv=str(tmp_path / "p.csv"))
+  notes = df.set_index(["loss", "T"])["note"]
+  assert notes["naive", 32] == "skipped: out of memory"
+  assert notes["fused", 32] == "skipped: out of memory"
+  assert notes["naive", 48] == "" and notes["fused", 48] == ""
+  assert len(pd.read_csv(tmp_path / "p.csv")) == 4
+
+
+def test_device_check_script_quick(tmp_path):
+  """The one-call GPU script runs end to end (small shapes, on the CPU here)."""
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = {**os.environ, "QUICK": "1", "OUT": str(tmp_path), "PYTHON": sys.executable}
+  proc = subprocess.run(["bash", os.path.join(root, "benchmarks", "device_check.sh")],
+                        env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr
+  assert "train_step exit: 0" in proc.stdout and "loss_throughput exit: 0" in proc.stdout
+  env_txt = (tmp_path / "env.txt").read_text()
+  assert "jax " + __import__("jax").__version__ in env_txt
+  steps = pd.read_csv(tmp_path / "train_step.csv")
+  assert set(steps["method"]) == {"fused", "factorized"}
+  assert np.all(steps["median_ms"] > 0)
+  loss = pd.read_csv(tmp_path / "loss_throughput.csv")
+  assert np.all(loss["median_ms"] > 0)
+  assert not (tmp_path / "loss_throughput.partial.csv").exists()

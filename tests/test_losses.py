@@ -222,7 +222,7 @@ def test_propagation_methods_agree_in_value_and_gradient():
     v0, (gf0, gc0) = results["naive", through]
     np.testing.assert_allclose(v0, ref.propagation_loss(b["features"], cas, b["lengths"]),
                                rtol=RTOL)
-    for method in ("dense", "factorized"):
+    for method in ("dense", "factorized", "fused"):
       v, (gf, gc) = results[method, through]
       np.testing.assert_allclose(v, v0, rtol=RTOL)
       np.testing.assert_allclose(gc, gc0, rtol=1e-4, atol=1e-3 * np.abs(gc0).max())
@@ -250,6 +250,26 @@ def test_propagation_memory_factorized_linear_naive_quadratic():
   assert naive[1] >= 10 * naive[0] > 0, naive
   assert fact[1] <= 5 * fact[0] + 1024, fact
   assert fact[1] * 20 < naive[1], (fact, naive)
+
+
+def test_propagation_memory_fused_holds_no_feature_sized_temporary():
+  """Gradient through cosine ``S``: ``factorized`` holds ``(B, T, E)`` intermediates
+  (unit rows, their cotangents), ``fused`` only ``(B, T, N + 2)`` ones."""
+  def temp_bytes(method, t):
+    f = jnp.zeros((2, t, 256), jnp.float32)
+    c = jnp.zeros((2, t, 4), jnp.float32)
+    fn = jax.value_and_grad(functools.partial(
+        losses.propagation_loss, method=method, grad_through_similarity=True,
+        similarity="cosine"), argnums=(0, 1))
+    compiled = jax.jit(fn).lower(f, c, jnp.ones((2, t), bool)).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+  f_growth = 2 * (8192 - 2048) * 256 * 4  # bytes of f added by 4x the length
+  fact = temp_bytes("factorized", 8192) - temp_bytes("factorized", 2048)
+  fused = temp_bytes("fused", 8192) - temp_bytes("fused", 2048)
+  assert fact >= f_growth, (fact, f_growth)
+  # (B, T, N + 2) arrays are (4 + 2) / 256 of f each; a copy of f would be 1.0.
+  assert fused < 0.15 * f_growth, (fused, f_growth)
 
 
 def test_similarity_matrix():
@@ -280,6 +300,8 @@ def padding_fns():
           f, c, m, "factorized", grad_through_similarity=True),
       "prop_naive": lambda f, c, u, m: losses.propagation_loss(
           f, c, m, "naive", grad_through_similarity=True),
+      "prop_fused_cosine": lambda f, c, u, m: losses.propagation_loss(
+          f, c, m, "fused", grad_through_similarity=True, similarity="cosine"),
       "total": lambda f, c, u, m: losses.total_loss(
           {"features": f, "cas_cls": c, "cas_loc": 0.5 * c},
           {**b, "segment_labels": u, "mask": m}, weight=b["weight"],
@@ -379,7 +401,7 @@ def test_loss_config_kwargs():
   kw = losses.loss_config_kwargs(c.loss)
   assert kw == dict(alpha=0.1, beta=1e-4, gamma=0.02, use_classification=True,
                     use_segment=True, use_sphere=True, use_propagation=True, margin=4,
-                    topk_mode="labeled", topk_ratio=8.0, propagation_method="factorized",
+                    topk_mode="labeled", topk_ratio=8.0, propagation_method="fused",
                     grad_through_similarity=False, classification_normalization="labels",
                     propagation_similarity="cosine", propagation_normalization="pairs")
   c.loss.use_sphere = False

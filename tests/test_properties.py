@@ -177,9 +177,9 @@ def _total(f, cc, cl, w, b):
   return losses.total_loss(outputs, b, weight=w, margin=MARGIN)[0]
 
 
-def _propagation(method):
+def _propagation(method, similarity="dot"):
   return lambda f, cc, cl, w, b: losses.propagation_loss(
-      f, cl, b["mask"], method, grad_through_similarity=True)
+      f, cl, b["mask"], method, grad_through_similarity=True, similarity=similarity)
 
 
 # Each takes (features, cas_cls, cas_loc, sphere weight, batch) -> scalar.
@@ -193,6 +193,8 @@ LOSS_FNS = {
     "propagation_naive": _propagation("naive"),
     "propagation_dense": _propagation("dense"),
     "propagation_factorized": _propagation("factorized"),
+    "propagation_fused": _propagation("fused"),
+    "propagation_fused_cosine": _propagation("fused", "cosine"),
     "total": _total,
 }
 # value_and_grad w.r.t. (features, cas_cls, cas_loc, weight), jitted once per
