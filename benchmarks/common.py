@@ -34,6 +34,21 @@ def compile_fn(fn: Callable, *args):
   return compiled, temp, seconds
 
 
+def bytes_accessed(compiled) -> float:
+  """XLA's estimate of the bytes a compiled program reads and writes (NaN if unknown).
+
+  A device-independent proxy for a memory-bound program's time: divided by a
+  GPU's memory bandwidth it gives that program's floor there.
+  """
+  try:
+    cost = compiled.cost_analysis()
+  except Exception:  # pylint: disable=broad-except
+    return float("nan")
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else {}
+  return float((cost or {}).get("bytes accessed", float("nan")))
+
+
 def time_compiled(compiled, *args, warmup: int = 2, repeats: int = 10,
                   min_seconds: float = 0.0) -> dict:
   """Median and spread of wall time (ms) of ``compiled(*args)``, blocking on the result.
@@ -64,6 +79,24 @@ def matmul_rate(n: int = 4096, dtype=np.float32, repeats: int = 5) -> float:
   return 2.0 * n ** 3 / (t["median_ms"] * 1e-3)
 
 
+def markdown_table(df: pd.DataFrame) -> str:
+  """``df`` as a markdown table; without ``tabulate`` (e.g. on a bare GPU image)
+  a plain pipe table with the same ``.4g`` numbers."""
+  try:
+    return df.to_markdown(index=False, floatfmt=".4g")
+  except ImportError:
+    pass
+  def cell(v):
+    if isinstance(v, (float, np.floating)):
+      return "nan" if np.isnan(v) else f"{v:.4g}"
+    return str(v)
+  head = "| " + " | ".join(map(str, df.columns)) + " |"
+  rule = "|" + "|".join(" --- " for _ in df.columns) + "|"
+  body = ["| " + " | ".join(cell(v) for v in row) + " |"
+          for row in df.itertuples(index=False)]
+  return "\n".join([head, rule, *body])
+
+
 def write_reports(df: pd.DataFrame, out_dir: str, name: str, title: str,
                   notes: Sequence[str] = ()) -> list[str]:
   """Writes ``<name>.csv`` and ``<name>.md`` under ``out_dir``; returns the paths."""
@@ -74,15 +107,23 @@ def write_reports(df: pd.DataFrame, out_dir: str, name: str, title: str,
   env = environment()
   lines = [f"# {title}", "",
            ", ".join(f"{k}: {v}" for k, v in env.items()), "", *notes, "",
-           df.to_markdown(index=False, floatfmt=".4g"), ""]
+           markdown_table(df), ""]
   with open(md_path, "w") as f:
     f.write("\n".join(lines))
   return [csv_path, md_path]
 
 
-def plot_scaling(df: pd.DataFrame, out_path: str, *, x: str, series: str, title: str) -> str:
-  """Time and temporary memory against ``x`` on log-log axes, one line per series."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
+def plot_scaling(df: pd.DataFrame, out_path: str, *, x: str, series: str,
+                 title: str) -> str | None:
+  """Time and temporary memory against ``x`` on log-log axes, one line per series.
+
+  Returns the path, or None (with a message) where matplotlib is not installed.
+  """
+  try:
+    import matplotlib  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    print(f"matplotlib is not installed: {out_path} not drawn (the CSV has the data)")
+    return None
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   fig, axes = plt.subplots(1, 2, figsize=(10, 4))

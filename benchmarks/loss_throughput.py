@@ -1,12 +1,18 @@
 """Forward+backward time and XLA temporary memory of the losses against video length.
 
-Measures the propagation loss (eq. 13) in its three forms -- ``naive``
-(``(B, T, T, N)`` broadcast), ``dense`` (materialized ``S``) and
-``factorized`` (never forms ``S``) -- and the full four-term loss (eq. 1), for
-``T`` in {256, 750, 2048, 4096, 8192} at ``B=16, D=2048, N=20``, float32.
+Measures the propagation loss (eq. 13) in its four forms -- ``naive``
+(``(B, T, T, N)`` broadcast), ``dense`` (materialized ``S``), ``factorized``
+(never forms ``S``, gradient by autodiff) and ``fused`` (never forms ``S`` nor
+any ``(B, T, D)`` temporary, hand-written gradient; the default) -- and the
+full four-term loss (eq. 1, fused propagation), for ``T`` in
+{256, 750, 2048, 4096, 8192} at ``B=16, D=2048, N=20``, float32, with the
+configs' cosine similarity (``--similarity dot`` for ``S = f f^T`` as printed).
 Gradients are taken with respect to both the features and the CAS, with the
 gradient flowing through ``S`` (the most expensive case). A form whose
-estimated memory would not fit is skipped and reported as such.
+estimated memory would not fit is skipped and reported as such. Besides time
+and XLA temporary memory, each row has XLA's estimate of the bytes the program
+reads and writes (``xla_bytes_gib``; a memory-bound program's floor is that
+over the device's memory bandwidth).
 
   python benchmarks/loss_throughput.py                 # the paper's shapes
   python benchmarks/loss_throughput.py --quick         # a small CPU smoke run
@@ -30,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxseg import losses  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-METHODS = ("naive", "dense", "factorized")
+METHODS = ("naive", "dense", "factorized", "fused")
 
 
 def make_inputs(batch: int, length: int, dim: int, classes: int, seed: int = 0) -> dict:
@@ -51,18 +57,21 @@ def make_inputs(batch: int, length: int, dim: int, classes: int, seed: int = 0) 
           "weight": rng.standard_normal((classes, dim)).astype(np.float32)}
 
 
-def propagation_fn(method: str):
+def propagation_fn(method: str, similarity: str = "cosine"):
   def fn(features, cas, mask):
     loss = lambda f, c: losses.propagation_loss(f, c, mask, method,
-                                                grad_through_similarity=True)
+                                                grad_through_similarity=True,
+                                                similarity=similarity)
     return jax.value_and_grad(loss, argnums=(0, 1))(features, cas)
   return fn
 
 
-def total_fn(features, cas_cls, cas_loc, weight, batch):
+def total_fn(features, cas_cls, cas_loc, weight, batch, similarity: str = "cosine"):
   def loss(f, cc, cl, w):
     out = {"features": f, "cas_cls": cc, "cas_loc": cl}
-    return losses.total_loss(out, batch, weight=w, grad_through_similarity=True)[0]
+    return losses.total_loss(out, batch, weight=w, grad_through_similarity=True,
+                             propagation_method="fused",
+                             propagation_similarity=similarity)[0]
   return jax.value_and_grad(loss, argnums=(0, 1, 2, 3))(features, cas_cls, cas_loc, weight)
 
 
@@ -87,34 +96,60 @@ def device_memory_bytes() -> float:
   return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) * 0.6
 
 
+def _failed(exc: Exception) -> str:
+  """A one-line reason for a case that could not run (out of memory, mostly)."""
+  text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+  if "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower():
+    return "skipped: out of memory"
+  return f"failed: {type(exc).__name__}: {text[:120]}"
+
+
 def run(batch: int, lengths, dim: int, classes: int, repeats: int, methods,
-        include_total: bool = True) -> pd.DataFrame:
+        include_total: bool = True, similarity: str = "cosine",
+        partial_csv: str | None = None) -> pd.DataFrame:
+  """One row per (case, T). A case that runs out of memory is recorded, not fatal.
+
+  ``partial_csv``: rewritten after every row, so a run stopped by a time limit
+  keeps what it measured.
+  """
   limit = device_memory_bytes()
   rows = []
+  empty = {"median_ms": np.nan, "p10_ms": np.nan, "p90_ms": np.nan, "temp_mib": np.nan,
+           "xla_bytes_gib": np.nan}
   for t in lengths:
     x = make_inputs(batch, t, dim, classes)
     dev = {k: jax.device_put(v) for k, v in x.items()}
-    cases = [(m, propagation_fn(m), (dev["features"], dev["cas_loc"], dev["mask"]))
+    cases = [(m, propagation_fn(m, similarity), (dev["features"], dev["cas_loc"], dev["mask"]))
              for m in methods]
     if include_total:
       b = {k: dev[k] for k in ("mask", "lengths", "video_labels", "segment_labels",
                                "num_labeled")}
-      cases.append(("total (4 terms, factorized)",
-                    lambda f, cc, cl, w, b=b: total_fn(f, cc, cl, w, b),
+      cases.append(("total (4 terms, fused)",
+                    lambda f, cc, cl, w, b=b: total_fn(f, cc, cl, w, b, similarity),
                     (dev["features"], dev["cas_cls"], dev["cas_loc"], dev["weight"])))
     for name, fn, args in cases:
-      method = name if name in METHODS else "factorized"
-      row = {"loss": name, "B": batch, "T": t, "D": dim, "N": classes}
+      method = name if name in METHODS else "fused"
+      row = {"loss": name, "B": batch, "T": t, "D": dim, "N": classes,
+             "similarity": similarity}
       if estimated_bytes(method, batch, t, dim, classes) > limit:
-        rows.append({**row, "median_ms": np.nan, "p10_ms": np.nan, "p90_ms": np.nan,
-                     "temp_mib": np.nan, "note": "skipped: would not fit"})
-        continue
-      compiled, temp, _ = common.compile_fn(fn, *args)
-      timing = common.time_compiled(compiled, *args, repeats=repeats)
-      rows.append({**row, **timing, "temp_mib": temp / 2 ** 20, "note": ""})
-      print(f"{name:>28} T={t:5d}: {timing['median_ms']:9.3f} ms  "
-            f"temp {temp / 2 ** 20:10.1f} MiB", flush=True)
-      del compiled
+        rows.append({**row, **empty, "note": "skipped: would not fit"})
+      else:
+        try:
+          compiled, temp, _ = common.compile_fn(fn, *args)
+          timing = common.time_compiled(compiled, *args, repeats=repeats)
+        except Exception as exc:  # pylint: disable=broad-except
+          rows.append({**row, **empty, "note": _failed(exc)})
+          print(f"{name:>28} T={t:5d}: {rows[-1]['note']}", flush=True)
+        else:
+          gib = common.bytes_accessed(compiled) / 2 ** 30
+          rows.append({**row, **timing, "temp_mib": temp / 2 ** 20, "xla_bytes_gib": gib,
+                       "note": ""})
+          print(f"{name:>28} T={t:5d}: {timing['median_ms']:9.3f} ms  "
+                f"temp {temp / 2 ** 20:10.1f} MiB  XLA bytes {gib:8.3f} GiB", flush=True)
+          del compiled
+      if partial_csv:
+        os.makedirs(os.path.dirname(partial_csv) or ".", exist_ok=True)
+        pd.DataFrame(rows).to_csv(partial_csv, index=False)
   return pd.DataFrame(rows)
 
 
@@ -128,28 +163,34 @@ def main(argv=None):
   p.add_argument("--repeats", type=int, default=10)
   p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
   p.add_argument("--no-total", action="store_true", help="skip the four-term loss")
+  p.add_argument("--similarity", default="cosine", choices=losses.PROPAGATION_SIMILARITIES,
+                 help="S of eq. 13: cosine (the configs' default) or dot (as printed)")
   p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out"))
   args = p.parse_args(argv)
   if args.quick:
     args.batch, args.lengths, args.dim, args.repeats = 2, [64, 256], 32, 3
   df = run(args.batch, args.lengths, args.dim, args.classes, args.repeats, args.methods,
-           include_total=not args.no_total)
+           include_total=not args.no_total, similarity=args.similarity,
+           partial_csv=os.path.join(args.out, "loss_throughput.partial.csv"))
   notes = []
-  fact = df[df["loss"] == "factorized"].set_index("T")["median_ms"]
-  for m in ("naive", "dense"):
-    other = df[df["loss"] == m].set_index("T")["median_ms"]
-    ratio = (other / fact).dropna()
-    if len(ratio):
-      notes.append(f"- {m} / factorized time ratio: " + ", ".join(
-          f"T={t}: {r:.1f}x" for t, r in ratio.items()))
+  for base, others in (("factorized", ("naive", "dense")),
+                       ("fused", ("naive", "dense", "factorized"))):
+    ref = df[df["loss"] == base].set_index("T")["median_ms"]
+    for m in others:
+      other = df[df["loss"] == m].set_index("T")["median_ms"]
+      ratio = (other / ref).dropna()
+      if len(ratio):
+        notes.append(f"- {m} / {base} time ratio: " + ", ".join(
+            f"T={t}: {r:.1f}x" for t, r in ratio.items()))
   paths = common.write_reports(df, args.out, "loss_throughput",
                                "Loss forward+backward throughput", notes)
+  os.remove(os.path.join(args.out, "loss_throughput.partial.csv"))  # complete now
   plot_df = df.dropna(subset=["median_ms"])
   paths.append(common.plot_scaling(plot_df, os.path.join(args.out, "loss_throughput.png"),
                                    x="T", series="loss",
                                    title=f"B={args.batch}, D={args.dim}, N={args.classes}"))
   print("\n".join(notes))
-  print("wrote", ", ".join(paths))
+  print("wrote", ", ".join(path for path in paths if path))
   return df
 
 

@@ -37,7 +37,7 @@ def fc_flops(b: int, t: int, d: int, e: int, n: int) -> float:
 
 
 def measure(batch: int, length: int, dim: int, classes: int, repeats: int,
-            method: str = "factorized") -> dict:
+            method: str = "fused") -> dict:
   c = config_lib.base_config()
   c.loss.propagation_method = method
   model = train.make_model(c, dim, classes)
@@ -71,7 +71,7 @@ def main(argv=None):
   p.add_argument("--dim", type=int, default=2048)
   p.add_argument("--classes", type=int, default=20)
   p.add_argument("--repeats", type=int, default=20)
-  p.add_argument("--methods", nargs="+", default=["factorized"],
+  p.add_argument("--methods", nargs="+", default=["fused"],
                  choices=loss_throughput.METHODS)
   p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out"))
   args = p.parse_args(argv)
@@ -94,7 +94,7 @@ def main(argv=None):
   if len(args.lengths) > 1:
     paths.append(common.plot_scaling(df, os.path.join(args.out, "train_step.png"), x="T",
                                      series="method", title="train step"))
-  print("wrote", ", ".join(paths))
+  print("wrote", ", ".join(path for path in paths if path))
   return df
 
 

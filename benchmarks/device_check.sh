@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The GPU figures of issue 5 in one call, for a lent GPU machine (the `device`
+# tool's `run`) or any CUDA host with jax, flax, optax, orbax-checkpoint and
+# pandas installed. Writes everything under $OUT (default benchmarks/out/device):
+#
+#   env.txt            devices, versions, nvidia-smi
+#   train_step.*       the jitted train step at B=16, T=750, D=2048, N=20
+#                      (fused and factorized propagation, one run: ratios are fair)
+#   loss_throughput.*  eq. 13 in four forms and the four-term loss, B=16, D=2048,
+#                      T in {256, 750, 2048, 4096, 8192} (cosine S, the configs' default)
+#   *.log              what each script printed
+#
+# Packages the bare GPU image may lack (ml-collections for jaxseg.config,
+# tabulate for the markdown tables) are installed from .device-wheels/ when it is
+# there; make it on a machine with a package index with
+# `bash benchmarks/device_check.sh --prepare` and carry it (device tool:
+# carry=[".device-wheels"]). Without tabulate or matplotlib the tables are still
+# written and the plots skipped. Each step has its own time limit, so a slow one
+# does not cost the others; loss_throughput keeps a partial CSV if stopped.
+#
+#   bash benchmarks/device_check.sh --prepare   # here, once: fetch the wheels
+#   bash benchmarks/device_check.sh             # there: about 4-6 minutes on an H100/H200
+#   QUICK=1 bash benchmarks/device_check.sh     # small shapes, a CPU smoke run (tests)
+set -u
+cd "$(dirname "$0")/.."
+
+if [ "${1:-}" = "--prepare" ]; then
+  python3 -m pip download --no-deps --only-binary=:all: -d .device-wheels \
+    "ml-collections==1.1.0" "tabulate==0.10.0"
+  exit $?
+fi
+
+OUT=${OUT:-benchmarks/out/device}
+mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+QUICK_ARGS=()
+if [ -n "${QUICK:-}" ]; then QUICK_ARGS=(--quick); fi
+
+if ! $PY -c "import ml_collections, tabulate" 2>/dev/null && [ -d .device-wheels ]; then
+  LIB=$(mktemp -d)
+  $PY -m pip install -q --no-index --no-deps --find-links .device-wheels --target "$LIB" \
+    ml-collections tabulate 2>&1 | tail -3
+  export PYTHONPATH="$LIB${PYTHONPATH:+:$PYTHONPATH}"
+fi
+
+{
+  date -u
+  $PY - <<'EOF'
+import jax, jaxlib, sys
+print("python", sys.version.split()[0], "jax", jax.__version__, "jaxlib", jaxlib.__version__)
+print("devices", jax.devices())
+for mod in ("flax", "optax", "orbax.checkpoint", "pandas", "ml_collections", "tabulate",
+            "matplotlib"):
+  try:
+    m = __import__(mod, fromlist=["_"])
+    print(mod, getattr(m, "__version__", "?"))
+  except Exception as e:  # pylint: disable=broad-except
+    print(mod, "MISSING", e)
+EOF
+  nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv 2>&1
+} > "$OUT/env.txt" 2>&1
+cat "$OUT/env.txt"
+
+timeout "${TRAIN_STEP_LIMIT:-180}" $PY benchmarks/train_step.py --out "$OUT" \
+  --methods fused factorized --lengths 750 "${QUICK_ARGS[@]}" 2>&1 | tee "$OUT/train_step.log"
+echo "train_step exit: ${PIPESTATUS[0]}"
+
+timeout "${LOSS_LIMIT:-300}" $PY benchmarks/loss_throughput.py --out "$OUT" "${QUICK_ARGS[@]}" 2>&1 \
+  | tee "$OUT/loss_throughput.log"
+echo "loss_throughput exit: ${PIPESTATUS[0]}"
