@@ -8,6 +8,7 @@ set by the FC layers' FLOPs over the device's measured matmul rate (forward
   python benchmarks/train_step.py                # paper shapes
   python benchmarks/train_step.py --quick        # small CPU smoke run
   python benchmarks/train_step.py --lengths 256 750 2048
+  python benchmarks/train_step.py --feed host device   # + the loop with data feeding
 
 Writes ``train_step.csv`` and ``train_step.md`` (and ``train_step.png`` for
 several lengths) to ``--out`` (default ``benchmarks/out/``).
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 import jax
 import numpy as np
@@ -28,6 +30,10 @@ from benchmarks import common  # pylint: disable=g-import-not-at-top,wrong-impor
 from benchmarks import loss_throughput  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxseg import config as config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxseg import train  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jaxseg.data import batching  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jaxseg.data import device_data  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jaxseg.data.labels import sample_segment_labels  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jaxseg.data.video import Dataset, Instance, Video  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def fc_flops(b: int, t: int, d: int, e: int, n: int) -> float:
@@ -63,6 +69,67 @@ def measure(batch: int, length: int, dim: int, classes: int, repeats: int,
           "segments_per_s": batch * length / (timing["median_ms"] * 1e-3)}
 
 
+def synthetic_train_set(num_videos: int, dim: int, classes: int, seed: int = 0):
+  """THUMOS14-like lengths (200 to 2500 segments), random features, one-segment labels."""
+  rng = np.random.default_rng(seed)
+  videos = []
+  for k in range(num_videos):
+    t = int(rng.integers(200, 2501))
+    start = float(rng.uniform(0, t * 0.5))
+    inst = [Instance(start, start + t * 0.2, int(rng.integers(classes)))]
+    feats = rng.standard_normal((t, dim), dtype=np.float32)
+    videos.append(Video(f"v{k}", "validation", feats, 1.0, float(t), inst))
+  ds = Dataset([f"class{i}" for i in range(classes)], videos)
+  return ds, sample_segment_labels(ds, "one-segment", seed=0).labels
+
+
+def measure_loop(feed: str, batch: int, dim: int, classes: int, steps: int,
+                 num_videos: int) -> dict:
+  """Milliseconds per step of the training loop, batch making and feeding included.
+
+  ``feed="host"``: ``TrainLoader.batch`` stacks each batch on the host and it
+  is copied to the device; ``"device"``: the features live on the device
+  (``train.device_data``) and each step sends ``TrainLoader.plan``'s indices.
+  Dispatch is asynchronous in both, so the host prepares step ``s + 1`` while
+  the device runs step ``s``; the loop is as slow as the slower of the two.
+  ``prepare_and_copy_ms``: the host's part alone (make one batch or plan and
+  copy it to the device; mean of 5 after one untimed call), timed before the loop.
+  """
+  c = config_lib.base_config()
+  ds, labels = synthetic_train_set(num_videos, dim, classes)
+  loader = batching.TrainLoader(ds, labels, batch_size=batch, max_length=c.train.max_length,
+                                buckets=c.train.length_buckets, seed=0)
+  model = train.make_model(c, dim, classes)
+  optimizer = train.make_optimizer(c)
+  state = train.init_state(c, model, optimizer, dim)
+  on_device = feed == "device"
+  step_fn = train.make_train_step(c, model, optimizer, device_data=on_device)
+  if on_device:
+    host_bank = device_data.build_bank(ds, labels)
+    bank, offsets = jax.device_put(host_bank.arrays()), host_bank.offsets
+    del host_bank
+    run_step = lambda st, s: step_fn(st, jax.device_put(loader.plan(s, offsets)), bank)
+  else:
+    run_step = lambda st, s: step_fn(st, jax.device_put(loader.batch(s)))
+  prepare = ((lambda s: loader.plan(s, offsets)) if on_device else loader.batch)
+  jax.block_until_ready(jax.device_put(prepare(0)))  # untimed: first allocations
+  t0 = time.perf_counter()
+  for s in range(1, 6):
+    jax.block_until_ready(jax.device_put(prepare(s)))
+  host_ms = (time.perf_counter() - t0) / 5 * 1e3
+  warm = 3  # compiles the buckets the first steps use
+  for s in range(warm):
+    state, _ = run_step(state, s)
+  jax.block_until_ready(state)
+  t0 = time.perf_counter()
+  for s in range(warm, warm + steps):
+    state, metrics = run_step(state, s)
+  jax.block_until_ready((state, metrics))
+  ms = (time.perf_counter() - t0) / steps * 1e3
+  return {"feed": feed, "B": batch, "D": dim, "N": classes, "videos": num_videos,
+          "steps": steps, "ms_per_step": ms, "prepare_and_copy_ms": host_ms}
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--quick", action="store_true")
@@ -73,10 +140,17 @@ def main(argv=None):
   p.add_argument("--repeats", type=int, default=20)
   p.add_argument("--methods", nargs="+", default=["fused"],
                  choices=loss_throughput.METHODS)
+  p.add_argument("--feed", nargs="*", default=[], choices=["host", "device"],
+                 help="also time the training loop with batches made on the host and "
+                      "copied, or gathered from device-resident features (train.device_data)")
+  p.add_argument("--loop-steps", type=int, default=30)
+  p.add_argument("--loop-videos", type=int, default=100,
+                 help="videos of the synthetic training set of the --feed loop")
   p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out"))
   args = p.parse_args(argv)
   if args.quick:
     args.batch, args.lengths, args.dim, args.repeats = 2, [64, 128], 32, 3
+    args.loop_steps, args.loop_videos = 4, 6
   rate = common.matmul_rate(512 if args.quick else 4096)
   rows = []
   for method in args.methods:
@@ -90,6 +164,20 @@ def main(argv=None):
             flush=True)
   df = pd.DataFrame(rows)
   notes = [f"- measured float32 matmul rate: {rate / 1e12:.3f} TFLOP/s"]
+  if args.feed:
+    loop = pd.DataFrame([measure_loop(f, args.batch, args.dim, args.classes,
+                                      args.loop_steps, args.loop_videos) for f in args.feed])
+    for r in loop.itertuples():
+      print(f"training loop, {r.feed} feed: {r.ms_per_step:9.3f} ms/step", flush=True)
+    notes.append("- training loop (batch making and feeding included, synthetic set of "
+                 f"{args.loop_videos} videos of 200-2500 segments, max_length 750):")
+    notes.extend(f"  - {r.feed} feed: {r.ms_per_step:.4g} ms/step (making and copying one "
+                 f"batch or plan alone: {r.prepare_and_copy_ms:.3g} ms)"
+                 for r in loop.itertuples())
+    if {"host", "device"} <= set(args.feed):
+      by = loop.set_index("feed")["ms_per_step"]
+      notes.append(f"  - host / device feed: {by['host'] / by['device']:.2f}x")
+    common.write_reports(loop, args.out, "train_loop", "Training loop with feeding", notes)
   paths = common.write_reports(df, args.out, "train_step", "Jitted train step", notes)
   if len(args.lengths) > 1:
     paths.append(common.plot_scaling(df, os.path.join(args.out, "train_step.png"), x="T",

@@ -16,6 +16,7 @@ DATASET_FORMATS = ("synthetic", "activitynet", "wtalc")
 PROP_METHODS = ("naive", "dense", "factorized", "fused")
 TOPK_MODES = ("labeled", "fixed")
 PROTOCOLS = ("activitynet", "wtalc")
+DEVICE_DATA_MODES = ("auto", "on", "off")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -106,6 +107,10 @@ def base_config() -> ml_collections.ConfigDict:
   t.validation_fraction = 0.0  # held out of training for model selection
   t.skip_nonfinite = False  # skip a batch with non-finite gradients instead of stopping
   t.progress = True
+  # Keep the training features on the accelerator and send each step only row
+  # indices (jaxseg/data/device_data.py): "auto" (on for a GPU/TPU when they
+  # take at most a quarter of its memory), "on" or "off".
+  t.device_data = "auto"
 
   # ------------------------------------------------------------ inference
   c.inference = i = ml_collections.ConfigDict()
@@ -228,6 +233,8 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1) -> None:
   _check(t.max_length >= 1, "train.max_length", "must be >= 1")
   _check(t.crop_mode in ("uniform", "crop"), "train.crop_mode",
          f"{t.crop_mode!r} is not 'uniform' or 'crop'")
+  _check(t.device_data in DEVICE_DATA_MODES, "train.device_data",
+         f"{t.device_data!r} is not one of {DEVICE_DATA_MODES}")
   _check(len(t.length_buckets) > 0 and all(b > 0 for b in t.length_buckets),
          "train.length_buckets", "must be a non-empty list of positive lengths")
   for name in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):

@@ -38,14 +38,18 @@ from jaxseg import model as model_lib
 from jaxseg import parallel
 from jaxseg import provenance
 from jaxseg.data import batching
+from jaxseg.data import device_data as device_data_lib
 from jaxseg.data import labels as labels_lib
 from jaxseg.data import readers
 from jaxseg.data.video import DataError, Dataset
 
 ConfigError = config_lib.ConfigError
 
-# Fields that may differ between the config that made a workdir and a rerun.
-_RERUN_FREE_FIELDS = ("train.progress", "train.num_steps", "eval.num_plot_videos",
+# Fields that may differ between the config that made a workdir and a rerun:
+# they do not change a run's results (train.device_data: the same batches,
+# gathered on the device instead of stacked on the host).
+_RERUN_FREE_FIELDS = ("train.progress", "train.num_steps", "train.device_data",
+                      "eval.num_plot_videos",
                       "ablation.num_seeds", "parallel.num_devices",
                       "distributed.coordinator_address", "distributed.num_processes",
                       "distributed.process_id", "distributed.auto")
@@ -120,8 +124,14 @@ def init_state(config, model, optimizer, feature_dim: int) -> TrainState:
       bad_terms=jnp.zeros((), jnp.int32))
 
 
-def make_train_step(config, model, optimizer) -> Callable[[TrainState, dict], tuple]:
+def make_train_step(config, model, optimizer, *,
+                    device_data: bool = False) -> Callable[..., tuple]:
   """The jitted train step ``(state, batch) -> (state, metrics)``; state is donated.
+
+  With ``device_data=True`` the step is ``(state, plan, bank) -> (state,
+  metrics)``: it builds the batch inside the compiled program from the
+  device-resident training features (``device_data.gather_batch``), so the
+  host sends only the plan's indices.
 
   Metrics (all scalars): each loss term (weighted terms are reported unweighted),
   ``total``, ``grad_norm``, ``finite`` (1.0 if every value was finite).
@@ -166,6 +176,10 @@ def make_train_step(config, model, optimizer) -> Callable[[TrainState, dict], tu
     metrics.update(total=total, grad_norm=grad_norm, finite=finite.astype(jnp.float32))
     return new_state, metrics
 
+  if device_data:
+    def step_from_plan(state: TrainState, plan: dict, bank: dict):
+      return step_fn(state, device_data_lib.gather_batch(bank, plan))
+    return jax.jit(step_from_plan, donate_argnums=0)
   return jax.jit(step_fn, donate_argnums=0)
 
 
@@ -477,7 +491,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       data.train, data.segment_labels.labels, batch_size=config.train.batch_size,
       max_length=config.train.max_length, buckets=config.train.length_buckets,
       seed=config.seed, crop_mode=config.train.crop_mode)
-  train_step = make_train_step(config, model, optimizer)
+  on_device, why = device_data_lib.use_device_data(config.train.device_data, data.train)
+  if is_main_process():
+    print(f"training data on the device: {why}")
+  bank = offsets = None
+  if on_device:
+    host_bank = device_data_lib.build_bank(data.train, data.segment_labels.labels)
+    bank, offsets = parallel.replicate(host_bank.arrays(), mesh), host_bank.offsets
+    del host_bank
+  train_step = make_train_step(config, model, optimizer, device_data=on_device)
   apply_fn = make_apply_fn(model)
 
   num_steps = config.train.num_steps
@@ -486,9 +508,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   t0 = time.time()
   rows = parallel.process_rows(config.train.batch_size, mesh)
   for step in range(start, num_steps):
-    local = {k: v[rows] for k, v in loader.batch(step).items() if isinstance(v, np.ndarray)}
-    batch = parallel.shard_batch(local, mesh, config.train.batch_size)
-    state, metrics = train_step(state, batch)
+    if on_device:
+      local = {k: v[rows] for k, v in loader.plan(step, offsets).items()}
+      plan = parallel.shard_batch(local, mesh, config.train.batch_size)
+      state, metrics = train_step(state, plan, bank)
+    else:
+      local = {k: v[rows] for k, v in loader.batch(step).items()
+               if isinstance(v, np.ndarray)}
+      batch = parallel.shard_batch(local, mesh, config.train.batch_size)
+      state, metrics = train_step(state, batch)
     pending.append(metrics)
     done = step + 1
     if bar is not None:

@@ -96,6 +96,9 @@ def test_device_check_script_quick(tmp_path):
   steps = pd.read_csv(tmp_path / "train_step.csv")
   assert set(steps["method"]) == {"fused", "factorized"}
   assert np.all(steps["median_ms"] > 0)
+  loop = pd.read_csv(tmp_path / "train_loop.csv")
+  assert list(loop["feed"]) == ["host", "device"] and np.all(loop["ms_per_step"] > 0)
+  assert np.all(loop["prepare_and_copy_ms"] > 0)
   loss = pd.read_csv(tmp_path / "loss_throughput.csv")
   assert np.all(loss["median_ms"] > 0)
   assert not (tmp_path / "loss_throughput.partial.csv").exists()

@@ -161,6 +161,9 @@ c.data.synthetic.output_dir = args["data_dir"]
 c.distributed.coordinator_address = f"localhost:{args['port']}"
 c.distributed.num_processes = 2
 c.distributed.process_id = args["process_id"]
+# Device-resident training data here, host batches in the 8-device run: the
+# comparison of the two runs checks that path across processes too.
+c.train.device_data = "on"
 res = train.train_and_evaluate(c, args["workdir"], evaluate=args["evaluate"])
 mesh = parallel.make_mesh()
 rows = parallel.process_rows(8, mesh)

@@ -96,6 +96,23 @@ def test_same_seed_same_results(full_run, tmp_path, data_dir):
   assert table.loc["final", "label_seed"] == c.labels.seed
 
 
+def test_device_data_trains_exactly_like_host_batches(full_run, tmp_path, capsys):
+  """train.device_data='on' (indices sent, batch gathered in the step) changes nothing."""
+  c, workdir, out = full_run
+  assert c.train.device_data == "auto"  # on a CPU: host batches
+  on = config_lib.with_overrides(c, **{"train.device_data": "on"})
+  got = train.train_and_evaluate(on, str(tmp_path / "on"))
+  assert "training data on the device: on (config)" in capsys.readouterr().out
+  host = [r for r in _read_jsonl(os.path.join(workdir, "metrics.jsonl")) if r["kind"] == "train"]
+  dev = [r for r in _read_jsonl(str(tmp_path / "on" / "metrics.jsonl")) if r["kind"] == "train"]
+  assert len(host) == len(dev)
+  for a, b in zip(host, dev):
+    for key in ("total", "classification", "segment", "sphere", "propagation", "grad_norm"):
+      assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-9), (a["step"], key)
+  for col, value in out["final"].items():
+    assert got["final"][col] == pytest.approx(value, abs=1e-6), col
+
+
 def test_interrupted_run_resumes_to_same_result(full_run, tmp_path, monkeypatch):
   c, workdir, out = full_run
   resumed_dir = str(tmp_path / "resumed")

@@ -185,14 +185,48 @@ class TrainLoader:
     return np.array([self.permutation(int(p) // self.num_videos)[int(p) % self.num_videos]
                      for p in pos])
 
-  def batch(self, step: int) -> dict[str, np.ndarray]:
-    """The batch of global step ``step`` (the pytree of the module docstring)."""
+  def rows(self, step: int) -> list[tuple[int, np.ndarray]]:
+    """``(video index, kept segment indices)`` of each row of batch ``step``.
+
+    The one place a batch's videos and segments are drawn: :meth:`batch`
+    stacks them on the host, :meth:`plan` turns them into indices for a
+    device-resident copy of the features (``jaxseg/data/device_data.py``).
+    """
     idx = self.video_indices(step)
     rng = np.random.default_rng([self.seed & 0xFFFFFFFF, 1, int(step)])
+    return [(int(i), sample_indices(self._features[i].shape[0], self.max_length,
+                                    self.crop_mode, rng)) for i in idx]
+
+  def plan(self, step: int, offsets: np.ndarray) -> dict[str, np.ndarray]:
+    """Batch ``step`` as row indices into the concatenated training features.
+
+    Args:
+      step: the global step.
+      offsets: ``(M,) int64`` where each video starts in the concatenation
+        (``device_data.FeatureBank.offsets``).
+
+    Returns:
+      ``{"index": (B, T) int32, "mask": (B, T) bool, "lengths": (B,) int32,
+      "video_labels": (B, N) float32}``; ``T`` is the bucket :meth:`batch`
+      pads to; padded steps index row 0 (the mask hides them).
+    """
+    rows = self.rows(step)
+    lengths = np.zeros((self.batch_size,), np.int32)
+    for r, (_, keep) in enumerate(rows):
+      lengths[r] = keep.shape[0]
+    t_pad = bucket_length(int(lengths.max()), self.buckets)
+    index = np.zeros((self.batch_size, t_pad), np.int32)
+    vlab = np.zeros((self.batch_size, self.dataset.num_classes), np.float32)
+    for r, (i, keep) in enumerate(rows):
+      index[r, :keep.shape[0]] = offsets[i] + keep
+      vlab[r] = self._video_labels[i]
+    mask = np.arange(t_pad)[None, :] < lengths[:, None]
+    return {"index": index, "mask": mask, "lengths": lengths, "video_labels": vlab}
+
+  def batch(self, step: int) -> dict[str, np.ndarray]:
+    """The batch of global step ``step`` (the pytree of the module docstring)."""
     feats, labs, ys = [], [], []
-    for i in idx:
-      keep = sample_indices(self._features[i].shape[0], self.max_length,
-                            self.crop_mode, rng)
+    for i, keep in self.rows(step):
       if keep.shape[0] == self._features[i].shape[0]:
         feats.append(self._features[i])
         labs.append(self._labels[i])
