@@ -5,9 +5,10 @@
 #
 #   env.txt            devices, versions, nvidia-smi
 #   train_step.*       the jitted train step at B=16, T=750, D=2048, N=20
-#                      (fused and factorized propagation, one run: ratios are fair)
-#   train_loop.*       the training loop with batches stacked on the host and copied,
-#                      against device-resident features (train.device_data)
+#                      (fused and factorized propagation, float32 and bfloat16 compute,
+#                      one run: ratios are fair)
+#   train_loop.*       the training loop (bfloat16) with batches stacked on the host and
+#                      copied, against device-resident features (train.device_data)
 #   loss_throughput.*  eq. 13 in four forms and the four-term loss, B=16, D=2048,
 #                      T in {256, 750, 2048, 4096, 8192} (cosine S, the configs' default)
 #   *.log              what each script printed
@@ -64,7 +65,8 @@ EOF
 cat "$OUT/env.txt"
 
 timeout "${TRAIN_STEP_LIMIT:-180}" $PY benchmarks/train_step.py --out "$OUT" \
-  --methods fused factorized --lengths 750 --feed host device "${QUICK_ARGS[@]}" 2>&1 \
+  --methods fused factorized --compute-dtypes float32 bfloat16 --lengths 750 \
+  --feed host device "${QUICK_ARGS[@]}" 2>&1 \
   | tee "$OUT/train_step.log"
 echo "train_step exit: ${PIPESTATUS[0]}"
 

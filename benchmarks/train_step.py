@@ -9,6 +9,7 @@ set by the FC layers' FLOPs over the device's measured matmul rate (forward
   python benchmarks/train_step.py --quick        # small CPU smoke run
   python benchmarks/train_step.py --lengths 256 750 2048
   python benchmarks/train_step.py --feed host device   # + the loop with data feeding
+  python benchmarks/train_step.py --compute-dtypes float32 bfloat16   # mixed precision
 
 Writes ``train_step.csv`` and ``train_step.md`` (and ``train_step.png`` for
 several lengths) to ``--out`` (default ``benchmarks/out/``).
@@ -22,6 +23,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
@@ -43,9 +45,10 @@ def fc_flops(b: int, t: int, d: int, e: int, n: int) -> float:
 
 
 def measure(batch: int, length: int, dim: int, classes: int, repeats: int,
-            method: str = "fused") -> dict:
+            method: str = "fused", compute_dtype: str = "float32") -> dict:
   c = config_lib.base_config()
   c.loss.propagation_method = method
+  c.model.compute_dtype = compute_dtype
   model = train.make_model(c, dim, classes)
   optimizer = train.make_optimizer(c)
   state = train.init_state(c, model, optimizer, dim)
@@ -64,7 +67,8 @@ def measure(batch: int, length: int, dim: int, classes: int, repeats: int,
     return metrics
 
   timing = common.time_compiled(call, b, repeats=repeats)
-  return {"method": method, "B": batch, "T": length, "D": dim, "N": classes, **timing,
+  return {"method": method, "compute_dtype": compute_dtype, "B": batch, "T": length,
+          "D": dim, "N": classes, **timing,
           "temp_mib": (mem.temp_size_in_bytes / 2 ** 20) if mem is not None else np.nan,
           "segments_per_s": batch * length / (timing["median_ms"] * 1e-3)}
 
@@ -84,7 +88,7 @@ def synthetic_train_set(num_videos: int, dim: int, classes: int, seed: int = 0):
 
 
 def measure_loop(feed: str, batch: int, dim: int, classes: int, steps: int,
-                 num_videos: int) -> dict:
+                 num_videos: int, compute_dtype: str = "float32") -> dict:
   """Milliseconds per step of the training loop, batch making and feeding included.
 
   ``feed="host"``: ``TrainLoader.batch`` stacks each batch on the host and it
@@ -96,6 +100,7 @@ def measure_loop(feed: str, batch: int, dim: int, classes: int, steps: int,
   copy it to the device; mean of 5 after one untimed call), timed before the loop.
   """
   c = config_lib.base_config()
+  c.model.compute_dtype = compute_dtype
   ds, labels = synthetic_train_set(num_videos, dim, classes)
   loader = batching.TrainLoader(ds, labels, batch_size=batch, max_length=c.train.max_length,
                                 buckets=c.train.length_buckets, seed=0)
@@ -126,7 +131,8 @@ def measure_loop(feed: str, batch: int, dim: int, classes: int, steps: int,
     state, metrics = run_step(state, s)
   jax.block_until_ready((state, metrics))
   ms = (time.perf_counter() - t0) / steps * 1e3
-  return {"feed": feed, "B": batch, "D": dim, "N": classes, "videos": num_videos,
+  return {"feed": feed, "compute_dtype": compute_dtype, "B": batch, "D": dim, "N": classes,
+          "videos": num_videos,
           "steps": steps, "ms_per_step": ms, "prepare_and_copy_ms": host_ms}
 
 
@@ -140,6 +146,9 @@ def main(argv=None):
   p.add_argument("--repeats", type=int, default=20)
   p.add_argument("--methods", nargs="+", default=["fused"],
                  choices=loss_throughput.METHODS)
+  p.add_argument("--compute-dtypes", nargs="+", default=["float32"],
+                 choices=list(config_lib.COMPUTE_DTYPES),
+                 help="model.compute_dtype values to time (bfloat16: mixed precision)")
   p.add_argument("--feed", nargs="*", default=[], choices=["host", "device"],
                  help="also time the training loop with batches made on the host and "
                       "copied, or gathered from device-resident features (train.device_data)")
@@ -151,26 +160,32 @@ def main(argv=None):
   if args.quick:
     args.batch, args.lengths, args.dim, args.repeats = 2, [64, 128], 32, 3
     args.loop_steps, args.loop_videos = 4, 6
-  rate = common.matmul_rate(512 if args.quick else 4096)
+  rates = {d: common.matmul_rate(512 if args.quick else 4096, dtype=jnp.dtype(d))
+           for d in args.compute_dtypes}
   rows = []
-  for method in args.methods:
-    for t in args.lengths:
-      r = measure(args.batch, t, args.dim, args.classes, args.repeats, method)
-      floor_ms = fc_flops(args.batch, t, args.dim, args.dim, args.classes) / rate * 1e3
-      r.update(fc_floor_ms=floor_ms, ratio_to_floor=r["median_ms"] / floor_ms)
-      rows.append(r)
-      print(f"{method:>10} T={t:5d}: {r['median_ms']:9.3f} ms/step, "
-            f"{r['segments_per_s']:.3g} segments/s, {r['ratio_to_floor']:.1f}x the FC floor",
-            flush=True)
+  for dtype in args.compute_dtypes:
+    for method in args.methods:
+      for t in args.lengths:
+        r = measure(args.batch, t, args.dim, args.classes, args.repeats, method, dtype)
+        floor_ms = fc_flops(args.batch, t, args.dim, args.dim, args.classes) / rates[dtype] * 1e3
+        r.update(fc_floor_ms=floor_ms, ratio_to_floor=r["median_ms"] / floor_ms,
+                 case=f"{method}, {dtype}")
+        rows.append(r)
+        print(f"{method:>10} {dtype:>8} T={t:5d}: {r['median_ms']:9.3f} ms/step, "
+              f"{r['segments_per_s']:.3g} segments/s, "
+              f"{r['ratio_to_floor']:.1f}x the FC floor", flush=True)
   df = pd.DataFrame(rows)
-  notes = [f"- measured float32 matmul rate: {rate / 1e12:.3f} TFLOP/s"]
+  notes = [f"- measured {d} matmul rate ({'4096' if not args.quick else '512'}^3): "
+           f"{r / 1e12:.3f} TFLOP/s" for d, r in rates.items()]
   if args.feed:
-    loop = pd.DataFrame([measure_loop(f, args.batch, args.dim, args.classes,
-                                      args.loop_steps, args.loop_videos) for f in args.feed])
+    loop_dtype = args.compute_dtypes[-1]
+    loop = pd.DataFrame([measure_loop(f, args.batch, args.dim, args.classes, args.loop_steps,
+                                      args.loop_videos, loop_dtype) for f in args.feed])
     for r in loop.itertuples():
       print(f"training loop, {r.feed} feed: {r.ms_per_step:9.3f} ms/step", flush=True)
-    notes.append("- training loop (batch making and feeding included, synthetic set of "
-                 f"{args.loop_videos} videos of 200-2500 segments, max_length 750):")
+    notes.append(f"- training loop ({loop_dtype} compute, batch making and feeding included, "
+                 f"synthetic set of {args.loop_videos} videos of 200-2500 segments, "
+                 "max_length 750):")
     notes.extend(f"  - {r.feed} feed: {r.ms_per_step:.4g} ms/step (making and copying one "
                  f"batch or plan alone: {r.prepare_and_copy_ms:.3g} ms)"
                  for r in loop.itertuples())
@@ -181,7 +196,7 @@ def main(argv=None):
   paths = common.write_reports(df, args.out, "train_step", "Jitted train step", notes)
   if len(args.lengths) > 1:
     paths.append(common.plot_scaling(df, os.path.join(args.out, "train_step.png"), x="T",
-                                     series="method", title="train step"))
+                                     series="case", title="train step"))
   print("wrote", ", ".join(path for path in paths if path))
   return df
 

@@ -17,6 +17,7 @@ PROP_METHODS = ("naive", "dense", "factorized", "fused")
 TOPK_MODES = ("labeled", "fixed")
 PROTOCOLS = ("activitynet", "wtalc")
 DEVICE_DATA_MODES = ("auto", "on", "off")
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -64,6 +65,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = m = ml_collections.ConfigDict()
   m.embed_dim = -1  # -1: same as the feature dimension (paper: D -> D)
   m.dropout_rate = 0.7  # as W-TALC
+  # FC arithmetic: "float32" or "bfloat16" (mixed precision: float32 parameters,
+  # optimizer and losses; bfloat16 matmuls, the fast path on GPU/TPU).
+  m.compute_dtype = "float32"
 
   # ----------------------------------------------------------------- loss
   c.loss = lo = ml_collections.ConfigDict()
@@ -196,6 +200,8 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1) -> None:
     _check(bool(c.labels.points_csv), "labels.points_csv", "is required with labels.mode='points'")
     _check(bool(c.labels.fps_json), "labels.fps_json", "is required with labels.mode='points'")
   _check(0.0 <= c.model.dropout_rate < 1.0, "model.dropout_rate", "must be in [0, 1)")
+  _check(c.model.compute_dtype in COMPUTE_DTYPES, "model.compute_dtype",
+         f"{c.model.compute_dtype!r} is not one of {COMPUTE_DTYPES}")
   _check(c.model.embed_dim == -1 or c.model.embed_dim > 0, "model.embed_dim",
          "must be > 0, or -1 for the feature dimension")
   for name in ("alpha", "beta", "gamma"):

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 Array = jax.Array
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 class SegmentModel(nn.Module):
@@ -33,10 +34,14 @@ class SegmentModel(nn.Module):
     embed_dim: ``E``, the width of ``f``; ``<= 0`` means the input feature
       dimension ``D`` (the paper's ``D -> D``).
     dropout_rate: dropout on ``f`` (0.7 as in W-TALC), after the ReLU.
+    compute_dtype: ``"float32"`` or ``"bfloat16"``: the dtype of the FC
+      layers' inputs and arithmetic (mixed precision: parameters stay
+      float32, and the outputs, on which every loss is computed, are float32).
   """
   num_classes: int
   embed_dim: int
   dropout_rate: float = 0.7
+  compute_dtype: str = "float32"
 
   @nn.compact
   def __call__(self, features: Array, mask: Array, *,
@@ -58,13 +63,20 @@ class SegmentModel(nn.Module):
     if features.ndim != 3 or mask.shape != features.shape[:2]:
       raise ValueError(f"SegmentModel: expected features (B, T, D) and mask "
                        f"(B, T), got {features.shape} and {mask.shape}")
+    if self.compute_dtype not in COMPUTE_DTYPES:
+      raise ValueError(f"SegmentModel: compute_dtype must be one of {COMPUTE_DTYPES}, "
+                       f"got {self.compute_dtype!r}")
+    dtype = jnp.dtype(self.compute_dtype)
+    dense = lambda width, name: nn.Dense(width, dtype=dtype, param_dtype=jnp.float32,
+                                         name=name)
     embed_dim = self.embed_dim if self.embed_dim > 0 else features.shape[-1]
     valid = mask[..., None]
-    x = jnp.where(valid, features, 0.0)
-    f = nn.relu(nn.Dense(embed_dim, name="embedding")(x))
+    x = jnp.where(valid, features, 0.0).astype(dtype)
+    f = nn.relu(dense(embed_dim, "embedding")(x))
     f = nn.Dropout(rate=self.dropout_rate)(f, deterministic=deterministic)
-    cas_cls = nn.Dense(self.num_classes, name="cls_head")(f)
-    cas_loc = nn.Dense(self.num_classes, name="loc_head")(f)
+    cas_cls = dense(self.num_classes, "cls_head")(f).astype(jnp.float32)
+    cas_loc = dense(self.num_classes, "loc_head")(f).astype(jnp.float32)
+    f = f.astype(jnp.float32)
     # W of eq. 9; created here so it lives in params with the rest.
     self.param("sphere_weight", nn.initializers.lecun_normal(),
                (self.num_classes, embed_dim), jnp.float32)

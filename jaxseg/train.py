@@ -89,7 +89,8 @@ def make_model(config: ml_collections.ConfigDict, feature_dim: int,
                num_classes: int) -> model_lib.SegmentModel:
   embed = feature_dim if config.model.embed_dim == -1 else config.model.embed_dim
   return model_lib.SegmentModel(num_classes=num_classes, embed_dim=embed,
-                                dropout_rate=config.model.dropout_rate)
+                                dropout_rate=config.model.dropout_rate,
+                                compute_dtype=config.model.compute_dtype)
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:

@@ -94,7 +94,8 @@ def test_device_check_script_quick(tmp_path):
   env_txt = (tmp_path / "env.txt").read_text()
   assert "jax " + __import__("jax").__version__ in env_txt
   steps = pd.read_csv(tmp_path / "train_step.csv")
-  assert set(steps["method"]) == {"fused", "factorized"}
+  assert set(zip(steps["method"], steps["compute_dtype"])) == {
+      (m, d) for m in ("fused", "factorized") for d in ("float32", "bfloat16")}
   assert np.all(steps["median_ms"] > 0)
   loop = pd.read_csv(tmp_path / "train_loop.csv")
   assert list(loop["feed"]) == ["host", "device"] and np.all(loop["ms_per_step"] > 0)

@@ -62,6 +62,9 @@ BAD = [
     # Unknown propagation method.
     ({"loss.propagation_method": "sparse"}, "loss.propagation_method"),
     ({"loss.propagation_method": "Dense"}, "loss.propagation_method"),
+    # Unknown compute dtype and device-data mode.
+    ({"model.compute_dtype": "float16"}, "model.compute_dtype"),
+    ({"train.device_data": "gpu"}, "train.device_data"),
     # Margin below 1 (the non-integer margin has its own test).
     ({"loss.margin": 0}, "loss.margin"),
     ({"loss.margin": -2}, "loss.margin"),

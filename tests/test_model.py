@@ -117,3 +117,36 @@ def test_embed_dim_default_and_loss_pipeline():
   assert np.abs(grads["sphere_weight"]).max() > 0
   with pytest.raises(ValueError, match="SegmentModel"):
     m.apply(variables, batch["features"], batch["mask"][:, :3], deterministic=True)
+
+
+def test_bfloat16_compute_matches_float32_and_keeps_float32_interfaces(setup):
+  """Mixed precision: same parameters (float32), bf16 matmuls, float32 outputs."""
+  _, variables, x, mask, apply = setup
+  m16 = model_lib.SegmentModel(num_classes=N, embed_dim=E, dropout_rate=0.5,
+                               compute_dtype="bfloat16")
+  v16 = model_lib.init_params(m16, jax.random.key(0), D)
+  for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(v16)):
+    assert b.dtype == jnp.float32
+    np.testing.assert_array_equal(a, b)  # the same init: a checkpoint serves both
+  want = apply(variables, x, mask, deterministic=True)
+  got = jax.jit(m16.apply, static_argnames="deterministic")(variables, x, mask,
+                                                            deterministic=True)
+  # float64 NumPy forward pass: bf16 keeps 8 bits of mantissa, ~0.4% per rounding.
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), variables["params"])
+  f = np.maximum(x @ p["embedding"]["kernel"] + p["embedding"]["bias"], 0) * mask[..., None]
+  ref = {"features": f,
+         "cas_cls": (f @ p["cls_head"]["kernel"] + p["cls_head"]["bias"]) * mask[..., None],
+         "cas_loc": (f @ p["loc_head"]["kernel"] + p["loc_head"]["bias"]) * mask[..., None]}
+  for key in ("features", "cas_cls", "cas_loc"):
+    assert got[key].dtype == jnp.float32, key
+    scale = np.abs(ref[key]).max()
+    np.testing.assert_allclose(want[key], ref[key], atol=1e-5 * scale, err_msg=key)
+    err = np.abs(np.asarray(got[key]) - ref[key]).max()
+    assert 0 < err <= 2e-2 * scale, (key, err, scale)  # rounded, but only by bf16
+    assert not np.asarray(got[key])[~mask].any(), key
+
+
+def test_bad_compute_dtype_is_rejected():
+  m = model_lib.SegmentModel(num_classes=N, embed_dim=E, compute_dtype="float16")
+  with pytest.raises(ValueError, match="compute_dtype"):
+    model_lib.init_params(m, jax.random.key(0), D)
