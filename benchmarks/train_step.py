@@ -2,8 +2,9 @@
 
 At the paper's shapes (``B=16, T=750, D=2048, N=20``, float32) by default.
 Reports milliseconds per step, segments per second, and the ratio to the floor
-set by the FC layers' FLOPs over the device's measured matmul rate (forward
-``2 B T (D E + 2 E N)`` FLOPs, backward twice that).
+set by the FC layers' FLOPs over the device's measured matmul rate
+(``4 B T D E + 12 B T E N``, see :func:`fc_flops`; 207 GFLOP at the paper's
+shapes).
 
   python benchmarks/train_step.py                # paper shapes
   python benchmarks/train_step.py --quick        # small CPU smoke run
@@ -39,9 +40,16 @@ from jaxseg.data.video import Dataset, Instance, Video  # pylint: disable=g-impo
 
 
 def fc_flops(b: int, t: int, d: int, e: int, n: int) -> float:
-  """Forward+backward FLOPs of the three FC layers (embedding, two heads)."""
-  forward = 2.0 * b * t * (d * e + 2 * e * n)
-  return 3.0 * forward
+  """Forward+backward FLOPs of the three FC layers (embedding, two heads).
+
+  Each product costs ``2 B T (in x out)`` forward; its backward costs the same
+  again for the weight gradient and again for the input gradient, except the
+  embedding's: its input is the data, which needs no gradient. So
+  ``4 B T D E`` for the embedding and ``3 x 2 B T E 2N`` for the two heads.
+  """
+  embedding = 2.0 * 2.0 * b * t * d * e
+  heads = 3.0 * 2.0 * b * t * e * 2 * n
+  return embedding + heads
 
 
 def measure(batch: int, length: int, dim: int, classes: int, repeats: int,
