@@ -30,8 +30,11 @@ def test_train_step_quick(tmp_path):
   assert os.path.getsize(tmp_path / "train_step.md") > 0
   assert np.all(df["median_ms"] > 0)
   assert np.all(df["ratio_to_floor"] > 0)
-  expected = 3 * 2 * 2 * 64 * (32 * 32 + 2 * 32 * 20)
+  # Embedding: forward and weight gradient (the data needs no gradient); each
+  # head: forward, weight and input gradients.
+  expected = 2 * (2 * 2 * 64 * 32 * 32) + 2 * 3 * (2 * 2 * 64 * 32 * 20)
   assert train_step.fc_flops(2, 64, 32, 32, 20) == expected
+  assert round(train_step.fc_flops(16, 750, 2048, 2048, 20) / 1e9) == 207
 
 
 def test_reports_without_tabulate_or_matplotlib(tmp_path, monkeypatch):

@@ -58,6 +58,7 @@ def test_plan_indices_point_at_the_sampled_segments():
                                 seed=0, crop_mode="crop")
   offsets = device_data.build_bank(ds, labels).offsets
   np.testing.assert_array_equal(offsets, [0, 4])
+  np.testing.assert_array_equal(device_data.video_offsets(ds), offsets)
   for step in range(3):
     plan = loader.plan(step, offsets)
     for row, (video, keep) in enumerate(loader.rows(step)):

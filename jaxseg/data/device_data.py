@@ -61,10 +61,16 @@ def bank_bytes(dataset: Dataset) -> int:
   return total * (dataset.feature_dim * 4 + dataset.num_classes)
 
 
+def video_offsets(dataset: Dataset) -> np.ndarray:
+  """``(M,) int64``: where each video of ``dataset`` starts in its bank."""
+  lengths = np.array([v.num_segments for v in dataset.videos], np.int64)
+  return np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+
+
 def build_bank(dataset: Dataset, segment_labels: Mapping[str, np.ndarray]) -> FeatureBank:
   """The host-side bank of ``dataset`` (videos in dataset order)."""
   lengths = np.array([v.num_segments for v in dataset.videos], np.int64)
-  offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+  offsets = video_offsets(dataset)
   total = int(lengths.sum())
   if total >= 2 ** 31:
     raise ValueError(f"device_data: {total} training segments do not fit int32 indices; "
