@@ -107,7 +107,7 @@ def use_device_data(mode: str, dataset: Dataset, *, backend: str | None = None,
   if mode not in DEVICE_DATA_MODES:
     raise ValueError(f"train.device_data must be one of {DEVICE_DATA_MODES}, got {mode!r}")
   need = bank_bytes(dataset)
-  size = f"{need / 2 ** 30:.2f} GiB"
+  size = f"{need / 2 ** 30:.2f} GiB" if need >= 2 ** 30 else f"{need / 2 ** 20:.1f} MiB"
   if mode == "on":
     return True, f"on (config), {size} of training features on the device"
   if mode == "off":
