@@ -4,9 +4,8 @@
 # pandas installed. Writes everything under $OUT (default benchmarks/out/device):
 #
 #   env.txt            devices, versions, nvidia-smi
-#   train_step.*       the jitted train step at B=16, T=750, D=2048, N=20
-#                      (fused and factorized propagation, float32 and bfloat16 compute,
-#                      one run: ratios are fair)
+#   train_step.*       the jitted train step at B=16, D=2048, N=20, T in {256, 750, 2048}
+#                      (T=750: the paper's shapes), float32 and bfloat16 compute, one run
 #   train_loop.*       the training loop (bfloat16) with batches stacked on the host and
 #                      copied, against device-resident features (train.device_data)
 #   loss_throughput.*  eq. 13 in four forms and the four-term loss, B=16, D=2048,
@@ -65,7 +64,7 @@ EOF
 cat "$OUT/env.txt"
 
 timeout "${TRAIN_STEP_LIMIT:-180}" $PY benchmarks/train_step.py --out "$OUT" \
-  --methods fused factorized --compute-dtypes float32 bfloat16 --lengths 750 \
+  --methods fused --compute-dtypes float32 bfloat16 --lengths 256 750 2048 \
   --feed host device "${QUICK_ARGS[@]}" 2>&1 \
   | tee "$OUT/train_step.log"
 echo "train_step exit: ${PIPESTATUS[0]}"

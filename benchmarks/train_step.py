@@ -1,19 +1,21 @@
 """Milliseconds per jitted train step (model, four losses, Adam update).
 
-At the paper's shapes (``B=16, T=750, D=2048, N=20``, float32) by default.
+At the paper's shapes (``B=16, D=2048, N=20``, float32) for ``T`` in
+{256, 750, 2048} by default (750 is the paper's ``max_length``).
 Reports milliseconds per step, segments per second, and the ratio to the floor
 set by the FC layers' FLOPs over the device's measured matmul rate
 (``4 B T D E + 12 B T E N``, see :func:`fc_flops`; 207 GFLOP at the paper's
 shapes).
 
-  python benchmarks/train_step.py                # paper shapes
+  python benchmarks/train_step.py                # paper shapes, T = 256, 750, 2048
   python benchmarks/train_step.py --quick        # small CPU smoke run
   python benchmarks/train_step.py --lengths 256 750 2048
   python benchmarks/train_step.py --feed host device   # + the loop with data feeding
   python benchmarks/train_step.py --compute-dtypes float32 bfloat16   # mixed precision
 
-Writes ``train_step.csv`` and ``train_step.md`` (and ``train_step.png`` for
-several lengths) to ``--out`` (default ``benchmarks/out/``).
+Writes ``train_step.csv``, ``train_step.md`` and ``train_step.png`` (time and
+memory against ``T``; with several lengths) to ``--out`` (default
+``benchmarks/out/``).
 """
 
 from __future__ import annotations
@@ -155,7 +157,7 @@ def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--quick", action="store_true")
   p.add_argument("--batch", type=int, default=16)
-  p.add_argument("--lengths", type=int, nargs="+", default=[750])
+  p.add_argument("--lengths", type=int, nargs="+", default=[256, 750, 2048])
   p.add_argument("--dim", type=int, default=2048)
   p.add_argument("--classes", type=int, default=20)
   p.add_argument("--repeats", type=int, default=20)
