@@ -180,6 +180,7 @@ def main(argv=None):
   rates = {d: common.matmul_rate(512 if args.quick else 4096, dtype=jnp.dtype(d))
            for d in args.compute_dtypes}
   rows = []
+  partial = os.path.join(args.out, "train_step.partial.csv")
   for dtype in args.compute_dtypes:
     for method in args.methods:
       for t in args.lengths:
@@ -188,6 +189,9 @@ def main(argv=None):
         r.update(fc_floor_ms=floor_ms, ratio_to_floor=r["median_ms"] / floor_ms,
                  case=f"{method}, {dtype}")
         rows.append(r)
+        # Kept if a time limit stops the run; removed once the reports are written.
+        os.makedirs(args.out, exist_ok=True)
+        pd.DataFrame(rows).to_csv(partial, index=False)
         print(f"{method:>10} {dtype:>8} T={t:5d}: {r['median_ms']:9.3f} ms/step, "
               f"{r['segments_per_s']:.3g} segments/s, "
               f"{r['ratio_to_floor']:.1f}x the FC floor", flush=True)
@@ -211,6 +215,7 @@ def main(argv=None):
       notes.append(f"  - host / device feed: {by['host'] / by['device']:.2f}x")
     common.write_reports(loop, args.out, "train_loop", "Training loop with feeding", notes)
   paths = common.write_reports(df, args.out, "train_step", "Jitted train step", notes)
+  os.remove(partial)
   if len(args.lengths) > 1:
     paths.append(common.plot_scaling(df, os.path.join(args.out, "train_step.png"), x="T",
                                      series="case", title="train step"))
