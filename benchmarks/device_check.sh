@@ -10,6 +10,7 @@
 #                      copied, against device-resident features (train.device_data)
 #   loss_throughput.*  eq. 13 in four forms and the four-term loss, B=16, D=2048,
 #                      T in {256, 750, 2048, 4096, 8192} (cosine S, the configs' default)
+#   dot/loss_throughput.*  factorized and fused with S = f f^T as printed, T = 8192
 #   *.log              what each script printed
 #
 # Packages the bare GPU image may lack (ml-collections for jaxseg.config,
@@ -72,3 +73,13 @@ echo "train_step exit: ${PIPESTATUS[0]}"
 timeout "${LOSS_LIMIT:-300}" $PY benchmarks/loss_throughput.py --out "$OUT" "${QUICK_ARGS[@]}" 2>&1 \
   | tee "$OUT/loss_throughput.log"
 echo "loss_throughput exit: ${PIPESTATUS[0]}"
+
+# S = f f^T as printed (the configs use cosine): the two factorized forms at the
+# issue's T = 8192 only.
+DOT_LENGTHS=(--lengths 8192)
+if [ -n "${QUICK:-}" ]; then DOT_LENGTHS=(); fi
+timeout "${DOT_LIMIT:-90}" $PY benchmarks/loss_throughput.py --out "$OUT/dot" --similarity dot \
+  --methods factorized fused --no-total "${DOT_LENGTHS[@]}" "${QUICK_ARGS[@]}" 2>&1 \
+  | tee "$OUT/loss_throughput_dot.log"
+echo "loss_throughput (dot) exit: ${PIPESTATUS[0]}"
+

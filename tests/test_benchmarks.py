@@ -95,7 +95,10 @@ def test_device_check_script_quick(tmp_path):
   proc = subprocess.run(["bash", os.path.join(root, "benchmarks", "device_check.sh")],
                         env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr
-  assert "train_step exit: 0" in proc.stdout and "loss_throughput exit: 0" in proc.stdout
+  for part in ("train_step", "loss_throughput", "loss_throughput (dot)"):
+    assert f"{part} exit: 0" in proc.stdout, part
+  dot = pd.read_csv(tmp_path / "dot" / "loss_throughput.csv")
+  assert set(dot["loss"]) == {"factorized", "fused"} and set(dot["similarity"]) == {"dot"}
   env_txt = (tmp_path / "env.txt").read_text()
   assert "jax " + __import__("jax").__version__ in env_txt
   steps = pd.read_csv(tmp_path / "train_step.csv")
