@@ -22,6 +22,7 @@ import pytest
 from jaxseg import evaluate as cli
 from jaxseg import evaluation as ev
 from jaxseg.data.video import DataError
+from tests import anet_json
 from tests import reference_activitynet as ref
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,19 +31,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # ------------------------------------------------------------------ builders
 
 
-def _gt(videos: dict, subset: str = "test") -> dict:
-  """``{vid: [(s, e, label), ...]}`` -> ActivityNet ground truth."""
-  return {"database": {
-      v: {"subset": subset, "duration": 100.0,
-          "annotations": [{"segment": [s, e], "label": l} for s, e, l in anns]}
-      for v, anns in videos.items()}}
-
-
-def _pred(videos: dict) -> dict:
-  """``{vid: [(s, e, label, score), ...]}`` -> ActivityNet results."""
-  return {"results": {
-      v: [{"label": l, "score": sc, "segment": [s, e]} for s, e, l, sc in ps]
-      for v, ps in videos.items()}}
+_gt = anet_json.ground_truth
+_pred = anet_json.results
 
 
 def _random_case(seed: int, n_vid: int = 40, n_cls: int = 6):

@@ -43,6 +43,7 @@ no example database; hypothesis still caches source constants in
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import random
 
@@ -55,6 +56,7 @@ from hypothesis import strategies as st
 
 from jaxseg import evaluation as ev
 from jaxseg import losses
+from tests import anet_json
 from tests import reference_activitynet as anet_ref
 
 # ================================================================== losses
@@ -311,19 +313,8 @@ THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(21))  # 0, 0.05, ..., 1
 HIGH_THRESHOLDS = tuple(t for t in THRESHOLDS if t > 0.5)
 
 
-def _gt_dict(videos: dict) -> dict:
-  """``{vid: [(start, end, label)]}`` -> ActivityNet ground truth."""
-  return {"database": {
-      v: {"subset": "test", "duration": 60.0,
-          "annotations": [{"segment": [s, e], "label": c} for s, e, c in anns]}
-      for v, anns in videos.items()}}
-
-
-def _pred_dict(videos: dict) -> dict:
-  """``{vid: [(start, end, label, score)]}`` -> ActivityNet results."""
-  return {"results": {
-      v: [{"label": c, "score": sc, "segment": [s, e]} for s, e, c, sc in preds]
-      for v, preds in videos.items()}}
+_gt_dict = functools.partial(anet_json.ground_truth, duration=60.0)
+_pred_dict = anet_json.results
 
 
 @st.composite
