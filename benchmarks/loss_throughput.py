@@ -35,6 +35,7 @@ import pandas as pd
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxseg import losses  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jaxseg.data import device_data  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 METHODS = ("naive", "dense", "factorized", "fused")
 
@@ -86,13 +87,10 @@ def estimated_bytes(method: str, b: int, t: int, d: int, n: int) -> float:
 
 
 def device_memory_bytes() -> float:
-  dev = jax.devices()[0]
-  try:
-    stats = dev.memory_stats() or {}
-  except Exception:  # pylint: disable=broad-except
-    stats = {}
-  if "bytes_limit" in stats:
-    return float(stats["bytes_limit"])
+  """XLA's memory limit on the device; 60% of host memory where it does not say (CPU)."""
+  limit = device_data.device_memory_bytes()
+  if limit is not None:
+    return float(limit)
   return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) * 0.6
 
 

@@ -121,12 +121,12 @@ def measure_loop(feed: str, batch: int, dim: int, classes: int, steps: int,
   step_fn = train.make_train_step(c, model, optimizer, device_data=on_device)
   if on_device:
     host_bank = device_data.build_bank(ds, labels)
-    bank, offsets = jax.device_put(host_bank.arrays()), host_bank.offsets
+    bank, offsets = (jax.device_put(host_bank.arrays()),), host_bank.offsets
     del host_bank
-    run_step = lambda st, s: step_fn(st, jax.device_put(loader.plan(s, offsets)), bank)
+    prepare = lambda s: loader.plan(s, offsets)
   else:
-    run_step = lambda st, s: step_fn(st, jax.device_put(loader.batch(s)))
-  prepare = ((lambda s: loader.plan(s, offsets)) if on_device else loader.batch)
+    bank, prepare = (), loader.batch
+  run_step = lambda st, s: step_fn(st, jax.device_put(prepare(s)), *bank)
   jax.block_until_ready(jax.device_put(prepare(0)))  # untimed: first allocations
   t0 = time.perf_counter()
   for s in range(1, 6):

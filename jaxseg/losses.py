@@ -377,7 +377,7 @@ def _fused_weights(f: Array, c: Array, mask: Array, cosine: bool):
 
   ``inv (B, T)`` is ``1 / ||f_t||`` for cosine similarity (0 on zero rows and
   padded steps) or the mask for dot similarity; ``q = ||c_t||^2``.
-  Returns ``(fm (B, T, E), inv (B, T), w (B, T, N + 2))``.
+  Returns ``(fm (B, T, E), inv (B, T), q (B, T), w (B, T, N + 2))``.
   """
   fm = jnp.where(mask[..., None], f, jnp.zeros((), f.dtype))
   if cosine:
@@ -389,21 +389,25 @@ def _fused_weights(f: Array, c: Array, mask: Array, cosine: bool):
   inv = inv.astype(c.dtype)
   q = jnp.sum(c * c, axis=-1)
   w = jnp.concatenate([inv[..., None], (q * inv)[..., None], c * inv[..., None]], axis=-1)
-  return fm, inv, w
+  return fm, inv, q, w
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def _fused_propagation(f: Array, c: Array, mask: Array, cosine: bool,
                        grad_f: bool) -> Array:
-  """Per-video ``sum_ij S_ij ||c_i - c_j||^2`` in one product ``f^T W``; ``(B,)``.
+  """Eq. 13 summed over classes, per video: ``sum_ij S_ij ||c_i - c_j||^2``; ``(B,)``.
+
+  Computed as one product ``f^T W``.
 
   With ``u_t = f_t inv_t`` (unit rows for cosine ``S``), ``s = sum_t u_t``,
   ``r = sum_t q_t u_t`` and ``P = sum_t u_t c_t^T`` the loss is
   ``2 s.r - 2 ||P||^2``, and ``[s, r, P] = f^T W`` with
   ``W = [inv, q inv, c inv] (T, N + 2)``: the scaled rows ``u`` are never
   formed. The hand-written gradient (``_fused_bwd``) reads ``f`` twice more
-  (``f G`` and the norm term) and writes ``df`` once, so no ``(B, T, E)``
-  temporary is held; ``grad_f=False`` skips ``df`` (``S`` is a constant).
+  (``f G`` and the norm term) and writes ``df`` once. The only ``(B, T, E)``
+  intermediate is the masked ``f`` (NaN-safe padding), which a compiler may
+  fuse into its consumers or reuse as ``df``'s buffer; ``grad_f=False`` skips
+  ``df`` (``S`` is a constant).
 
   Args:
     f: ``(B, T, E) float`` features (padded steps may hold anything).
@@ -416,7 +420,7 @@ def _fused_propagation(f: Array, c: Array, mask: Array, cosine: bool,
 
 
 def _fused_fwd(f, c, mask, cosine, grad_f):
-  fm, inv, w = _fused_weights(f, c, mask, cosine)
+  fm, _, _, w = _fused_weights(f, c, mask, cosine)
   m = jnp.einsum("bte,btk->bek", fm, w.astype(fm.dtype)).astype(c.dtype)  # (B, E, N+2)
   s, r, p = m[..., 0], m[..., 1], m[..., 2:]
   per_video = 2.0 * jnp.sum(s * r, axis=-1) - 2.0 * jnp.sum(p * p, axis=(1, 2))
@@ -425,7 +429,7 @@ def _fused_fwd(f, c, mask, cosine, grad_f):
 
 def _fused_bwd(cosine, grad_f, res, g):
   f, c, mask, m = res
-  fm, inv, w = _fused_weights(f, c, mask, cosine)
+  fm, inv, q, w = _fused_weights(f, c, mask, cosine)
   g = g[:, None, None]
   # dL/dM for L = 2 s.r - 2 ||P||^2, M = [s, r, P] = f^T W.
   gm = jnp.concatenate([2.0 * g * m[..., 1:2], 2.0 * g * m[..., 0:1],
@@ -438,7 +442,7 @@ def _fused_bwd(cosine, grad_f, res, g):
   if grad_f:
     df = jnp.einsum("btk,bek->bte", w.astype(fm.dtype), gm.astype(fm.dtype))
     if cosine:  # inv = (f.f)^(-1/2): d inv / d f = -inv^3 f
-      dinv = a + b * jnp.sum(c * c, axis=-1) + jnp.sum(pc * c, axis=-1)
+      dinv = a + b * q + jnp.sum(pc * c, axis=-1)
       df = df - (inv ** 3 * dinv).astype(fm.dtype)[..., None] * fm
   return df, dc, None
 
@@ -470,7 +474,8 @@ def propagation_loss(features: Array, cas: Array, mask: Array,
     * ``"fused"`` (default): the same identity as one product ``f^T W``,
       ``W = [1/||f||, ||c||^2/||f||, c/||f||] (B, T, N + 2)``, with a
       hand-written gradient: reads ``f`` twice forward and twice backward and
-      never forms a ``(B, T, E)`` temporary (see ``_fused_propagation``).
+      holds no ``(B, T, E)`` intermediate but the masked ``f`` (see
+      ``_fused_propagation``).
   All but ``naive`` subtract each class's mean over the real steps from ``c``
   first (the loss is shift invariant) to limit cancellation.
 

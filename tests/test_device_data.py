@@ -8,7 +8,7 @@ from jaxseg import config as config_lib
 from jaxseg.data import batching
 from jaxseg.data import device_data
 from jaxseg.data.labels import sample_segment_labels
-from jaxseg.data.video import Dataset, Instance, Video
+from jaxseg.data.video import DataError, Dataset, Instance, Video
 
 BUCKETS = (8, 16, 32)
 D, N = 5, 3
@@ -117,3 +117,11 @@ def test_bad_mode_is_rejected_by_config_and_function():
   c.train.device_data = "gpu"
   with pytest.raises(config_lib.ConfigError, match="train.device_data"):
     config_lib.validate(c)
+
+
+def test_bank_of_mismatched_labels_names_the_video():
+  ds = _dataset((5, 7))
+  labels = dict(sample_segment_labels(ds, "full", seed=0).labels)
+  labels["v1"] = labels["v1"][:3]
+  with pytest.raises(DataError, match="'v1'.*shape"):
+    device_data.build_bank(ds, labels)

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxseg.config import DEVICE_DATA_MODES
+from jaxseg.data.labels import check_segment_labels
 from jaxseg.data.video import Dataset
 
 # "auto" turns the bank on when it takes at most this fraction of device memory.
@@ -68,7 +69,12 @@ def video_offsets(dataset: Dataset) -> np.ndarray:
 
 
 def build_bank(dataset: Dataset, segment_labels: Mapping[str, np.ndarray]) -> FeatureBank:
-  """The host-side bank of ``dataset`` (videos in dataset order)."""
+  """The host-side bank of ``dataset`` (videos in dataset order).
+
+  Raises:
+    DataError: naming the video whose segment labels are missing or misshapen.
+  """
+  check_segment_labels(dataset, segment_labels)
   lengths = np.array([v.num_segments for v in dataset.videos], np.int64)
   offsets = video_offsets(dataset)
   total = int(lengths.sum())
