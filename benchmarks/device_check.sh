@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
-# The GPU figures of issue 5 in one call, for a lent GPU machine (the `device`
-# tool's `run`) or any CUDA host with jax, flax, optax, orbax-checkpoint and
-# pandas installed. Writes everything under $OUT (default benchmarks/out/device):
+# Every GPU figure of benchmarks/RESULTS.md in one command, on any CUDA host with
+# jax, flax, optax, orbax-checkpoint and pandas installed (PyTorch too for the
+# reference step). Writes everything under $OUT (default benchmarks/out/device):
 #
 #   env.txt            devices, versions, nvidia-smi
 #   train_step.*       the jitted train step at B=16, D=2048, N=20, T in {256, 750, 2048}
-#                      (T=750: the paper's shapes), float32 and bfloat16 compute, one run
+#                      (T=750: the paper's shapes), float32 and bfloat16 compute, fused
+#                      and factorized propagation, one run
+#   train_step_breakdown.*  the step's parts (network, losses, update) at T=750
+#   torch_reference.*  the same step written the straightforward way in PyTorch
+#                      (per-video Python loop, dense l x l x N propagation), with its
+#                      ratio to the jaxseg step of the same run
 #   train_loop.*       the training loop (bfloat16) with batches stacked on the host and
 #                      copied, against device-resident features (train.device_data)
 #   loss_throughput.*  eq. 13 in four forms and the four-term loss, B=16, D=2048,
@@ -22,7 +27,7 @@
 # does not cost the others; loss_throughput keeps a partial CSV if stopped.
 #
 #   bash benchmarks/device_check.sh --prepare   # here, once: fetch the wheels
-#   bash benchmarks/device_check.sh             # there: about 4-6 minutes on an H100/H200
+#   bash benchmarks/device_check.sh             # there: about 6-8 minutes on an H100/H200
 #   QUICK=1 bash benchmarks/device_check.sh     # small shapes, a CPU smoke run (tests)
 set -u
 cd "$(dirname "$0")/.."
@@ -64,11 +69,24 @@ EOF
 } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 
-timeout "${TRAIN_STEP_LIMIT:-180}" $PY benchmarks/train_step.py --out "$OUT" \
-  --methods fused --compute-dtypes float32 bfloat16 --lengths 256 750 2048 \
-  --feed host device "${QUICK_ARGS[@]}" 2>&1 \
+timeout "${TRAIN_STEP_LIMIT:-240}" $PY benchmarks/train_step.py --out "$OUT" \
+  --methods fused factorized --compute-dtypes float32 bfloat16 --lengths 256 750 2048 \
+  --breakdown 750 --feed host device "${QUICK_ARGS[@]}" 2>&1 \
   | tee "$OUT/train_step.log"
 echo "train_step exit: ${PIPESTATUS[0]}"
+
+# The PyTorch reference needs torch; the JAX step above has released the GPU.
+if $PY -c "import torch" 2>/dev/null; then
+  TORCH_ARGS=(--jax-csv "$OUT/train_step.csv")
+  if [ -n "${QUICK:-}" ]; then TORCH_ARGS+=(--quick); fi
+  JAX_PLATFORMS=cpu $PY benchmarks/torch_reference.py --check 2>&1 | tee "$OUT/torch_reference.log"
+  XLA_PYTHON_CLIENT_PREALLOCATE=false timeout "${TORCH_LIMIT:-120}" \
+    $PY benchmarks/torch_reference.py --out "$OUT" "${TORCH_ARGS[@]}" 2>&1 \
+    | tee -a "$OUT/torch_reference.log"
+  echo "torch_reference exit: ${PIPESTATUS[0]}"
+else
+  echo "PyTorch is not installed: no reference step" | tee "$OUT/torch_reference.log"
+fi
 
 timeout "${LOSS_LIMIT:-300}" $PY benchmarks/loss_throughput.py --out "$OUT" "${QUICK_ARGS[@]}" 2>&1 \
   | tee "$OUT/loss_throughput.log"

@@ -12,6 +12,7 @@ shapes).
   python benchmarks/train_step.py --lengths 256 750 2048
   python benchmarks/train_step.py --feed host device   # + the loop with data feeding
   python benchmarks/train_step.py --compute-dtypes float32 bfloat16   # mixed precision
+  python benchmarks/train_step.py --breakdown 750      # + where the step's time goes
 
 Writes ``train_step.csv``, ``train_step.md`` and ``train_step.png`` (time and
 memory against ``T``; with several lengths) to ``--out`` (default
@@ -81,6 +82,55 @@ def measure(batch: int, length: int, dim: int, classes: int, repeats: int,
           "D": dim, "N": classes, **timing,
           "temp_mib": (mem.temp_size_in_bytes / 2 ** 20) if mem is not None else np.nan,
           "segments_per_s": batch * length / (timing["median_ms"] * 1e-3)}
+
+
+def breakdown(batch: int, length: int, dim: int, classes: int, repeats: int,
+              compute_dtype: str = "float32", method: str = "fused") -> list[dict]:
+  """Where the step's time goes: its parts compiled and timed on their own.
+
+  ``forward``: the network in training mode; ``network fwd+bwd``: the gradient
+  of a trivial function of its outputs (the FC layers' work alone);
+  ``losses fwd+bwd``: the four loss terms and their gradient with respect to
+  the network's outputs; ``loss_fn fwd+bwd``: both together, as in the step;
+  ``step``: that plus the gradient norm, the finiteness checks and the Adam
+  update. Differences between rows bound what each part costs.
+  """
+  from jaxseg import losses  # pylint: disable=g-import-not-at-top
+  c = config_lib.base_config()
+  c.loss.propagation_method = method
+  c.model.compute_dtype = compute_dtype
+  model = train.make_model(c, dim, classes)
+  optimizer = train.make_optimizer(c)
+  state = train.init_state(c, model, optimizer, dim)
+  x = loss_throughput.make_inputs(batch, length, dim, classes)
+  b = {k: jax.device_put(x[k]) for k in ("features", "mask", "lengths", "video_labels",
+                                         "segment_labels", "num_labeled")}
+  kwargs = losses.loss_config_kwargs(c.loss)
+  key = jax.random.key(0)
+  apply = lambda p: model.apply({"params": p}, b["features"], b["mask"], deterministic=False,
+                                rngs={"dropout": key})
+  loss_of = lambda out, w: losses.total_loss(out, b, weight=w, **kwargs)[0]
+  outs = jax.jit(apply)(state.params)
+  parts = {
+      "forward": (apply, state.params),
+      "network fwd+bwd": (jax.grad(lambda p: sum(jnp.sum(v) for v in apply(p).values())),
+                          state.params),
+      "losses fwd+bwd": (jax.grad(loss_of, argnums=(0, 1)), outs,
+                         state.params["sphere_weight"]),
+      "loss_fn fwd+bwd": (jax.grad(lambda p: loss_of(apply(p), p["sphere_weight"])),
+                          state.params),
+  }
+  rows = []
+  for name, (fn, *args) in parts.items():
+    compiled, temp, _ = common.compile_fn(fn, *args)
+    t = common.time_compiled(compiled, *args, repeats=repeats)
+    rows.append({"part": name, "compute_dtype": compute_dtype, "method": method, "T": length,
+                 **t, "temp_mib": temp / 2 ** 20})
+  full = measure(batch, length, dim, classes, repeats, method, compute_dtype)
+  rows.append({"part": "step", "compute_dtype": compute_dtype, "method": method, "T": length,
+               **{k: full[k] for k in ("median_ms", "p10_ms", "p90_ms", "repeats",
+                                       "temp_mib")}})
+  return rows
 
 
 def synthetic_train_set(num_videos: int, dim: int, classes: int, seed: int = 0):
@@ -169,6 +219,8 @@ def main(argv=None):
   p.add_argument("--feed", nargs="*", default=[], choices=["host", "device"],
                  help="also time the training loop with batches made on the host and "
                       "copied, or gathered from device-resident features (train.device_data)")
+  p.add_argument("--breakdown", type=int, default=0, metavar="T",
+                 help="also time the step's parts (network, losses, update) at this T")
   p.add_argument("--loop-steps", type=int, default=30)
   p.add_argument("--loop-videos", type=int, default=100,
                  help="videos of the synthetic training set of the --feed loop")
@@ -177,6 +229,7 @@ def main(argv=None):
   if args.quick:
     args.batch, args.lengths, args.dim, args.repeats = 2, [64, 128], 32, 3
     args.loop_steps, args.loop_videos = 4, 6
+    args.breakdown = 64 if args.breakdown else 0
   rates = {d: common.matmul_rate(512 if args.quick else 4096, dtype=jnp.dtype(d))
            for d in args.compute_dtypes}
   rows = []
@@ -196,6 +249,15 @@ def main(argv=None):
               f"{r['segments_per_s']:.3g} segments/s, "
               f"{r['ratio_to_floor']:.1f}x the FC floor", flush=True)
   df = pd.DataFrame(rows)
+  if args.breakdown:
+    parts = pd.DataFrame([r for dtype in args.compute_dtypes
+                          for r in breakdown(args.batch, args.breakdown, args.dim,
+                                             args.classes, args.repeats, dtype,
+                                             args.methods[0])])
+    for r in parts.itertuples():
+      print(f"{r.compute_dtype:>8} {r.part:>16}: {r.median_ms:9.3f} ms", flush=True)
+    common.write_reports(parts, args.out, "train_step_breakdown",
+                         f"Train step, part by part (B={args.batch}, T={args.breakdown})")
   notes = [f"- measured {d} matmul rate ({'4096' if not args.quick else '512'}^3): "
            f"{r / 1e12:.3f} TFLOP/s" for d, r in rates.items()]
   if args.feed:
