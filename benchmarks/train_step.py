@@ -56,10 +56,15 @@ def fc_flops(b: int, t: int, d: int, e: int, n: int) -> float:
 
 
 def measure(batch: int, length: int, dim: int, classes: int, repeats: int,
-            method: str = "fused", compute_dtype: str = "float32") -> dict:
+            method: str = "fused", compute_dtype: str = "float32",
+            dropout_rng: str = "threefry2x32") -> dict:
+  """One step's latency (``median_ms``: called and waited for, one at a time)
+  and throughput (``pipelined_ms``: steps dispatched back to back, as the
+  training loop runs them)."""
   c = config_lib.base_config()
   c.loss.propagation_method = method
   c.model.compute_dtype = compute_dtype
+  c.model.dropout_rng = dropout_rng
   model = train.make_model(c, dim, classes)
   optimizer = train.make_optimizer(c)
   state = train.init_state(c, model, optimizer, dim)
@@ -78,14 +83,16 @@ def measure(batch: int, length: int, dim: int, classes: int, repeats: int,
     return metrics
 
   timing = common.time_compiled(call, b, repeats=repeats)
-  return {"method": method, "compute_dtype": compute_dtype, "B": batch, "T": length,
-          "D": dim, "N": classes, **timing,
+  timing["pipelined_ms"] = common.time_pipelined(lambda: call(b), 5 * repeats)
+  return {"method": method, "compute_dtype": compute_dtype, "dropout_rng": dropout_rng,
+          "B": batch, "T": length, "D": dim, "N": classes, **timing,
           "temp_mib": (mem.temp_size_in_bytes / 2 ** 20) if mem is not None else np.nan,
           "segments_per_s": batch * length / (timing["median_ms"] * 1e-3)}
 
 
 def breakdown(batch: int, length: int, dim: int, classes: int, repeats: int,
-              compute_dtype: str = "float32", method: str = "fused") -> list[dict]:
+              compute_dtype: str = "float32", method: str = "fused",
+              dropout_rng: str = "threefry2x32") -> list[dict]:
   """Where the step's time goes: its parts compiled and timed on their own.
 
   ``forward``: the network in training mode; ``network fwd+bwd``: the gradient
@@ -93,12 +100,15 @@ def breakdown(batch: int, length: int, dim: int, classes: int, repeats: int,
   ``losses fwd+bwd``: the four loss terms and their gradient with respect to
   the network's outputs; ``loss_fn fwd+bwd``: both together, as in the step;
   ``step``: that plus the gradient norm, the finiteness checks and the Adam
-  update. Differences between rows bound what each part costs.
+  update; ``dropout mask``: the ``(B, T, E)`` random bits alone; one row per
+  loss term (its value and gradient with respect to the network's outputs).
+  Differences between rows bound what each part costs.
   """
   from jaxseg import losses  # pylint: disable=g-import-not-at-top
   c = config_lib.base_config()
   c.loss.propagation_method = method
   c.model.compute_dtype = compute_dtype
+  c.model.dropout_rng = dropout_rng
   model = train.make_model(c, dim, classes)
   optimizer = train.make_optimizer(c)
   state = train.init_state(c, model, optimizer, dim)
@@ -106,7 +116,7 @@ def breakdown(batch: int, length: int, dim: int, classes: int, repeats: int,
   b = {k: jax.device_put(x[k]) for k in ("features", "mask", "lengths", "video_labels",
                                          "segment_labels", "num_labeled")}
   kwargs = losses.loss_config_kwargs(c.loss)
-  key = jax.random.key(0)
+  key = jax.random.key(0, impl=dropout_rng)
   apply = lambda p: model.apply({"params": p}, b["features"], b["mask"], deterministic=False,
                                 rngs={"dropout": key})
   loss_of = lambda out, w: losses.total_loss(out, b, weight=w, **kwargs)[0]
@@ -119,17 +129,26 @@ def breakdown(batch: int, length: int, dim: int, classes: int, repeats: int,
                          state.params["sphere_weight"]),
       "loss_fn fwd+bwd": (jax.grad(lambda p: loss_of(apply(p), p["sphere_weight"])),
                           state.params),
+      "dropout mask": (lambda k: jax.random.bernoulli(k, 0.3, (batch, length, dim)), key),
   }
+  for term in ("classification", "segment", "sphere", "propagation"):
+    only = dict(kwargs, **{f"use_{t}": t == term for t in
+                           ("classification", "segment", "sphere", "propagation")})
+    parts[f"{term} fwd+bwd"] = (
+        jax.grad(lambda out, w, only=only: losses.total_loss(out, b, weight=w, **only)[0],
+                 argnums=(0, 1)), outs, state.params["sphere_weight"])
   rows = []
   for name, (fn, *args) in parts.items():
     compiled, temp, _ = common.compile_fn(fn, *args)
     t = common.time_compiled(compiled, *args, repeats=repeats)
-    rows.append({"part": name, "compute_dtype": compute_dtype, "method": method, "T": length,
-                 **t, "temp_mib": temp / 2 ** 20})
-  full = measure(batch, length, dim, classes, repeats, method, compute_dtype)
-  rows.append({"part": "step", "compute_dtype": compute_dtype, "method": method, "T": length,
+    t["pipelined_ms"] = common.time_pipelined(lambda: compiled(*args), 5 * repeats)
+    rows.append({"part": name, "compute_dtype": compute_dtype, "dropout_rng": dropout_rng,
+                 "method": method, "T": length, **t, "temp_mib": temp / 2 ** 20})
+  full = measure(batch, length, dim, classes, repeats, method, compute_dtype, dropout_rng)
+  rows.append({"part": "step", "compute_dtype": compute_dtype, "dropout_rng": dropout_rng,
+               "method": method, "T": length,
                **{k: full[k] for k in ("median_ms", "p10_ms", "p90_ms", "repeats",
-                                       "temp_mib")}})
+                                       "pipelined_ms", "temp_mib")}})
   return rows
 
 
@@ -219,6 +238,9 @@ def main(argv=None):
   p.add_argument("--feed", nargs="*", default=[], choices=["host", "device"],
                  help="also time the training loop with batches made on the host and "
                       "copied, or gathered from device-resident features (train.device_data)")
+  p.add_argument("--dropout-rngs", nargs="+", default=["threefry2x32"],
+                 choices=list(config_lib.DROPOUT_RNGS),
+                 help="model.dropout_rng values to time")
   p.add_argument("--breakdown", type=int, default=0, metavar="T",
                  help="also time the step's parts (network, losses, update) at this T")
   p.add_argument("--loop-steps", type=int, default=30)
@@ -230,35 +252,42 @@ def main(argv=None):
     args.batch, args.lengths, args.dim, args.repeats = 2, [64, 128], 32, 3
     args.loop_steps, args.loop_videos = 4, 6
     args.breakdown = 64 if args.breakdown else 0
-  rates = {d: common.matmul_rate(512 if args.quick else 4096, dtype=jnp.dtype(d))
+  on_cpu = jax.default_backend() == "cpu"
+  matmul_n = 512 if args.quick else (4096 if on_cpu else 8192)
+  rates = {d: common.matmul_rate(matmul_n, dtype=jnp.dtype(d))
            for d in args.compute_dtypes}
   rows = []
   partial = os.path.join(args.out, "train_step.partial.csv")
   for dtype in args.compute_dtypes:
-    for method in args.methods:
-      for t in args.lengths:
-        r = measure(args.batch, t, args.dim, args.classes, args.repeats, method, dtype)
-        floor_ms = fc_flops(args.batch, t, args.dim, args.dim, args.classes) / rates[dtype] * 1e3
-        r.update(fc_floor_ms=floor_ms, ratio_to_floor=r["median_ms"] / floor_ms,
-                 case=f"{method}, {dtype}")
-        rows.append(r)
-        # Kept if a time limit stops the run; removed once the reports are written.
-        os.makedirs(args.out, exist_ok=True)
-        pd.DataFrame(rows).to_csv(partial, index=False)
-        print(f"{method:>10} {dtype:>8} T={t:5d}: {r['median_ms']:9.3f} ms/step, "
-              f"{r['segments_per_s']:.3g} segments/s, "
-              f"{r['ratio_to_floor']:.1f}x the FC floor", flush=True)
+    for rng in args.dropout_rngs:
+      for method in args.methods:
+        for t in args.lengths:
+          r = measure(args.batch, t, args.dim, args.classes, args.repeats, method, dtype, rng)
+          floor_ms = (fc_flops(args.batch, t, args.dim, args.dim, args.classes)
+                      / rates[dtype] * 1e3)
+          r.update(fc_floor_ms=floor_ms, ratio_to_floor=r["median_ms"] / floor_ms,
+                   pipelined_ratio_to_floor=r["pipelined_ms"] / floor_ms,
+                   case=f"{method}, {dtype}, {rng}")
+          rows.append(r)
+          # Kept if a time limit stops the run; removed once the reports are written.
+          os.makedirs(args.out, exist_ok=True)
+          pd.DataFrame(rows).to_csv(partial, index=False)
+          print(f"{method:>10} {dtype:>8} {rng:>12} T={t:5d}: {r['median_ms']:8.3f} ms/step "
+                f"({r['pipelined_ms']:.3f} pipelined), {r['segments_per_s']:.3g} segments/s, "
+                f"{r['ratio_to_floor']:.2f}x ({r['pipelined_ratio_to_floor']:.2f}x) the FC floor",
+                flush=True)
   df = pd.DataFrame(rows)
   if args.breakdown:
-    parts = pd.DataFrame([r for dtype in args.compute_dtypes
+    parts = pd.DataFrame([r for dtype in args.compute_dtypes for rng in args.dropout_rngs
                           for r in breakdown(args.batch, args.breakdown, args.dim,
                                              args.classes, args.repeats, dtype,
-                                             args.methods[0])])
+                                             args.methods[0], rng)])
     for r in parts.itertuples():
-      print(f"{r.compute_dtype:>8} {r.part:>16}: {r.median_ms:9.3f} ms", flush=True)
+      print(f"{r.compute_dtype:>8} {r.dropout_rng:>12} {r.part:>22}: {r.median_ms:8.3f} ms "
+            f"({r.pipelined_ms:.3f} pipelined)", flush=True)
     common.write_reports(parts, args.out, "train_step_breakdown",
                          f"Train step, part by part (B={args.batch}, T={args.breakdown})")
-  notes = [f"- measured {d} matmul rate ({'4096' if not args.quick else '512'}^3): "
+  notes = [f"- measured {d} matmul rate ({matmul_n}^3, back to back): "
            f"{r / 1e12:.3f} TFLOP/s" for d, r in rates.items()]
   if args.feed:
     loop_dtype = args.compute_dtypes[-1]

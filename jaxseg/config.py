@@ -18,6 +18,7 @@ TOPK_MODES = ("labeled", "fixed")
 PROTOCOLS = ("activitynet", "wtalc")
 DEVICE_DATA_MODES = ("auto", "on", "off")
 COMPUTE_DTYPES = ("float32", "bfloat16")
+DROPOUT_RNGS = ("threefry2x32", "rbg")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -68,6 +69,10 @@ def base_config() -> ml_collections.ConfigDict:
   # FC arithmetic: "float32" or "bfloat16" (mixed precision: float32 parameters,
   # optimizer and losses; bfloat16 matmuls, the fast path on GPU/TPU).
   m.compute_dtype = "float32"
+  # PRNG of the dropout masks (jax.random key impl): "threefry2x32" (JAX's
+  # default, the same bits on every backend) or "rbg" (XLA's RngBitGenerator:
+  # much cheaper on a GPU, where the (B, T, E) mask is a visible share of the step).
+  m.dropout_rng = "threefry2x32"
 
   # ----------------------------------------------------------------- loss
   c.loss = lo = ml_collections.ConfigDict()
@@ -202,6 +207,8 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1) -> None:
   _check(0.0 <= c.model.dropout_rate < 1.0, "model.dropout_rate", "must be in [0, 1)")
   _check(c.model.compute_dtype in COMPUTE_DTYPES, "model.compute_dtype",
          f"{c.model.compute_dtype!r} is not one of {COMPUTE_DTYPES}")
+  _check(c.model.dropout_rng in DROPOUT_RNGS, "model.dropout_rng",
+         f"{c.model.dropout_rng!r} is not one of {DROPOUT_RNGS}")
   _check(c.model.embed_dim == -1 or c.model.embed_dim > 0, "model.embed_dim",
          "must be > 0, or -1 for the feature dimension")
   for name in ("alpha", "beta", "gamma"):

@@ -381,7 +381,9 @@ def _fused_weights(f: Array, c: Array, mask: Array, cosine: bool):
   """
   fm = jnp.where(mask[..., None], f, jnp.zeros((), f.dtype))
   if cosine:
-    sq = jnp.sum(fm * fm, axis=-1)
+    # From f, not fm, and masked after the reduction: fm then feeds only the
+    # products, into which the compiler can fuse it instead of storing it.
+    sq = jnp.where(mask, jnp.sum(f * f, axis=-1), jnp.zeros((), f.dtype))
     pos = sq > 0
     inv = jnp.where(pos, jax.lax.rsqrt(jnp.where(pos, sq, 1.0)), 0.0)
   else:
@@ -404,10 +406,11 @@ def _fused_propagation(f: Array, c: Array, mask: Array, cosine: bool,
   ``2 s.r - 2 ||P||^2``, and ``[s, r, P] = f^T W`` with
   ``W = [inv, q inv, c inv] (T, N + 2)``: the scaled rows ``u`` are never
   formed. The hand-written gradient (``_fused_bwd``) reads ``f`` twice more
-  (``f G`` and the norm term) and writes ``df`` once. The only ``(B, T, E)``
-  intermediate is the masked ``f`` (NaN-safe padding), which a compiler may
-  fuse into its consumers or reuse as ``df``'s buffer; ``grad_f=False`` skips
-  ``df`` (``S`` is a constant).
+  (``f G`` and the norm term) and writes ``df`` once. The masked ``f``
+  (NaN-safe padding) feeds only the two products, where a compiler can fuse
+  it; the norms and the norm term of ``df`` read ``f`` and mask after, so no
+  ``(B, T, E)`` intermediate need be stored; ``grad_f=False`` skips ``df``
+  (``S`` is a constant).
 
   Args:
     f: ``(B, T, E) float`` features (padded steps may hold anything).
@@ -443,7 +446,10 @@ def _fused_bwd(cosine, grad_f, res, g):
     df = jnp.einsum("btk,bek->bte", w.astype(fm.dtype), gm.astype(fm.dtype))
     if cosine:  # inv = (f.f)^(-1/2): d inv / d f = -inv^3 f
       dinv = a + b * q + jnp.sum(pc * c, axis=-1)
-      df = df - (inv ** 3 * dinv).astype(fm.dtype)[..., None] * fm
+      # f rather than fm, masked by the where: one elementwise pass, no stored fm.
+      df = jnp.where(mask[..., None],
+                     df - (inv ** 3 * dinv).astype(fm.dtype)[..., None] * f,
+                     jnp.zeros((), fm.dtype))
   return df, dc, None
 
 

@@ -141,7 +141,7 @@ def make_train_step(config, model, optimizer, *,
   to go on (``config.train.skip_nonfinite``).
   """
   loss_kwargs = losses.loss_config_kwargs(config.loss)
-  base_key = jax.random.key(config.seed + 1)
+  base_key = jax.random.key(config.seed + 1, impl=config.model.dropout_rng)
 
   def loss_fn(params, batch, dropout_key):
     out = model.apply({"params": params}, batch["features"], batch["mask"],

@@ -103,8 +103,11 @@ def test_device_check_script_quick(tmp_path):
   assert "jax " + __import__("jax").__version__ in env_txt
   steps = pd.read_csv(tmp_path / "train_step.csv")
   assert set(zip(steps["method"], steps["compute_dtype"])) == {
-      ("fused", "float32"), ("fused", "bfloat16")}
-  assert np.all(steps["median_ms"] > 0)
+      (m, d) for m in ("fused", "factorized") for d in ("float32", "bfloat16")}
+  assert np.all(steps["median_ms"] > 0) and np.all(steps["pipelined_ms"] > 0)
+  parts = pd.read_csv(tmp_path / "train_step_breakdown.csv")
+  assert {"forward", "network fwd+bwd", "sphere fwd+bwd", "step"} <= set(parts["part"])
+  assert "torch_reference" in proc.stdout or "PyTorch is not installed" in proc.stdout
   loop = pd.read_csv(tmp_path / "train_loop.csv")
   assert list(loop["feed"]) == ["host", "device"] and np.all(loop["ms_per_step"] > 0)
   assert np.all(loop["prepare_and_copy_ms"] > 0)

@@ -64,6 +64,7 @@ BAD = [
     ({"loss.propagation_method": "Dense"}, "loss.propagation_method"),
     # Unknown compute dtype and device-data mode.
     ({"model.compute_dtype": "float16"}, "model.compute_dtype"),
+    ({"model.dropout_rng": "philox"}, "model.dropout_rng"),
     ({"train.device_data": "gpu"}, "train.device_data"),
     # Margin below 1 (the non-integer margin has its own test).
     ({"loss.margin": 0}, "loss.margin"),

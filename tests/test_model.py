@@ -150,3 +150,22 @@ def test_bad_compute_dtype_is_rejected():
   m = model_lib.SegmentModel(num_classes=N, embed_dim=E, compute_dtype="float16")
   with pytest.raises(ValueError, match="compute_dtype"):
     model_lib.init_params(m, jax.random.key(0), D)
+
+
+@pytest.mark.parametrize("impl", ["threefry2x32", "rbg"])
+def test_dropout_rng_impls_drop_at_the_configured_rate(impl):
+  """model.dropout_rng: either key impl drops about dropout_rate of f, with its own bits."""
+  m = model_lib.SegmentModel(num_classes=N, embed_dim=64, dropout_rate=0.7)
+  variables = model_lib.init_params(m, jax.random.key(0), D)
+  x = np.abs(np.random.default_rng(1).normal(size=(4, 50, D))).astype(np.float32)
+  mask = np.ones((4, 50), bool)
+  clean = m.apply(variables, x, mask, deterministic=True)["features"]
+  outs = [m.apply(variables, x, mask, deterministic=False,
+                  rngs={"dropout": jax.random.key(s, impl=impl)})["features"] for s in (0, 1)]
+  alive = np.asarray(clean) > 0
+  kept = (np.asarray(outs[0]) != 0)[alive].mean()
+  assert 0.25 < kept < 0.35  # keep rate 1 - 0.7
+  # Kept units are scaled by 1 / keep rate; different keys give different masks.
+  np.testing.assert_allclose(np.asarray(outs[0])[np.asarray(outs[0]) != 0],
+                             (np.asarray(clean) / 0.3)[np.asarray(outs[0]) != 0], rtol=1e-5)
+  assert np.any((np.asarray(outs[0]) != 0) != (np.asarray(outs[1]) != 0))
