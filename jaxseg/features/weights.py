@@ -29,6 +29,7 @@ object arrays and is read with ``allow_pickle=False``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Any, Mapping
 
@@ -91,9 +92,14 @@ def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def expected_shapes(in_channels: int, width_multiplier: float = 1.0) -> dict[str, tuple]:
-  """``{flat Flax key: shape}`` of every variable of the network."""
+  """``{flat Flax key: shape}`` of every variable of the network (traced, not built)."""
+  return dict(_expected_shapes(int(in_channels), float(width_multiplier)))
+
+
+@functools.lru_cache(maxsize=None)
+def _expected_shapes(in_channels: int, width_multiplier: float) -> tuple:
   shapes = i3d.variable_shapes(in_channels, width_multiplier)
-  return {k: tuple(v.shape) for k, v in flatten(shapes).items()}
+  return tuple((k, tuple(v.shape)) for k, v in flatten(shapes).items())
 
 
 def torch_name(flax_key: str) -> str:
