@@ -43,6 +43,10 @@ class DuplicateVideoIdError(ExtractionError):
   """Two input files with the same stem (e.g. ``a.mp4`` and ``a.avi``)."""
 
 
+class NonFiniteFeaturesError(ExtractionError):
+  """The network produced NaN or inf for a video (nothing is written)."""
+
+
 class WeightsError(ExtractionError):
   """A weight file that cannot be used."""
 

@@ -215,16 +215,25 @@ def variable_shapes(in_channels: int, width_multiplier: float = 1.0) -> dict[str
   return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(x.shape, x.dtype)))
 
 
-def init_variables(rng: Array, in_channels: int,
+def init_variables(seed: int, in_channels: int,
                    width_multiplier: float = 1.0) -> dict[str, Any]:
-  """Random variables (Flax's initializers; BatchNorm statistics 0 and 1).
+  """Random variables, drawn with NumPy from the traced shapes (nothing compiled).
 
-  For timing and tests; real features need converted weights
-  (:func:`jaxseg.features.weights.load_weights`).
+  Kernels He-normal (``std = sqrt(2 / fan_in)``), BatchNorm scale 1, bias 0,
+  mean 0, variance 1. For timing and tests; real features need converted
+  weights (:func:`jaxseg.features.weights.load_weights`).
   """
-  model = I3D(in_channels=in_channels, width_multiplier=width_multiplier)
-  x = jnp.zeros((1, SNIPPET_FRAMES, 32, 32, in_channels), jnp.float32)
-  return jax.jit(model.init)(rng, x)
+  rng = np.random.default_rng(seed)
+
+  def draw(path, spec):
+    name = path[-1].key
+    if name == "kernel":
+      fan_in = math.prod(spec.shape[:-1])
+      return (rng.standard_normal(spec.shape) * math.sqrt(2.0 / fan_in)).astype(np.float32)
+    return np.full(spec.shape, 1.0 if name in ("scale", "var") else 0.0, np.float32)
+
+  shapes = variable_shapes(in_channels, width_multiplier)
+  return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 def conv_flops(in_channels: int, width_multiplier: float = 1.0,
