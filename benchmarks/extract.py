@@ -16,7 +16,7 @@ Stages, each timed alone:
   iterates until it converges, so its time depends on the footage.
 
   python benchmarks/extract.py           # full width, 224 x 224, a few snippets
-  python benchmarks/extract.py --quick   # small smoke run (1/8 width, 57 x 57)
+  python benchmarks/extract.py --quick   # smoke run (1/8 width, 57 x 57; 32 x 32 video)
 
 Writes ``extract.csv`` and ``extract.md`` to ``--out`` (default ``benchmarks/out/``).
 """
@@ -118,7 +118,7 @@ def main(argv=None) -> pd.DataFrame:
   vh, vw, short = 240, 320, 256
   if args.quick:
     args.width, args.batch, args.size, args.repeats = 0.125, 2, 57, 2
-    args.video_frames, vh, vw, short = 17, 64, 64, 64
+    args.video_frames, vh, vw, short = 17, 32, 32, 32
   rate = common.matmul_rate(512 if args.quick else 4096)
   print(f"matmul rate: {rate / 1e12:.3f} TFLOP/s", flush=True)
   rows = []
@@ -128,7 +128,7 @@ def main(argv=None) -> pd.DataFrame:
     print(f"{r['stage']:>26}: {r['frames_per_s']:8.1f} frames/s, "
           f"{r['median_ms']:.0f} ms per {args.batch} snippet(s), "
           f"{r['ratio_to_floor']:.1f}x the floor", flush=True)
-  config = video_lib.VideoConfig(short_side=short, crop=args.size)
+  config = video_lib.VideoConfig(short_side=short, crop=min(args.size, short))
   with tempfile.TemporaryDirectory() as tmp:
     path = synthetic_video(os.path.join(tmp, "v.mp4"), args.video_frames, vh, vw)
     for r in decode_rows(path, config, args.video_repeats):

@@ -264,7 +264,6 @@ def conv_flops(in_channels: int, width_multiplier: float = 1.0,
   return total[0]
 
 
-@functools.lru_cache(maxsize=None)
 def feature_fn(in_channels: int, width_multiplier: float = 1.0,
                precision: str | None = None) -> Callable[[Any, Array], Array]:
   """The jitted ``(variables, clips (S, 16, H, W, C)) -> (S, F)`` of one stream.
@@ -272,6 +271,11 @@ def feature_fn(in_channels: int, width_multiplier: float = 1.0,
   Cached per configuration, so every caller in a process shares its compiled
   executables (one per input shape).
   """
+  return _feature_fn(int(in_channels), float(width_multiplier), precision)
+
+
+@functools.lru_cache(maxsize=None)
+def _feature_fn(in_channels: int, width_multiplier: float, precision: str | None):
   model = I3D(in_channels=in_channels, width_multiplier=width_multiplier,
               precision=precision)
   return jax.jit(model.apply)
