@@ -16,7 +16,7 @@ from jaxseg.data import readers
 from jaxseg.features import i3d
 from jaxseg.features import video as V
 from jaxseg.features import weights as W
-from jaxseg.features.errors import VideoTooShortError
+from jaxseg.features.errors import VideoTimestampError, VideoTooShortError
 
 WIDTH = 0.125
 SMALL = ["--short-side", "64", "--crop", "57", "--batch-size", "2", "--no-progress"]
@@ -185,6 +185,9 @@ def test_resampling_to_25_fps_follows_timestamps(tmp_path):
   assert got == want
   assert stats.variable_frame_rate and stats.duration_s == pytest.approx(2.0)
   assert sources(str(tmp_path / "vfr.mp4")) == want  # the frames are those frames
+  # Timestamps that go back cannot be resampled: a named error.
+  with pytest.raises(VideoTimestampError, match="frame 2 at 0.040000 s does not come after"):
+    list(V.resample(iter([(0.0, "a"), (0.04, "b"), (0.04, "c")]), 25.0))
 
 
 def test_snippet_rgb_and_flow_conventions(tmp_path):
