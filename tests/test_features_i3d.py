@@ -209,7 +209,7 @@ def test_convert_command(ref, tmp_path, monkeypatch, capsys):
     return {"state_dict": state}
 
   monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(load=fake_load))
-  out = str(tmp_path / "flow_i3d.npz")
+  out = str(tmp_path / "weights" / "flow_i3d.npz")  # the folder is created
   assert convert.main(["--torch", "flow.pt", "--stream", "flow", "--out", out,
                        "--width-multiplier", "0.125"]) == 0
   assert loaded == [("flow.pt", "cpu", True)]

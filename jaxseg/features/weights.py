@@ -219,6 +219,7 @@ def save_weights(path: str, variables: Mapping[str, Any], *, stream: str,
       "meta/format": np.array(FORMAT), "meta/stream": np.array(stream),
       "meta/in_channels": np.array(STREAM_CHANNELS[stream], np.int64),
       "meta/width_multiplier": np.array(width_multiplier, np.float64)})
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = f"{path}.{os.getpid()}.tmp"
   with open(tmp, "wb") as f:
     np.savez(f, **arrays)
