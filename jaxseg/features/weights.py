@@ -1,0 +1,285 @@
+"""I3D weights: the pytorch-i3d state-dict mapping and the converted ``.npz``.
+
+Names. A pytorch-i3d state dict names a tensor ``<unit>.<layer>.<tensor>``,
+``<unit>`` being an endpoint (``Conv3d_1a_7x7``) or an Inception branch
+(``Mixed_4b.b1b``). The Flax variables of :class:`jaxseg.features.i3d.I3D` use
+the same units, so the mapping is one rule per tensor kind:
+
+=====================================  =========================================
+PyTorch (``<unit>.``...)               Flax (flat key; ``<unit>`` with ``/``)
+=====================================  =========================================
+``conv3d.weight`` ``(O, I, T, H, W)``  ``params/<unit>/conv3d/kernel`` ``(T, H, W, I, O)``
+``bn.weight`` ``(O,)``                 ``params/<unit>/bn/scale``
+``bn.bias`` ``(O,)``                   ``params/<unit>/bn/bias``
+``bn.running_mean`` ``(O,)``           ``batch_stats/<unit>/bn/mean``
+``bn.running_var`` ``(O,)``            ``batch_stats/<unit>/bn/var``
+``bn.num_batches_tracked``             ignored (training bookkeeping)
+``logits.*``                           ignored (the Kinetics classifier)
+=====================================  =========================================
+
+A ``module.`` prefix (a checkpoint saved from ``nn.DataParallel``) is removed.
+Every expected tensor must be present with its exact shape; anything else in
+the state dict is an error (it would mean another architecture).
+
+The ``.npz`` holds the flat Flax keys (float32) plus ``meta/format``,
+``meta/stream``, ``meta/in_channels`` and ``meta/width_multiplier``; it holds no
+object arrays and is read with ``allow_pickle=False``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+from jaxseg.features import i3d
+from jaxseg.features.errors import (MissingWeightError, UnexpectedWeightError,
+                                    WeightsError, WeightShapeError)
+
+FORMAT = "jaxseg-i3d-v1"
+STREAM_CHANNELS = {"rgb": 3, "flow": 2}
+
+# PyTorch tensor suffix -> (collection, Flax leaf path).
+_TORCH_TO_FLAX = {
+    "conv3d.weight": ("params", "conv3d/kernel"),
+    "bn.weight": ("params", "bn/scale"),
+    "bn.bias": ("params", "bn/bias"),
+    "bn.running_mean": ("batch_stats", "bn/mean"),
+    "bn.running_var": ("batch_stats", "bn/var"),
+}
+_FLAX_TO_TORCH = {v: k for k, v in _TORCH_TO_FLAX.items()}
+_IGNORED_SUFFIXES = ("bn.num_batches_tracked",)
+_IGNORED_PREFIXES = ("logits.",)
+_KERNEL_TO_FLAX = (2, 3, 4, 1, 0)  # (O, I, T, H, W) -> (T, H, W, I, O)
+_KERNEL_TO_TORCH = (4, 3, 0, 1, 2)  # (T, H, W, I, O) -> (O, I, T, H, W)
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightsInfo:
+  """What a converted weight file is for."""
+  path: str
+  stream: str
+  in_channels: int
+  width_multiplier: float
+
+  @property
+  def feature_dim(self) -> int:
+    return i3d.feature_dim(self.width_multiplier)
+
+
+def flatten(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """``{"params": {...}, "batch_stats": {...}}`` -> ``{"params/a/b": array}``."""
+  flat = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(dict(variables))[0]:
+    flat["/".join(str(p.key) for p in path)] = leaf
+  return flat
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+  """The inverse of :func:`flatten`."""
+  tree: dict[str, Any] = {}
+  for key, value in flat.items():
+    node = tree
+    *parents, leaf = key.split("/")
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = value
+  return tree
+
+
+def expected_shapes(in_channels: int, width_multiplier: float = 1.0) -> dict[str, tuple]:
+  """``{flat Flax key: shape}`` of every variable of the network (traced, not built)."""
+  return dict(_expected_shapes(int(in_channels), float(width_multiplier)))
+
+
+@functools.lru_cache(maxsize=None)
+def _expected_shapes(in_channels: int, width_multiplier: float) -> tuple:
+  shapes = i3d.variable_shapes(in_channels, width_multiplier)
+  return tuple((k, tuple(v.shape)) for k, v in flatten(shapes).items())
+
+
+def torch_name(flax_key: str) -> str:
+  """``params/Mixed_3b/b0/conv3d/kernel`` -> ``Mixed_3b.b0.conv3d.weight``."""
+  collection, rest = flax_key.split("/", 1)
+  parts = rest.split("/")
+  unit, leaf = parts[:-2], "/".join(parts[-2:])
+  suffix = _FLAX_TO_TORCH.get((collection, leaf))
+  if suffix is None:
+    raise KeyError(f"no PyTorch name for Flax variable {flax_key!r}")
+  return ".".join(unit) + "." + suffix
+
+
+def flax_key(torch_key: str) -> str | None:
+  """``Mixed_3b.b0.conv3d.weight`` -> ``params/Mixed_3b/b0/conv3d/kernel``.
+
+  None for the tensors that are ignored (``num_batches_tracked``, ``logits.*``);
+  KeyError for a name that follows no rule.
+  """
+  name = torch_key[len("module."):] if torch_key.startswith("module.") else torch_key
+  if name.startswith(_IGNORED_PREFIXES) or name.endswith(_IGNORED_SUFFIXES):
+    return None
+  parts = name.split(".")
+  if len(parts) < 3:
+    raise KeyError(torch_key)
+  suffix = ".".join(parts[-2:])
+  if suffix not in _TORCH_TO_FLAX:
+    raise KeyError(torch_key)
+  collection, leaf = _TORCH_TO_FLAX[suffix]
+  return "/".join([collection, *parts[:-2], leaf])
+
+
+def _torch_shape(flax_shape: tuple, key: str) -> tuple:
+  if key.endswith("/kernel"):
+    return tuple(flax_shape[i] for i in _KERNEL_TO_TORCH)
+  return tuple(flax_shape)
+
+
+def torch_to_flax(state_dict: Mapping[str, Any], in_channels: int,
+                  width_multiplier: float = 1.0, *, source: str = "state dict"
+                  ) -> dict[str, np.ndarray]:
+  """Maps a pytorch-i3d state dict (arrays) to flat Flax variables, checking all.
+
+  Args:
+    state_dict: ``{name: array-like}`` (numpy arrays, or anything ``np.asarray``
+      takes; :mod:`jaxseg.features.convert` passes ``tensor.numpy()``).
+    in_channels: 3 (RGB) or 2 (flow).
+    width_multiplier: 1.0 for the published checkpoints.
+    source: names the input in error messages.
+
+  Returns:
+    ``{flat Flax key: float32 array}`` (conv kernels as ``(T, H, W, I, O)``).
+
+  Raises:
+    UnexpectedWeightError: a name that maps to no variable of the network.
+    MissingWeightError: an expected tensor is absent.
+    WeightShapeError: a tensor of the wrong shape (names it, both shapes).
+  """
+  expected = expected_shapes(in_channels, width_multiplier)
+  out: dict[str, np.ndarray] = {}
+  for name, value in state_dict.items():
+    try:
+      key = flax_key(name)
+    except KeyError:
+      key = "?"
+    if key is None:
+      continue
+    if key not in expected:
+      raise UnexpectedWeightError(
+          f"{source}: tensor {name!r} is not a variable of I3D (in_channels="
+          f"{in_channels}, width {width_multiplier})")
+    arr = np.asarray(value)
+    want = _torch_shape(expected[key], key)
+    if arr.shape != want:
+      raise WeightShapeError(
+          f"{source}: tensor {name!r} has shape {arr.shape}, expected {want} "
+          f"(I3D {'rgb' if in_channels == 3 else 'flow'} stream, in_channels="
+          f"{in_channels}, width {width_multiplier})")
+    if key.endswith("/kernel"):
+      arr = np.transpose(arr, _KERNEL_TO_FLAX)
+    out[key] = np.ascontiguousarray(arr, dtype=np.float32)
+  missing = sorted(set(expected) - set(out))
+  if missing:
+    names = [torch_name(k) for k in missing]
+    more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+    raise MissingWeightError(
+        f"{source}: {len(missing)} expected tensor(s) missing: {names[:5]}{more}")
+  return out
+
+
+def flax_to_torch(flat: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """The inverse of :func:`torch_to_flax` (for the round-trip test and export)."""
+  out = {}
+  for key, value in flat.items():
+    arr = np.asarray(value)
+    if key.endswith("/kernel"):
+      arr = np.transpose(arr, _KERNEL_TO_TORCH)
+    out[torch_name(key)] = np.ascontiguousarray(arr)
+  return out
+
+
+def save_weights(path: str, variables: Mapping[str, Any], *, stream: str,
+                 width_multiplier: float = 1.0) -> str:
+  """Writes a converted weight file (atomically: a temporary file, then rename).
+
+  Args:
+    path: the ``.npz`` to write.
+    variables: nested ``{"params", "batch_stats"}`` or their flat keys.
+    stream: ``"rgb"`` or ``"flow"``.
+    width_multiplier: of the network the variables belong to.
+  """
+  if stream not in STREAM_CHANNELS:
+    raise ValueError(f"stream must be one of {sorted(STREAM_CHANNELS)}, got {stream!r}")
+  flat = dict(variables) if all("/" in k for k in variables) else flatten(variables)
+  arrays = {k: np.asarray(v, np.float32) for k, v in flat.items()}
+  arrays.update({
+      "meta/format": np.array(FORMAT), "meta/stream": np.array(stream),
+      "meta/in_channels": np.array(STREAM_CHANNELS[stream], np.int64),
+      "meta/width_multiplier": np.array(width_multiplier, np.float64)})
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f"{path}.{os.getpid()}.tmp"
+  with open(tmp, "wb") as f:
+    np.savez(f, **arrays)
+  os.replace(tmp, path)
+  return path
+
+
+def load_weights(path: str, stream: str | None = None) -> tuple[dict[str, Any], WeightsInfo]:
+  """Reads and checks a converted weight file (never unpickles anything).
+
+  Args:
+    path: an ``.npz`` written by :func:`save_weights` / ``jaxseg.features.convert``.
+    stream: if given, the file must be for this stream.
+
+  Returns:
+    ``(variables, info)``: the nested ``{"params", "batch_stats"}`` for
+    :class:`jaxseg.features.i3d.I3D` and what the file is for.
+
+  Raises:
+    WeightsError: unreadable, not a converted I3D file, or for another stream;
+      :class:`MissingWeightError`, :class:`UnexpectedWeightError`,
+      :class:`WeightShapeError` (naming the tensor and both shapes) for the
+      tensors.
+  """
+  try:
+    with np.load(path, allow_pickle=False) as npz:
+      data = {k: npz[k] for k in npz.files}
+  except FileNotFoundError:
+    raise WeightsError(f"{path}: weight file not found") from None
+  except (OSError, ValueError, EOFError) as e:
+    raise WeightsError(f"{path}: cannot read weight file: {e}") from None
+  except Exception as e:  # zipfile.BadZipFile and friends  # pylint: disable=broad-except
+    raise WeightsError(f"{path}: cannot read weight file: {type(e).__name__}: {e}") from None
+  if str(data.get("meta/format", "")) != FORMAT:
+    raise WeightsError(f"{path}: not a converted I3D weight file (meta/format is not "
+                       f"{FORMAT!r}); convert with python -m jaxseg.features.convert")
+  file_stream = str(data["meta/stream"])
+  in_channels = int(data["meta/in_channels"])
+  width = float(data["meta/width_multiplier"])
+  if stream is not None and file_stream != stream:
+    raise WeightsError(f"{path}: weights for the {file_stream!r} stream, expected {stream!r}")
+  if STREAM_CHANNELS.get(file_stream) != in_channels:
+    raise WeightsError(f"{path}: stream {file_stream!r} with in_channels={in_channels}")
+  expected = expected_shapes(in_channels, width)
+  tensors = {k: v for k, v in data.items() if not k.startswith("meta/")}
+  for key in sorted(tensors):
+    if key not in expected:
+      raise UnexpectedWeightError(f"{path}: tensor {key!r} is not a variable of I3D")
+    if tensors[key].shape != expected[key]:
+      raise WeightShapeError(
+          f"{path}: tensor {key!r} has shape {tensors[key].shape}, expected "
+          f"{expected[key]} (I3D {file_stream} stream, width {width})")
+    if not np.issubdtype(tensors[key].dtype, np.floating):
+      raise WeightsError(f"{path}: tensor {key!r} has dtype {tensors[key].dtype}")
+    if not np.all(np.isfinite(tensors[key])):
+      raise WeightsError(f"{path}: tensor {key!r} holds NaN or inf")
+  missing = sorted(set(expected) - set(tensors))
+  if missing:
+    more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+    raise MissingWeightError(
+        f"{path}: {len(missing)} expected tensor(s) missing: {missing[:5]}{more}")
+  variables = unflatten({k: v.astype(np.float32) for k, v in tensors.items()})
+  return variables, WeightsInfo(path, file_stream, in_channels, width)
