@@ -32,20 +32,23 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from jaxseg.config import (ACTIVITYNET_AVERAGES, ACTIVITYNET_TIOU, PROTOCOLS,
+                           THUMOS14_AVERAGES, THUMOS14_TIOU)
 from jaxseg.data.video import I3D_FEATURE_RATE, DataError
 
-PROTOCOLS = ("activitynet", "wtalc")
+__all__ = [
+    "ACTIVITYNET_AVERAGES", "ACTIVITYNET_TIOU", "AMBIGUOUS_LABEL", "MEAN_ROW",
+    "PROTOCOLS", "PROTOCOL_LABELS", "THUMOS14_AVERAGES", "THUMOS14_TIOU", "average_over",
+    "classification_ap", "classification_map", "default_averages", "detection_map",
+    "parse_tiou", "summarize",
+]
+
 PROTOCOL_LABELS = {
     "activitynet": "ActivityNet protocol (interpolated AP, best-tIoU match)",
     "wtalc": "W-TALC protocol (non-interpolated AP, first match, segment-index IoU)",
 }
 AMBIGUOUS_LABEL = "Ambiguous"
 MEAN_ROW = "mean"
-
-THUMOS14_TIOU = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
-ACTIVITYNET_TIOU = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
-THUMOS14_AVERAGES = (("avg0.1:0.5", 0.1, 0.5), ("avg0.1:0.7", 0.1, 0.7))
-ACTIVITYNET_AVERAGES = (("avg0.5:0.95", 0.5, 0.95),)
 
 _TOL = 1e-9  # threshold-label comparisons
 
@@ -157,7 +160,7 @@ def _segment(seg, source: str, vid, field: str) -> tuple[float, float]:
   return s, e
 
 
-def _get(d, key: str, source: str, vid=None):
+def _require_key(d, key: str, source: str, vid=None):
   if type(d) is dict and key in d:  # fast path
     return d[key]
   if not isinstance(d, Mapping):
@@ -180,7 +183,7 @@ class _GroundTruth:
   """
 
   def __init__(self, ground_truth, subset, source: str):
-    database = _get(ground_truth, "database", source)
+    database = _require_key(ground_truth, "database", source)
     if not isinstance(database, Mapping):
       raise DataError(f"{source}: field 'database' must be an object of videos")
     self.video_ids: list = []
@@ -188,11 +191,11 @@ class _GroundTruth:
     subsets = set()
     for vid, entry in database.items():
       if subset is not None:
-        s = _get(entry, "subset", source, vid)
+        s = _require_key(entry, "subset", source, vid)
         subsets.add(s if isinstance(s, str) else repr(s))
         if s != subset:
           continue
-      anns = _get(entry, "annotations", source, vid)
+      anns = _require_key(entry, "annotations", source, vid)
       if not isinstance(anns, (list, tuple)):
         raise DataError(f"{source}: video {vid!r}: field 'annotations' must be a list")
       code = len(self.video_ids)
@@ -201,8 +204,8 @@ class _GroundTruth:
         field = f"annotations[{j}]"
         if not isinstance(ann, Mapping):
           raise DataError(f"{source}: video {vid!r}: field {field!r}: expected an object")
-        seg = _get(ann, "segment", source, vid)
-        label = _get(ann, "label", source, vid)
+        seg = _require_key(ann, "segment", source, vid)
+        label = _require_key(ann, "label", source, vid)
         if not isinstance(label, str):
           raise DataError(
               f"{source}: video {vid!r}: field {field + '.label'!r}: {label!r} is not a string")
@@ -228,7 +231,7 @@ class _Predictions:
   """
 
   def __init__(self, predictions, video_code: Mapping, source: str):
-    results = _get(predictions, "results", source)
+    results = _require_key(predictions, "results", source)
     if not isinstance(results, Mapping):
       raise DataError(f"{source}: field 'results' must be an object of videos")
     vids, segs, scores, labels = [], [], [], []
@@ -241,13 +244,13 @@ class _Predictions:
         field = f"results[{j}]"
         if type(p) is not dict and not isinstance(p, Mapping):
           raise DataError(f"{source}: video {vid!r}: field {field!r}: expected an object")
-        label = _get(p, "label", source, vid)
+        label = _require_key(p, "label", source, vid)
         if type(label) is not str:
           raise DataError(
               f"{source}: video {vid!r}: field {field + '.label'!r}: {label!r} is not a string")
-        scores.append(_real(_get(p, "score", source, vid), source, vid, field + ".score",
+        scores.append(_real(_require_key(p, "score", source, vid), source, vid, field + ".score",
                             allow_str=False))
-        segs.append(_segment(_get(p, "segment", source, vid), source, vid,
+        segs.append(_segment(_require_key(p, "segment", source, vid), source, vid,
                              field + ".segment"))
         vids.append(code)
         labels.append(label)
@@ -409,10 +412,12 @@ def _to_index(seconds: np.ndarray, rate: float) -> np.ndarray:
 
 
 def detection_map(ground_truth: dict, predictions: dict, tiou_thresholds=THUMOS14_TIOU,
-                  subset: str | None = None, *, protocol: str = "activitynet",
+                  subset: str | None = None, *, protocol: str,
                   class_names: Sequence[str] | None = None,
                   feature_rate: float = I3D_FEATURE_RATE,
-                  ambiguous: Mapping | None = None) -> pd.DataFrame:
+                  ambiguous: Mapping | None = None, gt_source: str = "ground truth",
+                  pred_source: str = "predictions",
+                  ambiguous_source: str = "ambiguous") -> pd.DataFrame:
   """Detection AP per class and their mean, at each tIoU threshold.
 
   Args:
@@ -436,6 +441,8 @@ def detection_map(ground_truth: dict, predictions: dict, tiou_thresholds=THUMOS1
       segment indices (25/16 for I3D on 25 fps video, 10/4 for UntrimmedNet).
     ambiguous: "wtalc" only: extra ambiguous intervals ``{vid: [[s, e], ...]}``
       in seconds, added to the ground-truth instances labeled "Ambiguous".
+    gt_source, pred_source, ambiguous_source: how error messages name the
+      three inputs (e.g. their file names).
 
   Returns:
     DataFrame of AP in [0, 1]: one row per class (index: class name, in the
@@ -449,14 +456,6 @@ def detection_map(ground_truth: dict, predictions: dict, tiou_thresholds=THUMOS1
       field: missing keys, non-numeric or non-finite bounds or score, end <
       start, a predicted label that is not a class, an empty subset, no class.
   """
-  return _detection_map(ground_truth, predictions, tiou_thresholds, subset, protocol=protocol,
-                        class_names=class_names, feature_rate=feature_rate,
-                        ambiguous=ambiguous)
-
-
-def _detection_map(ground_truth, predictions, tiou_thresholds, subset, *, protocol,
-                   class_names, feature_rate, ambiguous, gt_source="ground truth",
-                   pred_source="predictions", ambiguous_source="ambiguous") -> pd.DataFrame:
   if protocol not in PROTOCOLS:
     raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
   if isinstance(tiou_thresholds, str):
@@ -566,11 +565,17 @@ def average_over(df: pd.DataFrame, low: float, high: float) -> float:
   Raises:
     ValueError: if no threshold column lies in the range.
   """
+  cols = _columns_in(df, low, high)
+  return float(np.mean(df.loc[MEAN_ROW, cols].to_numpy(np.float64)))
+
+
+def _columns_in(df: pd.DataFrame, low: float, high: float) -> list:
+  """The threshold columns of ``df`` in ``[low, high]`` (1e-9 tolerance); at least one."""
   cols = [c for c in df.columns if low - _TOL <= float(c) <= high + _TOL]
   if not cols:
     raise ValueError(f"no tIoU threshold in [{low}, {high}]; thresholds: "
                      f"{_threshold_columns(df)}")
-  return float(np.mean(df.loc[MEAN_ROW, cols].to_numpy(np.float64)))
+  return cols
 
 
 def default_averages(thresholds: Iterable[float]) -> tuple[tuple[str, float, float], ...]:
@@ -602,45 +607,42 @@ def _resolve_averages(df, averages):
   return tuple(out)
 
 
-def summary_table(df: pd.DataFrame, averages: Sequence[tuple[str, float, float]] | None = None,
-                  *, decimals: int = 1) -> pd.DataFrame:
-  """The line papers print: mAP (%) per threshold and the averages.
+def summarize(df: pd.DataFrame, averages: Sequence[tuple[str, float, float]] | None = None,
+              *, per_class: bool = False) -> pd.DataFrame:
+  """mAP (%) per threshold and the averages: the line papers print.
+
+  The one summary of a :func:`detection_map` table: the training run's
+  results, the scoring CLI's table and its ``--output`` CSV all come from it.
 
   Args:
     df: a :func:`detection_map` table.
     averages: ``(name, low, high)`` triples (inclusive ranges whose ends must be
       thresholds of ``df``); ``None``: :func:`default_averages`.
-    decimals: rounding of the percentages (papers print one decimal).
+    per_class: one row per class and the mean (index: class, plus a
+      ``"protocol"`` column) instead of the mean row alone (index: the
+      protocol, ``df.attrs["protocol"]``).
 
   Returns:
-    A one-row DataFrame, index the protocol name (``df.attrs["protocol"]``),
-    columns ``"mAP@0.1"``, ... then the average names, values in percent.
+    A DataFrame, columns ``"mAP@0.1"``, ... then the average names, values in
+    percent, unrounded (``.round(1)`` gives what papers print); ``attrs`` as
+    ``df``'s.
   """
   avgs = _resolve_averages(df, averages)
-  mean = df.loc[MEAN_ROW]
-  row = {f"mAP@{float(t):g}": 100.0 * float(mean[t]) for t in df.columns}
-  for name, lo, hi in avgs:
-    row[name] = 100.0 * average_over(df, lo, hi)
   protocol = df.attrs.get("protocol", "activitynet")
-  out = pd.DataFrame([row], index=pd.Index([protocol], name="protocol"))
-  out.attrs.update(df.attrs)
-  return out.round(decimals)
-
-
-def results_table(df: pd.DataFrame,
-                  averages: Sequence[tuple[str, float, float]] | None = None) -> pd.DataFrame:
-  """Per-class AP and mean (%, unrounded) with the averages as extra columns.
-
-  Columns ``"mAP@0.1"``, ..., the average names, and ``"protocol"``; what the
-  CLI writes to ``--output``.
-  """
-  avgs = _resolve_averages(df, averages)
-  out = pd.DataFrame(100.0 * df.to_numpy(np.float64), index=df.index,
-                     columns=[f"mAP@{float(t):g}" for t in df.columns])
-  for name, lo, hi in avgs:
-    cols = [c for c in df.columns if lo - _TOL <= float(c) <= hi + _TOL]
-    out[name] = 100.0 * df[cols].to_numpy(np.float64).mean(axis=1)
-  out["protocol"] = df.attrs.get("protocol", "activitynet")
+  rows = list(df.index) if per_class else [MEAN_ROW]
+  records = []
+  for r in rows:
+    values = df.loc[r]
+    rec = {f"mAP@{float(t):g}": 100.0 * float(values[t]) for t in df.columns}
+    for name, lo, hi in avgs:
+      cols = _columns_in(df, lo, hi)
+      rec[name] = 100.0 * float(np.mean(values[cols].to_numpy(np.float64)))
+    records.append(rec)
+  if per_class:
+    out = pd.DataFrame(records, index=df.index)
+    out["protocol"] = protocol
+  else:
+    out = pd.DataFrame(records, index=pd.Index([protocol], name="protocol"))
   out.attrs.update(df.attrs)
   return out
 
