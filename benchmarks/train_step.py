@@ -34,6 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 from benchmarks import loss_throughput  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxseg import config as config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jaxseg import state as state_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxseg import train  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxseg.data import batching  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxseg.data import device_data  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -59,9 +60,9 @@ def measure(batch: int, length: int, dim: int, classes: int, repeats: int,
   c = config_lib.base_config()
   c.loss.propagation_method = method
   c.model.compute_dtype = compute_dtype
-  model = train.make_model(c, dim, classes)
-  optimizer = train.make_optimizer(c)
-  state = train.init_state(c, model, optimizer, dim)
+  model = state_lib.make_model(c, dim, classes)
+  optimizer = state_lib.make_optimizer(c)
+  state = state_lib.init_state(c, model, optimizer, dim)
   step = train.make_train_step(c, model, optimizer)
   x = loss_throughput.make_inputs(batch, length, dim, classes)
   b = {k: jax.device_put(x[k]) for k in ("features", "mask", "lengths", "video_labels",
@@ -113,10 +114,10 @@ def measure_loop(feed: str, batch: int, dim: int, classes: int, steps: int,
   c.model.compute_dtype = compute_dtype
   ds, labels = synthetic_train_set(num_videos, dim, classes)
   loader = batching.TrainLoader(ds, labels, batch_size=batch, max_length=c.train.max_length,
-                                buckets=c.train.length_buckets, seed=0)
-  model = train.make_model(c, dim, classes)
-  optimizer = train.make_optimizer(c)
-  state = train.init_state(c, model, optimizer, dim)
+                                buckets=c.train.length_buckets, seed=0, crop_mode="uniform")
+  model = state_lib.make_model(c, dim, classes)
+  optimizer = state_lib.make_optimizer(c)
+  state = state_lib.init_state(c, model, optimizer, dim)
   on_device = feed == "device"
   step_fn = train.make_train_step(c, model, optimizer, device_data=on_device)
   if on_device:

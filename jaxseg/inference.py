@@ -492,5 +492,5 @@ def write_detections(path: str | os.PathLike, results: Mapping[str, Any], *,
                                    else external_data)}
   if provenance is not None:
     payload["provenance"] = dict(provenance)
-  with io.atomic_open(path, "w") as f:
+  with io.atomic_open(path, "w", make_dirs=True) as f:
     json.dump(payload, f, allow_nan=False)

@@ -9,6 +9,7 @@ import pytest
 
 from jaxseg import losses
 from jaxseg import model as model_lib
+from tests.conftest import loss_kwargs
 
 B, T, D, E, N = 3, 10, 7, 6, 5
 
@@ -108,7 +109,8 @@ def test_embed_dim_default_and_loss_pipeline():
   def loss(params):
     out = m.apply({"params": params}, batch["features"], batch["mask"],
                   deterministic=False, rngs={"dropout": jax.random.key(0)})
-    return losses.total_loss(out, batch, weight=model_lib.sphere_weight(params))[0]
+    return losses.total_loss(out, batch, weight=model_lib.sphere_weight(params),
+                             **loss_kwargs())[0]
 
   value, grads = jax.jit(jax.value_and_grad(loss))(variables["params"])
   assert np.isfinite(value)

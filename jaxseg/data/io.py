@@ -21,22 +21,25 @@ from jaxseg.data.video import DataError
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
+def atomic_open(path: str | os.PathLike, mode: str = "w", *,
+                make_dirs: bool = False) -> Iterator[Any]:
   """Opens a temporary file that replaces ``path`` when the block ends without error.
 
-  Missing parent folders are created. The file gets mode ``0644`` (as a plain
-  ``open`` under the usual umask); on an exception the temporary file is
-  removed and ``path`` is left as it was.
+  The file gets mode ``0644`` (as a plain ``open`` under the usual umask); on
+  an exception the temporary file is removed and ``path`` is left as it was.
 
   Args:
     path: the file to write.
     mode: ``"w"`` (text, UTF-8) or ``"wb"``.
+    make_dirs: create missing parent folders (else a missing folder raises
+      ``FileNotFoundError``).
   """
   if mode not in ("w", "wb"):
     raise ValueError(f"atomic_open: mode must be 'w' or 'wb', got {mode!r}")
   path = os.fspath(path)
   folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
+  if make_dirs:
+    os.makedirs(folder, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
   try:
     kwargs = {"encoding": "utf-8", "newline": ""} if mode == "w" else {}
@@ -52,9 +55,9 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
     raise
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+def atomic_write_text(path: str | os.PathLike, text: str, *, make_dirs: bool = False) -> None:
   """Writes ``text`` to ``path`` so that a crash never leaves a truncated file."""
-  with atomic_open(path, "w") as f:
+  with atomic_open(path, "w", make_dirs=make_dirs) as f:
     f.write(text)
 
 

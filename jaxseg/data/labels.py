@@ -216,7 +216,7 @@ def save_segment_labels(path: str, labels: SegmentLabels) -> None:
   num_classes = n_cls.pop() if n_cls else 0
   stacked = (np.concatenate(arrays, axis=0) if arrays
              else np.zeros((0, num_classes), np.uint8))
-  with io.atomic_open(path, "wb") as f:
+  with io.atomic_open(path, "wb", make_dirs=True) as f:
     np.savez_compressed(
         f, video_ids=np.array(ids, dtype=np.str_),
         lengths=np.array([a.shape[0] for a in arrays], np.int64),
