@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
-# The GPU figures of issue 5 in one call, for a lent GPU machine (the `device`
-# tool's `run`) or any CUDA host with jax, flax, optax, orbax-checkpoint and
-# pandas installed. Writes everything under $OUT (default benchmarks/out/device):
+# The GPU figures of benchmarks/RESULTS.md in one call, on any CUDA host with
+# jax, flax, optax, orbax-checkpoint and pandas installed. Writes everything under $OUT (default benchmarks/out/device):
 #
 #   env.txt            devices, versions, nvidia-smi
 #   train_step.*       the jitted train step at B=16, D=2048, N=20, T in {256, 750, 2048}
@@ -16,8 +15,8 @@
 # Packages the bare GPU image may lack (ml-collections for jaxseg.config,
 # tabulate for the markdown tables) are installed from .device-wheels/ when it is
 # there; make it on a machine with a package index with
-# `bash benchmarks/device_check.sh --prepare` and carry it (device tool:
-# carry=[".device-wheels"]). Without tabulate or matplotlib the tables are still
+# `bash benchmarks/device_check.sh --prepare` and copy it along with the
+# repository. Without tabulate or matplotlib the tables are still
 # written and the plots skipped. Each step has its own time limit, so a slow one
 # does not cost the others; loss_throughput keeps a partial CSV if stopped.
 #

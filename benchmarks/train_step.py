@@ -119,7 +119,7 @@ def measure_loop(feed: str, batch: int, dim: int, classes: int, steps: int,
   optimizer = state_lib.make_optimizer(c)
   state = state_lib.init_state(c, model, optimizer, dim)
   on_device = feed == "device"
-  step_fn = train.make_train_step(c, model, optimizer, device_data=on_device)
+  step_fn = train.make_train_step(c, model, optimizer, on_device=on_device)
   if on_device:
     host_bank = device_data.build_bank(ds, labels)
     bank, offsets = (jax.device_put(host_bank.arrays()),), host_bank.offsets

@@ -32,6 +32,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from jaxseg import detection_inputs
 from jaxseg.config import (ACTIVITYNET_AVERAGES, ACTIVITYNET_TIOU, PROTOCOLS,
                            THUMOS14_AVERAGES, THUMOS14_TIOU)
 from jaxseg.data.video import I3D_FEATURE_RATE, DataError
@@ -114,167 +115,6 @@ def _check_thresholds(values: Iterable[float], what: str = "tiou_thresholds") ->
 def _label(t: float) -> float:
   """The column name of threshold ``t`` (``np.linspace`` drift removed)."""
   return round(float(t), 6)
-
-
-# ------------------------------------------------------------- input parsing
-
-
-def _real(x, source: str, vid, field: str, *, allow_str: bool) -> float:
-  """A finite float from a JSON number (or a numeric string when allowed)."""
-  t = type(x)
-  if t is float or t is int:  # fast path
-    v = float(x)
-    if math.isfinite(v):
-      return v
-    raise DataError(f"{source}: video {vid!r}: field {field!r}: {x!r} is not finite")
-  if isinstance(x, (bool, np.bool_)):
-    ok = False
-  elif isinstance(x, numbers.Real):
-    ok = True
-  elif allow_str and isinstance(x, str):
-    ok = True
-  else:
-    ok = False
-  if ok:
-    try:
-      v = float(x)
-    except (TypeError, ValueError):
-      ok = False
-  if not ok:
-    raise DataError(f"{source}: video {vid!r}: field {field!r}: {x!r} is not a number")
-  if not math.isfinite(v):
-    raise DataError(f"{source}: video {vid!r}: field {field!r}: {x!r} is not finite")
-  return v
-
-
-def _segment(seg, source: str, vid, field: str) -> tuple[float, float]:
-  bad = type(seg) is not list and (isinstance(seg, (str, bytes, Mapping))
-                                   or not hasattr(seg, "__len__"))
-  if bad or len(seg) != 2:
-    raise DataError(
-        f"{source}: video {vid!r}: field {field!r}: expected [start, end], got {seg!r}")
-  s = _real(seg[0], source, vid, field + "[0]", allow_str=True)
-  e = _real(seg[1], source, vid, field + "[1]", allow_str=True)
-  if e < s:
-    raise DataError(f"{source}: video {vid!r}: field {field!r}: end {e} < start {s}")
-  return s, e
-
-
-def _require_key(d, key: str, source: str, vid=None):
-  if type(d) is dict and key in d:  # fast path
-    return d[key]
-  if not isinstance(d, Mapping):
-    where = f"video {vid!r}: " if vid is not None else ""
-    raise DataError(f"{source}: {where}expected an object with {key!r}, got {type(d).__name__}")
-  if key not in d:
-    where = f"video {vid!r}: " if vid is not None else ""
-    raise DataError(f"{source}: {where}missing field {key!r}")
-  return d[key]
-
-
-class _GroundTruth:
-  """Ground-truth instances in document order (database order, then annotations).
-
-  Attributes:
-    video_ids: the kept videos, in database order.
-    vid: ``(G,) int64`` video code (index into ``video_ids``) per instance.
-    seg: ``(G, 2) float64`` bounds in seconds.
-    label: the label string per instance.
-  """
-
-  def __init__(self, ground_truth, subset, source: str):
-    database = _require_key(ground_truth, "database", source)
-    if not isinstance(database, Mapping):
-      raise DataError(f"{source}: field 'database' must be an object of videos")
-    self.video_ids: list = []
-    vids, segs, labels = [], [], []
-    subsets = set()
-    for vid, entry in database.items():
-      if subset is not None:
-        s = _require_key(entry, "subset", source, vid)
-        subsets.add(s if isinstance(s, str) else repr(s))
-        if s != subset:
-          continue
-      anns = _require_key(entry, "annotations", source, vid)
-      if not isinstance(anns, (list, tuple)):
-        raise DataError(f"{source}: video {vid!r}: field 'annotations' must be a list")
-      code = len(self.video_ids)
-      self.video_ids.append(vid)
-      for j, ann in enumerate(anns):
-        field = f"annotations[{j}]"
-        if not isinstance(ann, Mapping):
-          raise DataError(f"{source}: video {vid!r}: field {field!r}: expected an object")
-        seg = _require_key(ann, "segment", source, vid)
-        label = _require_key(ann, "label", source, vid)
-        if not isinstance(label, str):
-          raise DataError(
-              f"{source}: video {vid!r}: field {field + '.label'!r}: {label!r} is not a string")
-        segs.append(_segment(seg, source, vid, field + ".segment"))
-        vids.append(code)
-        labels.append(label)
-    if subset is not None and not self.video_ids:
-      raise DataError(f"{source}: no video in subset {subset!r}; subsets present: "
-                      f"{sorted(subsets)}")
-    self.vid = np.asarray(vids, np.int64)
-    self.seg = np.asarray(segs, np.float64).reshape(-1, 2)
-    self.label = labels
-
-
-class _Predictions:
-  """Predictions in document order (results order, then list order).
-
-  Attributes:
-    vid: ``(P,) int64`` code of the video in the ground truth, -1 if absent.
-    seg: ``(P, 2) float64`` bounds in seconds.
-    score: ``(P,) float64``.
-    label: the label string per prediction.
-  """
-
-  def __init__(self, predictions, video_code: Mapping, source: str):
-    results = _require_key(predictions, "results", source)
-    if not isinstance(results, Mapping):
-      raise DataError(f"{source}: field 'results' must be an object of videos")
-    vids, segs, scores, labels = [], [], [], []
-    self.first_video: dict = {}  # label -> first video predicting it (for errors)
-    for vid, preds in results.items():
-      if not isinstance(preds, (list, tuple)):
-        raise DataError(f"{source}: video {vid!r}: expected a list of predictions")
-      code = video_code.get(vid, -1)
-      for j, p in enumerate(preds):
-        field = f"results[{j}]"
-        if type(p) is not dict and not isinstance(p, Mapping):
-          raise DataError(f"{source}: video {vid!r}: field {field!r}: expected an object")
-        label = _require_key(p, "label", source, vid)
-        if type(label) is not str:
-          raise DataError(
-              f"{source}: video {vid!r}: field {field + '.label'!r}: {label!r} is not a string")
-        scores.append(_real(_require_key(p, "score", source, vid), source, vid, field + ".score",
-                            allow_str=False))
-        segs.append(_segment(_require_key(p, "segment", source, vid), source, vid,
-                             field + ".segment"))
-        vids.append(code)
-        labels.append(label)
-        self.first_video.setdefault(label, vid)
-    self.vid = np.asarray(vids, np.int64)
-    self.seg = np.asarray(segs, np.float64).reshape(-1, 2)
-    self.score = np.asarray(scores, np.float64)
-    self.label = labels
-
-
-def _parse_ambiguous(ambiguous, video_code: Mapping, source: str):
-  """``{vid: [[s, e], ...]}`` -> list of ``(code, s, e)`` for videos in the GT."""
-  if ambiguous is None:
-    return []
-  if not isinstance(ambiguous, Mapping):
-    raise DataError(f"{source}: expected an object {{video: [[start, end], ...]}}")
-  out = []
-  for vid, segs in ambiguous.items():
-    if not isinstance(segs, (list, tuple)):
-      raise DataError(f"{source}: video {vid!r}: expected a list of [start, end]")
-    parsed = [_segment(s, source, vid, f"[{j}]") for j, s in enumerate(segs)]
-    if vid in video_code:
-      out.extend((video_code[vid], s, e) for s, e in parsed)
-  return out
 
 
 # ------------------------------------------------------------ shared helpers
@@ -470,12 +310,49 @@ def detection_map(ground_truth: dict, predictions: dict, tiou_thresholds=THUMOS1
         math.isfinite(feature_rate) and feature_rate > 0):
       raise ValueError(f"feature_rate must be a positive number, got {feature_rate!r}")
 
-  gt = _GroundTruth(ground_truth, subset, gt_source)
+  gt = detection_inputs.GroundTruth(ground_truth, subset, gt_source)
   video_code = {v: i for i, v in enumerate(gt.video_ids)}
-  pr = _Predictions(predictions, video_code, pred_source)
+  pr = detection_inputs.Predictions(predictions, video_code, pred_source)
 
   wtalc = protocol == "wtalc"
   is_amb = np.asarray([wtalc and l == AMBIGUOUS_LABEL for l in gt.label], bool)
+  classes = _classes(gt, pr, is_amb, class_names, wtalc=wtalc, subset=subset,
+                     gt_source=gt_source, pred_source=pred_source)
+
+  # Integer class codes; -1: not evaluated (Ambiguous, or a class without GT).
+  class_code = {c: i for i, c in enumerate(classes)}
+  gt_cls = np.asarray([-1 if a else class_code[l] for l, a in zip(gt.label, is_amb)], np.int64)
+  pr_cls = np.asarray([class_code.get(l, -1) for l in pr.label], np.int64)
+  if wtalc:
+    rate = float(feature_rate)
+    gt_idx = _to_index(gt.seg, rate)
+    pr_idx = _to_index(pr.seg, rate)
+    amb = [(int(c), s, e) for c, (s, e) in zip(gt.vid[is_amb], gt.seg[is_amb])]
+    amb += detection_inputs.parse_ambiguous(ambiguous, video_code, ambiguous_source)
+    _wtalc_drop_predictions(gt, gt_cls, pr, pr_cls, pr_idx, amb, rate)
+
+  ap = np.zeros((len(classes), thr.size))
+  gt_by_cls, pr_by_cls = _group(gt_cls), _group(pr_cls)
+  empty = np.zeros((0,), np.int64)
+  for ci in range(len(classes)):
+    g, q = gt_by_cls[ci], pr_by_cls.get(ci, empty)
+    if wtalc:
+      ap[ci] = _wtalc_class_ap(gt.vid[g], gt_idx[g], pr.vid[q], pr_idx[q], pr.score[q], thr)
+    else:
+      ap[ci] = _activitynet_class_ap(gt.vid[g], gt.seg[g], pr.vid[q], pr.seg[q],
+                                     pr.score[q], thr)
+
+  values = np.concatenate([ap, ap.mean(axis=0, keepdims=True)], axis=0)
+  df = pd.DataFrame(values, index=pd.Index(classes + [MEAN_ROW], name="class"),
+                    columns=pd.Index([_label(t) for t in thresholds], name="tIoU"))
+  df.attrs.update(protocol=protocol, subset=subset, num_videos=len(gt.video_ids),
+                  num_instances=int(np.sum(gt_cls >= 0)),
+                  num_predictions=int(np.sum(pr_cls >= 0)))
+  return df
+
+
+def _classes(gt, pr, is_amb, class_names, *, wtalc, subset, gt_source, pred_source):
+  """The evaluated classes, checking every label of ``gt`` and ``pr`` against them."""
   # Classes: first appearance in the (filtered) ground truth, as the official.
   present = list(dict.fromkeys(l for l, a in zip(gt.label, is_amb) if not a))
   if class_names is not None:
@@ -498,51 +375,27 @@ def detection_map(ground_truth: dict, predictions: dict, tiou_thresholds=THUMOS1
       raise DataError(f"{pred_source}: video {pr.first_video[l]!r}: field 'label': unknown "
                       f"label {l!r} (not a ground-truth class"
                       + (" nor in class_names)" if class_names is not None else ")"))
+  return classes
 
-  # Integer class codes; -1: not evaluated (Ambiguous, or a class without GT).
-  class_code = {c: i for i, c in enumerate(classes)}
-  gt_cls = np.asarray([-1 if a else class_code[l] for l, a in zip(gt.label, is_amb)], np.int64)
-  pr_cls = np.asarray([class_code.get(l, -1) for l in pr.label], np.int64)
-  if wtalc:
-    rate = float(feature_rate)
-    # W-TALC evaluates only the videos with temporal annotations.
-    annotated = np.zeros(len(gt.video_ids) + 1, bool)  # last entry: code -1
-    annotated[gt.vid[gt_cls >= 0]] = True
-    pr_cls[~annotated[pr.vid]] = -1
-    amb = [(int(c), s, e) for c, (s, e) in zip(gt.vid[is_amb], gt.seg[is_amb])]
-    amb += _parse_ambiguous(ambiguous, video_code, ambiguous_source)
-    gt_idx = _to_index(gt.seg, rate)
-    pr_idx = _to_index(pr.seg, rate)
-    if amb and np.any(pr_cls >= 0):
-      amb_vid = np.asarray([a[0] for a in amb], np.int64)
-      amb_idx = _to_index(np.asarray([a[1:] for a in amb], np.float64), rate)
-      amb_groups = _group(amb_vid)
-      for v, rows in _group(np.where(pr_cls >= 0, pr.vid, -1)).items():
-        if v < 0 or v not in amb_groups:
-          continue
-        a = amb_idx[amb_groups[v]]
-        inter = (np.minimum(pr_idx[rows, 1:2], a[None, :, 1])
-                 - np.maximum(pr_idx[rows, 0:1], a[None, :, 0]))
-        pr_cls[rows[np.any(inter > 0, axis=1)]] = -1
 
-  ap = np.zeros((len(classes), thr.size))
-  gt_by_cls, pr_by_cls = _group(gt_cls), _group(pr_cls)
-  empty = np.zeros((0,), np.int64)
-  for ci in range(len(classes)):
-    g, q = gt_by_cls[ci], pr_by_cls.get(ci, empty)
-    if wtalc:
-      ap[ci] = _wtalc_class_ap(gt.vid[g], gt_idx[g], pr.vid[q], pr_idx[q], pr.score[q], thr)
-    else:
-      ap[ci] = _activitynet_class_ap(gt.vid[g], gt.seg[g], pr.vid[q], pr.seg[q],
-                                     pr.score[q], thr)
-
-  values = np.concatenate([ap, ap.mean(axis=0, keepdims=True)], axis=0)
-  df = pd.DataFrame(values, index=pd.Index(classes + [MEAN_ROW], name="class"),
-                    columns=pd.Index([_label(t) for t in thresholds], name="tIoU"))
-  df.attrs.update(protocol=protocol, subset=subset, num_videos=len(gt.video_ids),
-                  num_instances=int(np.sum(gt_cls >= 0)),
-                  num_predictions=int(np.sum(pr_cls >= 0)))
-  return df
+def _wtalc_drop_predictions(gt, gt_cls, pr, pr_cls, pr_idx, amb, rate) -> None:
+  """W-TALC: sets ``pr_cls`` to -1 (not evaluated) for predictions on videos
+  without temporal annotations and those overlapping an ambiguous interval."""
+  annotated = np.zeros(len(gt.video_ids) + 1, bool)  # last entry: code -1
+  annotated[gt.vid[gt_cls >= 0]] = True
+  pr_cls[~annotated[pr.vid]] = -1
+  if not amb or not np.any(pr_cls >= 0):
+    return
+  amb_vid = np.asarray([a[0] for a in amb], np.int64)
+  amb_idx = _to_index(np.asarray([a[1:] for a in amb], np.float64), rate)
+  amb_groups = _group(amb_vid)
+  for v, rows in _group(np.where(pr_cls >= 0, pr.vid, -1)).items():
+    if v < 0 or v not in amb_groups:
+      continue
+    a = amb_idx[amb_groups[v]]
+    inter = (np.minimum(pr_idx[rows, 1:2], a[None, :, 1])
+             - np.maximum(pr_idx[rows, 0:1], a[None, :, 0]))
+    pr_cls[rows[np.any(inter > 0, axis=1)]] = -1
 
 
 # ------------------------------------------------------------------- averages

@@ -42,10 +42,10 @@ class NonFiniteError(FloatingPointError):
 
 
 def make_train_step(config, model, optimizer, *,
-                    device_data: bool = False) -> Callable[..., tuple]:
+                    on_device: bool = False) -> Callable[..., tuple]:
   """The jitted train step ``(state, batch) -> (state, metrics)``; state is donated.
 
-  With ``device_data=True`` the step is ``(state, plan, bank) -> (state,
+  With ``on_device=True`` (``train.device_data`` resolved to on) the step is ``(state, plan, bank) -> (state,
   metrics)``: it builds the batch inside the compiled program from the
   device-resident training features (``device_data.gather_batch``), so the
   host sends only the plan's indices.
@@ -92,7 +92,7 @@ def make_train_step(config, model, optimizer, *,
     metrics.update(total=total, grad_norm=grad_norm, finite=finite.astype(jnp.float32))
     return new_state, metrics
 
-  if device_data:
+  if on_device:
     def step_from_plan(state: state_lib.TrainState, plan: dict, bank: dict):
       return step_fn(state, device_data_lib.gather_batch(bank, plan))
     return jax.jit(step_from_plan, donate_argnums=0)
@@ -203,7 +203,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     logging.info("Resumed from %s/checkpoints/latest at step %d.", workdir, start)
   log = workdir_lib.MetricsLog(os.path.join(workdir, "metrics.jsonl"), resume_step=start)
   feeder = _Feeder(config, data, mesh)
-  train_step = make_train_step(config, model, optimizer, device_data=feeder.on_device)
+  train_step = make_train_step(config, model, optimizer, on_device=feeder.on_device)
   apply_fn = evaluate_lib.make_apply_fn(model)
   validate = None
   if data.validation is not None:

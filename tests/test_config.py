@@ -1,7 +1,7 @@
 """Bad configuration is rejected before anything loads or compiles, naming the field.
 
-Three layers are checked: ``config.validate`` itself (one case per rule of
-issue 8), ``train.train_and_evaluate`` / the other entry points (the error
+Three layers are checked: ``config.validate`` itself (one case per rule),
+``train.train_and_evaluate`` / the other entry points (the error
 comes before any data is read, any workdir is created or anything is
 jitted), and the command line ``python -m jaxseg.main`` (exit status 2,
 ``error: config.<field>: ...`` on stderr, no workdir left behind).
@@ -48,8 +48,7 @@ def test_shipped_configs_are_valid():
     config_lib.validate(c)
 
 
-# (override, the field the message must name). One row per rule of issue 8,
-# then the remaining rules of validate().
+# (override, the field the message must name). One row per rule of validate().
 BAD = [
     # Negative loss weights.
     ({"loss.alpha": -0.1}, "loss.alpha"),

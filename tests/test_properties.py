@@ -1,4 +1,4 @@
-"""Property-based tests (hypothesis) of jaxseg.losses and jaxseg.evaluation.
+"""Property-based tests (hypothesis) of jaxseg.losses and jaxseg.metrics.
 
 Losses (paper eq. 1-13): for any lengths (prefix masks, one-segment and empty
 videos included), any segment-label pattern, features and CAS of any scale
@@ -224,7 +224,7 @@ def one_video(b: dict, i: int) -> dict:
   return {k: (v if k == "weight" else v[i:i + 1]) for k, v in b.items()}
 
 
-# Extreme inputs of the issue, always run on top of the drawn examples.
+# Extreme inputs, always run on top of the drawn examples.
 EXTREME_CASES = (
     # One-segment videos, 1e4 features, all-equal CAS.
     LossCase((1, 1, 1), (1, 15, 8), "relu", 1e4, "equal", 1.0, 0.0, 1.0, math.nan, 0),

@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -171,7 +172,7 @@ def test_interrupted_run_resumes_to_same_result(full_run, tmp_path, monkeypatch)
 def test_workdir_of_another_config_is_refused(full_run):
   c, workdir, _ = full_run
   other = make_config(**{"data.synthetic.output_dir": c.data.synthetic.output_dir,
-                     "loss.gamma": 0.5})
+                         "loss.gamma": 0.5})
   with pytest.raises(config_lib.ConfigError, match="loss.gamma"):
     train.train_and_evaluate(other, workdir)
 
@@ -179,7 +180,7 @@ def test_workdir_of_another_config_is_refused(full_run):
 def test_eval_mode_reproduces_reported_numbers_and_plots(full_run):
   c, workdir, out = full_run
   c = make_config(**{"data.synthetic.output_dir": c.data.synthetic.output_dir,
-                 "eval.num_plot_videos": 2})
+                     "eval.num_plot_videos": 2})
   again = evaluate.evaluate_workdir(c, workdir)
   assert again["final"] == out["final"]
   assert again["selected"] == out["selected"]
@@ -193,9 +194,43 @@ def test_eval_mode_reproduces_reported_numbers_and_plots(full_run):
   assert same == (out["selected_step"] == c.train.num_steps)
 
 
+def _listing(*folders):
+  """``{path: (size, mtime_ns)}`` of every file and folder under ``folders``."""
+  out = {}
+  for folder in folders:
+    for root, dirs, files in os.walk(folder):
+      for name in dirs + files:
+        path = os.path.join(root, name)
+        st = os.stat(path)
+        out[path] = (st.st_size if name in files else 0, st.st_mtime_ns)
+  return out
+
+
+def test_reading_a_run_back_writes_nothing(full_run, tmp_path, data_dir):
+  """load_run creates and modifies no file; --mode eval rewrites only its reports."""
+  c, workdir, _ = full_run
+  run_dir = str(tmp_path / "run")
+  shutil.copytree(workdir, run_dir)
+  before = _listing(run_dir, data_dir)
+  for which in ("final", "selected"):
+    run = workdir_lib.load_run(c, run_dir, which=which)
+    assert run.step > 0
+  assert _listing(run_dir, data_dir) == before
+  evaluate.evaluate_workdir(c, run_dir)
+  after = _listing(run_dir, data_dir)
+  changed = sorted(os.path.relpath(p, run_dir) for p in set(before) | set(after)
+                   if before.get(p) != after.get(p))
+  assert set(changed) <= {"detections.json", "detections_selected.json", "results.csv",
+                          "results.md", "results.json"}, changed
+  # A run that is not there is an error, not a fresh workdir.
+  with pytest.raises(config_lib.ConfigError, match="holds no run"):
+    workdir_lib.load_run(c, str(tmp_path / "nothing"))
+  assert not os.path.exists(tmp_path / "nothing")
+
+
 def test_nonfinite_loss_stops_with_step_and_term(tmp_path, data_dir):
   c = make_config(**{"data.synthetic.output_dir": data_dir, "train.learning_rate": 1e30,
-                 "train.num_steps": 8})
+                     "train.num_steps": 8})
   with pytest.raises(train.NonFiniteError, match=r"at step \d+"):
     train.train_and_evaluate(c, str(tmp_path / "nan"))
 
