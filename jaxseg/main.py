@@ -38,10 +38,18 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 class _OrbaxWarningsOnly(std_logging.Filter):
-  """Orbax logs every checkpoint step at INFO: keep the console for the run's own lines."""
+  """Keeps the console for the run's own lines.
+
+  Orbax logs every checkpoint step at INFO, and warns that a manager opened to
+  read a run back (``workdir.load_run``) is read-only, which is the point.
+  """
 
   def filter(self, record: std_logging.LogRecord) -> bool:
-    return record.levelno >= std_logging.WARNING or "orbax" not in record.pathname
+    if "orbax" not in record.pathname:
+      return True
+    return (record.levelno >= std_logging.WARNING
+            and "read_only" not in record.getMessage()
+            and "read only" not in record.getMessage())
 
 
 def main(argv):

@@ -45,8 +45,8 @@ def make_train_step(config, model, optimizer, *,
                     on_device: bool = False) -> Callable[..., tuple]:
   """The jitted train step ``(state, batch) -> (state, metrics)``; state is donated.
 
-  With ``on_device=True`` (``train.device_data`` resolved to on) the step is ``(state, plan, bank) -> (state,
-  metrics)``: it builds the batch inside the compiled program from the
+  With ``on_device=True`` (``train.device_data`` resolved to on) the step is
+  ``(state, plan, bank) -> (state, metrics)``: it builds the batch inside the compiled program from the
   device-resident training features (``device_data.gather_batch``), so the
   host sends only the plan's indices.
 

@@ -146,7 +146,8 @@ def test_train_loader_rejects_bad_labels():
   labels = sample_segment_labels(ds, "full", 0).labels
   del labels["v2"]
   with pytest.raises(DataError, match="'v2'"):
-    batching.TrainLoader(ds, labels, batch_size=2, max_length=8, buckets=BUCKETS, seed=0, crop_mode="uniform")
+    batching.TrainLoader(ds, labels, batch_size=2, max_length=8, buckets=BUCKETS, seed=0,
+                         crop_mode="uniform")
   with pytest.raises(ValueError, match="crop_mode"):
     batching.TrainLoader(ds, sample_segment_labels(ds, "full", 0).labels, batch_size=2,
                          max_length=8, buckets=BUCKETS, seed=0, crop_mode="random")

@@ -233,10 +233,11 @@ def test_proposals_several_thresholds_deduplicated():
 
 def test_class_selection():
   s_a = np.array([-2.0, -0.5, -1.0])
-  assert inference.select_classes(s_a, s_a, class_threshold=0.0, class_top_ratio=0.0).tolist() == [1]
+  kw = dict(class_threshold=0.0, class_top_ratio=0.0)
+  assert inference.select_classes(s_a, s_a, **kw).tolist() == [1]
   s_a = np.array([2.0, 1.9, 0.1, -3.0])
   p_a = np.exp(s_a) / np.exp(s_a).sum()
-  assert inference.select_classes(s_a, p_a, class_threshold=0.0, class_top_ratio=0.0).tolist() == [0, 1, 2]
+  assert inference.select_classes(s_a, p_a, **kw).tolist() == [0, 1, 2]
   # p1 / p0 = e^-0.1 >= 0.5; p2 / p0 = e^-1.9 < 0.5.
   assert inference.select_classes(s_a, p_a, class_threshold=0.0,
                                   class_top_ratio=0.5).tolist() == [0, 1]

@@ -299,7 +299,8 @@ def test_similarity_matrix():
   f = rng.normal(size=(9, 5)).astype(np.float32)
   want = np.zeros((9, 9))
   want[:6, :6] = f[:6].astype(np.float64) @ f[:6].T.astype(np.float64)
-  np.testing.assert_allclose(losses.similarity_matrix(f, 6, similarity="dot"), want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(losses.similarity_matrix(f, 6, similarity="dot"), want,
+                             rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(losses.similarity_matrix(f, np.arange(9) < 6, similarity="dot"), want,
                              rtol=1e-5, atol=1e-5)
 

@@ -191,7 +191,9 @@ def _propagation(method, similarity="dot"):
 # Each takes (features, cas_cls, cas_loc, sphere weight, batch) -> scalar.
 LOSS_FNS = {
     "classification": lambda f, cc, cl, w, b: losses.classification_loss(
-        cc, b["video_labels"], b["mask"], losses.topk_k(b["lengths"], b["num_labeled"], mode="labeled", ratio=8.0), normalization="classes"),
+        cc, b["video_labels"], b["mask"],
+        losses.topk_k(b["lengths"], b["num_labeled"], mode="labeled", ratio=8.0),
+        normalization="classes"),
     "segment": lambda f, cc, cl, w, b: losses.partial_segment_loss(
         cl, b["segment_labels"], b["mask"]),
     "sphere": lambda f, cc, cl, w, b: losses.sphere_loss(

@@ -3,8 +3,8 @@
 At the paper's shapes a training batch is ``16 x 750 x 2048`` float32, 98 MB:
 stacking it on the host and copying it costs far more than the jitted step
 itself on a GPU (measurements in ``benchmarks/RESULTS.md``). A training set of
-pre-extracted features is small next to a GPU's memory (THUMOS14's 200 validation videos with I3D features: about
-2.5 GB), so :class:`FeatureBank` copies all training videos to the device once,
+pre-extracted features is small next to a GPU's memory (THUMOS14's 200
+validation videos with I3D features: about 2.5 GB), so :class:`FeatureBank` copies all training videos to the device once,
 concatenated, and each step sends only :meth:`TrainLoader.plan` --
 ``(B, T) int32`` row indices and the mask, about 50 kB -- from which
 :func:`gather_batch` rebuilds, inside the jitted step, exactly the batch
