@@ -55,7 +55,7 @@ def evaluate_params(config, model, params, split: Dataset, *, apply_fn=None,
                                 protocol=config.eval.protocol,
                                 class_names=split.class_names,
                                 feature_rate=config.data.feature_rate)
-  summary = metrics.summarize(table, config.eval.averages).iloc[0].to_dict()
+  summary = metrics.summarize(table, config.eval.averages, lenient=True).iloc[0].to_dict()
   ids = [v.video_id for v in split.videos]
   y = np.stack([v.video_labels(split.num_classes) for v in split.videos])
   scores = np.stack([np.asarray(pred["p_a"][i]) for i in ids])

@@ -447,21 +447,25 @@ def default_averages(thresholds: Iterable[float]) -> tuple[tuple[str, float, flo
   return ((f"avg{lo:g}:{hi:g}", lo, hi),)
 
 
-def _resolve_averages(df, averages):
+def _resolve_averages(df, averages, lenient: bool):
   if averages is None:
     return default_averages(_threshold_columns(df))
   ts = _threshold_columns(df)
   out = []
   for name, lo, hi in averages:
-    for end in (lo, hi):
-      if not any(abs(t - float(end)) < _TOL for t in ts):
-        raise ValueError(f"average {name!r}: threshold {end} is not among {ts}")
+    if lenient:
+      if not any(float(lo) - _TOL <= t <= float(hi) + _TOL for t in ts):
+        continue
+    else:
+      for end in (lo, hi):
+        if not any(abs(t - float(end)) < _TOL for t in ts):
+          raise ValueError(f"average {name!r}: threshold {end} is not among {ts}")
     out.append((str(name), float(lo), float(hi)))
   return tuple(out)
 
 
 def summarize(df: pd.DataFrame, averages: Sequence[tuple[str, float, float]] | None = None,
-              *, per_class: bool = False) -> pd.DataFrame:
+              *, per_class: bool = False, lenient: bool = False) -> pd.DataFrame:
   """mAP (%) per threshold and the averages: the line papers print.
 
   The one summary of a :func:`detection_map` table: the training run's
@@ -469,18 +473,23 @@ def summarize(df: pd.DataFrame, averages: Sequence[tuple[str, float, float]] | N
 
   Args:
     df: a :func:`detection_map` table.
-    averages: ``(name, low, high)`` triples (inclusive ranges whose ends must be
-      thresholds of ``df``); ``None``: :func:`default_averages`.
+    averages: ``(name, low, high)`` triples, the mean over the thresholds of
+      ``df`` in each inclusive range, whose ends must be thresholds of ``df``
+      (so an ActivityNet table is not silently averaged over the THUMOS14
+      range); ``None``: :func:`default_averages`.
     per_class: one row per class and the mean (index: class, plus a
       ``"protocol"`` column) instead of the mean row alone (index: the
       protocol, ``df.attrs["protocol"]``).
+    lenient: a run's ``config.eval.averages``: the ends need not be
+      thresholds, and an average whose range holds none is left out (what a
+      training run reports whatever its ``eval.tiou_thresholds``).
 
   Returns:
     A DataFrame, columns ``"mAP@0.1"``, ... then the average names, values in
     percent, unrounded (``.round(1)`` gives what papers print); ``attrs`` as
     ``df``'s.
   """
-  avgs = _resolve_averages(df, averages)
+  avgs = _resolve_averages(df, averages, lenient)
   protocol = df.attrs.get("protocol", "activitynet")
   rows = list(df.index) if per_class else [MEAN_ROW]
   records = []

@@ -480,6 +480,9 @@ def test_average_over_and_summarize():
                              [10, 20, 30, 40, 50, 60, 70, 30, 40])
   with pytest.raises(ValueError, match="0.9 is not among"):
     ev.summarize(df, averages=(("avg", 0.1, 0.9),))
+  # A run's config.eval.averages: over the thresholds inside the range, or left out.
+  lenient = ev.summarize(df, averages=(("a", 0.15, 0.35), ("b", 0.8, 0.9)), lenient=True)
+  assert lenient["a"].iloc[0] == pytest.approx(25.0) and "b" not in lenient
   custom = ev.summarize(df, averages=(("avg0.2:0.4", 0.2, 0.4),))
   assert custom["avg0.2:0.4"].iloc[0] == pytest.approx(30.0)
 
