@@ -21,13 +21,13 @@
 # Packages the bare GPU image may lack (ml-collections for jaxseg.config,
 # tabulate for the markdown tables) are installed from .device-wheels/ when it is
 # there; make it on a machine with a package index with
-# `bash benchmarks/device_check.sh --prepare` and carry it (device tool:
-# carry=[".device-wheels"]). Without tabulate or matplotlib the tables are still
+# `bash benchmarks/device_check.sh --prepare` and copy it beside the script on
+# the GPU host. Without tabulate or matplotlib the tables are still
 # written and the plots skipped. Each step has its own time limit, so a slow one
 # does not cost the others; loss_throughput keeps a partial CSV if stopped.
 #
 #   bash benchmarks/device_check.sh --prepare   # here, once: fetch the wheels
-#   bash benchmarks/device_check.sh             # there: about 6-8 minutes on an H100/H200
+#   bash benchmarks/device_check.sh             # there: about 4-5 minutes on an H200
 #   QUICK=1 bash benchmarks/device_check.sh     # small shapes, a CPU smoke run (tests)
 set -u
 cd "$(dirname "$0")/.."
@@ -92,8 +92,8 @@ timeout "${LOSS_LIMIT:-300}" $PY benchmarks/loss_throughput.py --out "$OUT" "${Q
   | tee "$OUT/loss_throughput.log"
 echo "loss_throughput exit: ${PIPESTATUS[0]}"
 
-# S = f f^T as printed (the configs use cosine): the two factorized forms at the
-# issue's T = 8192 only.
+# S = f f^T as printed (the configs use cosine): the two factorized forms at
+# T = 8192 only.
 DOT_LENGTHS=(--lengths 8192)
 if [ -n "${QUICK:-}" ]; then DOT_LENGTHS=(); fi
 timeout "${DOT_LIMIT:-90}" $PY benchmarks/loss_throughput.py --out "$OUT/dot" --similarity dot \

@@ -34,6 +34,7 @@ import pandas as pd
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jaxseg import config as config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxseg import losses  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxseg.data import device_data  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -60,19 +61,22 @@ def make_inputs(batch: int, length: int, dim: int, classes: int, seed: int = 0) 
 
 def propagation_fn(method: str, similarity: str = "cosine"):
   def fn(features, cas, mask):
-    loss = lambda f, c: losses.propagation_loss(f, c, mask, method,
+    loss = lambda f, c: losses.propagation_loss(f, c, mask, method=method,
                                                 grad_through_similarity=True,
-                                                similarity=similarity)
+                                                similarity=similarity, normalization="none")
     return jax.value_and_grad(loss, argnums=(0, 1))(features, cas)
   return fn
 
 
 def total_fn(features, cas_cls, cas_loc, weight, batch, similarity: str = "cosine"):
+  loss_config = config_lib.with_overrides(config_lib.base_config(), **{
+      "loss.propagation_grad_through_similarity": True, "loss.propagation_method": "fused",
+      "loss.propagation_similarity": similarity,
+      "loss.classification_normalization": "classes",
+      "loss.propagation_normalization": "none"}).loss.to_dict()
   def loss(f, cc, cl, w):
     out = {"features": f, "cas_cls": cc, "cas_loc": cl}
-    return losses.total_loss(out, batch, weight=w, grad_through_similarity=True,
-                             propagation_method="fused",
-                             propagation_similarity=similarity)[0]
+    return losses.total_loss(out, batch, weight=w, **loss_config)[0]
   return jax.value_and_grad(loss, argnums=(0, 1, 2, 3))(features, cas_cls, cas_loc, weight)
 
 
@@ -161,7 +165,7 @@ def main(argv=None):
   p.add_argument("--repeats", type=int, default=10)
   p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
   p.add_argument("--no-total", action="store_true", help="skip the four-term loss")
-  p.add_argument("--similarity", default="cosine", choices=losses.PROPAGATION_SIMILARITIES,
+  p.add_argument("--similarity", default="cosine", choices=config_lib.PROPAGATION_SIMILARITIES,
                  help="S of eq. 13: cosine (the configs' default) or dot (as printed)")
   p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out"))
   args = p.parse_args(argv)

@@ -79,6 +79,7 @@ def measure(num_devices: int, batch: int, length: int, dim: int, classes: int,
   from benchmarks import loss_throughput  # pylint: disable=g-import-not-at-top
   from jaxseg import config as config_lib  # pylint: disable=g-import-not-at-top
   from jaxseg import parallel  # pylint: disable=g-import-not-at-top
+  from jaxseg import state as state_lib  # pylint: disable=g-import-not-at-top
   from jaxseg import train  # pylint: disable=g-import-not-at-top
 
   c = config_lib.base_config()
@@ -86,9 +87,9 @@ def measure(num_devices: int, batch: int, length: int, dim: int, classes: int,
   c.parallel.num_devices = num_devices
   config_lib.validate(c, num_devices=num_devices)
   mesh = parallel.make_mesh(num_devices)
-  model = train.make_model(c, dim, classes)
-  optimizer = train.make_optimizer(c)
-  state = parallel.replicate(train.init_state(c, model, optimizer, dim), mesh)
+  model = state_lib.make_model(c, dim, classes)
+  optimizer = state_lib.make_optimizer(c)
+  state = parallel.replicate(state_lib.init_state(c, model, optimizer, dim), mesh)
   step = train.make_train_step(c, model, optimizer)
   x = loss_throughput.make_inputs(batch, length, dim, classes)
   host = {k: x[k] for k in ("features", "mask", "lengths", "video_labels",

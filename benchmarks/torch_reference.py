@@ -165,7 +165,7 @@ def check(batch=3, length=40, dim=16, classes=5) -> float:
     ref = float(batch_loss(net, x, lengths, y, u))
     f, cas_cls, cas_loc = net(x)
   c = config_lib.base_config()
-  kwargs = losses.loss_config_kwargs(c.loss)
+  kwargs = c.loss.to_dict()
   mask = b["mask"][..., None]
   out = {"features": np.where(mask, f.numpy(), 0.0), "cas_cls": np.where(mask, cas_cls.numpy(), 0.0),
          "cas_loc": np.where(mask, cas_loc.numpy(), 0.0)}

@@ -35,6 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 from benchmarks import loss_throughput  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxseg import config as config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jaxseg import state as state_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxseg import train  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxseg.data import batching  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxseg.data import device_data  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -65,9 +66,9 @@ def measure(batch: int, length: int, dim: int, classes: int, repeats: int,
   c.loss.propagation_method = method
   c.model.compute_dtype = compute_dtype
   c.model.dropout_rng = dropout_rng
-  model = train.make_model(c, dim, classes)
-  optimizer = train.make_optimizer(c)
-  state = train.init_state(c, model, optimizer, dim)
+  model = state_lib.make_model(c, dim, classes)
+  optimizer = state_lib.make_optimizer(c)
+  state = state_lib.init_state(c, model, optimizer, dim)
   step = train.make_train_step(c, model, optimizer)
   x = loss_throughput.make_inputs(batch, length, dim, classes)
   b = {k: jax.device_put(x[k]) for k in ("features", "mask", "lengths", "video_labels",
@@ -109,13 +110,13 @@ def breakdown(batch: int, length: int, dim: int, classes: int, repeats: int,
   c.loss.propagation_method = method
   c.model.compute_dtype = compute_dtype
   c.model.dropout_rng = dropout_rng
-  model = train.make_model(c, dim, classes)
-  optimizer = train.make_optimizer(c)
-  state = train.init_state(c, model, optimizer, dim)
+  model = state_lib.make_model(c, dim, classes)
+  optimizer = state_lib.make_optimizer(c)
+  state = state_lib.init_state(c, model, optimizer, dim)
   x = loss_throughput.make_inputs(batch, length, dim, classes)
   b = {k: jax.device_put(x[k]) for k in ("features", "mask", "lengths", "video_labels",
                                          "segment_labels", "num_labeled")}
-  kwargs = losses.loss_config_kwargs(c.loss)
+  kwargs = c.loss.to_dict()
   key = jax.random.key(0, impl=dropout_rng)
   apply = lambda p: model.apply({"params": p}, b["features"], b["mask"], deterministic=False,
                                 rngs={"dropout": key})
@@ -182,12 +183,12 @@ def measure_loop(feed: str, batch: int, dim: int, classes: int, steps: int,
   c.model.compute_dtype = compute_dtype
   ds, labels = synthetic_train_set(num_videos, dim, classes)
   loader = batching.TrainLoader(ds, labels, batch_size=batch, max_length=c.train.max_length,
-                                buckets=c.train.length_buckets, seed=0)
-  model = train.make_model(c, dim, classes)
-  optimizer = train.make_optimizer(c)
-  state = train.init_state(c, model, optimizer, dim)
+                                buckets=c.train.length_buckets, seed=0, crop_mode="uniform")
+  model = state_lib.make_model(c, dim, classes)
+  optimizer = state_lib.make_optimizer(c)
+  state = state_lib.init_state(c, model, optimizer, dim)
   on_device = feed == "device"
-  step_fn = train.make_train_step(c, model, optimizer, device_data=on_device)
+  step_fn = train.make_train_step(c, model, optimizer, on_device=on_device)
   if on_device:
     host_bank = device_data.build_bank(ds, labels)
     bank, offsets = (jax.device_put(host_bank.arrays()),), host_bank.offsets

@@ -18,10 +18,12 @@ import os
 import ml_collections
 import numpy as np
 import pandas as pd
+from absl import logging
 
 from jaxseg import config as config_lib
 from jaxseg import provenance
 from jaxseg import train
+from jaxseg.data import io
 
 # (name, use_segment, use_sphere, use_propagation) in the column order of Table 1.
 COMBINATIONS = tuple(
@@ -63,7 +65,7 @@ def run_ablation(config: ml_collections.ConfigDict, workdir: str, *,
     c = run_config(config, mode, combo, seed_index)
     done = os.path.join(run_dir, "results.json")
     if not os.path.exists(done) or overwrite:
-      print(f"[{i + 1}/{len(cells)}] {mode} {combo[0]} seed {seed_index}", flush=True)
+      logging.info("[%d/%d] %s %s seed %d", i + 1, len(cells), mode, combo[0], seed_index)
       train.train_and_evaluate(c, run_dir, overwrite=overwrite)
     with open(done) as f:
       res = json.load(f)
@@ -72,9 +74,8 @@ def run_ablation(config: ml_collections.ConfigDict, workdir: str, *,
       rows.append({"label_mode": mode, "losses": combo[0], "seed": seed_index,
                    "checkpoint": which, **res[which], **prov})
   df = pd.DataFrame(rows)
-  train.atomic_write_text(os.path.join(workdir, "ablation.csv"), df.round(4).to_csv(index=False))
-  train.atomic_write_text(os.path.join(workdir, "ablation.md"), ablation_markdown(df, config))
-  print(ablation_markdown(df, config))
+  io.atomic_write_text(os.path.join(workdir, "ablation.csv"), df.round(4).to_csv(index=False))
+  io.atomic_write_text(os.path.join(workdir, "ablation.md"), ablation_markdown(df, config))
   return df
 
 

@@ -11,14 +11,31 @@ import math
 
 import ml_collections
 
+# The choices of every enumerated field, defined here only. Library functions
+# dispatch on these values; ``validate`` is the one place that checks them.
 LABEL_MODES = ("one-segment", "two-segment", "video-level", "full", "points")
 DATASET_FORMATS = ("synthetic", "activitynet", "wtalc")
-PROP_METHODS = ("naive", "dense", "factorized", "fused")
-TOPK_MODES = ("labeled", "fixed")
-PROTOCOLS = ("activitynet", "wtalc")
-DEVICE_DATA_MODES = ("auto", "on", "off")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 DROPOUT_RNGS = ("threefry2x32", "rbg")
+TOPK_MODES = ("labeled", "fixed")
+PROPAGATION_METHODS = ("naive", "dense", "factorized", "fused")
+CLASSIFICATION_NORMALIZATIONS = ("classes", "labels")
+PROPAGATION_SIMILARITIES = ("dot", "cosine")
+PROPAGATION_NORMALIZATIONS = ("none", "pairs")
+SCHEDULES = ("constant", "cosine")
+CROP_MODES = ("uniform", "crop")
+DEVICE_DATA_MODES = ("auto", "on", "off")
+SCORE_SOURCES = ("average", "classification")
+CONTRAST_ON = ("raw", "normalized")
+CLASS_SCORES = ("s_a", "p_a")
+PROTOCOLS = ("activitynet", "wtalc")
+
+# Detection thresholds and the averages papers report (THUMOS14: Table 2 of the
+# paper; ActivityNet: Tables 3-4).
+THUMOS14_TIOU = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+ACTIVITYNET_TIOU = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
+THUMOS14_AVERAGES = (("avg0.1:0.5", 0.1, 0.5), ("avg0.1:0.7", 0.1, 0.7))
+ACTIVITYNET_AVERAGES = (("avg0.5:0.95", 0.5, 0.95),)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -87,7 +104,7 @@ def base_config() -> ml_collections.ConfigDict:
   # top-k for eq. 2: "labeled": r = 2 Q (paper 5.1); "fixed": r = topk_ratio.
   lo.topk_mode = "labeled"
   lo.topk_ratio = 8.0
-  lo.propagation_method = "fused"  # one of PROP_METHODS (equal values; "fused" is fastest)
+  lo.propagation_method = "fused"  # one of PROPAGATION_METHODS (equal values; "fused" is fastest)
   # Whether the propagation loss back-propagates into f through S (eq. 13).
   lo.propagation_grad_through_similarity = False
   # Eq. 4 scale: "classes" (1/N, as printed) or "labels" (y / sum y, W-TALC's loss).
@@ -150,9 +167,9 @@ def base_config() -> ml_collections.ConfigDict:
   # ----------------------------------------------------------- evaluation
   c.eval = e = ml_collections.ConfigDict()
   e.protocol = "activitynet"  # or "wtalc" (non-interpolated, first match)
-  e.tiou_thresholds = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+  e.tiou_thresholds = THUMOS14_TIOU
   # Averages reported: name -> (low, high) inclusive range of thresholds.
-  e.averages = (("avg0.1:0.5", 0.1, 0.5), ("avg0.1:0.7", 0.1, 0.7))
+  e.averages = THUMOS14_AVERAGES
   e.num_plot_videos = 0  # --mode eval writes CAS timelines for this many videos
 
   # --------------------------------------------------------------- ablation
@@ -183,14 +200,42 @@ def _check(ok: bool, field: str, message: str) -> None:
     raise ConfigError(f"config.{field}: {message}")
 
 
+def _choice(c: ml_collections.ConfigDict, field: str, choices: tuple) -> None:
+  value = require(c, field)
+  _check(value in choices, field, f"{value!r} is not one of {choices}")
+
+
+def require(c, field: str, *, where: str = "config"):
+  """The value of the dotted ``field`` of config ``c`` (or of one of its sections).
+
+  Args:
+    c: a config, a section of one (``config.inference``) or a mapping.
+    field: dotted name inside ``c``, e.g. ``"loss.margin"`` or ``"nms_iou"``.
+    where: what ``c`` is, for the message (``"config.inference"``).
+
+  Library functions read the fields they need through this, so that a config
+  missing one fails naming it instead of running some other default.
+
+  Raises:
+    ConfigError: ``<where>.<field>: missing``.
+  """
+  node = c
+  for name in field.split("."):
+    try:
+      node = node[name]
+    except (KeyError, AttributeError, TypeError):
+      raise ConfigError(f"{where}.{field}: missing (every field is listed in "
+                        "jaxseg/config.py base_config)") from None
+  return node
+
+
 def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1) -> None:
   """Rejects a bad configuration before anything is loaded or compiled.
 
   Raises:
     ConfigError: naming the first offending field.
   """
-  _check(c.data.format in DATASET_FORMATS, "data.format",
-         f"{c.data.format!r} is not one of {DATASET_FORMATS}")
+  _choice(c, "data.format", DATASET_FORMATS)
   if c.data.format == "activitynet":
     _check(bool(c.data.annotation_path), "data.annotation_path",
            "is required with data.format='activitynet'")
@@ -199,16 +244,13 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1) -> None:
   if c.data.format == "wtalc":
     _check(bool(c.data.wtalc_dir), "data.wtalc_dir", "is required with data.format='wtalc'")
   _check(c.data.feature_rate > 0, "data.feature_rate", "must be > 0")
-  _check(c.labels.mode in LABEL_MODES, "labels.mode",
-         f"{c.labels.mode!r} is not one of {LABEL_MODES}")
+  _choice(c, "labels.mode", LABEL_MODES)
   if c.labels.mode == "points":
     _check(bool(c.labels.points_csv), "labels.points_csv", "is required with labels.mode='points'")
     _check(bool(c.labels.fps_json), "labels.fps_json", "is required with labels.mode='points'")
   _check(0.0 <= c.model.dropout_rate < 1.0, "model.dropout_rate", "must be in [0, 1)")
-  _check(c.model.compute_dtype in COMPUTE_DTYPES, "model.compute_dtype",
-         f"{c.model.compute_dtype!r} is not one of {COMPUTE_DTYPES}")
-  _check(c.model.dropout_rng in DROPOUT_RNGS, "model.dropout_rng",
-         f"{c.model.dropout_rng!r} is not one of {DROPOUT_RNGS}")
+  _choice(c, "model.compute_dtype", COMPUTE_DTYPES)
+  _choice(c, "model.dropout_rng", DROPOUT_RNGS)
   _check(c.model.embed_dim == -1 or c.model.embed_dim > 0, "model.embed_dim",
          "must be > 0, or -1 for the feature dimension")
   for name in ("alpha", "beta", "gamma"):
@@ -216,20 +258,13 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1) -> None:
     _check(0 <= v < math.inf, f"loss.{name}", f"loss weights must be finite and >= 0, got {v}")
   _check(int(c.loss.margin) == c.loss.margin and c.loss.margin >= 1, "loss.margin",
          f"the SphereFace margin m must be an integer >= 1, got {c.loss.margin}")
-  _check(c.loss.topk_mode in TOPK_MODES, "loss.topk_mode",
-         f"{c.loss.topk_mode!r} is not one of {TOPK_MODES}")
+  _choice(c, "loss.topk_mode", TOPK_MODES)
   _check(c.loss.topk_ratio >= 1, "loss.topk_ratio",
          f"the top-k ratio r must be >= 1, got {c.loss.topk_ratio}")
-  _check(c.loss.propagation_method in PROP_METHODS, "loss.propagation_method",
-         f"{c.loss.propagation_method!r} is not one of {PROP_METHODS}")
-  _check(c.loss.classification_normalization in ("classes", "labels"),
-         "loss.classification_normalization",
-         f"{c.loss.classification_normalization!r} is not 'classes' or 'labels'")
-  _check(c.loss.propagation_similarity in ("dot", "cosine"), "loss.propagation_similarity",
-         f"{c.loss.propagation_similarity!r} is not 'dot' or 'cosine'")
-  _check(c.loss.propagation_normalization in ("none", "pairs"),
-         "loss.propagation_normalization",
-         f"{c.loss.propagation_normalization!r} is not 'none' or 'pairs'")
+  _choice(c, "loss.propagation_method", PROPAGATION_METHODS)
+  _choice(c, "loss.classification_normalization", CLASSIFICATION_NORMALIZATIONS)
+  _choice(c, "loss.propagation_similarity", PROPAGATION_SIMILARITIES)
+  _choice(c, "loss.propagation_normalization", PROPAGATION_NORMALIZATIONS)
   _check(c.loss.use_classification or c.loss.use_segment or c.loss.use_sphere
          or c.loss.use_propagation, "loss", "at least one loss term must be on")
   t = c.train
@@ -241,13 +276,10 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1) -> None:
   _check(t.num_steps >= 1, "train.num_steps", "must be >= 1")
   _check(0 < t.learning_rate < math.inf, "train.learning_rate", "must be finite and > 0")
   _check(t.weight_decay >= 0, "train.weight_decay", "must be >= 0")
-  _check(t.schedule in ("constant", "cosine"), "train.schedule",
-         f"{t.schedule!r} is not 'constant' or 'cosine'")
+  _choice(c, "train.schedule", SCHEDULES)
   _check(t.max_length >= 1, "train.max_length", "must be >= 1")
-  _check(t.crop_mode in ("uniform", "crop"), "train.crop_mode",
-         f"{t.crop_mode!r} is not 'uniform' or 'crop'")
-  _check(t.device_data in DEVICE_DATA_MODES, "train.device_data",
-         f"{t.device_data!r} is not one of {DEVICE_DATA_MODES}")
+  _choice(c, "train.crop_mode", CROP_MODES)
+  _choice(c, "train.device_data", DEVICE_DATA_MODES)
   _check(len(t.length_buckets) > 0 and all(b > 0 for b in t.length_buckets),
          "train.length_buckets", "must be a non-empty list of positive lengths")
   for name in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
@@ -255,20 +287,16 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1) -> None:
   _check(0.0 <= t.validation_fraction < 1.0, "train.validation_fraction", "must be in [0, 1)")
   i = c.inference
   _check(i.batch_size >= 1, "inference.batch_size", "must be >= 1")
-  _check(i.score_source in ("average", "classification"), "inference.score_source",
-         f"{i.score_source!r} is not 'average' or 'classification'")
-  _check(i.contrast_on in ("raw", "normalized"), "inference.contrast_on",
-         f"{i.contrast_on!r} is not 'raw' or 'normalized'")
-  _check(i.class_score in ("s_a", "p_a"), "inference.class_score",
-         f"{i.class_score!r} is not 's_a' or 'p_a'")
+  _choice(c, "inference.score_source", SCORE_SOURCES)
+  _choice(c, "inference.contrast_on", CONTRAST_ON)
+  _choice(c, "inference.class_score", CLASS_SCORES)
   _check(len(i.cas_thresholds) > 0 and all(0.0 <= x <= 1.0 for x in i.cas_thresholds),
          "inference.cas_thresholds", "must be a non-empty list of values in [0, 1]")
   _check(0.0 <= i.nms_iou <= 1.0, "inference.nms_iou", "must be in [0, 1]")
   _check(i.outer_scale >= 0, "inference.outer_scale", "must be >= 0")
   _check(i.max_proposals_per_video >= 1, "inference.max_proposals_per_video", "must be >= 1")
   _check(0.0 <= i.class_top_ratio <= 1.0, "inference.class_top_ratio", "must be in [0, 1]")
-  _check(c.eval.protocol in PROTOCOLS, "eval.protocol",
-         f"{c.eval.protocol!r} is not one of {PROTOCOLS}")
+  _choice(c, "eval.protocol", PROTOCOLS)
   _check(len(c.eval.tiou_thresholds) > 0
          and all(0.0 < x <= 1.0 for x in c.eval.tiou_thresholds),
          "eval.tiou_thresholds", "must be a non-empty list of values in (0, 1]")

@@ -1,152 +1,178 @@
-"""Command line: detection mAP of an ActivityNet-format results file.
+"""Evaluation of a model on a split, and the reports of a run.
 
-Usage::
-
-  python -m jaxseg.evaluate --ground-truth GT.json --predictions PRED.json \\
-      [--subset test] [--tiou 0.1:0.7:0.1] [--protocol activitynet|wtalc] \\
-      [--feature-rate 1.5625] [--ambiguous AMB.json] [--per-class] \\
-      [--output results.csv]
-
-Prints mAP (%) per tIoU threshold and the averages papers report (THUMOS14:
-0.1-0.5 and 0.1-0.7; ActivityNet: 0.5-0.95; see
-:func:`jaxseg.evaluation.default_averages`), labeled with the protocol. With
-``--output``, writes the per-class table (percent, with the averages and the
-protocol as columns) atomically. A missing or malformed file prints one line
-``error: <file>: ...`` on stderr and exits with status 2.
+:func:`evaluate_params` runs inference (:mod:`jaxseg.inference`) and scores
+it (:mod:`jaxseg.metrics`); :func:`evaluate_and_report` does that for the
+final and the selected checkpoint on the test split and :func:`write_results`
+writes ``detections.json``, ``results.csv``, ``results.md`` and
+``results.json``; :func:`evaluate_workdir` is ``--mode eval``.
 """
 
 from __future__ import annotations
 
-import argparse
+import functools
 import json
 import os
-import sys
-import tempfile
-from typing import Sequence
+from typing import Callable
 
-from jaxseg import evaluation
-from jaxseg.data.video import I3D_FEATURE_RATE
+import jax
+import numpy as np
+import pandas as pd
+from absl import logging
 
-EXIT_ERROR = 2
+from jaxseg import inference
+from jaxseg import metrics
+from jaxseg import provenance
+from jaxseg import workdir as workdir_lib
+from jaxseg.data import batching
+from jaxseg.data import io
+from jaxseg.data.video import Dataset
 
-
-class _Error(Exception):
-  """A one-line user error."""
-
-
-def _load_json(path: str):
-  try:
-    with open(path, "r", encoding="utf-8") as f:
-      return json.load(f)
-  except FileNotFoundError:
-    raise _Error(f"{path}: no such file") from None
-  except IsADirectoryError:
-    raise _Error(f"{path}: is a directory") from None
-  except PermissionError:
-    raise _Error(f"{path}: permission denied") from None
-  except UnicodeDecodeError as e:
-    raise _Error(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-  except json.JSONDecodeError as e:
-    raise _Error(f"{path}: invalid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
-  except OSError as e:
-    raise _Error(f"{path}: cannot read: {e.strerror or e}") from None
+def make_apply_fn(model) -> Callable:
+  """Jitted deterministic forward pass ``(variables, features, mask) -> outputs``."""
+  return jax.jit(functools.partial(model.apply, deterministic=True))
 
 
-def write_csv_atomic(df, path: str) -> None:
-  """Writes ``df.to_csv()`` to ``path`` via a temporary file and ``os.replace``."""
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".csv", dir=directory)
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-      f.write(df.to_csv())
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    try:
-      os.unlink(tmp)
-    except OSError:
-      pass
-    raise
+def evaluate_params(config, model, params, split: Dataset, *, apply_fn=None,
+                    with_cas: bool = False) -> dict:
+  """Detections and metrics of ``params`` on ``split``.
+
+  Returns:
+    dict with ``predictions`` (ActivityNet results dict, see
+    :func:`jaxseg.inference.predict`), ``table`` (per-class detection AP
+    DataFrame of :func:`jaxseg.metrics.detection_map`) and ``summary`` (mAP per
+    threshold, the ``config.eval.averages`` and ``cls_mAP``, in percent).
+  """
+  apply_fn = apply_fn or make_apply_fn(model)
+  batches = batching.eval_batches(split, batch_size=config.inference.batch_size,
+                                  buckets=config.train.length_buckets)
+  pred = inference.predict(
+      apply_fn, {"params": params}, batches,
+      videos={v.video_id: v for v in split.videos}, class_names=split.class_names,
+      config_inference=config.inference, topk_ratio=config.loss.topk_ratio,
+      return_cas=with_cas)
+  table = metrics.detection_map(split.ground_truth(), pred,
+                                tuple(config.eval.tiou_thresholds),
+                                protocol=config.eval.protocol,
+                                class_names=split.class_names,
+                                feature_rate=config.data.feature_rate)
+  summary = metrics.summarize(table, config.eval.averages, lenient=True).iloc[0].to_dict()
+  ids = [v.video_id for v in split.videos]
+  y = np.stack([v.video_labels(split.num_classes) for v in split.videos])
+  scores = np.stack([np.asarray(pred["p_a"][i]) for i in ids])
+  summary["cls_mAP"] = 100.0 * metrics.classification_map(y, scores)
+  return {"predictions": pred, "table": table, "summary": summary}
 
 
-def build_parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(
-      prog="python -m jaxseg.evaluate",
-      description="Detection mAP at temporal IoU of ActivityNet-format predictions.")
-  p.add_argument("--ground-truth", required=True, metavar="GT.json",
-                 help='ActivityNet-format ground truth {"database": {...}}')
-  p.add_argument("--predictions", required=True, metavar="PRED.json",
-                 help='ActivityNet-format results {"results": {vid: [...]}}')
-  p.add_argument("--subset", default=None,
-                 help="keep the ground-truth videos of this subset (default: all)")
-  p.add_argument("--tiou", default="0.1:0.7:0.1",
-                 help='thresholds, "start:stop:step" (stop inclusive) or "0.3,0.5" '
-                      "(default: THUMOS14 0.1:0.7:0.1; ActivityNet: 0.5:0.95:0.05)")
-  p.add_argument("--protocol", choices=evaluation.PROTOCOLS, default="activitynet",
-                 help="activitynet (official eval_detection.py) or wtalc (W-TALC "
-                      "getDetectionMAP: non-interpolated AP, first match, segment-index IoU)")
-  p.add_argument("--feature-rate", type=float, default=I3D_FEATURE_RATE,
-                 help="wtalc only: segments per second for the index IoU "
-                      "(default 25/16, I3D; UntrimmedNet: 2.5)")
-  p.add_argument("--ambiguous", default=None, metavar="AMB.json",
-                 help="wtalc only: extra ambiguous intervals {vid: [[start, end], ...]}")
-  p.add_argument("--per-class", action="store_true", help="also print the AP of each class")
-  p.add_argument("--output", default=None, metavar="results.csv",
-                 help="write the per-class table (percent) and averages to this CSV")
-  return p
+def selection_score(summary: dict) -> float:
+  """The validation number checkpoints are selected by: the mean mAP over thresholds."""
+  vals = [v for k, v in summary.items() if k.startswith("mAP@")]
+  return float(np.mean(vals))
 
 
-def run(args: argparse.Namespace) -> int:
-  """Evaluates and prints; raises ``_Error`` on a user error."""
-  try:
-    thresholds = evaluation.parse_tiou(args.tiou)
-  except ValueError as e:
-    raise _Error(f"--tiou: {e}") from None
-  if args.protocol != "wtalc":
-    if args.ambiguous is not None:
-      raise _Error("--ambiguous applies to --protocol wtalc only")
-  gt = _load_json(args.ground_truth)
-  pred = _load_json(args.predictions)
-  amb = _load_json(args.ambiguous) if args.ambiguous is not None else None
-  try:
-    df = evaluation._detection_map(  # pylint: disable=protected-access
-        gt, pred, thresholds, args.subset, protocol=args.protocol, class_names=None,
-        feature_rate=args.feature_rate, ambiguous=amb, gt_source=args.ground_truth,
-        pred_source=args.predictions, ambiguous_source=args.ambiguous or "ambiguous")
-  except ValueError as e:
-    raise _Error(str(e).replace("\n", " ")) from None
+def evaluate_and_report(config, workdir: str, model, data: workdir_lib.RunData, state,
+                        best_mngr, *, apply_fn=None) -> dict:
+  """Evaluates the final and the selected checkpoint on test and writes the results.
 
-  summary = evaluation.summary_table(df)
-  a = df.attrs
-  print(f"Detection mAP (%), {evaluation.PROTOCOL_LABELS[args.protocol]}")
-  print(f"{a['num_videos']} ground-truth videos"
-        + (f" (subset {args.subset})" if args.subset is not None else "")
-        + f", {len(df) - 1} classes, {a['num_instances']} instances, "
-        f"{a['num_predictions']} predictions evaluated")
-  if args.per_class:
-    table = evaluation.results_table(df).drop(columns="protocol").round(1)
-    print(table.to_string())
-    print()
-  print(summary.to_string())
-  if args.output:
-    try:
-      write_csv_atomic(evaluation.results_table(df), args.output)
-    except OSError as e:
-      raise _Error(f"{args.output}: cannot write: {e.strerror or e}") from None
-    print(f"wrote {args.output}")
-  return 0
+  Returns:
+    ``{"final": summary, "selected": summary, "selected_step": int}``.
+  """
+  apply_fn = apply_fn or make_apply_fn(model)  # one compile per bucket for both
+  final = evaluate_params(config, model, state.params, data.test, apply_fn=apply_fn)
+  selected_step = int(state.step)
+  selected = final
+  best_step = best_mngr.best_step()
+  if best_step is not None and int(best_step) != selected_step:
+    best_state = workdir_lib.restore(best_mngr, int(best_step), state)
+    selected = evaluate_params(config, model, best_state.params, data.test,
+                               apply_fn=apply_fn)
+    selected_step = int(best_step)
+  write_results(config, workdir, data, final, selected, int(state.step), selected_step)
+  return {"final": final["summary"], "selected": selected["summary"],
+          "selected_step": selected_step}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  """Runs the CLI; returns the exit status (0, or 2 on a user error)."""
-  args = build_parser().parse_args(argv)
-  try:
-    return run(args)
-  except _Error as e:
-    print(f"error: {e}", file=sys.stderr)
-    return EXIT_ERROR
+def write_results(config, workdir: str, data: workdir_lib.RunData, final: dict,
+                  selected: dict, final_step: int, selected_step: int) -> None:
+  """Writes detections, ``results.csv``, ``results.md`` and ``results.json``."""
+  if not workdir_lib.is_main_process():
+    return
+  prov = provenance.collect(config, data.dataset, data.segment_labels, workdir)
+  inference.write_detections(os.path.join(workdir, "detections.json"), final["predictions"],
+                             provenance={**prov, "checkpoint": "final", "step": final_step})
+  inference.write_detections(os.path.join(workdir, "detections_selected.json"),
+                             selected["predictions"],
+                             provenance={**prov, "checkpoint": "selected",
+                                         "step": selected_step})
+  rows = pd.DataFrame(
+      [{"checkpoint": "final", "step": final_step, **final["summary"]},
+       {"checkpoint": "selected", "step": selected_step, **selected["summary"]}]
+  ).set_index("checkpoint")
+  table = rows.copy()  # the metrics alone, for the markdown and the log
+  for key, value in provenance.flat_columns(prov).items():
+    rows[key] = value
+  protocol = metrics.PROTOCOL_LABELS[config.eval.protocol]
+  io.atomic_write_text(os.path.join(workdir, "results.csv"), rows.round(4).to_csv())
+  io.atomic_write_text(os.path.join(workdir, "results.md"),
+                       results_markdown(config, data, table, prov))
+  io.atomic_write_text(os.path.join(workdir, "results.json"), json.dumps(
+      {"final": {"step": final_step, **final["summary"]},
+       "selected": {"step": selected_step, **selected["summary"]},
+       "per_class_ap_final": final["table"].rename(columns=lambda c: f"{float(c):g}")
+       .to_dict(orient="index"),
+       "provenance": prov}, indent=2, sort_keys=True) + "\n")
+  logging.info("Results on %s (%s), written to %s/results.md", config.data.test_subset,
+               protocol, workdir)
 
 
-if __name__ == "__main__":
-  sys.exit(main())
+def results_markdown(config, data: workdir_lib.RunData, table: pd.DataFrame,
+                     prov: dict) -> str:
+  """``results.md``: the metrics table of both checkpoints and the provenance."""
+  protocol = metrics.PROTOCOL_LABELS[config.eval.protocol]
+  md = [f"# Results on `{config.data.test_subset}` ({len(data.test.videos)} videos)", "",
+        f"Detection mAP (%) at temporal IoU, {protocol}; classification mAP (%) "
+        "from the video-level scores. `selected` is the checkpoint with the best mean "
+        "mAP on the validation split held out of the training videos "
+        "(the test split is never looked at for selection).", "",
+        table.round(2).to_markdown(), "",
+        "## Provenance", "", "```json", json.dumps(prov, indent=2, sort_keys=True), "```", ""]
+  return "\n".join(md)
+
+
+def evaluate_workdir(config, workdir: str) -> dict:
+  """``--mode eval``: re-evaluates the final and selected checkpoints of a run.
+
+  Reads the run with :func:`jaxseg.workdir.load_run` (which writes nothing)
+  and rewrites only the reports: ``detections.json``,
+  ``detections_selected.json``, ``results.csv``, ``results.md``,
+  ``results.json``; with ``config.eval.num_plot_videos > 0`` also the CAS
+  timelines of that many test videos in ``workdir/plots/``.
+  """
+  run = workdir_lib.load_run(config, workdir, which="final")
+  _, best_mngr = workdir_lib.checkpoint_managers(workdir, config, read_only=True)
+  apply_fn = make_apply_fn(run.model)
+  out = evaluate_and_report(config, workdir, run.model, run.data, run.state, best_mngr,
+                            apply_fn=apply_fn)
+  if config.eval.num_plot_videos > 0 and workdir_lib.is_main_process():
+    write_timelines(run, os.path.join(workdir, "plots"), config.eval.num_plot_videos,
+                    apply_fn=apply_fn)
+  return out
+
+
+def write_timelines(run: workdir_lib.LoadedRun, out_dir: str, num_videos: int, *,
+                    apply_fn=None) -> list[str]:
+  """CAS timelines (paper Fig. 4/6) of the first ``num_videos`` test videos."""
+  from jaxseg import plots  # pylint: disable=g-import-not-at-top
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  videos = run.data.test.videos[:num_videos]
+  sub = Dataset(run.data.test.class_names, videos)
+  res = evaluate_params(run.config, run.model, run.state.params, sub, with_cas=True,
+                        apply_fn=apply_fn)
+  paths = []
+  for v in videos:
+    cas = res["predictions"]["cas"][v.video_id]
+    path = os.path.join(out_dir, f"{v.video_id}.png")
+    fig = plots.plot_cas_timeline(v, sub.class_names, cas_cls=cas["cas_cls"],
+                                  cas_loc=cas["cas_loc"], path=path)
+    plt.close(fig)
+    paths.append(path)
+  return paths

@@ -25,7 +25,6 @@ import functools
 import json
 import math
 import os
-import tempfile
 from typing import Any, Callable, Collection, Iterable, Mapping, Sequence
 
 import jax
@@ -33,6 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxseg import losses
+from jaxseg.config import CLASS_SCORES, CONTRAST_ON, SCORE_SOURCES, require
+from jaxseg.data import io
 from jaxseg.data.video import DataError
 
 # ActivityNet result-file header.
@@ -76,12 +77,9 @@ def inference_topk(lengths: np.ndarray, ratio: float) -> np.ndarray:
   return np.minimum(k, np.maximum(lengths, 1)).astype(np.int32)
 
 
-SCORE_SOURCES = ("average", "classification")
-
-
 @functools.partial(jax.jit, static_argnames=("score_source",))
 def video_scores(cas_cls: jax.Array, cas_loc: jax.Array, mask: jax.Array,
-                 k: jax.Array, *, score_source: str = "average") -> dict[str, jax.Array]:
+                 k: jax.Array, *, score_source: str) -> dict[str, jax.Array]:
   """Final CAS and video-level scores of a padded batch (paper 4.7, eq. 2-3).
 
   Args:
@@ -159,7 +157,7 @@ def temporal_nms(segments: np.ndarray, scores: np.ndarray,
 
 
 def select_classes(s_a: np.ndarray, p_a: np.ndarray, *, class_threshold: float,
-                   class_top_ratio: float = 0.0) -> np.ndarray:
+                   class_top_ratio: float) -> np.ndarray:
   """Classes to localize in one video (paper 4.7).
 
   A class is kept when ``s_a > class_threshold`` and, if
@@ -235,16 +233,9 @@ def _oic_scores(cas: np.ndarray, t0: np.ndarray, t1: np.ndarray,
   return inner - outer
 
 
-_MISSING = object()
-
-
-def _get(config: Any, name: str, default: Any = _MISSING) -> Any:
-  try:
-    return config[name] if isinstance(config, Mapping) else getattr(config, name)
-  except (KeyError, AttributeError):
-    if default is not _MISSING:
-      return default
-    raise ValueError(f"inference config: missing field {name!r}") from None
+def _field(config: Any, name: str) -> Any:
+  """``config.inference.<name>``; a missing field raises ``ConfigError`` naming it."""
+  return require(config, name, where="config.inference")
 
 
 def generate_proposals(cas_a: np.ndarray, s_a: np.ndarray, p_a: np.ndarray, *,
@@ -304,25 +295,25 @@ def generate_proposals(cas_a: np.ndarray, s_a: np.ndarray, p_a: np.ndarray, *,
   if num_t == 0 or num_classes == 0:
     return []
 
-  thresholds = np.asarray(tuple(_get(config, "cas_thresholds")), np.float64).reshape(-1)
+  thresholds = np.asarray(tuple(_field(config, "cas_thresholds")), np.float64).reshape(-1)
   if thresholds.size == 0:
     raise ValueError("inference config: cas_thresholds is empty")
-  outer_scale = float(_get(config, "outer_scale"))
-  weight = float(_get(config, "class_score_weight"))
-  nms_iou = float(_get(config, "nms_iou"))
-  max_props = int(_get(config, "max_proposals_per_video"))
-  contrast_on = str(_get(config, "contrast_on", "raw"))
-  if contrast_on not in ("raw", "normalized"):
-    raise ValueError(f"inference config: contrast_on must be 'raw' or 'normalized', "
+  outer_scale = float(_field(config, "outer_scale"))
+  weight = float(_field(config, "class_score_weight"))
+  nms_iou = float(_field(config, "nms_iou"))
+  max_props = int(_field(config, "max_proposals_per_video"))
+  contrast_on = str(_field(config, "contrast_on"))
+  if contrast_on not in CONTRAST_ON:
+    raise ValueError(f"inference config: contrast_on must be one of {CONTRAST_ON}, "
                      f"got {contrast_on!r}")
-  class_score = str(_get(config, "class_score", "s_a"))
-  if class_score not in ("s_a", "p_a"):
-    raise ValueError(f"inference config: class_score must be 's_a' or 'p_a', "
+  class_score = str(_field(config, "class_score"))
+  if class_score not in CLASS_SCORES:
+    raise ValueError(f"inference config: class_score must be one of {CLASS_SCORES}, "
                      f"got {class_score!r}")
   video_score = s_a if class_score == "s_a" else p_a
 
-  classes = select_classes(s_a, p_a, class_threshold=float(_get(config, "class_threshold")),
-                           class_top_ratio=float(_get(config, "class_top_ratio")))
+  classes = select_classes(s_a, p_a, class_threshold=float(_field(config, "class_threshold")),
+                           class_top_ratio=float(_field(config, "class_top_ratio")))
   cas = cas_a[:, classes].astype(np.float64).T  # (C, T)
   lo = cas.min(axis=1, keepdims=True)
   span = cas.max(axis=1, keepdims=True) - lo
@@ -424,7 +415,7 @@ def predict(apply_fn: Callable[..., Mapping[str, Any]], variables: Any,
     k = inference_topk(np.minimum(lengths, num_t), topk_ratio)
     scores = jax.device_get(video_scores(
         out["cas_cls"], out["cas_loc"], mask, k,
-        score_source=str(_get(config_inference, "score_source", "average"))))
+        score_source=str(_field(config_inference, "score_source"))))
     if want_cas is None or want_cas:
       raw = jax.device_get({"cas_cls": out["cas_cls"], "cas_loc": out["cas_loc"]})
     for i, vid in enumerate(ids):
@@ -501,18 +492,5 @@ def write_detections(path: str | os.PathLike, results: Mapping[str, Any], *,
                                    else external_data)}
   if provenance is not None:
     payload["provenance"] = dict(provenance)
-  path = os.fspath(path)
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(payload, f, allow_nan=False)
-      f.flush()
-      os.fsync(f.fileno())
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  with io.atomic_open(path, "w", make_dirs=True) as f:
+    json.dump(payload, f, allow_nan=False)

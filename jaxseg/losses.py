@@ -21,10 +21,10 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
-Array = jax.Array
+from jaxseg.config import (CLASSIFICATION_NORMALIZATIONS, PROPAGATION_METHODS,
+                           PROPAGATION_NORMALIZATIONS, PROPAGATION_SIMILARITIES, TOPK_MODES)
 
-PROPAGATION_METHODS = ("naive", "dense", "factorized", "fused")
-TOPK_MODES = ("labeled", "fixed")
+Array = jax.Array
 
 
 # ---------------------------------------------------------------- helpers
@@ -61,8 +61,7 @@ def _check_rank(name: str, x: Array, ndim: int) -> None:
 
 
 # ------------------------------------------------------------- top-k (eq. 2)
-def topk_k(lengths: Array, num_labeled: Array, *, mode: str = "labeled",
-           ratio: float = 8.0) -> Array:
+def topk_k(lengths: Array, num_labeled: Array, *, mode: str, ratio: float) -> Array:
   """The per-video ``k`` of eq. 2: ``max(1, floor(l_i / r))``.
 
   Args:
@@ -76,18 +75,18 @@ def topk_k(lengths: Array, num_labeled: Array, *, mode: str = "labeled",
   Returns:
     ``(B,) int32`` ``k``, at least 1 (and at most ``l_i`` when ``r >= 1``).
   """
-  if mode not in TOPK_MODES:
-    raise ValueError(f"topk mode: expected one of {TOPK_MODES}, got {mode!r}")
   if not ratio > 0:
     raise ValueError(f"topk ratio: expected > 0, got {ratio!r}")
   lengths = jnp.asarray(lengths, jnp.int32)
   fixed = jnp.floor(lengths.astype(jnp.float32) / jnp.float32(ratio)).astype(jnp.int32)
   if mode == "fixed":
     k = fixed
-  else:
+  elif mode == "labeled":
     q = jnp.asarray(num_labeled, jnp.int32)
     labeled = lengths // jnp.maximum(2 * q, 1)  # exact integer floor(l / 2Q)
     k = jnp.where(q > 0, labeled, fixed)
+  else:
+    raise ValueError(f"topk mode: expected one of {TOPK_MODES}, got {mode!r}")
   return jnp.maximum(k, 1).astype(jnp.int32)
 
 
@@ -119,11 +118,8 @@ def topk_mean(cas: Array, mask: Array, k: Array) -> Array:
 
 
 # ------------------------------------------------- classification (eq. 2-4)
-CLASSIFICATION_NORMALIZATIONS = ("classes", "labels")
-
-
 def classification_loss(cas: Array, labels: Array, mask: Array, k: Array, *,
-                        normalization: str = "classes") -> Array:
+                        normalization: str) -> Array:
   """Eq. 2-4: ``(1/N) sum_n -y_n log softmax_n(s)``, batch mean.
 
   Args:
@@ -267,7 +263,7 @@ def sphere_psi(cos_theta: Array, margin: int) -> Array:
 
 
 def sphere_loss(features: Array, cas: Array, labels: Array, mask: Array,
-                weight: Array, margin: int = 4) -> Array:
+                weight: Array, *, margin: int) -> Array:
   """Eq. 7-10: the A-Softmax loss of the attention-pooled class features.
 
   ``a`` is eq. 5 of ``cas`` (``C_loc``), ``tau_n`` its median over the real
@@ -292,9 +288,7 @@ def sphere_loss(features: Array, cas: Array, labels: Array, mask: Array,
   """
   _check_rank("features", features, 3)
   _check_rank("cas", cas, 3)
-  margin = int(margin)
-  if margin < 1:
-    raise ValueError(f"sphere margin: expected an integer >= 1, got {margin}")
+  margin = int(margin)  # validated by config.validate (loss.margin)
   n = cas.shape[-1]
   if weight.shape != (n, features.shape[-1]):
     raise ValueError(f"sphere weight: expected shape {(n, features.shape[-1])}, "
@@ -319,19 +313,24 @@ def sphere_loss(features: Array, cas: Array, labels: Array, mask: Array,
 
 
 # ------------------------------------------------------ propagation (eq. 13)
+def _is_cosine(similarity: str) -> bool:
+  if similarity == "cosine":
+    return True
+  if similarity == "dot":
+    return False
+  raise ValueError(f"similarity must be one of {PROPAGATION_SIMILARITIES}, got {similarity!r}")
+
+
 def _similarity_features(f: Array, similarity: str) -> Array:
   """Rows whose Gram matrix is ``S``: ``f`` itself or its unit-norm rows (zero rows stay 0)."""
-  if similarity not in PROPAGATION_SIMILARITIES:
-    raise ValueError(f"similarity must be one of {PROPAGATION_SIMILARITIES}, "
-                     f"got {similarity!r}")
-  if similarity == "dot":
+  if not _is_cosine(similarity):
     return f
   norm, pos = _safe_norm(f, axis=-1)
   return jnp.where(pos[..., None], f / jnp.where(pos, norm, 1.0)[..., None], 0.0)
 
 
 def similarity_matrix(features: Array, mask_or_length: Array | int, *,
-                      similarity: str = "dot") -> Array:
+                      similarity: str) -> Array:
   """``S = f f^T`` (paper 4.2) of one video, zero outside the real steps.
 
   Args:
@@ -456,15 +455,9 @@ def _fused_bwd(cosine, grad_f, res, g):
 _fused_propagation.defvjp(_fused_fwd, _fused_bwd)
 
 
-PROPAGATION_SIMILARITIES = ("dot", "cosine")
-PROPAGATION_NORMALIZATIONS = ("none", "pairs")
-
-
-def propagation_loss(features: Array, cas: Array, mask: Array,
-                     method: str = "fused", *,
-                     grad_through_similarity: bool = False,
-                     similarity: str = "dot",
-                     normalization: str = "none") -> Array:
+def propagation_loss(features: Array, cas: Array, mask: Array, *, method: str,
+                     grad_through_similarity: bool, similarity: str,
+                     normalization: str) -> Array:
   """Eq. 13 summed over classes (eq. 12): ``sum_n sum_ij S_ij (C(i,n) - C(j,n))^2``.
 
   ``S = f f^T`` over the real pairs ``(i, j)`` of each video; batch mean.
@@ -477,7 +470,7 @@ def propagation_loss(features: Array, cas: Array, mask: Array,
       ``d = f (f^T 1)``; cost and memory linear in ``T``; gradient by autodiff,
       which holds ``(B, T, E)`` intermediates (the unit-norm rows and their
       cotangents).
-    * ``"fused"`` (default): the same identity as one product ``f^T W``,
+    * ``"fused"`` (the config's default): the same identity as one product ``f^T W``,
       ``W = [1/||f||, ||c||^2/||f||, c/||f||] (B, T, N + 2)``, with a
       hand-written gradient: reads ``f`` twice forward and twice backward and
       holds no ``(B, T, E)`` intermediate but the masked ``f`` (see
@@ -490,7 +483,7 @@ def propagation_loss(features: Array, cas: Array, mask: Array,
     cas: ``(B, T, N) float`` ``C_loc``.
     mask: ``(B, T) bool``.
     method: ``"naive"``, ``"dense"``, ``"factorized"`` or ``"fused"``.
-    grad_through_similarity: if False (default), ``S`` is a constant
+    grad_through_similarity: if False (the config's default), ``S`` is a constant
       (``stop_gradient`` on ``f``): eq. 12 treats it as the given similarity
       ``W_ij`` of eq. 11, and letting the loss shrink ``f`` collapses it.
     similarity: ``"dot"``: ``S = f f^T`` as printed; ``"cosine"``: rows of
@@ -505,15 +498,6 @@ def propagation_loss(features: Array, cas: Array, mask: Array,
   """
   _check_rank("features", features, 3)
   _check_rank("cas", cas, 3)
-  if similarity not in PROPAGATION_SIMILARITIES:
-    raise ValueError(f"propagation_loss: similarity must be one of "
-                     f"{PROPAGATION_SIMILARITIES}, got {similarity!r}")
-  if normalization not in PROPAGATION_NORMALIZATIONS:
-    raise ValueError(f"propagation_loss: normalization must be one of "
-                     f"{PROPAGATION_NORMALIZATIONS}, got {normalization!r}")
-  if method not in PROPAGATION_METHODS:
-    raise ValueError(f"propagation method: expected one of {PROPAGATION_METHODS}, "
-                     f"got {method!r}")
   c = _masked(cas, mask)
   if method != "naive":
     count = jnp.maximum(jnp.sum(mask, axis=1), 1).astype(c.dtype)
@@ -521,7 +505,7 @@ def propagation_loss(features: Array, cas: Array, mask: Array,
     c = _masked(c - mean[:, None, :], mask)
   if method == "fused":
     f = features if grad_through_similarity else jax.lax.stop_gradient(features)
-    per_video = _fused_propagation(f, c, jnp.asarray(mask, bool), similarity == "cosine",
+    per_video = _fused_propagation(f, c, jnp.asarray(mask, bool), _is_cosine(similarity),
                                    bool(grad_through_similarity))
   else:
     f = _similarity_features(_masked(features, mask), similarity)
@@ -531,44 +515,50 @@ def propagation_loss(features: Array, cas: Array, mask: Array,
   if normalization == "pairs":
     count = jnp.sum(mask, axis=1).astype(per_video.dtype)
     per_video = per_video / jnp.maximum(count, 1.0) ** 2
+  elif normalization != "none":
+    raise ValueError(f"propagation_loss: normalization must be one of "
+                     f"{PROPAGATION_NORMALIZATIONS}, got {normalization!r}")
   return _batch_mean(per_video, mask)
 
 
 # ------------------------------------------------------------- total (eq. 1)
 def total_loss(outputs: Mapping[str, Array], batch: Mapping[str, Any], *,
-               weight: Array | None = None,
-               alpha: float = 0.1, beta: float = 1e-4, gamma: float = 0.02,
-               use_classification: bool = True, use_segment: bool = True,
-               use_sphere: bool = True, use_propagation: bool = True,
-               margin: int = 4, topk_mode: str = "labeled",
-               topk_ratio: float = 8.0, propagation_method: str = "fused",
-               grad_through_similarity: bool = False,
-               classification_normalization: str = "classes",
-               propagation_similarity: str = "dot",
-               propagation_normalization: str = "none",
+               use_classification: bool, use_segment: bool, use_sphere: bool,
+               use_propagation: bool, alpha: float, beta: float, gamma: float,
+               margin: int, topk_mode: str, topk_ratio: float, propagation_method: str,
+               propagation_grad_through_similarity: bool,
+               classification_normalization: str, propagation_similarity: str,
+               propagation_normalization: str, weight: Array | None = None,
                log_disabled_terms: bool = False) -> tuple[Array, dict[str, Array]]:
   """Eq. 1: ``L = L_cls + alpha L_segment + beta L_sphere + gamma L_prop``.
+
+  The keyword arguments but ``weight`` and ``log_disabled_terms`` are the
+  fields of ``config.loss`` under their own names (``jaxseg/config.py`` says
+  what each means and holds their defaults), so the call reads
+  ``total_loss(outputs, batch, weight=w, **config.loss)``; a config missing a
+  field fails naming it.
 
   Args:
     outputs: the :class:`jaxseg.model.SegmentModel` output dict (``features``,
       ``cas_cls``, ``cas_loc``; optionally ``sphere_weight``).
     batch: the batch pytree of ``docs/design.md`` (``mask``, ``lengths``,
       ``video_labels``, ``segment_labels``, ``num_labeled``).
-    weight: ``(N, E)`` sphere weight ``W`` (``params["sphere_weight"]``);
-      defaults to ``outputs["sphere_weight"]``. Needed when the sphere term is
-      computed.
-    alpha, beta, gamma: eq. 1 trade-offs.
     use_classification, use_segment, use_sphere, use_propagation: static
       switches; a switched-off term is not computed and reported as 0, unless
       ``log_disabled_terms`` (then computed under ``stop_gradient``, for
       logging only).
+    alpha, beta, gamma: eq. 1 trade-offs.
     margin: SphereFace ``m`` (static int).
-    topk_mode, topk_ratio: see :func:`topk_k`.
-    propagation_method: see :func:`propagation_loss`.
-    grad_through_similarity: see :func:`propagation_loss`.
-    classification_normalization: see :func:`classification_loss`.
+    topk_mode, topk_ratio: ``mode`` and ``ratio`` of :func:`topk_k`.
+    propagation_method: ``method`` of :func:`propagation_loss`.
+    propagation_grad_through_similarity: ``grad_through_similarity`` of
+      :func:`propagation_loss`.
+    classification_normalization: ``normalization`` of :func:`classification_loss`.
     propagation_similarity, propagation_normalization: ``similarity`` and
       ``normalization`` of :func:`propagation_loss`.
+    weight: ``(N, E)`` sphere weight ``W`` (``params["sphere_weight"]``);
+      defaults to ``outputs["sphere_weight"]``. Needed when the sphere term is
+      computed.
     log_disabled_terms: compute the switched-off terms for logging.
 
   Returns:
@@ -588,10 +578,10 @@ def total_loss(outputs: Mapping[str, Array], batch: Mapping[str, Any], *,
     return zero
 
   def cls():
-    k = topk_k(batch["lengths"], batch["num_labeled"], mode=topk_mode,
-               ratio=topk_ratio)
+    k = topk_k(batch["lengths"], batch["num_labeled"], mode=str(topk_mode),
+               ratio=float(topk_ratio))
     return classification_loss(cas_cls, batch["video_labels"], mask, k,
-                               normalization=classification_normalization)
+                               normalization=str(classification_normalization))
 
   def seg():
     return partial_segment_loss(cas_loc, batch["segment_labels"], mask)
@@ -601,59 +591,24 @@ def total_loss(outputs: Mapping[str, Array], batch: Mapping[str, Any], *,
     if w is None:
       raise ValueError("total_loss: the sphere term needs `weight` "
                        "(params['sphere_weight']) or outputs['sphere_weight']")
-    return sphere_loss(f, cas_loc, batch["video_labels"], mask, w, margin)
+    return sphere_loss(f, cas_loc, batch["video_labels"], mask, w, margin=int(margin))
 
   def prop():
-    return propagation_loss(f, cas_loc, mask, propagation_method,
-                            grad_through_similarity=grad_through_similarity,
-                            similarity=propagation_similarity,
-                            normalization=propagation_normalization)
+    return propagation_loss(
+        f, cas_loc, mask, method=str(propagation_method),
+        grad_through_similarity=bool(propagation_grad_through_similarity),
+        similarity=str(propagation_similarity),
+        normalization=str(propagation_normalization))
 
-  terms = {
-      "classification": term(use_classification, cls),
-      "segment": term(use_segment, seg),
-      "sphere": term(use_sphere, sph),
-      "propagation": term(use_propagation, prop),
-  }
+  switches = {"classification": bool(use_classification), "segment": bool(use_segment),
+              "sphere": bool(use_sphere), "propagation": bool(use_propagation)}
+  terms = {name: term(switches[name], fn)
+           for name, fn in (("classification", cls), ("segment", seg),
+                            ("sphere", sph), ("propagation", prop))}
   total = zero
-  for name, scale, use in (("classification", 1.0, use_classification),
-                           ("segment", alpha, use_segment),
-                           ("sphere", beta, use_sphere),
-                           ("propagation", gamma, use_propagation)):
-    if use:
+  for name, scale in (("classification", 1.0), ("segment", float(alpha)),
+                      ("sphere", float(beta)), ("propagation", float(gamma))):
+    if switches[name]:
       total = total + scale * terms[name]
   terms["total"] = total
   return total, terms
-
-
-def loss_config_kwargs(loss_config: Any) -> dict[str, Any]:
-  """Maps ``config.loss`` (see :mod:`jaxseg.config`) to :func:`total_loss` kwargs."""
-  method = str(loss_config.propagation_method)
-  if method not in PROPAGATION_METHODS:
-    raise ValueError(f"config.loss.propagation_method: expected one of "
-                     f"{PROPAGATION_METHODS}, got {method!r}")
-  mode = str(loss_config.topk_mode)
-  if mode not in TOPK_MODES:
-    raise ValueError(f"config.loss.topk_mode: expected one of {TOPK_MODES}, "
-                     f"got {mode!r}")
-  margin = loss_config.margin
-  if int(margin) != margin or int(margin) < 1:
-    raise ValueError(f"config.loss.margin: expected an integer >= 1, got {margin!r}")
-  return dict(
-      alpha=float(loss_config.alpha),
-      beta=float(loss_config.beta),
-      gamma=float(loss_config.gamma),
-      use_classification=bool(loss_config.use_classification),
-      use_segment=bool(loss_config.use_segment),
-      use_sphere=bool(loss_config.use_sphere),
-      use_propagation=bool(loss_config.use_propagation),
-      margin=int(margin),
-      topk_mode=mode,
-      topk_ratio=float(loss_config.topk_ratio),
-      propagation_method=method,
-      grad_through_similarity=bool(
-          loss_config.propagation_grad_through_similarity),
-      classification_normalization=str(loss_config.classification_normalization),
-      propagation_similarity=str(loss_config.propagation_similarity),
-      propagation_normalization=str(loss_config.propagation_normalization),
-  )

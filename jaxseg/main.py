@@ -2,6 +2,7 @@
 
   python -m jaxseg.main --config configs/synthetic.py --workdir runs/synthetic
   python -m jaxseg.main --config configs/synthetic.py --workdir runs/synthetic --mode eval
+  python -m jaxseg.main --config configs/synthetic.py --workdir runs/synthetic --mode data
   python -m jaxseg.main --config configs/synthetic.py --workdir runs/ablation --mode ablate
   python -m jaxseg.main --config configs/thumos14_i3d.py --workdir runs/t14 \\
       --config.data.annotation_path=gt.json --config.data.features_dir=features \\
@@ -10,6 +11,7 @@
 
 from __future__ import annotations
 
+import logging as std_logging
 import sys
 
 from absl import app
@@ -35,31 +37,61 @@ _SEEDS = flags.DEFINE_integer(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+class _OrbaxWarningsOnly(std_logging.Filter):
+  """Keeps the console for the run's own lines.
+
+  Orbax logs every checkpoint step at INFO, and warns that a manager opened to
+  read a run back (``workdir.load_run``) is read-only, which is the point.
+  """
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    if "orbax" not in record.pathname:
+      return True
+    return (record.levelno >= std_logging.WARNING
+            and "read_only" not in record.getMessage()
+            and "read only" not in record.getMessage())
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   # Imported here so that `--help` is fast and JAX starts after flag parsing.
-  from jaxseg import train  # pylint: disable=g-import-not-at-top
-  from jaxseg.data.video import DataError  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from jaxseg import ablation
+  from jaxseg import evaluate
+  from jaxseg import train
+  from jaxseg import workdir as workdir_lib
+  from jaxseg.config import ConfigError
+  from jaxseg.data.video import DataError
+  # pylint: enable=g-import-not-at-top
 
-  # Orbax logs every checkpoint step at INFO; keep the console for progress and results.
-  logging.set_verbosity(logging.WARNING)
+  logging.set_verbosity(logging.INFO)  # progress and results go through absl logging
+  logging.get_absl_handler().addFilter(_OrbaxWarningsOnly())
   config = _CONFIG.value
   workdir = _WORKDIR.value
   try:
     if _MODE.value == "train":
-      train.train_and_evaluate(config, workdir, overwrite=_OVERWRITE.value)
+      out = train.train_and_evaluate(config, workdir, overwrite=_OVERWRITE.value)
+      _print_summaries(out)
     elif _MODE.value == "eval":
-      train.evaluate_workdir(config, workdir)
+      _print_summaries(evaluate.evaluate_workdir(config, workdir))
     elif _MODE.value == "ablate":
-      from jaxseg import ablation  # pylint: disable=g-import-not-at-top
-      ablation.run_ablation(config, workdir, num_seeds=_SEEDS.value,
-                            overwrite=_OVERWRITE.value)
+      df = ablation.run_ablation(config, workdir, num_seeds=_SEEDS.value,
+                                 overwrite=_OVERWRITE.value)
+      print(ablation.ablation_markdown(df, config))
     elif _MODE.value == "data":
-      train.describe_data(config, workdir)
-  except (DataError, train.ConfigError, train.NonFiniteError) as e:
+      print(workdir_lib.describe_data(config, workdir))
+  except (DataError, ConfigError, train.NonFiniteError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+
+
+def _print_summaries(out: dict) -> None:
+  """The run's test mAP (%), final and selected checkpoint, on stdout."""
+  import pandas as pd  # pylint: disable=g-import-not-at-top
+  table = pd.DataFrame({"final": out["final"], "selected": out["selected"]}).T
+  print(f"Test mAP (%); the selected checkpoint is step {out['selected_step']}")
+  print(table.round(2).to_string())
 
 
 if __name__ == "__main__":

@@ -22,8 +22,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxseg.config import COMPUTE_DTYPES
+
 Array = jax.Array
-COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 class SegmentModel(nn.Module):
@@ -40,8 +41,8 @@ class SegmentModel(nn.Module):
   """
   num_classes: int
   embed_dim: int
-  dropout_rate: float = 0.7
-  compute_dtype: str = "float32"
+  dropout_rate: float
+  compute_dtype: str
 
   @nn.compact
   def __call__(self, features: Array, mask: Array, *,

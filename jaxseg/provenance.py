@@ -67,7 +67,7 @@ def collect(config: ml_collections.ConfigDict, dataset: Dataset, segment_labels,
       "git_commit": git_commit(),
       "workdir": os.path.abspath(workdir) if workdir else None,
       # Videos the reader skipped (data.skip_bad_videos): [[video_id, reason], ...].
-      "skipped_videos": [[v, r] for v, r in getattr(dataset, "skipped_videos", [])],
+      "skipped_videos": [[v, r] for v, r in dataset.skipped_videos],
   }
 
 

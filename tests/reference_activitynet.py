@@ -2,7 +2,7 @@
 
 A re-statement of the algorithm of ``Evaluation/eval_detection.py`` in the
 ActivityNet challenge kit (class ``ANETdetection``), written for the tests of
-:mod:`jaxseg.evaluation` and deliberately sharing no code with it. It keeps the
+:mod:`jaxseg.metrics` and deliberately sharing no code with it. It keeps the
 official structure: pandas DataFrames of ground truth and predictions, an
 activity index built from the ground-truth labels in order of first appearance,
 ``segment_iou``, ``compute_average_precision_detection`` with one ``lock_gt``

@@ -6,26 +6,10 @@ import pytest
 from jaxseg.data import batching
 from jaxseg.data.labels import sample_segment_labels
 from jaxseg.data.video import DataError, Dataset, Instance, Video
+from tests.conftest import index_features, make_dataset
 
 BUCKETS = (8, 16, 32)
 D = 3
-
-
-def _features(k, t):
-  """Row j of video k is (k, j, 1): a row identifies its video and segment."""
-  f = np.ones((t, D), np.float32)
-  f[:, 0] = k
-  f[:, 1] = np.arange(t)
-  return f
-
-
-def _dataset(lengths=(5, 12, 30, 70, 9)):
-  videos = []
-  for k, t in enumerate(lengths):
-    inst = [Instance(0.0, t * 0.25, k % 3), Instance(t * 0.5, t * 0.9, (k + 1) % 3),
-            Instance(t * 0.1, t * 0.3, (k + 2) % 3)]  # overlaps the first one
-    videos.append(Video(f"v{k}", "validation", _features(k, t), 1.0, float(t), inst))
-  return Dataset(["A", "B", "C"], videos)
 
 
 @pytest.mark.parametrize("length,want", [
@@ -75,7 +59,7 @@ def _check_batch(batch, ds, labels, b, n_real=None):
 
 @pytest.mark.parametrize("crop_mode", ["uniform", "crop"])
 def test_train_batches_are_padded_and_carry_labels(crop_mode):
-  ds = _dataset()
+  ds = make_dataset()
   labels = sample_segment_labels(ds, "full", 0).labels
   loader = batching.TrainLoader(ds, labels, batch_size=3, max_length=16, buckets=BUCKETS,
                                 seed=1, crop_mode=crop_mode)
@@ -104,7 +88,7 @@ def test_train_batches_are_padded_and_carry_labels(crop_mode):
 
 @pytest.mark.parametrize("crop_mode", ["uniform", "crop"])
 def test_crop_offsets_vary_with_step(crop_mode):
-  ds = _dataset(lengths=(70,))
+  ds = make_dataset(lengths=(70,))
   labels = sample_segment_labels(ds, "one-segment", 0).labels
   loader = batching.TrainLoader(ds, labels, batch_size=1, max_length=10, buckets=BUCKETS,
                                 seed=0, crop_mode=crop_mode)
@@ -113,19 +97,19 @@ def test_crop_offsets_vary_with_step(crop_mode):
 
 
 def test_num_labeled_counts_segments_not_labels():
-  ds = _dataset(lengths=(20,))
+  ds = make_dataset(lengths=(20,))
   labels = sample_segment_labels(ds, "full", 0).labels
   u = labels["v0"]
   assert (u.sum(axis=1) == 2).any()  # some segments carry two classes
   loader = batching.TrainLoader(ds, labels, batch_size=1, max_length=100, buckets=BUCKETS,
-                                seed=0)
+                                seed=0, crop_mode="uniform")
   assert loader.batch(0)["num_labeled"][0] == int((u.sum(axis=1) > 0).sum())
 
 
 def test_train_batches_are_deterministic_per_step():
-  ds = _dataset()
+  ds = make_dataset()
   labels = sample_segment_labels(ds, "two-segment", 3).labels
-  kw = dict(batch_size=4, max_length=16, buckets=BUCKETS, seed=7)
+  kw = dict(batch_size=4, max_length=16, buckets=BUCKETS, seed=7, crop_mode="uniform")
   a = batching.TrainLoader(ds, labels, **kw)
   b = batching.TrainLoader(ds, labels, **kw)
   later = b.batch(9)  # b sees the steps in another order, like a resumed run
@@ -142,10 +126,10 @@ def test_train_batches_are_deterministic_per_step():
 
 
 def test_every_video_once_per_epoch_with_full_batches():
-  ds = _dataset()  # M = 5
+  ds = make_dataset()  # M = 5
   labels = sample_segment_labels(ds, "video-level", 0).labels
   loader = batching.TrainLoader(ds, labels, batch_size=2, max_length=100,
-                                buckets=BUCKETS, seed=0)
+                                buckets=BUCKETS, seed=0, crop_mode="uniform")
   assert loader.steps_per_epoch == 3
   order = np.concatenate([loader.video_indices(s) for s in range(10)])  # 20 = 4 epochs
   for e in range(4):
@@ -158,18 +142,19 @@ def test_every_video_once_per_epoch_with_full_batches():
 
 
 def test_train_loader_rejects_bad_labels():
-  ds = _dataset()
+  ds = make_dataset()
   labels = sample_segment_labels(ds, "full", 0).labels
   del labels["v2"]
   with pytest.raises(DataError, match="'v2'"):
-    batching.TrainLoader(ds, labels, batch_size=2, max_length=8, buckets=BUCKETS, seed=0)
+    batching.TrainLoader(ds, labels, batch_size=2, max_length=8, buckets=BUCKETS, seed=0,
+                         crop_mode="uniform")
   with pytest.raises(ValueError, match="crop_mode"):
     batching.TrainLoader(ds, sample_segment_labels(ds, "full", 0).labels, batch_size=2,
                          max_length=8, buckets=BUCKETS, seed=0, crop_mode="random")
 
 
 def test_eval_batches_cover_every_video_once_at_full_length():
-  ds = _dataset()
+  ds = make_dataset()
   batches = list(batching.eval_batches(ds, batch_size=2, buckets=BUCKETS))
   assert len(batches) == 3
   ids = [vid for b in batches for vid in b["video_ids"]]
@@ -187,7 +172,7 @@ def test_eval_batches_cover_every_video_once_at_full_length():
 
 
 def test_eval_batches_can_carry_segment_labels():
-  ds = _dataset()
+  ds = make_dataset()
   labels = sample_segment_labels(ds, "full", 0).labels
   for b in batching.eval_batches(ds, batch_size=3, buckets=BUCKETS, segment_labels=labels):
     _check_batch(b, ds, labels, 3, n_real=len(b["video_ids"]))

@@ -1,7 +1,7 @@
 """Bad configuration is rejected before anything loads or compiles, naming the field.
 
-Three layers are checked: ``config.validate`` itself (one case per rule of
-issue 8), ``train.train_and_evaluate`` / the other entry points (the error
+Three layers are checked: ``config.validate`` itself (one case per rule),
+``train.train_and_evaluate`` / the other entry points (the error
 comes before any data is read, any workdir is created or anything is
 jitted), and the command line ``python -m jaxseg.main`` (exit status 2,
 ``error: config.<field>: ...`` on stderr, no workdir left behind).
@@ -20,16 +20,13 @@ import pytest
 from configs import synthetic as synthetic_config
 from configs import test as test_config
 from jaxseg import config as config_lib
+from jaxseg import evaluate
 from jaxseg import train
+from jaxseg import workdir as workdir_lib
 from jaxseg.data import readers
+from tests.conftest import make_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _config(**overrides):
-  """configs/test.py with dotted-name overrides, e.g. ``**{"loss.alpha": -1.0}``."""
-  c = test_config.get_config()
-  return config_lib.with_overrides(c, **overrides)
 
 
 def _rejects(c, field, *, num_devices=1):
@@ -51,8 +48,7 @@ def test_shipped_configs_are_valid():
     config_lib.validate(c)
 
 
-# (override, the field the message must name). One row per rule of issue 8,
-# then the remaining rules of validate().
+# (override, the field the message must name). One row per rule of validate().
 BAD = [
     # Negative loss weights.
     ({"loss.alpha": -0.1}, "loss.alpha"),
@@ -132,13 +128,13 @@ BAD = [
 @pytest.mark.parametrize("overrides,field", BAD,
                          ids=[f"{f}={list(o.values())[-1]!r}" for o, f in BAD])
 def test_validate_rejects_naming_the_field(overrides, field):
-  _rejects(_config(**overrides), field)
+  _rejects(make_config(**overrides), field)
 
 
 def test_non_integer_margin_is_rejected():
   # ConfigDict keeps margin an int, so a float only arrives by replacing the
   # field (or from a config file that declares it as a float).
-  c = _config()
+  c = make_config()
   del c.loss["margin"]
   c.loss.margin = 2.5
   msg = _rejects(c, "loss.margin")
@@ -149,14 +145,14 @@ def test_non_integer_margin_is_rejected():
 
 
 def test_batch_size_must_divide_the_device_count():
-  c = _config(**{"train.batch_size": 4})
+  c = make_config(**{"train.batch_size": 4})
   msg = _rejects(c, "train.batch_size", num_devices=3)
   assert "not divisible" in msg and "(3)" in msg
   config_lib.validate(c, num_devices=1)
   config_lib.validate(c, num_devices=2)
   config_lib.validate(c, num_devices=4)
-  config_lib.validate(_config(**{"train.batch_size": 6}), num_devices=3)
-  _rejects(_config(**{"train.batch_size": 6}), "train.batch_size", num_devices=4)
+  config_lib.validate(make_config(**{"train.batch_size": 6}), num_devices=3)
+  _rejects(make_config(**{"train.batch_size": 6}), "train.batch_size", num_devices=4)
 
 
 @pytest.mark.parametrize("overrides", [
@@ -175,11 +171,11 @@ def test_batch_size_must_divide_the_device_count():
 def test_boundary_values_are_accepted(overrides):
   # The documented ranges are inclusive where they say so: the rules are not
   # stricter than the docs.
-  config_lib.validate(_config(**overrides))
+  config_lib.validate(make_config(**overrides))
 
 
 def test_the_first_bad_field_is_named():
-  c = _config(**{"loss.alpha": -1.0, "inference.nms_iou": 2.0})
+  c = make_config(**{"loss.alpha": -1.0, "inference.nms_iou": 2.0})
   _rejects(c, "loss.alpha")
   c.loss.alpha = 0.1
   _rejects(c, "inference.nms_iou")
@@ -197,7 +193,7 @@ def no_work(monkeypatch):
     return fail
   monkeypatch.setattr(jax, "jit", forbidden("jax.jit"))
   monkeypatch.setattr(readers, "load_dataset", forbidden("readers.load_dataset"))
-  monkeypatch.setattr(train, "claim_workdir", forbidden("train.claim_workdir"))
+  monkeypatch.setattr(workdir_lib, "claim_workdir", forbidden("workdir.claim_workdir"))
 
 
 ENTRY_CASES = [
@@ -215,17 +211,17 @@ def test_train_rejects_before_loading_compiling_or_writing(overrides, field, tmp
   workdir = tmp_path / "run"
   t0 = time.perf_counter()
   with pytest.raises(config_lib.ConfigError, match=rf"^config\.{field}:"):
-    train.train_and_evaluate(_config(**overrides), str(workdir))
+    train.train_and_evaluate(make_config(**overrides), str(workdir))
   assert time.perf_counter() - t0 < 5.0
   assert not workdir.exists()
 
 
 def test_eval_and_data_modes_reject_before_loading(tmp_path, no_work):
-  c = _config(**{"loss.beta": -1.0})
+  c = make_config(**{"loss.beta": -1.0})
   with pytest.raises(config_lib.ConfigError, match=r"^config\.loss\.beta:"):
-    train.evaluate_workdir(c, str(tmp_path / "eval"))
+    evaluate.evaluate_workdir(c, str(tmp_path / "eval"))
   with pytest.raises(config_lib.ConfigError, match=r"^config\.loss\.beta:"):
-    train.describe_data(c, str(tmp_path / "data"))
+    workdir_lib.describe_data(c, str(tmp_path / "data"))
   assert not os.listdir(tmp_path)
 
 
@@ -234,7 +230,7 @@ def test_eval_and_data_modes_reject_before_loading(tmp_path, no_work):
 
 def _dummy_run(workdir, config):
   """A workdir that holds a (fake) finished run of ``config``."""
-  train.claim_workdir(config, str(workdir))
+  workdir_lib.claim_workdir(config, str(workdir))
   (workdir / "checkpoints" / "latest" / "8").mkdir(parents=True)
   (workdir / "checkpoints" / "latest" / "8" / "junk").write_text("not a checkpoint")
   (workdir / "metrics.jsonl").write_text(
@@ -255,27 +251,27 @@ def _snapshot(root):
 
 def test_workdir_of_another_config_is_refused_and_left_intact(tmp_path):
   workdir = tmp_path / "run"
-  old = _config()
+  old = make_config()
   _dummy_run(workdir, old)
   before = _snapshot(workdir)
-  other = _config(**{"loss.gamma": 0.5, "train.learning_rate": 3e-4})
+  other = make_config(**{"loss.gamma": 0.5, "train.learning_rate": 3e-4})
   with pytest.raises(config_lib.ConfigError) as info:
-    train.claim_workdir(other, str(workdir))
+    workdir_lib.claim_workdir(other, str(workdir))
   msg = str(info.value)
   assert "loss.gamma: 0.02 -> 0.5" in msg and "train.learning_rate" in msg
   assert "--overwrite" in msg
   assert _snapshot(workdir) == before
   # The same config, or one differing only in rerun-free fields, is accepted.
-  train.claim_workdir(_config(), str(workdir))
-  train.claim_workdir(_config(**{"train.num_steps": 99, "train.progress": True}),
+  workdir_lib.claim_workdir(make_config(), str(workdir))
+  workdir_lib.claim_workdir(make_config(**{"train.num_steps": 99, "train.progress": True}),
                       str(workdir))
   assert set(_snapshot(workdir)) == set(before)
 
 
 def test_overwrite_replaces_the_old_run(tmp_path):
   workdir = tmp_path / "run"
-  _dummy_run(workdir, _config())
-  other = _config(**{"loss.gamma": 0.5, "train.num_steps": 2,
+  _dummy_run(workdir, make_config())
+  other = make_config(**{"loss.gamma": 0.5, "train.num_steps": 2,
                      "data.synthetic.output_dir": str(tmp_path / "data")})
   train.train_and_evaluate(other, str(workdir), overwrite=True, evaluate=False)
   with open(workdir / "config.json") as f:
@@ -292,7 +288,7 @@ def test_overwrite_replaces_the_old_run(tmp_path):
 def test_unreadable_config_json_is_a_config_error(tmp_path):
   (tmp_path / "config.json").write_text('{"loss": {"alpha": 0.1')
   with pytest.raises(config_lib.ConfigError, match="config.json: unreadable"):
-    train.claim_workdir(_config(), str(tmp_path))
+    workdir_lib.claim_workdir(make_config(), str(tmp_path))
 
 
 # -------------------------------------------------------------- command line
@@ -342,7 +338,7 @@ def test_cli_non_integer_margin_is_a_flag_error(tmp_path):
 
 def test_cli_refuses_a_workdir_of_another_config(tmp_path):
   workdir = tmp_path / "run"
-  _dummy_run(workdir, _config())
+  _dummy_run(workdir, make_config())
   before = _snapshot(workdir)
   proc = _cli(workdir, "--config.loss.gamma=0.5")
   assert proc.returncode == 2, proc.stderr
@@ -360,7 +356,7 @@ def test_cli_refuses_a_workdir_of_another_config(tmp_path):
     ({"inference.class_score": "q_a"}, "inference.class_score"),
 ])
 def test_validate_rejects_unknown_inference_options(overrides, field):
-  _rejects(_config(**overrides), field)
+  _rejects(make_config(**overrides), field)
 
 
 @pytest.mark.parametrize("overrides,field", [
@@ -368,7 +364,7 @@ def test_validate_rejects_unknown_inference_options(overrides, field):
     ({"loss.alpha": math.inf}, "loss.alpha"),
 ])
 def test_validate_rejects_infinite_values(overrides, field):
-  _rejects(_config(**overrides), field)
+  _rejects(make_config(**overrides), field)
 
 
 def test_cli_ablate_rejects_before_creating_the_workdir(tmp_path):

@@ -8,20 +8,12 @@ from jaxseg import config as config_lib
 from jaxseg.data import batching
 from jaxseg.data import device_data
 from jaxseg.data.labels import sample_segment_labels
-from jaxseg.data.video import DataError, Dataset, Instance, Video
+from jaxseg.data.video import DataError
+from tests.conftest import make_dataset
 
 BUCKETS = (8, 16, 32)
 D, N = 5, 3
-
-
-def _dataset(lengths=(5, 12, 30, 70, 9, 41)):
-  rng = np.random.default_rng(0)
-  videos = []
-  for k, t in enumerate(lengths):
-    inst = [Instance(0.0, t * 0.25, k % N), Instance(t * 0.5, t * 0.9, (k + 1) % N)]
-    feats = rng.standard_normal((t, D)).astype(np.float32)
-    videos.append(Video(f"v{k}", "validation", feats, 1.0, float(t), inst))
-  return Dataset(["A", "B", "C"], videos)
+LENGTHS = (5, 12, 30, 70, 9, 41)
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +24,7 @@ def gather():
 @pytest.mark.parametrize("crop_mode", ["uniform", "crop"])
 @pytest.mark.parametrize("mode", ["one-segment", "two-segment", "full"])
 def test_gathered_batch_equals_host_batch(gather, crop_mode, mode):
-  ds = _dataset()
+  ds = make_dataset(LENGTHS, dim=D)
   labels = sample_segment_labels(ds, mode, seed=3).labels
   loader = batching.TrainLoader(ds, labels, batch_size=4, max_length=16, buckets=BUCKETS,
                                 seed=11, crop_mode=crop_mode)
@@ -52,7 +44,7 @@ def test_gathered_batch_equals_host_batch(gather, crop_mode, mode):
 
 
 def test_plan_indices_point_at_the_sampled_segments():
-  ds = _dataset((4, 40))
+  ds = make_dataset((4, 40), dim=D)
   labels = sample_segment_labels(ds, "one-segment", seed=0).labels
   loader = batching.TrainLoader(ds, labels, batch_size=2, max_length=16, buckets=BUCKETS,
                                 seed=0, crop_mode="crop")
@@ -72,10 +64,10 @@ def test_plan_indices_point_at_the_sampled_segments():
 
 def test_padded_steps_never_read_the_bank(gather):
   """Junk in the bank row that padding points at never reaches the batch."""
-  ds = _dataset((3, 9))
+  ds = make_dataset((3, 9), dim=D)
   labels = sample_segment_labels(ds, "full", seed=0).labels
   loader = batching.TrainLoader(ds, labels, batch_size=2, max_length=16, buckets=BUCKETS,
-                                seed=0)
+                                seed=0, crop_mode="uniform")
   host = device_data.build_bank(ds, labels)
   host.features[0] = np.nan  # row 0 is what padded steps index
   plan = loader.plan(0, host.offsets)
@@ -96,14 +88,14 @@ GIB = 2 ** 30
     ("off", "gpu", 80 * GIB, False),
 ])
 def test_use_device_data_policy(mode, backend, memory, want):
-  ds = _dataset()
+  ds = make_dataset(LENGTHS, dim=D)
   on, why = device_data.use_device_data(mode, ds, backend=backend, memory=memory)
   assert on is want
   assert ("on" if want else "off") in why
 
 
 def test_auto_stays_off_when_the_bank_takes_over_a_quarter_of_memory():
-  ds = _dataset()
+  ds = make_dataset(LENGTHS, dim=D)
   need = device_data.bank_bytes(ds)
   assert device_data.use_device_data("auto", ds, backend="gpu", memory=4 * need)[0]
   on, why = device_data.use_device_data("auto", ds, backend="gpu", memory=4 * need - 1)
@@ -112,7 +104,7 @@ def test_auto_stays_off_when_the_bank_takes_over_a_quarter_of_memory():
 
 def test_bad_mode_is_rejected_by_config_and_function():
   with pytest.raises(ValueError, match="train.device_data"):
-    device_data.use_device_data("gpu", _dataset())
+    device_data.use_device_data("gpu", make_dataset(LENGTHS, dim=D))
   c = config_lib.base_config()
   c.train.device_data = "gpu"
   with pytest.raises(config_lib.ConfigError, match="train.device_data"):
@@ -120,7 +112,7 @@ def test_bad_mode_is_rejected_by_config_and_function():
 
 
 def test_bank_of_mismatched_labels_names_the_video():
-  ds = _dataset((5, 7))
+  ds = make_dataset((5, 7), dim=D)
   labels = dict(sample_segment_labels(ds, "full", seed=0).labels)
   labels["v1"] = labels["v1"][:3]
   with pytest.raises(DataError, match="'v1'.*shape"):

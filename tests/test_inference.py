@@ -20,7 +20,8 @@ def make_config(**overrides) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict(dict(
       class_threshold=0.0, class_top_ratio=0.0, cas_thresholds=(0.4,),
       outer_scale=0.25, class_score_weight=0.2, nms_iou=0.6,
-      max_proposals_per_video=100))
+      max_proposals_per_video=100, contrast_on="raw", class_score="s_a",
+      score_source="average"))
   c.update(overrides)
   return c
 
@@ -132,7 +133,7 @@ def test_video_scores_matches_float64_reference():
   # Other padded steps hold garbage that must be ignored.
   cas_cls[:4][~mask[:4]] = 1e3
   k = np.array([3, 10, 1, 1, 2], np.int32)  # 10 > length 5: clipped to 5
-  out = jax.device_get(inference.video_scores(cas_cls, cas_loc, mask, k))
+  out = jax.device_get(inference.video_scores(cas_cls, cas_loc, mask, k, score_source="average"))
   s_ref, p_ref = ref_scores(cas_cls, cas_loc, lengths, k)
   np.testing.assert_allclose(out["s_a"], s_ref, rtol=1e-6, atol=1e-6)
   np.testing.assert_allclose(out["p_a"], p_ref, rtol=1e-6, atol=1e-7)
@@ -232,10 +233,11 @@ def test_proposals_several_thresholds_deduplicated():
 
 def test_class_selection():
   s_a = np.array([-2.0, -0.5, -1.0])
-  assert inference.select_classes(s_a, s_a, class_threshold=0.0).tolist() == [1]
+  kw = dict(class_threshold=0.0, class_top_ratio=0.0)
+  assert inference.select_classes(s_a, s_a, **kw).tolist() == [1]
   s_a = np.array([2.0, 1.9, 0.1, -3.0])
   p_a = np.exp(s_a) / np.exp(s_a).sum()
-  assert inference.select_classes(s_a, p_a, class_threshold=0.0).tolist() == [0, 1, 2]
+  assert inference.select_classes(s_a, p_a, **kw).tolist() == [0, 1, 2]
   # p1 / p0 = e^-0.1 >= 0.5; p2 / p0 = e^-1.9 < 0.5.
   assert inference.select_classes(s_a, p_a, class_threshold=0.0,
                                   class_top_ratio=0.5).tolist() == [0, 1]

@@ -8,6 +8,7 @@ import pytest
 
 from jaxseg.config import base_config
 from jaxseg.data import labels as L
+from jaxseg.data import readers
 from jaxseg.data.video import DataError, Dataset, Instance, Video
 
 
@@ -66,7 +67,8 @@ def test_instance_segment_span_matches_overlap_definition():
     assert got == want, (s, e, rate, t)
 
 
-def _dataset():
+def _clipping_dataset():
+  """Instances inside, clipped at and wholly past the end of the features."""
   return Dataset(["A", "B", "C"], [
       _video("v1", 20, [(1.0, 5.0, 0), (8.0, 8.5, 1), (12.0, 19.5, 2)]),
       _video("v2", 10, [(0.0, 3.0, 1), (7.5, 14.0, 0), (11.0, 13.0, 2)]),  # clipped, dropped
@@ -85,7 +87,7 @@ def _spans(ds):
 
 
 def test_full_labels_equal_hand_built():
-  sl = L.sample_segment_labels(_dataset(), "full", seed=3)
+  sl = L.sample_segment_labels(_clipping_dataset(), "full", seed=3)
   want1 = np.zeros((20, 3), np.uint8)
   want1[1:5, 0] = 1
   want1[8, 1] = 1
@@ -101,14 +103,14 @@ def test_full_labels_equal_hand_built():
 
 
 def test_video_level_labels_are_zero_but_counted():
-  sl = L.sample_segment_labels(_dataset(), "video-level", seed=0)
+  sl = L.sample_segment_labels(_clipping_dataset(), "video-level", seed=0)
   assert all(not u.any() for u in sl.labels.values())
   assert (sl.num_clipped, sl.num_dropped) == (1, 1)
 
 
 @pytest.mark.parametrize("seed", range(5))
 def test_one_segment_one_label_inside_each_instance(seed):
-  ds = _dataset()
+  ds = _clipping_dataset()
   sl = L.sample_segment_labels(ds, "one-segment", seed)
   for vid, cls, span in _spans(ds):
     u = sl.labels[vid][:, cls]
@@ -159,7 +161,7 @@ def test_sampling_is_deterministic_and_seeded():
 
 
 def test_a_videos_labels_do_not_depend_on_the_other_videos():
-  ds = _dataset()
+  ds = _clipping_dataset()
   alone = L.sample_segment_labels(Dataset(ds.class_names, [ds.videos[0]]), "two-segment", 1)
   mixed = L.sample_segment_labels(
       Dataset(ds.class_names, [ds.videos[2], ds.videos[1], ds.videos[0]]), "two-segment", 1)
@@ -168,11 +170,11 @@ def test_a_videos_labels_do_not_depend_on_the_other_videos():
 
 def test_unknown_mode():
   with pytest.raises(ValueError, match="label mode"):
-    L.sample_segment_labels(_dataset(), "three-segment", 0)
+    L.sample_segment_labels(_clipping_dataset(), "three-segment", 0)
 
 
 def test_save_load_roundtrip(tmp_path):
-  sl = L.sample_segment_labels(_dataset(), "two-segment", 5)
+  sl = L.sample_segment_labels(_clipping_dataset(), "two-segment", 5)
   path = str(tmp_path / "run" / "labels.npz")
   L.save_segment_labels(path, L.SegmentLabels({"old": np.ones((2, 3), np.uint8)}))
   L.save_segment_labels(path, sl)  # overwrites atomically
@@ -195,7 +197,7 @@ def test_load_errors_name_the_file(tmp_path):
 
 
 def test_labels_from_points():
-  ds = _dataset()
+  ds = _clipping_dataset()
   sl = L.labels_from_points(ds, {"v1": [(2.5, 1), (25.0, 0)], "v3": [(0.0, 2)]})
   want = np.zeros((20, 3), np.uint8)
   want[2, 1] = 1
@@ -208,7 +210,7 @@ def test_labels_from_points():
 
 
 def test_check_segment_labels():
-  ds = _dataset()
+  ds = _clipping_dataset()
   sl = L.sample_segment_labels(ds, "full", 0)
   L.check_segment_labels(ds, sl.labels)
   labels = dict(sl.labels)
@@ -220,9 +222,10 @@ def test_check_segment_labels():
     L.check_segment_labels(ds, labels)
 
 
-def test_segment_labels_from_config():
+def test_segment_labels_follow_the_label_config():
   c = base_config()
   c.labels.mode = "full"
   c.labels.seed = 2
-  sl = L.segment_labels_from_config(c.labels, _dataset())
+  ds = _clipping_dataset()
+  sl = readers.segment_labels(c.labels, ds, ds)
   assert sl.mode == "full" and sl.seed == 2 and sl.labels["v1"][1:5, 0].all()

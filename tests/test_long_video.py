@@ -16,8 +16,10 @@ import numpy as np
 import pytest
 
 from configs import test as test_config
+from jaxseg import evaluate
 from jaxseg import inference
 from jaxseg import losses
+from jaxseg import state as state_lib
 from jaxseg import train
 from jaxseg.data import batching
 from jaxseg.data.video import Dataset, Instance, Video
@@ -30,7 +32,7 @@ SQUARE_BYTES = 4 * T * T  # one float32 T x T matrix
 
 
 def _loss_kwargs():
-  return losses.loss_config_kwargs(test_config.get_config().loss)
+  return test_config.get_config().loss.to_dict()
 
 
 def _make_loss_inputs():
@@ -166,9 +168,9 @@ def test_evaluating_one_20k_segment_video():
   rng = np.random.default_rng(1)
   video = _long_video(rng)
   dataset = Dataset([f"class{i}" for i in range(N)], [video])
-  model = train.make_model(config, E, N)
-  params = train.init_state(config, model, train.make_optimizer(config), E).params
-  apply_fn = train.make_apply_fn(model)
+  model = state_lib.make_model(config, E, N)
+  params = state_lib.init_state(config, model, state_lib.make_optimizer(config), E).params
+  apply_fn = evaluate.make_apply_fn(model)
 
   # The whole video is one padded row; no chunking: XLA's temporaries stay
   # a small multiple of the (T, D + 3N) inputs and outputs.
@@ -183,7 +185,7 @@ def test_evaluating_one_20k_segment_video():
   for mem in (fwd, scores):
     assert mem.temp_size_in_bytes < 16 * t_pad * (E + 3 * N) * 4
 
-  res = train.evaluate_params(config, model, params, dataset, apply_fn=apply_fn,
+  res = evaluate.evaluate_params(config, model, params, dataset, apply_fn=apply_fn,
                               with_cas=True)
   dets = res["predictions"]["results"]["long"]
   assert 0 < len(dets) <= config.inference.max_proposals_per_video

@@ -14,6 +14,7 @@ from jax.test_util import check_grads
 from jaxseg import config as config_lib
 from jaxseg import losses
 from tests import reference_losses as ref
+from tests.conftest import loss_kwargs
 
 B, T, N, E = 5, 12, 4, 6
 RTOL = 1e-5
@@ -52,17 +53,38 @@ def with_junk(batch, value):
   return out
 
 
+# The equations as printed: dot similarity, sums not averaged, 1/N in eq. 4.
+PRINTED = dict(classification_normalization="classes", propagation_similarity="dot",
+               propagation_normalization="none")
+
+
+def prop(features, cas, mask, method, *, grad_through_similarity=False, similarity="dot",
+         normalization="none"):
+  """``losses.propagation_loss`` with eq. 13 as printed unless told otherwise."""
+  return losses.propagation_loss(features, cas, mask, method=method,
+                                 grad_through_similarity=grad_through_similarity,
+                                 similarity=similarity, normalization=normalization)
+
+
+def sphere(features, cas, labels, mask, weight, margin):
+  return losses.sphere_loss(features, cas, labels, mask, weight, margin=margin)
+
+
+def cls_printed(cas, labels, mask, k):
+  return losses.classification_loss(cas, labels, mask, k, normalization="classes")
+
+
 # ------------------------------------------------------------------ jitted fns
 @pytest.fixture(scope="module")
 def fns():
   return dict(
       topk_mean=jax.jit(losses.topk_mean),
-      cls=jax.jit(losses.classification_loss),
+      cls=jax.jit(cls_printed),
       norm=jax.jit(losses.normalized_cas),
       seg=jax.jit(losses.partial_segment_loss),
       median=jax.jit(losses.masked_median),
-      sphere=jax.jit(losses.sphere_loss, static_argnums=5),
-      prop=jax.jit(losses.propagation_loss, static_argnums=3,
+      sphere=jax.jit(sphere, static_argnums=5),
+      prop=jax.jit(prop, static_argnums=3,
                    static_argnames=("grad_through_similarity", "similarity",
                                     "normalization")),
       cls_labels=jax.jit(functools.partial(losses.classification_loss,
@@ -79,12 +101,12 @@ def test_topk_k_matches_reference_and_hand_cases():
     np.testing.assert_array_equal(got, ref.topk_k(lengths, q, mode, 8.0))
     assert got.dtype == np.int32
   # Hand-computed: r = 2Q, Q = 0 falls back to r = 8.
-  np.testing.assert_array_equal(losses.topk_k(lengths, q, mode="labeled"),
+  np.testing.assert_array_equal(losses.topk_k(lengths, q, mode="labeled", ratio=8.0),
                                 [1, 3, 4, 16, 93, 1, 1])
-  np.testing.assert_array_equal(losses.topk_k(lengths, q, mode="fixed"),
+  np.testing.assert_array_equal(losses.topk_k(lengths, q, mode="fixed", ratio=8.0),
                                 [1, 1, 2, 12, 93, 1, 5])
   with pytest.raises(ValueError, match="topk mode"):
-    losses.topk_k(lengths, q, mode="bogus")
+    losses.topk_k(lengths, q, mode="bogus", ratio=8.0)
 
 
 def test_topk_mean_matches_reference(fns):
@@ -173,7 +195,7 @@ def test_sphere_loss_zero_features_is_log_n(fns):
   got = fns["sphere"](zeros, b["cas"], b["video_labels"], b["mask"], b["weight"], 4)
   per_video = b["video_labels"].sum(axis=1) * math.log(N)
   np.testing.assert_allclose(got, per_video.mean(), rtol=RTOL)
-  grads = jax.jit(jax.grad(losses.sphere_loss, argnums=(0, 1, 4)), static_argnums=5)(
+  grads = jax.jit(jax.grad(sphere, argnums=(0, 1, 4)), static_argnums=5)(
       zeros, b["cas"], b["video_labels"], b["mask"], b["weight"], 4)
   for g in grads:
     assert np.all(np.isfinite(g))
@@ -214,7 +236,7 @@ def test_propagation_methods_agree_in_value_and_gradient():
   for method in losses.PROPAGATION_METHODS:
     for through in (False, True):
       fn = jax.jit(jax.value_and_grad(
-          functools.partial(losses.propagation_loss, method=method,
+          functools.partial(prop, method=method,
                             grad_through_similarity=through),
           argnums=(0, 1)))
       results[method, through] = fn(b["features"], cas, b["mask"])
@@ -239,7 +261,7 @@ def test_propagation_memory_factorized_linear_naive_quadratic():
     f = jnp.asarray(rng.random((2, t, 8)), jnp.float32)
     c = jnp.asarray(rng.normal(size=(2, t, 4)), jnp.float32)
     mask = jnp.ones((2, t), bool)
-    fn = jax.value_and_grad(functools.partial(losses.propagation_loss, method=method),
+    fn = jax.value_and_grad(functools.partial(prop, method=method),
                             argnums=1)
     compiled = jax.jit(fn).lower(f, c, mask).compile()
     return compiled.memory_analysis().temp_size_in_bytes
@@ -259,7 +281,7 @@ def test_propagation_memory_fused_holds_no_feature_sized_temporary():
     f = jnp.zeros((2, t, 256), jnp.float32)
     c = jnp.zeros((2, t, 4), jnp.float32)
     fn = jax.value_and_grad(functools.partial(
-        losses.propagation_loss, method=method, grad_through_similarity=True,
+        prop, method=method, grad_through_similarity=True,
         similarity="cosine"), argnums=(0, 1))
     compiled = jax.jit(fn).lower(f, c, jnp.ones((2, t), bool)).compile()
     return compiled.memory_analysis().temp_size_in_bytes
@@ -277,8 +299,9 @@ def test_similarity_matrix():
   f = rng.normal(size=(9, 5)).astype(np.float32)
   want = np.zeros((9, 9))
   want[:6, :6] = f[:6].astype(np.float64) @ f[:6].T.astype(np.float64)
-  np.testing.assert_allclose(losses.similarity_matrix(f, 6), want, rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(losses.similarity_matrix(f, np.arange(9) < 6), want,
+  np.testing.assert_allclose(losses.similarity_matrix(f, 6, similarity="dot"), want,
+                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(losses.similarity_matrix(f, np.arange(9) < 6, similarity="dot"), want,
                              rtol=1e-5, atol=1e-5)
 
 
@@ -290,22 +313,22 @@ PAD_BATCH = random_batch(5, feature_sign="any")
 def padding_fns():
   """name -> (jitted value_and_grad over (features, cas), its vmap), compiled once."""
   b = PAD_BATCH
-  k = losses.topk_k(b["lengths"], b["num_labeled"])
+  k = losses.topk_k(b["lengths"], b["num_labeled"], mode="labeled", ratio=8.0)
   raw = {
-      "cls": lambda f, c, u, m: losses.classification_loss(c, b["video_labels"], m, k),
+      "cls": lambda f, c, u, m: cls_printed(c, b["video_labels"], m, k),
       "seg": lambda f, c, u, m: losses.partial_segment_loss(c, u, m),
-      "sphere": lambda f, c, u, m: losses.sphere_loss(f, c, b["video_labels"], m,
+      "sphere": lambda f, c, u, m: sphere(f, c, b["video_labels"], m,
                                                       b["weight"], 4),
-      "prop": lambda f, c, u, m: losses.propagation_loss(
+      "prop": lambda f, c, u, m: prop(
           f, c, m, "factorized", grad_through_similarity=True),
-      "prop_naive": lambda f, c, u, m: losses.propagation_loss(
+      "prop_naive": lambda f, c, u, m: prop(
           f, c, m, "naive", grad_through_similarity=True),
-      "prop_fused_cosine": lambda f, c, u, m: losses.propagation_loss(
+      "prop_fused_cosine": lambda f, c, u, m: prop(
           f, c, m, "fused", grad_through_similarity=True, similarity="cosine"),
       "total": lambda f, c, u, m: losses.total_loss(
           {"features": f, "cas_cls": c, "cas_loc": 0.5 * c},
           {**b, "segment_labels": u, "mask": m}, weight=b["weight"],
-          grad_through_similarity=True)[0],
+          **loss_kwargs(**PRINTED, propagation_grad_through_similarity=True))[0],
   }
   out = {}
   for name, fn in raw.items():
@@ -366,7 +389,9 @@ def test_total_loss_weights_and_switches():
       "propagation": ref.propagation_loss(b["features"], out["cas_loc"], b["lengths"]),
   }
   scale = {"classification": 1.0, "segment": 0.1, "sphere": 1e-4, "propagation": 0.02}
-  total, terms = jax.jit(functools.partial(losses.total_loss, weight=b["weight"]))(out, b)
+  printed = loss_kwargs(**PRINTED)
+  total, terms = jax.jit(functools.partial(losses.total_loss, weight=b["weight"],
+                                           **printed))(out, b)
   for name, value in want.items():
     np.testing.assert_allclose(terms[name], value, rtol=RTOL, err_msg=name)
   np.testing.assert_allclose(total, sum(scale[n] * want[n] for n in want), rtol=RTOL)
@@ -376,7 +401,7 @@ def test_total_loss_weights_and_switches():
   flags = {"classification": "use_classification", "segment": "use_segment",
            "sphere": "use_sphere", "propagation": "use_propagation"}
   for off in flags:
-    kwargs = {flags[off]: False}
+    kwargs = {**printed, flags[off]: False}
     t_off, terms_off = jax.jit(functools.partial(losses.total_loss, **kwargs))(
         {**out, "sphere_weight": b["weight"]}, b)
     assert float(terms_off[off]) == 0.0
@@ -389,36 +414,28 @@ def test_total_loss_weights_and_switches():
     np.testing.assert_allclose(t_log, t_off, rtol=1e-6)
   # Classification alone: no gradient reaches C_loc or f.
   g = jax.jit(jax.grad(lambda o: losses.total_loss(
-      o, b, use_segment=False, use_sphere=False, use_propagation=False)[0]))(out)
+      o, b, **{**printed, "use_segment": False, "use_sphere": False,
+               "use_propagation": False})[0]))(out)
   assert np.all(np.asarray(g["cas_loc"]) == 0) and np.all(np.asarray(g["features"]) == 0)
   assert np.abs(g["cas_cls"]).max() > 0
   with pytest.raises(ValueError, match="sphere"):
-    losses.total_loss(out, b)
+    losses.total_loss(out, b, **printed)
 
 
-def test_loss_config_kwargs():
+def test_total_loss_takes_the_loss_config_by_its_field_names():
   c = config_lib.base_config()
-  kw = losses.loss_config_kwargs(c.loss)
-  assert kw == dict(alpha=0.1, beta=1e-4, gamma=0.02, use_classification=True,
-                    use_segment=True, use_sphere=True, use_propagation=True, margin=4,
-                    topk_mode="labeled", topk_ratio=8.0, propagation_method="fused",
-                    grad_through_similarity=False, classification_normalization="labels",
-                    propagation_similarity="cosine", propagation_normalization="pairs")
   c.loss.use_sphere = False
-  c.loss.propagation_grad_through_similarity = True
-  kw = losses.loss_config_kwargs(c.loss)
-  assert kw["use_sphere"] is False and kw["grad_through_similarity"] is True
   b = random_batch(0)
   out = {"features": b["features"], "cas_cls": b["cas"], "cas_loc": b["cas"]}
-  _, terms = losses.total_loss(out, b, **kw)  # no weight needed without the sphere term
+  _, terms = losses.total_loss(out, b, **c.loss)  # no weight needed without the sphere term
   assert float(terms["sphere"]) == 0.0
-  c.loss.propagation_method = "sparse"
-  with pytest.raises(ValueError, match="propagation_method"):
-    losses.loss_config_kwargs(c.loss)
-  c.loss.propagation_method = "dense"
-  c.loss.margin = 0
-  with pytest.raises(ValueError, match="margin"):
-    losses.loss_config_kwargs(c.loss)
+  # A config missing a field fails naming it; no default runs in its place.
+  del c.loss["propagation_similarity"]
+  with pytest.raises(TypeError, match="propagation_similarity"):
+    losses.total_loss(out, b, **c.loss)
+  # Unknown choices are rejected where they are used.
+  with pytest.raises(ValueError, match="propagation method"):
+    losses.total_loss(out, b, **loss_kwargs(propagation_method="sparse", use_sphere=False))
 
 
 # ------------------------------------------------ numerical gradient checks
@@ -458,28 +475,28 @@ def test_gradients_numerically_on_edge_cases():
     mask = jnp.asarray(b["mask"])
     y = jnp.asarray(b["video_labels"])
     u = jnp.asarray(b["segment_labels"])
-    k = losses.topk_k(b["lengths"], b["num_labeled"])
+    k = losses.topk_k(b["lengths"], b["num_labeled"], mode="labeled", ratio=8.0)
     np.testing.assert_array_equal(k, [1, 1, 1, 3, 1])
 
-    check(lambda c: losses.classification_loss(c, y, mask, k), (c,))
+    check(lambda c: cls_printed(c, y, mask, k), (c,))
     check(lambda c: losses.partial_segment_loss(c, u, mask), (c,))
     # F^n = 0 for video 1: smooth in (C_loc, W) there; f checked on the others.
-    check(lambda c, w: losses.sphere_loss(f, c, y, mask, w, 4), (c, w))
+    check(lambda c, w: sphere(f, c, y, mask, w, 4), (c, w))
     others = np.array([0, 2, 3, 4])
-    check(lambda f: losses.sphere_loss(f, c[others], y[others], mask[others], w, 4),
+    check(lambda f: sphere(f, c[others], y[others], mask[others], w, 4),
           (f[others],))
     for method in losses.PROPAGATION_METHODS:
-      check(lambda f, c: losses.propagation_loss(f, c, mask, method,
+      check(lambda f, c: prop(f, c, mask, method,
                                                  grad_through_similarity=True), (f, c))
-    sphere = jax.jit(losses.sphere_loss, static_argnums=5)
-    g = jax.jit(jax.grad(lambda f: sphere(f, c, y, mask, w, 4)))(f)
+    sphere_jit = jax.jit(sphere, static_argnums=5)
+    g = jax.jit(jax.grad(lambda f: sphere_jit(f, c, y, mask, w, 4)))(f)
     assert np.all(np.isfinite(g)) and np.abs(g[0]).max() > 0
     # float64 values against the references, too.
-    np.testing.assert_allclose(sphere(f, c, y, mask, w, 4),
+    np.testing.assert_allclose(sphere_jit(f, c, y, mask, w, 4),
                                ref.sphere_loss(f, c, y, b["lengths"], w, 4), rtol=1e-10)
     np.testing.assert_allclose(jax.jit(losses.partial_segment_loss)(c, u, mask),
                                ref.partial_segment_loss(c, u, b["lengths"]), rtol=1e-10)
-    cls = jax.jit(losses.classification_loss)
+    cls = jax.jit(cls_printed)
     np.testing.assert_allclose(cls(c, y, mask, k),
                                ref.classification_loss(c, y, b["lengths"], np.asarray(k)),
                                rtol=1e-10)

@@ -9,13 +9,15 @@ import pytest
 
 from jaxseg import losses
 from jaxseg import model as model_lib
+from tests.conftest import loss_kwargs
 
 B, T, D, E, N = 3, 10, 7, 6, 5
 
 
 @pytest.fixture(scope="module")
 def setup():
-  m = model_lib.SegmentModel(num_classes=N, embed_dim=E, dropout_rate=0.5)
+  m = model_lib.SegmentModel(num_classes=N, embed_dim=E, dropout_rate=0.5,
+                             compute_dtype="float32")
   variables = model_lib.init_params(m, jax.random.key(0), D)
   rng = np.random.default_rng(0)
   x = rng.normal(size=(B, T, D)).astype(np.float32)
@@ -92,7 +94,8 @@ def test_dropout(setup):
 
 
 def test_embed_dim_default_and_loss_pipeline():
-  m = model_lib.SegmentModel(num_classes=N, embed_dim=-1)
+  m = model_lib.SegmentModel(num_classes=N, embed_dim=-1, dropout_rate=0.7,
+                             compute_dtype="float32")
   variables = model_lib.init_params(m, jax.random.key(1), D)
   assert model_lib.sphere_weight(variables).shape == (N, D)
   assert variables["params"]["embedding"]["kernel"].shape == (D, D)
@@ -108,7 +111,8 @@ def test_embed_dim_default_and_loss_pipeline():
   def loss(params):
     out = m.apply({"params": params}, batch["features"], batch["mask"],
                   deterministic=False, rngs={"dropout": jax.random.key(0)})
-    return losses.total_loss(out, batch, weight=model_lib.sphere_weight(params))[0]
+    return losses.total_loss(out, batch, weight=model_lib.sphere_weight(params),
+                             **loss_kwargs())[0]
 
   value, grads = jax.jit(jax.value_and_grad(loss))(variables["params"])
   assert np.isfinite(value)
@@ -147,7 +151,8 @@ def test_bfloat16_compute_matches_float32_and_keeps_float32_interfaces(setup):
 
 
 def test_bad_compute_dtype_is_rejected():
-  m = model_lib.SegmentModel(num_classes=N, embed_dim=E, compute_dtype="float16")
+  m = model_lib.SegmentModel(num_classes=N, embed_dim=E, dropout_rate=0.5,
+                             compute_dtype="float16")
   with pytest.raises(ValueError, match="compute_dtype"):
     model_lib.init_params(m, jax.random.key(0), D)
 

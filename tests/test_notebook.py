@@ -21,7 +21,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "loss_inspection.ipynb"
-BUDGET_S = 120.0  # the issue: the notebook test finishes in under 2 minutes on CPU
+BUDGET_S = 120.0  # the notebook test finishes in under 2 minutes on CPU
 SETTINGS = ("CL", "CL+PSL", "CL+PSL+SL", "CL+PSL+SL+PL")
 FIGURE_NAMES = (
     ["ground_truth_{}.png", "cas_{}.png", "similarity_{}.png", "ablation_cas_{}.png"],

@@ -31,8 +31,12 @@ import pytest
 
 from configs import test as test_config
 from jaxseg import config as config_lib
+from jaxseg import evaluate
 from jaxseg import parallel
+from jaxseg import state as state_lib
 from jaxseg import train
+from jaxseg import workdir as workdir_lib
+from tests.conftest import make_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH = 8
@@ -47,6 +51,7 @@ jax.config.update("jax_num_cpu_devices", 8)
 import numpy as np
 from configs import test as test_config
 from jaxseg import parallel, train
+from jaxseg import state as state_lib
 from jaxseg.data import batching
 
 args = json.loads(sys.argv[1])
@@ -75,13 +80,13 @@ def make_batch(n_real):
   return batching.stack_batch(feats, labs, ys, batch_size=8, buckets=(T,),
                               feature_dim=D, num_classes=N)
 batches = [make_batch(7)] + [make_batch(8) for _ in range(int(args["num_steps"]) - 1)]
-model = train.make_model(c, D, N)
-optimizer = train.make_optimizer(c)
-single_state = train.init_state(c, model, optimizer, D)
+model = state_lib.make_model(c, D, N)
+optimizer = state_lib.make_optimizer(c)
+single_state = state_lib.init_state(c, model, optimizer, D)
 single_step = train.make_train_step(c, model, optimizer)
 mesh = parallel.make_mesh(c.parallel.num_devices)
 rows = parallel.process_rows(8, mesh)
-sharded_state = parallel.replicate(train.init_state(c, model, optimizer, D), mesh)
+sharded_state = parallel.replicate(state_lib.init_state(c, model, optimizer, D), mesh)
 sharded_step = train.make_train_step(c, model, optimizer)
 metrics = {"single": [], "sharded": []}
 for i, b in enumerate(batches):
@@ -188,13 +193,6 @@ def _free_port() -> int:
   with socket.socket() as s:
     s.bind(("localhost", 0))
     return s.getsockname()[1]
-
-
-def _config(data_dir):
-  c = test_config.get_config()
-  c.train.batch_size = BATCH
-  c.data.synthetic.output_dir = data_dir
-  return c
 
 
 @pytest.fixture(scope="module")
@@ -341,17 +339,17 @@ def test_batch_size_not_divisible_by_devices_is_refused(eight):
 
 def test_checkpoint_from_8_devices_evaluates_on_1(eight, dirs):
   assert jax.device_count() == 1
-  c = _config(dirs["data"])
+  c = make_config(dirs["data"], **{"train.batch_size": BATCH})
   with open(os.path.join(dirs["eight"], "results.json")) as f:
     reported = json.load(f)["final"]
   assert reported["step"] == c.train.num_steps
   for key, value in eight["final"].items():
     assert reported[key] == pytest.approx(value, abs=1e-9)
-  run = train.load_run(c, dirs["eight"], which="final")
+  run = workdir_lib.load_run(c, dirs["eight"], which="final")
   assert run.step == c.train.num_steps
   for leaf in jax.tree.leaves(run.state.params):
     assert leaf.sharding.device_set == {jax.devices()[0]}
-  again = train.evaluate_workdir(c, dirs["eight"])
+  again = evaluate.evaluate_workdir(c, dirs["eight"])
   # The 8-device evaluation ran the same per-device program on replicated
   # parameters, and Orbax restores the exact float32 values: equal to the last
   # bit, the tolerance only absorbs float64 summation in the mAP average.
@@ -388,9 +386,9 @@ def test_two_processes_reproduce_one_process(two, eight, dirs):
 
 def test_two_process_checkpoint_restores_on_1_device(two, dirs):
   del two
-  c = _config(dirs["data"])
-  a = train.load_run(c, dirs["eight"]).state
-  b = train.load_run(c, dirs["two"]).state
+  c = make_config(dirs["data"], **{"train.batch_size": BATCH})
+  a = workdir_lib.load_run(c, dirs["eight"]).state
+  b = workdir_lib.load_run(c, dirs["two"]).state
   assert int(a.step) == int(b.step) == c.train.num_steps
   for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a.params),
                           jax.tree.leaves(b.params)):

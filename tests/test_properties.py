@@ -1,4 +1,4 @@
-"""Property-based tests (hypothesis) of jaxseg.losses and jaxseg.evaluation.
+"""Property-based tests (hypothesis) of jaxseg.losses and jaxseg.metrics.
 
 Losses (paper eq. 1-13): for any lengths (prefix masks, one-segment and empty
 videos included), any segment-label pattern, features and CAS of any scale
@@ -54,10 +54,11 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from jaxseg import evaluation as ev
+from jaxseg import metrics as ev
 from jaxseg import losses
 from tests import anet_json
 from tests import reference_activitynet as anet_ref
+from tests.conftest import loss_kwargs
 
 # ================================================================== losses
 
@@ -176,22 +177,27 @@ def build_batch(case: LossCase) -> tuple[dict, dict]:
 
 def _total(f, cc, cl, w, b):
   outputs = {"features": f, "cas_cls": cc, "cas_loc": cl}
-  return losses.total_loss(outputs, b, weight=w, margin=MARGIN)[0]
+  return losses.total_loss(outputs, b, weight=w, **loss_kwargs(
+      margin=MARGIN, classification_normalization="classes", propagation_similarity="dot",
+      propagation_normalization="none"))[0]
 
 
 def _propagation(method, similarity="dot"):
   return lambda f, cc, cl, w, b: losses.propagation_loss(
-      f, cl, b["mask"], method, grad_through_similarity=True, similarity=similarity)
+      f, cl, b["mask"], method=method, grad_through_similarity=True, similarity=similarity,
+      normalization="none")
 
 
 # Each takes (features, cas_cls, cas_loc, sphere weight, batch) -> scalar.
 LOSS_FNS = {
     "classification": lambda f, cc, cl, w, b: losses.classification_loss(
-        cc, b["video_labels"], b["mask"], losses.topk_k(b["lengths"], b["num_labeled"])),
+        cc, b["video_labels"], b["mask"],
+        losses.topk_k(b["lengths"], b["num_labeled"], mode="labeled", ratio=8.0),
+        normalization="classes"),
     "segment": lambda f, cc, cl, w, b: losses.partial_segment_loss(
         cl, b["segment_labels"], b["mask"]),
     "sphere": lambda f, cc, cl, w, b: losses.sphere_loss(
-        f, cl, b["video_labels"], b["mask"], w, MARGIN),
+        f, cl, b["video_labels"], b["mask"], w, margin=MARGIN),
     "propagation_naive": _propagation("naive"),
     "propagation_dense": _propagation("dense"),
     "propagation_factorized": _propagation("factorized"),
@@ -220,7 +226,7 @@ def one_video(b: dict, i: int) -> dict:
   return {k: (v if k == "weight" else v[i:i + 1]) for k, v in b.items()}
 
 
-# Extreme inputs of the issue, always run on top of the drawn examples.
+# Extreme inputs, always run on top of the drawn examples.
 EXTREME_CASES = (
     # One-segment videos, 1e4 features, all-equal CAS.
     LossCase((1, 1, 1), (1, 15, 8), "relu", 1e4, "equal", 1.0, 0.0, 1.0, math.nan, 0),

@@ -65,7 +65,7 @@ def test_activitynet_reads_instances_strings_and_durations(tmp_path):
   assert c.duration == 6.4 and c.instances == []
   assert a.features.dtype == np.float32 and a.features.shape == (10, 4)
   np.testing.assert_allclose(b.features, _feats(8, 4, 10))
-  assert readers.skipped_videos(ds) == []
+  assert ds.skipped_videos == []
 
 
 def test_activitynet_given_class_names_fix_the_order(tmp_path):
@@ -132,9 +132,12 @@ def test_skip_bad_videos_skips_and_reports(tmp_path):
   with pytest.warns(UserWarning, match="skipped 2 bad video"):
     ds = readers.read_activitynet(ann, fdir, skip_bad_videos=True)
   assert [v.video_id for v in ds.videos] == ["vA"]
-  skipped = readers.skipped_videos(ds)
+  skipped = ds.skipped_videos
   assert [s[0] for s in skipped] == ["vB", "vC"]
   assert "vB.npy" in skipped[0][1] and "non-finite" in skipped[1][1]
+  # A real field: subsets and selections keep it.
+  assert ds.subset("validation").skipped_videos == skipped
+  assert ds.select(["vA"]).skipped_videos == skipped
 
 
 def test_feature_dim_differs_between_videos(tmp_path):

@@ -28,10 +28,13 @@ import pytest
 
 from configs import test as test_config
 from jaxseg import config as config_lib
+from jaxseg import evaluate
 from jaxseg import train
+from jaxseg import workdir as workdir_lib
 from jaxseg.data import batching
 from jaxseg.data import labels as labels_lib
 from jaxseg.data.video import Dataset, Instance, Video
+from tests.conftest import make_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 24
@@ -113,7 +116,7 @@ def reference(base):
   workdir = base["root"] / "reference"
   proc = _run(base, workdir)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "Resumed" not in proc.stdout
+  assert "Resumed" not in proc.stderr
   out = _outputs(workdir)
   assert out["final"]["step"] == NUM_STEPS
   return workdir, out
@@ -181,7 +184,7 @@ def test_sigkill_at_a_random_step_then_rerun_equals_uninterrupted(base, referenc
   # Rerun the very same command to completion.
   proc = _run(base, workdir)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert f"Resumed from {workdir}/checkpoints/latest at step {latest}." in proc.stdout
+  assert f"Resumed from {workdir}/checkpoints/latest at step {latest}." in proc.stderr
   _assert_same_outputs(_outputs(workdir), ref)
 
 
@@ -212,7 +215,7 @@ def test_partly_written_checkpoint_is_never_picked(base, reference):
     f.write('{"step": 21, "kind": "tra')
   proc = _run(base, workdir)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert f"at step {NUM_STEPS - 4}." in proc.stdout
+  assert f"at step {NUM_STEPS - 4}." in proc.stderr
   assert _finalized_steps(workdir) == [NUM_STEPS - 4, NUM_STEPS]
   _assert_same_outputs(_outputs(workdir), ref)
 
@@ -220,7 +223,8 @@ def test_partly_written_checkpoint_is_never_picked(base, reference):
 _SLOW_BEST_SAVE = """
 import os, signal, sys, time
 from absl import app
-from jaxseg import main, train
+from jaxseg import main
+from jaxseg import workdir as workdir_lib
 from jaxseg.data import batching
 
 STEP = int(os.environ["RELIABILITY_STEP"])
@@ -236,8 +240,9 @@ def rename(src, dst, *args, **kwargs):
 
 os.rename = rename
 made = []
-real_managers = train._managers
-train._managers = lambda *a: made.extend(real_managers(*a)) or tuple(made)
+real_managers = workdir_lib.checkpoint_managers
+workdir_lib.checkpoint_managers = (
+    lambda *a, **kw: made.extend(real_managers(*a, **kw)) or tuple(made))
 real_batch = batching.TrainLoader.batch
 
 
@@ -289,17 +294,17 @@ def test_metrics_log_drops_a_cut_line_and_lines_past_the_resume_step(tmp_path):
   text = "".join(json.dumps(r) + "\n" for r in recs)
   with open(path, "w") as f:
     f.write(text + '{"step": 12, "kind": "train", "tot')  # a crash mid-write
-  log = train.MetricsLog(path, resume_step=8)
+  log = workdir_lib.MetricsLog(path, resume_step=8)
   with open(path) as f:
     assert f.read() == text
   log.write({"step": 12, "kind": "train", "total": 1.0})
   with open(path) as f:
     assert [json.loads(line) for line in f] == recs + [{"step": 12, "kind": "train",
                                                         "total": 1.0}]
-  train.MetricsLog(path, resume_step=4)
+  workdir_lib.MetricsLog(path, resume_step=4)
   with open(path) as f:
     assert [json.loads(line) for line in f] == recs[:1]
-  train.MetricsLog(path, resume_step=0)
+  workdir_lib.MetricsLog(path, resume_step=0)
   assert os.path.getsize(path) == 0
 
 
@@ -311,10 +316,10 @@ RESULT_FILES = ("detections.json", "detections_selected.json", "results.csv",
 
 
 def _tiny_results(config):
-  """Inputs of ``train.write_results`` for a one-video, one-class split."""
+  """Inputs of ``evaluate.write_results`` for a one-video, one-class split."""
   video = Video("v1", "test", np.zeros((4, 2), np.float32), 1.0, 4.0, [Instance(0.0, 2.0, 0)])
   ds = Dataset(["a"], [video])
-  data = train.RunData(ds, ds, None, ds,
+  data = workdir_lib.RunData(ds, ds, None, ds,
                        labels_lib.SegmentLabels(labels={}, mode="one-segment", seed=0))
   table = pd.DataFrame({0.5: [0.25, 0.25]}, index=["a", "mean"])
   final = {"predictions": {"results": {"v1": [
@@ -344,7 +349,7 @@ def test_crash_while_writing_results_leaves_previous_files_intact(tmp_path, monk
 
   monkeypatch.setattr(os, "replace", crashing_replace)
   with pytest.raises(OSError, match="No space left"):
-    train.write_results(config, str(tmp_path), data, final, final, 12, 12)
+    evaluate.write_results(config, str(tmp_path), data, final, final, 12, 12)
   monkeypatch.setattr(os, "replace", real_replace)
   assert calls[-1] == RESULT_FILES[crash_at]
   for i, name in enumerate(RESULT_FILES):
@@ -361,12 +366,6 @@ def test_crash_while_writing_results_leaves_previous_files_intact(tmp_path, monk
 
 
 BAD_STEP = 5  # the 6th batch (0-based step index)
-
-
-def _config(base, **overrides):
-  c = test_config.get_config()
-  c.data.synthetic.output_dir = base["data"]
-  return config_lib.with_overrides(c, **overrides)
 
 
 def _poison(monkeypatch, bad_step):
@@ -386,14 +385,14 @@ def _poison(monkeypatch, bad_step):
 
 def _spy_managers(monkeypatch):
   made = []
-  original = train._managers  # pylint: disable=protected-access
+  original = workdir_lib.checkpoint_managers
 
-  def spy(workdir, config):
-    managers = original(workdir, config)
+  def spy(workdir, config, **kwargs):
+    managers = original(workdir, config, **kwargs)
     made.extend(managers)
     return managers
 
-  monkeypatch.setattr(train, "_managers", spy)
+  monkeypatch.setattr(workdir_lib, "checkpoint_managers", spy)
   return made
 
 
@@ -412,7 +411,7 @@ def test_nonfinite_step_stops_naming_step_and_term_and_keeps_good_checkpoint(
   _poison(monkeypatch, BAD_STEP)
   made = _spy_managers(monkeypatch)
   with pytest.raises(train.NonFiniteError) as info:
-    train.train_and_evaluate(_config(base), str(workdir))
+    train.train_and_evaluate(make_config(base["data"]), str(workdir))
   msg = str(info.value)
   assert f"at step {BAD_STEP};" in msg
   assert "non-finite classification" in msg  # NaN features: C_cls, so eq. 4, is NaN
@@ -439,7 +438,7 @@ def test_skip_nonfinite_skips_the_batch_and_counts_it(base, reference, tmp_path,
   bad = 6  # consumed as the 7th batch: checkpoint "7" follows it
   _poison(monkeypatch, bad)
   made = _spy_managers(monkeypatch)
-  c = _config(base, **{"train.skip_nonfinite": True, "train.num_steps": 8,
+  c = make_config(base["data"], **{"train.skip_nonfinite": True, "train.num_steps": 8,
                        "train.checkpoint_every": 1, "train.keep_checkpoints": 3,
                        "train.validation_fraction": 0.0})
   train.train_and_evaluate(c, str(workdir), evaluate=False)

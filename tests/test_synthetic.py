@@ -204,8 +204,8 @@ def test_a_crash_leaves_no_half_dataset(tmp_path, monkeypatch):
       raise RuntimeError("disk full")
     return real(*args, **kwargs)
 
-  real = synthetic._video_features
-  monkeypatch.setattr(synthetic, "_video_features", boom)
+  real = synthetic.video_features
+  monkeypatch.setattr(synthetic, "video_features", boom)
   with pytest.raises(RuntimeError, match="disk full"):
     _small(tmp_path / "data")
   assert os.listdir(tmp_path) == []

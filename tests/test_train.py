@@ -1,7 +1,9 @@
 """End-to-end training on configs/test.py: outputs, determinism, resume."""
 
 import json
+import logging
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -10,13 +12,12 @@ import pytest
 
 from configs import test as test_config
 from jaxseg import config as config_lib
+from jaxseg import evaluate
+from jaxseg import state as state_lib
 from jaxseg import train
+from jaxseg import workdir as workdir_lib
 from jaxseg.data import batching
-
-
-def _config(**overrides):
-  c = test_config.get_config()
-  return config_lib.with_overrides(c, **overrides)
+from tests.conftest import make_config
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory, data_dir):
   workdir = str(tmp_path_factory.mktemp("full"))
-  c = _config(**{"data.synthetic.output_dir": data_dir})
+  c = make_config(**{"data.synthetic.output_dir": data_dir})
   out = train.train_and_evaluate(c, workdir)
   return c, workdir, out
 
@@ -96,13 +97,14 @@ def test_same_seed_same_results(full_run, tmp_path, data_dir):
   assert table.loc["final", "label_seed"] == c.labels.seed
 
 
-def test_device_data_trains_exactly_like_host_batches(full_run, tmp_path, capsys):
+def test_device_data_trains_exactly_like_host_batches(full_run, tmp_path, caplog):
   """train.device_data='on' (indices sent, batch gathered in the step) changes nothing."""
   c, workdir, out = full_run
   assert c.train.device_data == "auto"  # on a CPU: host batches
   on = config_lib.with_overrides(c, **{"train.device_data": "on"})
-  got = train.train_and_evaluate(on, str(tmp_path / "on"))
-  assert "training data on the device: on (config)" in capsys.readouterr().out
+  with caplog.at_level(logging.INFO, logger="absl"):
+    got = train.train_and_evaluate(on, str(tmp_path / "on"))
+  assert "training data on the device: on (config)" in caplog.text
   host = [r for r in _read_jsonl(os.path.join(workdir, "metrics.jsonl")) if r["kind"] == "train"]
   dev = [r for r in _read_jsonl(str(tmp_path / "on" / "metrics.jsonl")) if r["kind"] == "train"]
   assert len(host) == len(dev)
@@ -115,18 +117,19 @@ def test_device_data_trains_exactly_like_host_batches(full_run, tmp_path, capsys
 
 def test_bfloat16_compute_trains_like_float32(full_run, data_dir, tmp_path):
   """model.compute_dtype='bfloat16': the same steps, losses within bf16 rounding."""
-  c = _config(**{"data.synthetic.output_dir": data_dir})
+  c = make_config(**{"data.synthetic.output_dir": data_dir})
   del full_run  # it generated the dataset
-  data = train.prepare_data(c, str(tmp_path))
+  data = workdir_lib.prepare_data(c, str(tmp_path))
   loader = batching.TrainLoader(
       data.train, data.segment_labels.labels, batch_size=c.train.batch_size,
-      max_length=c.train.max_length, buckets=c.train.length_buckets, seed=c.seed)
+      max_length=c.train.max_length, buckets=c.train.length_buckets, seed=c.seed,
+      crop_mode="uniform")
   runs = {}
   for dtype in ("float32", "bfloat16"):
     cd = config_lib.with_overrides(c, **{"model.compute_dtype": dtype})
-    model = train.make_model(cd, data.dataset.feature_dim, data.dataset.num_classes)
-    optimizer = train.make_optimizer(cd)
-    state = train.init_state(cd, model, optimizer, data.dataset.feature_dim)
+    model = state_lib.make_model(cd, data.dataset.feature_dim, data.dataset.num_classes)
+    optimizer = state_lib.make_optimizer(cd)
+    state = state_lib.init_state(cd, model, optimizer, data.dataset.feature_dim)
     step = train.make_train_step(cd, model, optimizer)
     totals = []
     for s in range(12):
@@ -169,32 +172,66 @@ def test_interrupted_run_resumes_to_same_result(full_run, tmp_path, monkeypatch)
 
 def test_workdir_of_another_config_is_refused(full_run):
   c, workdir, _ = full_run
-  other = _config(**{"data.synthetic.output_dir": c.data.synthetic.output_dir,
-                     "loss.gamma": 0.5})
-  with pytest.raises(train.ConfigError, match="loss.gamma"):
+  other = make_config(**{"data.synthetic.output_dir": c.data.synthetic.output_dir,
+                         "loss.gamma": 0.5})
+  with pytest.raises(config_lib.ConfigError, match="loss.gamma"):
     train.train_and_evaluate(other, workdir)
 
 
 def test_eval_mode_reproduces_reported_numbers_and_plots(full_run):
   c, workdir, out = full_run
-  c = _config(**{"data.synthetic.output_dir": c.data.synthetic.output_dir,
-                 "eval.num_plot_videos": 2})
-  again = train.evaluate_workdir(c, workdir)
+  c = make_config(**{"data.synthetic.output_dir": c.data.synthetic.output_dir,
+                     "eval.num_plot_videos": 2})
+  again = evaluate.evaluate_workdir(c, workdir)
   assert again["final"] == out["final"]
   assert again["selected"] == out["selected"]
   plots = sorted(os.listdir(os.path.join(workdir, "plots")))
   assert len(plots) == 2 and all(p.endswith(".png") for p in plots)
-  selected = train.restore_params(c, workdir, which="selected")
-  final = train.restore_params(c, workdir, which="final")
+  selected = workdir_lib.restore_params(c, workdir, which="selected")
+  final = workdir_lib.restore_params(c, workdir, which="final")
   assert jax.tree.structure(selected) == jax.tree.structure(final)
   same = all(np.array_equal(a, b)
              for a, b in zip(jax.tree.leaves(selected), jax.tree.leaves(final)))
   assert same == (out["selected_step"] == c.train.num_steps)
 
 
+def _listing(*folders):
+  """``{path: (size, mtime_ns)}`` of every file and folder under ``folders``."""
+  out = {}
+  for folder in folders:
+    for root, dirs, files in os.walk(folder):
+      for name in dirs + files:
+        path = os.path.join(root, name)
+        st = os.stat(path)
+        out[path] = (st.st_size if name in files else 0, st.st_mtime_ns)
+  return out
+
+
+def test_reading_a_run_back_writes_nothing(full_run, tmp_path, data_dir):
+  """load_run creates and modifies no file; --mode eval rewrites only its reports."""
+  c, workdir, _ = full_run
+  run_dir = str(tmp_path / "run")
+  shutil.copytree(workdir, run_dir)
+  before = _listing(run_dir, data_dir)
+  for which in ("final", "selected"):
+    run = workdir_lib.load_run(c, run_dir, which=which)
+    assert run.step > 0
+  assert _listing(run_dir, data_dir) == before
+  evaluate.evaluate_workdir(c, run_dir)
+  after = _listing(run_dir, data_dir)
+  changed = sorted(os.path.relpath(p, run_dir) for p in set(before) | set(after)
+                   if before.get(p) != after.get(p))
+  assert set(changed) <= {"detections.json", "detections_selected.json", "results.csv",
+                          "results.md", "results.json"}, changed
+  # A run that is not there is an error, not a fresh workdir.
+  with pytest.raises(config_lib.ConfigError, match="holds no run"):
+    workdir_lib.load_run(c, str(tmp_path / "nothing"))
+  assert not os.path.exists(tmp_path / "nothing")
+
+
 def test_nonfinite_loss_stops_with_step_and_term(tmp_path, data_dir):
-  c = _config(**{"data.synthetic.output_dir": data_dir, "train.learning_rate": 1e30,
-                 "train.num_steps": 8})
+  c = make_config(**{"data.synthetic.output_dir": data_dir, "train.learning_rate": 1e30,
+                     "train.num_steps": 8})
   with pytest.raises(train.NonFiniteError, match=r"at step \d+"):
     train.train_and_evaluate(c, str(tmp_path / "nan"))
 
@@ -218,7 +255,7 @@ def test_point_labels_end_to_end(full_run, tmp_path):
                    f"{vid},{mid}")
   (tmp_path / "points.csv").write_text("\n".join(lines) + "\n")
   (tmp_path / "fps.json").write_text(json.dumps(fps))
-  pc = _config(**{"data.synthetic.output_dir": c.data.synthetic.output_dir,
+  pc = make_config(**{"data.synthetic.output_dir": c.data.synthetic.output_dir,
                   "labels.mode": "points", "labels.points_csv": str(tmp_path / "points.csv"),
                   "labels.fps_json": str(tmp_path / "fps.json"), "train.num_steps": 4})
   workdir = str(tmp_path / "points_run")

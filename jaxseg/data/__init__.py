@@ -6,10 +6,9 @@
 
 from jaxseg.data.batching import TrainLoader, bucket_length, eval_batches, pad_video
 from jaxseg.data.labels import (SegmentLabels, instance_segment_span, load_segment_labels,
-                                sample_segment_labels, save_segment_labels,
-                                segment_labels_from_config)
+                                sample_segment_labels, save_segment_labels)
 from jaxseg.data.readers import (load_dataset, read_activitynet, read_point_labels,
-                                 read_wtalc, skipped_videos)
+                                 read_wtalc, segment_labels)
 from jaxseg.data.synthetic import generate_synthetic
 from jaxseg.data.video import DataError, Dataset, Instance, Video
 
@@ -18,5 +17,5 @@ __all__ = [
     "bucket_length", "eval_batches", "generate_synthetic", "instance_segment_span",
     "load_dataset", "load_segment_labels", "pad_video", "read_activitynet",
     "read_point_labels", "read_wtalc", "sample_segment_labels", "save_segment_labels",
-    "segment_labels_from_config", "skipped_videos",
+    "segment_labels",
 ]

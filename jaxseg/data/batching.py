@@ -24,9 +24,6 @@ import numpy as np
 from jaxseg.data.labels import check_segment_labels
 from jaxseg.data.video import Dataset
 
-CROP_MODES = ("uniform", "crop")
-
-
 def bucket_length(length: int, buckets: Sequence[int]) -> int:
   """The padded length for ``length`` segments.
 
@@ -119,7 +116,8 @@ def sample_indices(num_segments: int, max_length: int, mode: str,
   if mode == "crop":
     start = int(rng.integers(num_segments - max_length + 1))
     return np.arange(start, start + max_length)
-  raise ValueError(f"crop_mode must be one of {CROP_MODES}, got {mode!r}")
+  raise ValueError(f"crop_mode must be 'uniform' or 'crop' (config.train.crop_mode), "
+                   f"got {mode!r}")
 
 
 class TrainLoader:
@@ -137,13 +135,12 @@ class TrainLoader:
 
   def __init__(self, dataset: Dataset, segment_labels: Mapping[str, np.ndarray], *,
                batch_size: int, max_length: int, buckets: Sequence[int], seed: int,
-               crop_mode: str = "uniform"):
+               crop_mode: str):
     if not dataset.videos:
       raise ValueError("TrainLoader: the dataset has no video")
     if batch_size <= 0 or max_length <= 0:
       raise ValueError("batch_size and max_length must be positive")
-    if crop_mode not in CROP_MODES:
-      raise ValueError(f"crop_mode must be one of {CROP_MODES}, got {crop_mode!r}")
+    sample_indices(2, 1, crop_mode, np.random.default_rng(0))  # validates crop_mode
     check_segment_labels(dataset, segment_labels)
     bucket_length(1, buckets)  # validates buckets
     self.dataset = dataset

@@ -1,11 +1,10 @@
 """Training features kept on the accelerator: each step sends indices, not features.
 
 At the paper's shapes a training batch is ``16 x 750 x 2048`` float32, 98 MB:
-stacking it on the host and copying it (about 100 ms on a 2-core CPU,
-``benchmarks/RESULTS.md``; a GPU adds the PCIe copy) costs far more than the
-jitted step itself on a GPU. A training set of pre-extracted features is small next
-to a GPU's memory (THUMOS14's 200 validation videos with I3D features: about
-2.5 GB), so :class:`FeatureBank` copies all training videos to the device once,
+stacking it on the host and copying it costs far more than the jitted step
+itself on a GPU (measurements in ``benchmarks/RESULTS.md``). A training set of
+pre-extracted features is small next to a GPU's memory (THUMOS14's 200
+validation videos with I3D features: about 2.5 GB), so :class:`FeatureBank` copies all training videos to the device once,
 concatenated, and each step sends only :meth:`TrainLoader.plan` --
 ``(B, T) int32`` row indices and the mask, about 50 kB -- from which
 :func:`gather_batch` rebuilds, inside the jitted step, exactly the batch
@@ -26,7 +25,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxseg.config import DEVICE_DATA_MODES
 from jaxseg.data.labels import check_segment_labels
 from jaxseg.data.video import Dataset
 
@@ -110,14 +108,14 @@ def use_device_data(mode: str, dataset: Dataset, *, backend: str | None = None,
     backend: ``jax.default_backend()`` unless given (for tests).
     memory: device memory in bytes, :func:`device_memory_bytes` unless given.
   """
-  if mode not in DEVICE_DATA_MODES:
-    raise ValueError(f"train.device_data must be one of {DEVICE_DATA_MODES}, got {mode!r}")
   need = bank_bytes(dataset)
   size = f"{need / 2 ** 30:.2f} GiB" if need >= 2 ** 30 else f"{need / 2 ** 20:.1f} MiB"
   if mode == "on":
     return True, f"on (config), {size} of training features on the device"
   if mode == "off":
     return False, "off (config): batches are stacked on the host"
+  if mode != "auto":
+    raise ValueError(f"train.device_data must be 'auto', 'on' or 'off', got {mode!r}")
   backend = backend or jax.default_backend()
   if backend == "cpu":
     return False, "off (auto: CPU backend, batches are stacked on the host)"

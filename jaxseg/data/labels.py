@@ -26,16 +26,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import tempfile
 import zlib
 from typing import Mapping, Sequence
 
 import numpy as np
 
+from jaxseg.data import io
 from jaxseg.data.video import DataError, Dataset
 
-SAMPLED_MODES = ("one-segment", "two-segment", "video-level", "full")
 _EPS = 1e-6  # tolerance on time * rate, so 0.64 s * 25/16 is segment 1, not 0
 _FORMAT_VERSION = 1
 
@@ -133,9 +131,9 @@ def sample_segment_labels(dataset: Dataset, mode: str, seed: int) -> SegmentLabe
   Returns:
     :class:`SegmentLabels` with ``(T, N) uint8`` per video.
   """
-  if mode not in SAMPLED_MODES:
-    raise ValueError(f"label mode must be one of {SAMPLED_MODES} (or 'points', "
-                     f"read from a CSV); got {mode!r}")
+  if mode not in ("one-segment", "two-segment", "video-level", "full"):
+    raise ValueError(f"label mode must be 'one-segment', 'two-segment', 'video-level' "
+                     f"or 'full' ('points' are read from a CSV); got {mode!r}")
   n_cls = dataset.num_classes
   out: dict[str, np.ndarray] = {}
   num_clipped = num_dropped = 0
@@ -218,26 +216,15 @@ def save_segment_labels(path: str, labels: SegmentLabels) -> None:
   num_classes = n_cls.pop() if n_cls else 0
   stacked = (np.concatenate(arrays, axis=0) if arrays
              else np.zeros((0, num_classes), np.uint8))
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=".labels-", suffix=".npz.tmp", dir=folder)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez_compressed(
-          f, video_ids=np.array(ids, dtype=np.str_),
-          lengths=np.array([a.shape[0] for a in arrays], np.int64),
-          labels=stacked, num_classes=np.int64(num_classes),
-          num_clipped=np.int64(labels.num_clipped),
-          num_dropped=np.int64(labels.num_dropped),
-          mode=np.str_(labels.mode), seed=np.int64(labels.seed),
-          version=np.int64(_FORMAT_VERSION))
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  with io.atomic_open(path, "wb", make_dirs=True) as f:
+    np.savez_compressed(
+        f, video_ids=np.array(ids, dtype=np.str_),
+        lengths=np.array([a.shape[0] for a in arrays], np.int64),
+        labels=stacked, num_classes=np.int64(num_classes),
+        num_clipped=np.int64(labels.num_clipped),
+        num_dropped=np.int64(labels.num_dropped),
+        mode=np.str_(labels.mode), seed=np.int64(labels.seed),
+        version=np.int64(_FORMAT_VERSION))
 
 
 def load_segment_labels(path: str) -> SegmentLabels:
@@ -288,17 +275,3 @@ def check_segment_labels(dataset: Dataset, labels: Mapping[str, np.ndarray], *,
     if u.size and (u.min() < 0 or u.max() > 1):
       raise DataError(f"{source}: video {v.video_id!r}: labels must be 0 or 1")
 
-
-def segment_labels_from_config(labels_config, dataset: Dataset) -> SegmentLabels:
-  """The segment labels ``config.labels`` asks for.
-
-  ``mode="points"`` reads ``labels.points_csv`` with ``labels.fps_json``
-  (format 3); the other modes sample with ``labels.seed``.
-  """
-  if labels_config.mode == "points":
-    from jaxseg.data import readers  # circular at import time
-    if not labels_config.points_csv or not labels_config.fps_json:
-      raise ValueError("labels.mode='points' needs labels.points_csv and labels.fps_json")
-    return readers.read_point_segment_labels(labels_config.points_csv,
-                                             labels_config.fps_json, dataset)
-  return sample_segment_labels(dataset, labels_config.mode, labels_config.seed)

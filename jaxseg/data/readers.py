@@ -17,14 +17,13 @@ known; instance bounds are numeric with ``0 <= start <= end``. Bad input
 raises :class:`DataError` naming the file, the video and the field; nothing is
 returned half-read. With ``skip_bad_videos=True`` a video whose *features* are
 bad is skipped instead (a warning lists them) and the returned dataset's
-``skipped_videos`` attribute holds ``[(video_id, reason), ...]``; annotation
+``skipped_videos`` field holds ``[(video_id, reason), ...]``; annotation
 errors (unknown label, bad bounds, malformed files) always raise.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import warnings
@@ -32,6 +31,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from jaxseg.data import io
 from jaxseg.data import labels as labels_lib
 from jaxseg.data import synthetic
 from jaxseg.data.video import DataError, Dataset, I3D_FEATURE_RATE, Instance, Video
@@ -39,27 +39,7 @@ from jaxseg.data.video import DataError, Dataset, I3D_FEATURE_RATE, Instance, Vi
 POINT_COLUMNS = ("class", "class_index", "start_frame", "stop_frame", "video_id", "point")
 
 
-def skipped_videos(dataset: Dataset) -> list[tuple[str, str]]:
-  """``[(video_id, reason), ...]`` the reader skipped (``skip_bad_videos``)."""
-  return list(getattr(dataset, "skipped_videos", []))
-
-
 # ------------------------------------------------------------------ helpers
-
-
-def _load_json(path: str, what: str = "JSON") -> Any:
-  try:
-    with open(path, encoding="utf-8") as f:
-      text = f.read()
-  except FileNotFoundError:
-    raise DataError(f"{path}: {what} file not found") from None
-  except (OSError, UnicodeDecodeError) as e:
-    raise DataError(f"{path}: cannot read {what} file: {e}") from None
-  try:
-    return json.loads(text)
-  except json.JSONDecodeError as e:
-    raise DataError(
-        f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
 
 
 def _bounds(pair, *, where: str) -> tuple[float, float]:
@@ -199,7 +179,7 @@ class _Collector:
                     stacklevel=3)
     if not dataset.videos:
       raise DataError(f"{source}: no usable video")
-    dataset.skipped_videos = list(self.skipped)  # type: ignore[attr-defined]
+    dataset.skipped_videos = list(self.skipped)
     return dataset
 
 
@@ -353,7 +333,7 @@ def read_activitynet(annotation_path: str, features_dir: str, *,
   """
   if feature_rate <= 0:
     raise ValueError(f"feature_rate must be > 0, got {feature_rate}")
-  entries = _parse_activitynet(annotation_path, _load_json(annotation_path, "annotation"))
+  entries = _parse_activitynet(annotation_path, io.load_json(annotation_path, "annotation"))
   if class_names is None:
     class_names = sorted({lab for e in entries.values() for _, _, lab in e["annotations"]})
     if not class_names:
@@ -515,7 +495,7 @@ def read_points(csv_path: str, fps_json_path: str,
       missing column, a non-numeric field, an unknown class or video, or a
       video without fps; also for a CSV with no row.
   """
-  fps_data = _load_json(fps_json_path, "fps")
+  fps_data = io.load_json(fps_json_path, "fps")
   if not isinstance(fps_data, dict):
     raise DataError(f"{fps_json_path}: expected an object {{video_id: fps}}")
   index = {n: i for i, n in enumerate(dataset.class_names)}
@@ -601,10 +581,25 @@ def read_point_segment_labels(csv_path: str, fps_json_path: str,
   return out
 
 
+def segment_labels(labels_config: Any, dataset: Dataset,
+                   train: Dataset) -> labels_lib.SegmentLabels:
+  """The segment labels ``config.labels`` asks for (the one place the label mode branches).
+
+  ``mode="points"`` reads ``labels.points_csv`` with ``labels.fps_json``
+  (format 3) against the whole ``dataset`` (the CSV also names held-out
+  videos); every other mode samples the videos of ``train`` with ``labels.seed``.
+  """
+  if labels_config.mode == "points":
+    return read_point_segment_labels(labels_config.points_csv, labels_config.fps_json,
+                                     dataset)
+  return labels_lib.sample_segment_labels(train, labels_config.mode, labels_config.seed)
+
+
 # ------------------------------------------------------------- dispatching
 
 
-def load_dataset(data_config: Any, workdir: str | None = None) -> Dataset:
+def load_dataset(data_config: Any, workdir: str | None = None, *,
+                 generate: bool = True) -> Dataset:
   """Loads the dataset ``config.data`` names (format 1, 2 or the synthetic one).
 
   ``"synthetic"`` generates the dataset into ``data.synthetic.output_dir`` (or
@@ -612,7 +607,8 @@ def load_dataset(data_config: Any, workdir: str | None = None) -> Dataset:
   :func:`read_activitynet`; its D is ``data.synthetic.feature_dim`` (not
   ``data.feature_dim``). Split files ``data.train_split_file`` /
   ``data.test_split_file`` define the subsets ``data.train_subset`` /
-  ``data.test_subset``.
+  ``data.test_subset``. With ``generate=False`` (reading a run back) the
+  synthetic dataset must already be there: nothing is written.
 
   Raises:
     DataError: bad data (naming file and video); ValueError: a bad config.
@@ -620,9 +616,9 @@ def load_dataset(data_config: Any, workdir: str | None = None) -> Dataset:
   d = data_config
   fmt = d.format
   split_files = {}
-  if d.get("train_split_file", ""):
+  if d.train_split_file:
     split_files[d.train_subset] = d.train_split_file
-  if d.get("test_split_file", ""):
+  if d.test_split_file:
     if d.test_subset in split_files:
       raise ValueError("data.train_subset and data.test_subset are the same "
                        f"({d.test_subset!r}) but both have a split file")
@@ -632,11 +628,17 @@ def load_dataset(data_config: Any, workdir: str | None = None) -> Dataset:
     out_dir = s.output_dir or (os.path.join(workdir, "data") if workdir else "")
     if not out_dir:
       raise ValueError("data.format='synthetic' needs data.synthetic.output_dir or a workdir")
-    ann = synthetic.generate_synthetic(
-        out_dir, seed=s.seed, num_classes=s.num_classes, num_train=s.num_train,
-        num_test=s.num_test, feature_dim=s.feature_dim, max_length=s.max_length,
-        feature_rate=d.feature_rate)
+    if generate:
+      ann = synthetic.generate_synthetic(
+          out_dir, seed=s.seed, num_classes=s.num_classes, num_train=s.num_train,
+          num_test=s.num_test, feature_dim=s.feature_dim, max_length=s.max_length,
+          feature_rate=d.feature_rate)
+    else:
+      ann = os.path.join(os.path.abspath(out_dir), synthetic.ANNOTATION_FILE)
     record = synthetic.read_generator_record(out_dir)
+    if record is None:
+      raise DataError(f"{out_dir}: no synthetic dataset ({synthetic.GENERATOR_FILE} "
+                      "missing); train first")
     return read_activitynet(
         ann, os.path.join(out_dir, synthetic.FEATURES_DIR), feature_rate=d.feature_rate,
         feature_dim=int(s.feature_dim), class_names=record["class_names"],

@@ -257,9 +257,9 @@ def _smooth_noise(rng: np.random.Generator, t_len: int, d: int) -> np.ndarray:
   return (e[:-2] + 2.0 * e[1:-1] + e[2:]) / math.sqrt(6.0)
 
 
-def _video_features(rng: np.random.Generator, t_len: int,
-                    instances: list[_SynthInstance], class_dirs: np.ndarray,
-                    action_dir: np.ndarray, p: SyntheticParams) -> np.ndarray:
+def video_features(rng: np.random.Generator, t_len: int,
+                   instances: list[_SynthInstance], class_dirs: np.ndarray,
+                   action_dir: np.ndarray, p: SyntheticParams) -> np.ndarray:
   """``(T, D) float32`` features: ``softplus(bias + scene + signal + noise)``."""
   d = class_dirs.shape[1]
   z = p.noise * _smooth_noise(rng, t_len, d)
@@ -309,7 +309,7 @@ def _generate_into(directory: str, p: SyntheticParams) -> None:
       rng = np.random.default_rng([p.seed, 0x5E6, subset_code + 1, i])
       t_len = _sample_length(rng, p)
       instances = _sample_layout(rng, t_len, class_medians, p)
-      feats = _video_features(rng, t_len, instances, class_dirs, action_dir, p)
+      feats = video_features(rng, t_len, instances, class_dirs, action_dir, p)
       vid = video_id(subset, i)
       np.save(os.path.join(feat_dir, vid + ".npy"), feats)
       rate = p.feature_rate

@@ -66,9 +66,17 @@ class Video:
 
 @dataclasses.dataclass
 class Dataset:
-  """A list of videos sharing one class list and one feature dimension."""
+  """A list of videos sharing one class list and one feature dimension.
+
+  Attributes:
+    class_names: the ``N`` class names (label index order).
+    videos: the videos.
+    skipped_videos: ``[(video_id, reason), ...]`` the reader skipped
+      (``data.skip_bad_videos``); kept by :meth:`subset` and :meth:`select`.
+  """
   class_names: list[str]
   videos: list[Video]
+  skipped_videos: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
   @property
   def num_classes(self) -> int:
@@ -92,7 +100,7 @@ class Dataset:
       present = sorted({v.subset for v in self.videos})
       raise DataError(
           f"{source}: subset {names} is empty; subsets present: {present}")
-    return Dataset(self.class_names, videos)
+    return Dataset(self.class_names, videos, list(self.skipped_videos))
 
   def select(self, video_ids: Iterable[str], *, source: str = "split file") -> "Dataset":
     """The videos with the given ids, in the given order.
@@ -109,12 +117,12 @@ class Dataset:
       raise DataError(
           f"{source}: {len(missing)} video id(s) not in the annotations, "
           f"e.g. {missing[:3]}")
-    return Dataset(self.class_names, [by_id[i] for i in ids])
+    return Dataset(self.class_names, [by_id[i] for i in ids], list(self.skipped_videos))
 
   def ground_truth(self) -> dict:
     """Ground truth in ActivityNet format: ``{"database": {vid: {...}}}``.
 
-    This is the input :func:`jaxseg.evaluation.detection_map` takes.
+    This is the input :func:`jaxseg.metrics.detection_map` takes.
     """
     database = {}
     for v in self.videos:

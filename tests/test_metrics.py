@@ -1,4 +1,4 @@
-"""Tests of jaxseg.evaluation and the jaxseg.evaluate CLI.
+"""Tests of jaxseg.metrics and the jaxseg.score CLI.
 
 The ActivityNet protocol is checked against tests/reference_activitynet.py (the
 official eval_detection.py algorithm restated with pandas), the W-TALC protocol
@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jaxseg import evaluate as cli
-from jaxseg import evaluation as ev
+from jaxseg import score as cli
+from jaxseg import metrics as ev
 from jaxseg.data.video import DataError
 from tests import anet_json
 from tests import reference_activitynet as ref
@@ -94,7 +94,7 @@ ANET_THRESHOLDS = np.linspace(0.1, 0.95, 18)
 def test_activitynet_matches_official_reference(seed, subset):
   gt, pred, never = _random_case(seed, n_vid=30 + 10 * seed)
   want, activity_index = ref.evaluate(gt, pred, ANET_THRESHOLDS, subset)
-  got = ev.detection_map(gt, pred, ANET_THRESHOLDS, subset)
+  got = ev.detection_map(gt, pred, ANET_THRESHOLDS, subset, protocol="activitynet")
   assert list(got.index) == list(activity_index) + ["mean"]
   assert list(got.columns) == [round(float(t), 6) for t in ANET_THRESHOLDS]
   np.testing.assert_allclose(got.drop(index="mean").to_numpy().T, want, atol=1e-6, rtol=0)
@@ -108,9 +108,9 @@ def test_activitynet_reference_agreement_is_sensitive_to_tie_order():
   # The randomized cases above have tied scores whose order changes the AP:
   # ranking ties the other way round gives a different table.
   gt, pred, _ = _random_case(0)
-  base = ev.detection_map(gt, pred, ANET_THRESHOLDS)
+  base = ev.detection_map(gt, pred, ANET_THRESHOLDS, protocol="activitynet")
   flipped = {"results": {v: ps[::-1] for v, ps in reversed(list(pred["results"].items()))}}
-  other = ev.detection_map(gt, flipped, ANET_THRESHOLDS)
+  other = ev.detection_map(gt, flipped, ANET_THRESHOLDS, protocol="activitynet")
   want, _ = ref.evaluate(gt, flipped, ANET_THRESHOLDS)
   np.testing.assert_allclose(other.drop(index="mean").to_numpy().T, want, atol=1e-6, rtol=0)
   assert np.abs(base.to_numpy() - other.to_numpy()).max() > 1e-3
@@ -125,7 +125,7 @@ def test_zero_length_segments_as_official():
   pred = _pred({"a": [(5, 5, "x", 0.9), (5, 5, "x", 0.8), (4, 9, "x", 0.7),
                       (5, 5, "x", 0.95)]})
   want, _ = ref.evaluate(gt, pred, [0.1, 0.5, 0.9])
-  got = ev.detection_map(gt, pred, [0.1, 0.5, 0.9])
+  got = ev.detection_map(gt, pred, [0.1, 0.5, 0.9], protocol="activitynet")
   np.testing.assert_allclose(got.loc["x"].to_numpy(), want[:, 0], atol=1e-12)
   np.testing.assert_allclose(want[:, 0], [11 / 12, 11 / 12, 2 / 3])
 
@@ -141,7 +141,7 @@ def test_perfect_predictions_score_one():
 def test_one_tp_after_one_fp_is_one_half():
   gt = _gt({"a": [(10.0, 20.0, "x")]})
   pred = _pred({"a": [(40.0, 50.0, "x", 0.9), (10.0, 20.0, "x", 0.5)]})
-  df = ev.detection_map(gt, pred, [0.5])
+  df = ev.detection_map(gt, pred, [0.5], protocol="activitynet")
   assert df.loc["x", 0.5] == pytest.approx(0.5)
 
 
@@ -152,7 +152,7 @@ def test_interpolated_ap_by_hand():
   gt = _gt({"a": [(0.0, 10.0, "x"), (20.0, 30.0, "x"), (40.0, 50.0, "x")]})
   pred = _pred({"a": [(0.0, 10.0, "x", 0.9), (60.0, 70.0, "x", 0.8),
                       (20.0, 30.0, "x", 0.7), (40.0, 50.0, "x", 0.6)]})
-  anet = ev.detection_map(gt, pred, [0.5])
+  anet = ev.detection_map(gt, pred, [0.5], protocol="activitynet")
   wtalc = ev.detection_map(gt, pred, [0.5], protocol="wtalc", feature_rate=1.0)
   assert anet.loc["x", 0.5] == pytest.approx((1 + 0.75 + 0.75) / 3)
   assert wtalc.loc["x", 0.5] == pytest.approx((1 + 2 / 3 + 0.75) / 3)
@@ -161,7 +161,7 @@ def test_interpolated_ap_by_hand():
 def test_class_without_prediction_has_ap_zero_and_counts_in_mean():
   gt = _gt({"a": [(0.0, 10.0, "x"), (20.0, 30.0, "y")]})
   pred = _pred({"a": [(0.0, 10.0, "x", 0.9)]})
-  df = ev.detection_map(gt, pred, [0.5, 0.7])
+  df = ev.detection_map(gt, pred, [0.5, 0.7], protocol="activitynet")
   assert list(df.index) == ["x", "y", "mean"]
   np.testing.assert_array_equal(df.loc["y"], [0.0, 0.0])
   np.testing.assert_allclose(df.loc["mean"], [0.5, 0.5])
@@ -172,7 +172,7 @@ def test_prediction_on_video_without_gt_is_false_positive():
   # "b" has no "x"; "c" is not in the ground truth; both rank above the TP.
   pred = _pred({"b": [(0.0, 10.0, "x", 0.9)], "c": [(0.0, 10.0, "x", 0.8)],
                 "a": [(0.0, 10.0, "x", 0.7)]})
-  df = ev.detection_map(gt, pred, [0.5])
+  df = ev.detection_map(gt, pred, [0.5], protocol="activitynet")
   assert df.loc["x", 0.5] == pytest.approx(1 / 3)
 
 
@@ -182,10 +182,10 @@ def test_subset_filter_and_predictions_on_other_subset():
       "v1": {"subset": "validation", "annotations": [{"segment": [0, 10], "label": "x"},
                                                      {"segment": [0, 10], "label": "y"}]}}}
   pred = _pred({"v1": [(0.0, 10.0, "x", 0.9)], "t1": [(0.0, 10.0, "x", 0.5)]})
-  test = ev.detection_map(gt, pred, [0.5], subset="test")
+  test = ev.detection_map(gt, pred, [0.5], subset="test", protocol="activitynet")
   assert list(test.index) == ["x", "mean"]
   assert test.loc["x", 0.5] == pytest.approx(0.5)  # the validation video is an FP
-  both = ev.detection_map(gt, pred, [0.5])
+  both = ev.detection_map(gt, pred, [0.5], protocol="activitynet")
   assert both.loc["x", 0.5] == pytest.approx(1.0)
   assert both.loc["y", 0.5] == 0.0
 
@@ -195,7 +195,7 @@ def test_best_tiou_match_versus_first_match():
   # (tIoU 8/11) and B (0.9); P2 overlaps A (0.9) and B (7/12).
   gt = _gt({"a": [(0.0, 10.0, "x"), (2.0, 12.0, "x")]})
   pred = _pred({"a": [(2.0, 11.0, "x", 0.9), (0.0, 9.0, "x", 0.8)]})
-  anet = ev.detection_map(gt, pred, [0.5, 0.7])
+  anet = ev.detection_map(gt, pred, [0.5, 0.7], protocol="activitynet")
   wtalc = ev.detection_map(gt, pred, [0.5, 0.7], protocol="wtalc", feature_rate=1.0)
   # ActivityNet: P1 -> B, P2 -> A at both thresholds.
   np.testing.assert_allclose(anet.loc["x"], [1.0, 1.0])
@@ -207,32 +207,33 @@ def test_numeric_string_bounds_equal_numbers():
   gt = _gt({"a": [(1.5, 7.25, "x"), (20.0, 30.0, "x")]})
   gt_str = _gt({"a": [("1.5", "7.25", "x"), ("20", "30.0", "x")]})
   pred = _pred({"a": [(1.0, 7.0, "x", 0.9), (22.0, 30.0, "x", 0.3)]})
-  pd.testing.assert_frame_equal(ev.detection_map(gt, pred, [0.5, 0.8]),
-                                ev.detection_map(gt_str, pred, [0.5, 0.8]))
+  pd.testing.assert_frame_equal(ev.detection_map(gt, pred, [0.5, 0.8], protocol="activitynet"),
+                                ev.detection_map(gt_str, pred, [0.5, 0.8], protocol="activitynet"))
 
 
 def test_thresholds_as_spec_and_column_names():
   gt = _gt({"a": [(0.0, 10.0, "x")]})
   pred = _pred({"a": [(0.0, 8.0, "x", 1.0)]})
-  df = ev.detection_map(gt, pred, "0.5:0.95:0.05")
+  df = ev.detection_map(gt, pred, "0.5:0.95:0.05", protocol="activitynet")
   assert list(df.columns) == list(ev.ACTIVITYNET_TIOU)
   np.testing.assert_array_equal(df.loc["x"], [1.0 if t <= 0.8 else 0.0
                                               for t in ev.ACTIVITYNET_TIOU])
-  df2 = ev.detection_map(gt, pred, np.linspace(0.5, 0.95, 10))
+  df2 = ev.detection_map(gt, pred, np.linspace(0.5, 0.95, 10), protocol="activitynet")
   assert list(df2.columns) == list(ev.ACTIVITYNET_TIOU)
 
 
 def test_class_names_order_and_classes_without_gt():
   gt = _gt({"a": [(0.0, 10.0, "x"), (20.0, 30.0, "y")]})
   pred = _pred({"a": [(0.0, 10.0, "x", 0.5), (20.0, 30.0, "z", 0.9), (20.0, 30.0, "y", 0.4)]})
-  df = ev.detection_map(gt, pred, [0.5], class_names=["z", "y", "x"])
+  df = ev.detection_map(gt, pred, [0.5], class_names=["z", "y", "x"], protocol="activitynet")
   assert list(df.index) == ["y", "x", "mean"]  # "z" has no ground truth
   np.testing.assert_allclose(df[0.5], [1.0, 1.0, 1.0])
   assert df.attrs["num_predictions"] == 2
   with pytest.raises(ValueError, match=r"video 'a'.*'label'.*'w'"):
-    ev.detection_map(gt, _pred({"a": [(0.0, 1.0, "w", 0.1)]}), [0.5], class_names=["x", "y"])
+    ev.detection_map(gt, _pred({"a": [(0.0, 1.0, "w", 0.1)]}), [0.5], class_names=["x", "y"],
+                     protocol="activitynet")
   with pytest.raises(ValueError, match=r"'y' is not in class_names"):
-    ev.detection_map(gt, pred, [0.5], class_names=["x", "z"])
+    ev.detection_map(gt, pred, [0.5], class_names=["x", "z"], protocol="activitynet")
 
 
 def test_extra_top_level_keys_ignored():
@@ -241,7 +242,7 @@ def test_extra_top_level_keys_ignored():
   pred = _pred({"a": [(0.0, 10.0, "x", 0.5)]})
   pred["p_a"] = {"a": [0.1]}
   pred["external_data"] = {}
-  assert ev.detection_map(gt, pred, [0.5]).loc["x", 0.5] == 1.0
+  assert ev.detection_map(gt, pred, [0.5], protocol="activitynet").loc["x", 0.5] == 1.0
 
 
 @pytest.mark.parametrize("gt_videos, pred_videos, pattern", [
@@ -275,32 +276,35 @@ def test_extra_top_level_keys_ignored():
 ])
 def test_bad_input_names_video_and_field(gt_videos, pred_videos, pattern):
   with pytest.raises(ValueError, match=pattern):
-    ev.detection_map({"database": gt_videos}, {"results": pred_videos}, [0.5])
+    ev.detection_map({"database": gt_videos}, {"results": pred_videos}, [0.5],
+                     protocol="activitynet")
 
 
 def test_bad_top_level_and_arguments():
   ok_gt = _gt({"a": [(0.0, 1.0, "x")]})
   with pytest.raises(DataError, match="ground truth: missing field 'database'"):
-    ev.detection_map({}, {"results": {}}, [0.5])
+    ev.detection_map({}, {"results": {}}, [0.5], protocol="activitynet")
   with pytest.raises(DataError, match="predictions: missing field 'results'"):
-    ev.detection_map(ok_gt, {}, [0.5])
+    ev.detection_map(ok_gt, {}, [0.5], protocol="activitynet")
   with pytest.raises(ValueError, match=r"subset 'val' is empty|no video in subset 'val'"):
-    ev.detection_map(ok_gt, {"results": {}}, [0.5], subset="val")
+    ev.detection_map(ok_gt, {"results": {}}, [0.5], subset="val", protocol="activitynet")
   with pytest.raises(ValueError, match="video 'a': missing field 'subset'"):
     ev.detection_map({"database": {"a": {"annotations": []}}}, {"results": {}}, [0.5],
-                     subset="test")
+                     subset="test", protocol="activitynet")
   with pytest.raises(ValueError, match="protocol"):
     ev.detection_map(ok_gt, {"results": {}}, [0.5], protocol="voc")
   with pytest.raises(ValueError, match="outside"):
-    ev.detection_map(ok_gt, {"results": {}}, [0.5, 1.5])
+    ev.detection_map(ok_gt, {"results": {}}, [0.5, 1.5], protocol="activitynet")
   with pytest.raises(ValueError, match="protocol='wtalc' only"):
-    ev.detection_map(ok_gt, {"results": {}}, [0.5], ambiguous={"a": [[0, 1]]})
+    ev.detection_map(ok_gt, {"results": {}}, [0.5], ambiguous={"a": [[0, 1]]},
+                     protocol="activitynet")
   with pytest.raises(ValueError, match="feature_rate"):
     ev.detection_map(ok_gt, {"results": {}}, [0.5], protocol="wtalc", feature_rate=0.0)
 
 
 def test_empty_predictions_give_zero():
-  df = ev.detection_map(_gt({"a": [(0.0, 1.0, "x")]}), {"results": {}}, [0.1, 0.5])
+  df = ev.detection_map(_gt({"a": [(0.0, 1.0, "x")]}), {"results": {}}, [0.1, 0.5],
+                        protocol="activitynet")
   assert np.all(df.to_numpy() == 0.0)
 
 
@@ -411,7 +415,7 @@ def test_wtalc_ambiguous_predictions_removed():
   assert wtalc.loc["x", 0.5] == 1.0
   assert wtalc.attrs["num_instances"] == 1 and wtalc.attrs["num_predictions"] == 1
   # Under ActivityNet "Ambiguous" is an ordinary class and the FP counts.
-  anet = ev.detection_map(gt, pred, [0.5])
+  anet = ev.detection_map(gt, pred, [0.5], protocol="activitynet")
   assert list(anet.index) == ["x", "Ambiguous", "mean"]
   assert anet.loc["x", 0.5] == 0.5
   # The same interval given with ambiguous=; touching (no shared index) is kept.
@@ -430,7 +434,7 @@ def test_wtalc_segment_index_iou_and_rounding():
   gt = _gt({"a": [(0.0, 3.2, "x")]})
   pred = _pred({"a": [(0.3, 3.2, "x", 0.9)]})
   wtalc = ev.detection_map(gt, pred, [0.9, 0.95], protocol="wtalc")
-  anet = ev.detection_map(gt, pred, [0.9, 0.95])
+  anet = ev.detection_map(gt, pred, [0.9, 0.95], protocol="activitynet")
   np.testing.assert_array_equal(wtalc.loc["x"], [1.0, 1.0])
   np.testing.assert_array_equal(anet.loc["x"], [1.0, 0.0])
   # Round half to even, as Python's round: at 2 segments per second 0.25 s ->
@@ -446,7 +450,8 @@ def test_wtalc_ignores_predictions_on_unannotated_videos():
   pred = _pred({"b": [(0.0, 10.0, "x", 0.9)], "c": [(20.0, 30.0, "x", 0.9)],
                 "z": [(0.0, 10.0, "x", 0.9)], "a": [(0.0, 10.0, "x", 0.5)]})
   assert ev.detection_map(gt, pred, [0.5], protocol="wtalc").loc["x", 0.5] == 1.0
-  assert ev.detection_map(gt, pred, [0.5]).loc["x", 0.5] == pytest.approx(0.25)
+  df = ev.detection_map(gt, pred, [0.5], protocol="activitynet")
+  assert df.loc["x", 0.5] == pytest.approx(0.25)
 
 
 # ------------------------------------------------------------------ averages
@@ -459,7 +464,7 @@ def _table(values: dict, protocol="activitynet") -> pd.DataFrame:
   return df
 
 
-def test_average_over_and_summary_table():
+def test_average_over_and_summarize():
   vals = {t: 0.1 * (i + 1) for i, t in enumerate(ev.THUMOS14_TIOU)}  # 0.1 .. 0.7
   df = _table(vals, "wtalc")
   assert ev.average_over(df, 0.1, 0.5) == pytest.approx(0.3)
@@ -467,26 +472,29 @@ def test_average_over_and_summary_table():
   assert ev.average_over(df, 0.3, 0.3) == pytest.approx(0.3)
   with pytest.raises(ValueError, match="no tIoU threshold"):
     ev.average_over(df, 0.8, 0.9)
-  s = ev.summary_table(df)
+  s = ev.summarize(df)
   assert list(s.index) == ["wtalc"]
   assert list(s.columns) == [f"mAP@{t:g}" for t in ev.THUMOS14_TIOU] + ["avg0.1:0.5",
                                                                          "avg0.1:0.7"]
   np.testing.assert_allclose(s.iloc[0].to_numpy(),
                              [10, 20, 30, 40, 50, 60, 70, 30, 40])
   with pytest.raises(ValueError, match="0.9 is not among"):
-    ev.summary_table(df, averages=(("avg", 0.1, 0.9),))
-  custom = ev.summary_table(df, averages=(("avg0.2:0.4", 0.2, 0.4),))
+    ev.summarize(df, averages=(("avg", 0.1, 0.9),))
+  # A run's config.eval.averages: over the thresholds inside the range, or left out.
+  lenient = ev.summarize(df, averages=(("a", 0.15, 0.35), ("b", 0.8, 0.9)), lenient=True)
+  assert lenient["a"].iloc[0] == pytest.approx(25.0) and "b" not in lenient
+  custom = ev.summarize(df, averages=(("avg0.2:0.4", 0.2, 0.4),))
   assert custom["avg0.2:0.4"].iloc[0] == pytest.approx(30.0)
 
 
 def test_summary_rounds_like_papers():
   df = _table({0.5: 0.123456, 0.55: 0.2, 0.6: 0.3, 0.65: 0.4, 0.7: 0.5, 0.75: 0.6,
                0.8: 0.7, 0.85: 0.8, 0.9: 0.9, 0.95: 0.987654})
-  s = ev.summary_table(df)
+  s = ev.summarize(df).round(1)
   assert list(s.columns)[-1] == "avg0.5:0.95"
   assert s["mAP@0.5"].iloc[0] == 12.3 and s["mAP@0.95"].iloc[0] == 98.8
   assert s["avg0.5:0.95"].iloc[0] == round(100 * np.mean(list(df.iloc[0])), 1)
-  assert ev.summary_table(df, decimals=2)["mAP@0.5"].iloc[0] == 12.35
+  assert ev.summarize(df).round(2)["mAP@0.5"].iloc[0] == 12.35
 
 
 def test_default_averages():
@@ -497,15 +505,16 @@ def test_default_averages():
   assert ev.default_averages((0.5,)) == ()
 
 
-def test_results_table_per_class_averages():
+def test_summarize_per_class_averages():
   gt = _gt({"a": [(0.0, 10.0, "x"), (20.0, 30.0, "y")]})
   pred = _pred({"a": [(0.0, 7.0, "x", 0.9), (20.0, 30.0, "y", 0.8)]})
-  df = ev.detection_map(gt, pred, ev.THUMOS14_TIOU)
-  r = ev.results_table(df)
+  df = ev.detection_map(gt, pred, ev.THUMOS14_TIOU, protocol="activitynet")
+  r = ev.summarize(df, per_class=True)
   # x: tIoU 0.7 -> TP up to 0.7 inclusive; y: perfect.
   np.testing.assert_allclose(r.loc["x", [f"mAP@{t:g}" for t in ev.THUMOS14_TIOU]], 100.0)
-  r2 = ev.results_table(ev.detection_map(gt, _pred({"a": [(0.0, 5.0, "x", 0.9)]}),
-                                         ev.THUMOS14_TIOU))
+  df2 = ev.detection_map(gt, _pred({"a": [(0.0, 5.0, "x", 0.9)]}), ev.THUMOS14_TIOU,
+                         protocol="activitynet")
+  r2 = ev.summarize(df2, per_class=True)
   np.testing.assert_allclose(r2.loc["x", "avg0.1:0.5"], 100.0)  # tIoU exactly 0.5
   np.testing.assert_allclose(r2.loc["x", "avg0.1:0.7"], 100.0 * 5 / 7)
   np.testing.assert_allclose(r2.loc["mean", "avg0.1:0.7"], 100.0 * 5 / 14)
@@ -603,8 +612,8 @@ def test_cli_prints_and_writes_csv(files, tmp_path, capsys):
   assert rc == 0
   text = capsys.readouterr().out
   assert "ActivityNet protocol" in text and "avg0.1:0.5" in text and "avg0.1:0.7" in text
-  df = ev.detection_map(gt, pred, ev.THUMOS14_TIOU, "test")
-  summary = ev.summary_table(df)
+  df = ev.detection_map(gt, pred, ev.THUMOS14_TIOU, "test", protocol="activitynet")
+  summary = ev.summarize(df).round(1)
   assert summary.to_string() in text
   with open(out, newline="") as f:
     rows = list(csv.DictReader(f))
@@ -629,13 +638,13 @@ def test_cli_wtalc_and_activitynet_thresholds(files, tmp_path, capsys):
   assert "W-TALC protocol" in text and "avg0.5:0.95" in text and "avg0.1:0.5" not in text
   df = ev.detection_map(gt, pred, ev.ACTIVITYNET_TIOU, protocol="wtalc",
                         ambiguous={"video_3": [[0, 50]]})
-  assert ev.summary_table(df).to_string() in text
+  assert ev.summarize(df).round(1).to_string() in text
 
 
 @pytest.mark.parametrize("which, content, pattern", [
-    ("gt", None, "no such file"),
-    ("gt", "{not json", "invalid JSON"),
-    ("pred", None, "no such file"),
+    ("gt", None, "ground-truth file not found"),
+    ("gt", "{not json", "malformed JSON"),
+    ("pred", None, "predictions file not found"),
     ("pred", '{"results": {"v": [{"label": "class0", "score": 1, "segment": [2, 1]}]}}',
      "video 'v': field 'results\\[0\\].segment': end"),
     ("pred", '{"res": {}}', "missing field 'results'"),
@@ -672,13 +681,13 @@ def test_cli_bad_arguments(files, tmp_path, capsys):
 def test_cli_module_entry_point(files):
   _, _, gt_path, pred_path = files
   env = dict(os.environ, PYTHONPATH=REPO)
-  ok = subprocess.run([sys.executable, "-m", "jaxseg.evaluate", "--ground-truth", gt_path,
+  ok = subprocess.run([sys.executable, "-m", "jaxseg.score", "--ground-truth", gt_path,
                        "--predictions", pred_path, "--tiou", "0.3,0.5"],
                       capture_output=True, text=True, cwd=REPO, env=env, timeout=60)
   assert ok.returncode == 0, ok.stderr
   assert "mAP@0.3" in ok.stdout and "avg0.3:0.5" in ok.stdout
-  bad = subprocess.run([sys.executable, "-m", "jaxseg.evaluate", "--ground-truth",
+  bad = subprocess.run([sys.executable, "-m", "jaxseg.score", "--ground-truth",
                         gt_path + ".missing", "--predictions", pred_path],
                        capture_output=True, text=True, cwd=REPO, env=env, timeout=60)
   assert bad.returncode == 2
-  assert bad.stderr.strip() == f"error: {gt_path}.missing: no such file"
+  assert bad.stderr.strip() == f"error: {gt_path}.missing: ground-truth file not found"

@@ -32,20 +32,24 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from jaxseg import detection_inputs
+from jaxseg.config import (ACTIVITYNET_AVERAGES, ACTIVITYNET_TIOU, PROTOCOLS,
+                           THUMOS14_AVERAGES, THUMOS14_TIOU)
 from jaxseg.data.video import I3D_FEATURE_RATE, DataError
 
-PROTOCOLS = ("activitynet", "wtalc")
+__all__ = [
+    "ACTIVITYNET_AVERAGES", "ACTIVITYNET_TIOU", "AMBIGUOUS_LABEL", "MEAN_ROW",
+    "PROTOCOLS", "PROTOCOL_LABELS", "THUMOS14_AVERAGES", "THUMOS14_TIOU", "average_over",
+    "classification_ap", "classification_map", "default_averages", "detection_map",
+    "parse_tiou", "summarize",
+]
+
 PROTOCOL_LABELS = {
     "activitynet": "ActivityNet protocol (interpolated AP, best-tIoU match)",
     "wtalc": "W-TALC protocol (non-interpolated AP, first match, segment-index IoU)",
 }
 AMBIGUOUS_LABEL = "Ambiguous"
 MEAN_ROW = "mean"
-
-THUMOS14_TIOU = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
-ACTIVITYNET_TIOU = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
-THUMOS14_AVERAGES = (("avg0.1:0.5", 0.1, 0.5), ("avg0.1:0.7", 0.1, 0.7))
-ACTIVITYNET_AVERAGES = (("avg0.5:0.95", 0.5, 0.95),)
 
 _TOL = 1e-9  # threshold-label comparisons
 
@@ -111,167 +115,6 @@ def _check_thresholds(values: Iterable[float], what: str = "tiou_thresholds") ->
 def _label(t: float) -> float:
   """The column name of threshold ``t`` (``np.linspace`` drift removed)."""
   return round(float(t), 6)
-
-
-# ------------------------------------------------------------- input parsing
-
-
-def _real(x, source: str, vid, field: str, *, allow_str: bool) -> float:
-  """A finite float from a JSON number (or a numeric string when allowed)."""
-  t = type(x)
-  if t is float or t is int:  # fast path
-    v = float(x)
-    if math.isfinite(v):
-      return v
-    raise DataError(f"{source}: video {vid!r}: field {field!r}: {x!r} is not finite")
-  if isinstance(x, (bool, np.bool_)):
-    ok = False
-  elif isinstance(x, numbers.Real):
-    ok = True
-  elif allow_str and isinstance(x, str):
-    ok = True
-  else:
-    ok = False
-  if ok:
-    try:
-      v = float(x)
-    except (TypeError, ValueError):
-      ok = False
-  if not ok:
-    raise DataError(f"{source}: video {vid!r}: field {field!r}: {x!r} is not a number")
-  if not math.isfinite(v):
-    raise DataError(f"{source}: video {vid!r}: field {field!r}: {x!r} is not finite")
-  return v
-
-
-def _segment(seg, source: str, vid, field: str) -> tuple[float, float]:
-  bad = type(seg) is not list and (isinstance(seg, (str, bytes, Mapping))
-                                   or not hasattr(seg, "__len__"))
-  if bad or len(seg) != 2:
-    raise DataError(
-        f"{source}: video {vid!r}: field {field!r}: expected [start, end], got {seg!r}")
-  s = _real(seg[0], source, vid, field + "[0]", allow_str=True)
-  e = _real(seg[1], source, vid, field + "[1]", allow_str=True)
-  if e < s:
-    raise DataError(f"{source}: video {vid!r}: field {field!r}: end {e} < start {s}")
-  return s, e
-
-
-def _get(d, key: str, source: str, vid=None):
-  if type(d) is dict and key in d:  # fast path
-    return d[key]
-  if not isinstance(d, Mapping):
-    where = f"video {vid!r}: " if vid is not None else ""
-    raise DataError(f"{source}: {where}expected an object with {key!r}, got {type(d).__name__}")
-  if key not in d:
-    where = f"video {vid!r}: " if vid is not None else ""
-    raise DataError(f"{source}: {where}missing field {key!r}")
-  return d[key]
-
-
-class _GroundTruth:
-  """Ground-truth instances in document order (database order, then annotations).
-
-  Attributes:
-    video_ids: the kept videos, in database order.
-    vid: ``(G,) int64`` video code (index into ``video_ids``) per instance.
-    seg: ``(G, 2) float64`` bounds in seconds.
-    label: the label string per instance.
-  """
-
-  def __init__(self, ground_truth, subset, source: str):
-    database = _get(ground_truth, "database", source)
-    if not isinstance(database, Mapping):
-      raise DataError(f"{source}: field 'database' must be an object of videos")
-    self.video_ids: list = []
-    vids, segs, labels = [], [], []
-    subsets = set()
-    for vid, entry in database.items():
-      if subset is not None:
-        s = _get(entry, "subset", source, vid)
-        subsets.add(s if isinstance(s, str) else repr(s))
-        if s != subset:
-          continue
-      anns = _get(entry, "annotations", source, vid)
-      if not isinstance(anns, (list, tuple)):
-        raise DataError(f"{source}: video {vid!r}: field 'annotations' must be a list")
-      code = len(self.video_ids)
-      self.video_ids.append(vid)
-      for j, ann in enumerate(anns):
-        field = f"annotations[{j}]"
-        if not isinstance(ann, Mapping):
-          raise DataError(f"{source}: video {vid!r}: field {field!r}: expected an object")
-        seg = _get(ann, "segment", source, vid)
-        label = _get(ann, "label", source, vid)
-        if not isinstance(label, str):
-          raise DataError(
-              f"{source}: video {vid!r}: field {field + '.label'!r}: {label!r} is not a string")
-        segs.append(_segment(seg, source, vid, field + ".segment"))
-        vids.append(code)
-        labels.append(label)
-    if subset is not None and not self.video_ids:
-      raise DataError(f"{source}: no video in subset {subset!r}; subsets present: "
-                      f"{sorted(subsets)}")
-    self.vid = np.asarray(vids, np.int64)
-    self.seg = np.asarray(segs, np.float64).reshape(-1, 2)
-    self.label = labels
-
-
-class _Predictions:
-  """Predictions in document order (results order, then list order).
-
-  Attributes:
-    vid: ``(P,) int64`` code of the video in the ground truth, -1 if absent.
-    seg: ``(P, 2) float64`` bounds in seconds.
-    score: ``(P,) float64``.
-    label: the label string per prediction.
-  """
-
-  def __init__(self, predictions, video_code: Mapping, source: str):
-    results = _get(predictions, "results", source)
-    if not isinstance(results, Mapping):
-      raise DataError(f"{source}: field 'results' must be an object of videos")
-    vids, segs, scores, labels = [], [], [], []
-    self.first_video: dict = {}  # label -> first video predicting it (for errors)
-    for vid, preds in results.items():
-      if not isinstance(preds, (list, tuple)):
-        raise DataError(f"{source}: video {vid!r}: expected a list of predictions")
-      code = video_code.get(vid, -1)
-      for j, p in enumerate(preds):
-        field = f"results[{j}]"
-        if type(p) is not dict and not isinstance(p, Mapping):
-          raise DataError(f"{source}: video {vid!r}: field {field!r}: expected an object")
-        label = _get(p, "label", source, vid)
-        if type(label) is not str:
-          raise DataError(
-              f"{source}: video {vid!r}: field {field + '.label'!r}: {label!r} is not a string")
-        scores.append(_real(_get(p, "score", source, vid), source, vid, field + ".score",
-                            allow_str=False))
-        segs.append(_segment(_get(p, "segment", source, vid), source, vid,
-                             field + ".segment"))
-        vids.append(code)
-        labels.append(label)
-        self.first_video.setdefault(label, vid)
-    self.vid = np.asarray(vids, np.int64)
-    self.seg = np.asarray(segs, np.float64).reshape(-1, 2)
-    self.score = np.asarray(scores, np.float64)
-    self.label = labels
-
-
-def _parse_ambiguous(ambiguous, video_code: Mapping, source: str):
-  """``{vid: [[s, e], ...]}`` -> list of ``(code, s, e)`` for videos in the GT."""
-  if ambiguous is None:
-    return []
-  if not isinstance(ambiguous, Mapping):
-    raise DataError(f"{source}: expected an object {{video: [[start, end], ...]}}")
-  out = []
-  for vid, segs in ambiguous.items():
-    if not isinstance(segs, (list, tuple)):
-      raise DataError(f"{source}: video {vid!r}: expected a list of [start, end]")
-    parsed = [_segment(s, source, vid, f"[{j}]") for j, s in enumerate(segs)]
-    if vid in video_code:
-      out.extend((video_code[vid], s, e) for s, e in parsed)
-  return out
 
 
 # ------------------------------------------------------------ shared helpers
@@ -409,10 +252,12 @@ def _to_index(seconds: np.ndarray, rate: float) -> np.ndarray:
 
 
 def detection_map(ground_truth: dict, predictions: dict, tiou_thresholds=THUMOS14_TIOU,
-                  subset: str | None = None, *, protocol: str = "activitynet",
+                  subset: str | None = None, *, protocol: str,
                   class_names: Sequence[str] | None = None,
                   feature_rate: float = I3D_FEATURE_RATE,
-                  ambiguous: Mapping | None = None) -> pd.DataFrame:
+                  ambiguous: Mapping | None = None, gt_source: str = "ground truth",
+                  pred_source: str = "predictions",
+                  ambiguous_source: str = "ambiguous") -> pd.DataFrame:
   """Detection AP per class and their mean, at each tIoU threshold.
 
   Args:
@@ -436,6 +281,8 @@ def detection_map(ground_truth: dict, predictions: dict, tiou_thresholds=THUMOS1
       segment indices (25/16 for I3D on 25 fps video, 10/4 for UntrimmedNet).
     ambiguous: "wtalc" only: extra ambiguous intervals ``{vid: [[s, e], ...]}``
       in seconds, added to the ground-truth instances labeled "Ambiguous".
+    gt_source, pred_source, ambiguous_source: how error messages name the
+      three inputs (e.g. their file names).
 
   Returns:
     DataFrame of AP in [0, 1]: one row per class (index: class name, in the
@@ -449,14 +296,6 @@ def detection_map(ground_truth: dict, predictions: dict, tiou_thresholds=THUMOS1
       field: missing keys, non-numeric or non-finite bounds or score, end <
       start, a predicted label that is not a class, an empty subset, no class.
   """
-  return _detection_map(ground_truth, predictions, tiou_thresholds, subset, protocol=protocol,
-                        class_names=class_names, feature_rate=feature_rate,
-                        ambiguous=ambiguous)
-
-
-def _detection_map(ground_truth, predictions, tiou_thresholds, subset, *, protocol,
-                   class_names, feature_rate, ambiguous, gt_source="ground truth",
-                   pred_source="predictions", ambiguous_source="ambiguous") -> pd.DataFrame:
   if protocol not in PROTOCOLS:
     raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
   if isinstance(tiou_thresholds, str):
@@ -471,12 +310,49 @@ def _detection_map(ground_truth, predictions, tiou_thresholds, subset, *, protoc
         math.isfinite(feature_rate) and feature_rate > 0):
       raise ValueError(f"feature_rate must be a positive number, got {feature_rate!r}")
 
-  gt = _GroundTruth(ground_truth, subset, gt_source)
+  gt = detection_inputs.GroundTruth(ground_truth, subset, gt_source)
   video_code = {v: i for i, v in enumerate(gt.video_ids)}
-  pr = _Predictions(predictions, video_code, pred_source)
+  pr = detection_inputs.Predictions(predictions, video_code, pred_source)
 
   wtalc = protocol == "wtalc"
   is_amb = np.asarray([wtalc and l == AMBIGUOUS_LABEL for l in gt.label], bool)
+  classes = _classes(gt, pr, is_amb, class_names, wtalc=wtalc, subset=subset,
+                     gt_source=gt_source, pred_source=pred_source)
+
+  # Integer class codes; -1: not evaluated (Ambiguous, or a class without GT).
+  class_code = {c: i for i, c in enumerate(classes)}
+  gt_cls = np.asarray([-1 if a else class_code[l] for l, a in zip(gt.label, is_amb)], np.int64)
+  pr_cls = np.asarray([class_code.get(l, -1) for l in pr.label], np.int64)
+  if wtalc:
+    rate = float(feature_rate)
+    gt_idx = _to_index(gt.seg, rate)
+    pr_idx = _to_index(pr.seg, rate)
+    amb = [(int(c), s, e) for c, (s, e) in zip(gt.vid[is_amb], gt.seg[is_amb])]
+    amb += detection_inputs.parse_ambiguous(ambiguous, video_code, ambiguous_source)
+    _wtalc_drop_predictions(gt, gt_cls, pr, pr_cls, pr_idx, amb, rate)
+
+  ap = np.zeros((len(classes), thr.size))
+  gt_by_cls, pr_by_cls = _group(gt_cls), _group(pr_cls)
+  empty = np.zeros((0,), np.int64)
+  for ci in range(len(classes)):
+    g, q = gt_by_cls[ci], pr_by_cls.get(ci, empty)
+    if wtalc:
+      ap[ci] = _wtalc_class_ap(gt.vid[g], gt_idx[g], pr.vid[q], pr_idx[q], pr.score[q], thr)
+    else:
+      ap[ci] = _activitynet_class_ap(gt.vid[g], gt.seg[g], pr.vid[q], pr.seg[q],
+                                     pr.score[q], thr)
+
+  values = np.concatenate([ap, ap.mean(axis=0, keepdims=True)], axis=0)
+  df = pd.DataFrame(values, index=pd.Index(classes + [MEAN_ROW], name="class"),
+                    columns=pd.Index([_label(t) for t in thresholds], name="tIoU"))
+  df.attrs.update(protocol=protocol, subset=subset, num_videos=len(gt.video_ids),
+                  num_instances=int(np.sum(gt_cls >= 0)),
+                  num_predictions=int(np.sum(pr_cls >= 0)))
+  return df
+
+
+def _classes(gt, pr, is_amb, class_names, *, wtalc, subset, gt_source, pred_source):
+  """The evaluated classes, checking every label of ``gt`` and ``pr`` against them."""
   # Classes: first appearance in the (filtered) ground truth, as the official.
   present = list(dict.fromkeys(l for l, a in zip(gt.label, is_amb) if not a))
   if class_names is not None:
@@ -499,51 +375,27 @@ def _detection_map(ground_truth, predictions, tiou_thresholds, subset, *, protoc
       raise DataError(f"{pred_source}: video {pr.first_video[l]!r}: field 'label': unknown "
                       f"label {l!r} (not a ground-truth class"
                       + (" nor in class_names)" if class_names is not None else ")"))
+  return classes
 
-  # Integer class codes; -1: not evaluated (Ambiguous, or a class without GT).
-  class_code = {c: i for i, c in enumerate(classes)}
-  gt_cls = np.asarray([-1 if a else class_code[l] for l, a in zip(gt.label, is_amb)], np.int64)
-  pr_cls = np.asarray([class_code.get(l, -1) for l in pr.label], np.int64)
-  if wtalc:
-    rate = float(feature_rate)
-    # W-TALC evaluates only the videos with temporal annotations.
-    annotated = np.zeros(len(gt.video_ids) + 1, bool)  # last entry: code -1
-    annotated[gt.vid[gt_cls >= 0]] = True
-    pr_cls[~annotated[pr.vid]] = -1
-    amb = [(int(c), s, e) for c, (s, e) in zip(gt.vid[is_amb], gt.seg[is_amb])]
-    amb += _parse_ambiguous(ambiguous, video_code, ambiguous_source)
-    gt_idx = _to_index(gt.seg, rate)
-    pr_idx = _to_index(pr.seg, rate)
-    if amb and np.any(pr_cls >= 0):
-      amb_vid = np.asarray([a[0] for a in amb], np.int64)
-      amb_idx = _to_index(np.asarray([a[1:] for a in amb], np.float64), rate)
-      amb_groups = _group(amb_vid)
-      for v, rows in _group(np.where(pr_cls >= 0, pr.vid, -1)).items():
-        if v < 0 or v not in amb_groups:
-          continue
-        a = amb_idx[amb_groups[v]]
-        inter = (np.minimum(pr_idx[rows, 1:2], a[None, :, 1])
-                 - np.maximum(pr_idx[rows, 0:1], a[None, :, 0]))
-        pr_cls[rows[np.any(inter > 0, axis=1)]] = -1
 
-  ap = np.zeros((len(classes), thr.size))
-  gt_by_cls, pr_by_cls = _group(gt_cls), _group(pr_cls)
-  empty = np.zeros((0,), np.int64)
-  for ci in range(len(classes)):
-    g, q = gt_by_cls[ci], pr_by_cls.get(ci, empty)
-    if wtalc:
-      ap[ci] = _wtalc_class_ap(gt.vid[g], gt_idx[g], pr.vid[q], pr_idx[q], pr.score[q], thr)
-    else:
-      ap[ci] = _activitynet_class_ap(gt.vid[g], gt.seg[g], pr.vid[q], pr.seg[q],
-                                     pr.score[q], thr)
-
-  values = np.concatenate([ap, ap.mean(axis=0, keepdims=True)], axis=0)
-  df = pd.DataFrame(values, index=pd.Index(classes + [MEAN_ROW], name="class"),
-                    columns=pd.Index([_label(t) for t in thresholds], name="tIoU"))
-  df.attrs.update(protocol=protocol, subset=subset, num_videos=len(gt.video_ids),
-                  num_instances=int(np.sum(gt_cls >= 0)),
-                  num_predictions=int(np.sum(pr_cls >= 0)))
-  return df
+def _wtalc_drop_predictions(gt, gt_cls, pr, pr_cls, pr_idx, amb, rate) -> None:
+  """W-TALC: sets ``pr_cls`` to -1 (not evaluated) for predictions on videos
+  without temporal annotations and those overlapping an ambiguous interval."""
+  annotated = np.zeros(len(gt.video_ids) + 1, bool)  # last entry: code -1
+  annotated[gt.vid[gt_cls >= 0]] = True
+  pr_cls[~annotated[pr.vid]] = -1
+  if not amb or not np.any(pr_cls >= 0):
+    return
+  amb_vid = np.asarray([a[0] for a in amb], np.int64)
+  amb_idx = _to_index(np.asarray([a[1:] for a in amb], np.float64), rate)
+  amb_groups = _group(amb_vid)
+  for v, rows in _group(np.where(pr_cls >= 0, pr.vid, -1)).items():
+    if v < 0 or v not in amb_groups:
+      continue
+    a = amb_idx[amb_groups[v]]
+    inter = (np.minimum(pr_idx[rows, 1:2], a[None, :, 1])
+             - np.maximum(pr_idx[rows, 0:1], a[None, :, 0]))
+    pr_cls[rows[np.any(inter > 0, axis=1)]] = -1
 
 
 # ------------------------------------------------------------------- averages
@@ -566,11 +418,17 @@ def average_over(df: pd.DataFrame, low: float, high: float) -> float:
   Raises:
     ValueError: if no threshold column lies in the range.
   """
+  cols = _columns_in(df, low, high)
+  return float(np.mean(df.loc[MEAN_ROW, cols].to_numpy(np.float64)))
+
+
+def _columns_in(df: pd.DataFrame, low: float, high: float) -> list:
+  """The threshold columns of ``df`` in ``[low, high]`` (1e-9 tolerance); at least one."""
   cols = [c for c in df.columns if low - _TOL <= float(c) <= high + _TOL]
   if not cols:
     raise ValueError(f"no tIoU threshold in [{low}, {high}]; thresholds: "
                      f"{_threshold_columns(df)}")
-  return float(np.mean(df.loc[MEAN_ROW, cols].to_numpy(np.float64)))
+  return cols
 
 
 def default_averages(thresholds: Iterable[float]) -> tuple[tuple[str, float, float], ...]:
@@ -589,58 +447,64 @@ def default_averages(thresholds: Iterable[float]) -> tuple[tuple[str, float, flo
   return ((f"avg{lo:g}:{hi:g}", lo, hi),)
 
 
-def _resolve_averages(df, averages):
+def _resolve_averages(df, averages, lenient: bool):
   if averages is None:
     return default_averages(_threshold_columns(df))
   ts = _threshold_columns(df)
   out = []
   for name, lo, hi in averages:
-    for end in (lo, hi):
-      if not any(abs(t - float(end)) < _TOL for t in ts):
-        raise ValueError(f"average {name!r}: threshold {end} is not among {ts}")
+    if lenient:
+      if not any(float(lo) - _TOL <= t <= float(hi) + _TOL for t in ts):
+        continue
+    else:
+      for end in (lo, hi):
+        if not any(abs(t - float(end)) < _TOL for t in ts):
+          raise ValueError(f"average {name!r}: threshold {end} is not among {ts}")
     out.append((str(name), float(lo), float(hi)))
   return tuple(out)
 
 
-def summary_table(df: pd.DataFrame, averages: Sequence[tuple[str, float, float]] | None = None,
-                  *, decimals: int = 1) -> pd.DataFrame:
-  """The line papers print: mAP (%) per threshold and the averages.
+def summarize(df: pd.DataFrame, averages: Sequence[tuple[str, float, float]] | None = None,
+              *, per_class: bool = False, lenient: bool = False) -> pd.DataFrame:
+  """mAP (%) per threshold and the averages: the line papers print.
+
+  The one summary of a :func:`detection_map` table: the training run's
+  results, the scoring CLI's table and its ``--output`` CSV all come from it.
 
   Args:
     df: a :func:`detection_map` table.
-    averages: ``(name, low, high)`` triples (inclusive ranges whose ends must be
-      thresholds of ``df``); ``None``: :func:`default_averages`.
-    decimals: rounding of the percentages (papers print one decimal).
+    averages: ``(name, low, high)`` triples, the mean over the thresholds of
+      ``df`` in each inclusive range, whose ends must be thresholds of ``df``
+      (so an ActivityNet table is not silently averaged over the THUMOS14
+      range); ``None``: :func:`default_averages`.
+    per_class: one row per class and the mean (index: class, plus a
+      ``"protocol"`` column) instead of the mean row alone (index: the
+      protocol, ``df.attrs["protocol"]``).
+    lenient: a run's ``config.eval.averages``: the ends need not be
+      thresholds, and an average whose range holds none is left out (what a
+      training run reports whatever its ``eval.tiou_thresholds``).
 
   Returns:
-    A one-row DataFrame, index the protocol name (``df.attrs["protocol"]``),
-    columns ``"mAP@0.1"``, ... then the average names, values in percent.
+    A DataFrame, columns ``"mAP@0.1"``, ... then the average names, values in
+    percent, unrounded (``.round(1)`` gives what papers print); ``attrs`` as
+    ``df``'s.
   """
-  avgs = _resolve_averages(df, averages)
-  mean = df.loc[MEAN_ROW]
-  row = {f"mAP@{float(t):g}": 100.0 * float(mean[t]) for t in df.columns}
-  for name, lo, hi in avgs:
-    row[name] = 100.0 * average_over(df, lo, hi)
+  avgs = _resolve_averages(df, averages, lenient)
   protocol = df.attrs.get("protocol", "activitynet")
-  out = pd.DataFrame([row], index=pd.Index([protocol], name="protocol"))
-  out.attrs.update(df.attrs)
-  return out.round(decimals)
-
-
-def results_table(df: pd.DataFrame,
-                  averages: Sequence[tuple[str, float, float]] | None = None) -> pd.DataFrame:
-  """Per-class AP and mean (%, unrounded) with the averages as extra columns.
-
-  Columns ``"mAP@0.1"``, ..., the average names, and ``"protocol"``; what the
-  CLI writes to ``--output``.
-  """
-  avgs = _resolve_averages(df, averages)
-  out = pd.DataFrame(100.0 * df.to_numpy(np.float64), index=df.index,
-                     columns=[f"mAP@{float(t):g}" for t in df.columns])
-  for name, lo, hi in avgs:
-    cols = [c for c in df.columns if lo - _TOL <= float(c) <= hi + _TOL]
-    out[name] = 100.0 * df[cols].to_numpy(np.float64).mean(axis=1)
-  out["protocol"] = df.attrs.get("protocol", "activitynet")
+  rows = list(df.index) if per_class else [MEAN_ROW]
+  records = []
+  for r in rows:
+    values = df.loc[r]
+    rec = {f"mAP@{float(t):g}": 100.0 * float(values[t]) for t in df.columns}
+    for name, lo, hi in avgs:
+      cols = _columns_in(df, lo, hi)
+      rec[name] = 100.0 * float(np.mean(values[cols].to_numpy(np.float64)))
+    records.append(rec)
+  if per_class:
+    out = pd.DataFrame(records, index=df.index)
+    out["protocol"] = protocol
+  else:
+    out = pd.DataFrame(records, index=pd.Index([protocol], name="protocol"))
   out.attrs.update(df.attrs)
   return out
 

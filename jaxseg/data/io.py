@@ -1,0 +1,92 @@
+"""File helpers every module shares: one atomic writer, one JSON loader.
+
+They sit in the data layer (the bottom of the import graph) so that readers,
+label files and run reports can all use them.
+
+A crash never leaves a truncated output file: :func:`atomic_open` writes to a
+temporary file in the target's folder, flushes it to disk and renames it over
+the target (``os.replace``). :func:`load_json` reads a JSON file and turns
+every way it can fail into one :class:`DataError` line naming the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from typing import Any, Iterator
+
+from jaxseg.data.video import DataError
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w", *,
+                make_dirs: bool = False) -> Iterator[Any]:
+  """Opens a temporary file that replaces ``path`` when the block ends without error.
+
+  The file gets mode ``0644`` (as a plain ``open`` under the usual umask); on
+  an exception the temporary file is removed and ``path`` is left as it was.
+
+  Args:
+    path: the file to write.
+    mode: ``"w"`` (text, UTF-8) or ``"wb"``.
+    make_dirs: create missing parent folders (else a missing folder raises
+      ``FileNotFoundError``).
+  """
+  if mode not in ("w", "wb"):
+    raise ValueError(f"atomic_open: mode must be 'w' or 'wb', got {mode!r}")
+  path = os.fspath(path)
+  folder = os.path.dirname(os.path.abspath(path))
+  if make_dirs:
+    os.makedirs(folder, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+  try:
+    kwargs = {"encoding": "utf-8", "newline": ""} if mode == "w" else {}
+    with os.fdopen(fd, mode, **kwargs) as f:
+      yield f
+      f.flush()
+      os.fsync(f.fileno())
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, *, make_dirs: bool = False) -> None:
+  """Writes ``text`` to ``path`` so that a crash never leaves a truncated file."""
+  with atomic_open(path, "w", make_dirs=make_dirs) as f:
+    f.write(text)
+
+
+def load_json(path: str, what: str = "JSON") -> Any:
+  """Reads the JSON file ``path``.
+
+  Args:
+    path: the file.
+    what: what the file is, for the messages (``"annotation"``, ``"fps"``, ...).
+
+  Raises:
+    DataError: one line naming ``path``: the file is missing, a folder,
+      unreadable, not UTF-8, or not valid JSON (with line and column).
+  """
+  try:
+    with open(path, encoding="utf-8") as f:
+      text = f.read()
+  except FileNotFoundError:
+    raise DataError(f"{path}: {what} file not found") from None
+  except IsADirectoryError:
+    raise DataError(f"{path}: is a directory, not a {what} file") from None
+  except PermissionError:
+    raise DataError(f"{path}: permission denied") from None
+  except UnicodeDecodeError as e:
+    raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+  except OSError as e:
+    raise DataError(f"{path}: cannot read {what} file: {e.strerror or e}") from None
+  try:
+    return json.loads(text)
+  except json.JSONDecodeError as e:
+    raise DataError(
+        f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
