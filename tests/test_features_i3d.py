@@ -110,7 +110,7 @@ def test_full_width_variables_are_pytorch_i3d_s_tensors():
     full = json.load(f)
   for stream, cin in W.STREAM_CHANNELS.items():
     expected = W.expected_shapes(cin)  # computed (jax.eval_shape): no weights
-    as_torch = {W.torch_name(k): list(W._torch_shape(s, k)) for k, s in expected.items()}  # pylint: disable=protected-access
+    as_torch = {W.torch_name(k): list(W.torch_shape(s, k)) for k, s in expected.items()}
     assert as_torch == full[stream]["tensors"], stream
     n_params = sum(int(np.prod(s)) for k, s in expected.items() if k.startswith("params/"))
     n_stats = sum(int(np.prod(s)) for k, s in expected.items() if k.startswith("batch_stats/"))

@@ -160,7 +160,8 @@ def test_bad_compute_dtype_is_rejected():
 @pytest.mark.parametrize("impl", ["threefry2x32", "rbg"])
 def test_dropout_rng_impls_drop_at_the_configured_rate(impl):
   """model.dropout_rng: either key impl drops about dropout_rate of f, with its own bits."""
-  m = model_lib.SegmentModel(num_classes=N, embed_dim=64, dropout_rate=0.7)
+  m = model_lib.SegmentModel(num_classes=N, embed_dim=64, dropout_rate=0.7,
+                             compute_dtype="float32")
   variables = model_lib.init_params(m, jax.random.key(0), D)
   x = np.abs(np.random.default_rng(1).normal(size=(4, 50, D))).astype(np.float32)
   mask = np.ones((4, 50), bool)

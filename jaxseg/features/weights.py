@@ -132,7 +132,8 @@ def flax_key(torch_key: str) -> str | None:
   return "/".join([collection, *parts[:-2], leaf])
 
 
-def _torch_shape(flax_shape: tuple, key: str) -> tuple:
+def torch_shape(flax_shape: tuple, key: str) -> tuple:
+  """The PyTorch layout of a Flax tensor shape (conv kernels (T,H,W,I,O) -> (O,I,T,H,W))."""
   if key.endswith("/kernel"):
     return tuple(flax_shape[i] for i in _KERNEL_TO_TORCH)
   return tuple(flax_shape)
@@ -172,7 +173,7 @@ def torch_to_flax(state_dict: Mapping[str, Any], in_channels: int,
           f"{source}: tensor {name!r} is not a variable of I3D (in_channels="
           f"{in_channels}, width {width_multiplier})")
     arr = np.asarray(value)
-    want = _torch_shape(expected[key], key)
+    want = torch_shape(expected[key], key)
     if arr.shape != want:
       raise WeightShapeError(
           f"{source}: tensor {name!r} has shape {arr.shape}, expected {want} "

@@ -1,0 +1,161 @@
+"""Compare finished runs: one table and one overlay plot.
+
+  python -m jaxseg.report runs/a runs/b runs/seeds --out runs/report
+
+Each argument is a run's work directory (it holds ``results.json``) or a
+folder of such directories (e.g. the ``seed_*`` runs of ``--seeds N``). Writes
+``report.csv`` and ``report.md`` (one row per run: mAP per tIoU, the averages,
+classification mAP, and, as columns, every config field whose value differs
+between the runs) and ``report.png`` (mAP against tIoU, one line per run), and
+prints the markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Sequence
+
+import pandas as pd
+
+from jaxseg.data import io
+from jaxseg.data.video import DataError
+
+# Config fields that name where a run lives rather than what it did.
+_LOCATION_FIELDS = ("data.synthetic.output_dir",)
+
+
+def find_runs(paths: Sequence[str]) -> list[str]:
+  """The run directories under ``paths``: each path, or its sub-folders with results."""
+  runs = []
+  for path in paths:
+    if os.path.isfile(os.path.join(path, "results.json")):
+      runs.append(path)
+      continue
+    if not os.path.isdir(path):
+      raise DataError(f"{path}: not a directory")
+    subs = sorted(os.path.join(path, d) for d in os.listdir(path)
+                  if os.path.isfile(os.path.join(path, d, "results.json")))
+    if not subs:
+      raise DataError(f"{path}: no results.json in it nor in its sub-folders "
+                         "(is the run finished?)")
+    runs.extend(subs)
+  return runs
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    key = f"{prefix}{k}"
+    if isinstance(v, dict):
+      out.update(_flatten(v, key + "."))
+    else:
+      out[key] = tuple(v) if isinstance(v, list) else v
+  return out
+
+
+def run_table(runs: Sequence[str], checkpoint: str = "final") -> pd.DataFrame:
+  """One row per run: its metrics at ``checkpoint`` and the config fields that differ."""
+  rows, configs = [], []
+  names = _names(runs)
+  for name, run in zip(names, runs):
+    res = io.load_json(os.path.join(run, "results.json"), "results")
+    if checkpoint not in res:
+      raise DataError(f"{run}/results.json: no {checkpoint!r} results")
+    rows.append({"run": name, **res[checkpoint]})
+    cfg = _flatten(res.get("provenance", {}).get("config", {}))
+    configs.append({k: v for k, v in cfg.items() if k not in _LOCATION_FIELDS})
+  table = pd.DataFrame(rows).set_index("run")
+  keys = sorted(set().union(*configs)) if configs else []
+  differing = [k for k in keys
+               if len({repr(c.get(k, "(unset)")) for c in configs}) > 1]
+  for k in differing:
+    table[k] = [str(c.get(k, "(unset)")) for c in configs]
+  return table
+
+
+def _names(runs: Sequence[str]) -> list[str]:
+  """Short unique names: the paths relative to their common parent."""
+  absolute = [os.path.abspath(r) for r in runs]
+  if len(absolute) == 1:
+    return [os.path.basename(absolute[0])]
+  parent = os.path.commonpath(absolute)
+  names = [os.path.relpath(a, parent) for a in absolute]
+  return [n if n != "." else os.path.basename(parent) for n in names]
+
+
+def metric_columns(table: pd.DataFrame) -> list[str]:
+  return [c for c in table.columns if c.startswith("mAP@")]
+
+
+def plot_runs(table: pd.DataFrame, path: str) -> str | None:
+  """mAP against tIoU, one line per run; None where matplotlib is missing."""
+  try:
+    import matplotlib  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  cols = metric_columns(table)
+  x = [float(c.split("@")[1]) for c in cols]
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for name, row in table.iterrows():
+    ax.plot(x, [row[c] for c in cols], marker="o", label=str(name))
+  ax.set(xlabel="tIoU threshold", ylabel="mAP (%)", title="detection mAP by run")
+  ax.grid(True, alpha=0.3)
+  ax.legend(fontsize="small")
+  fig.tight_layout()
+  with io.atomic_open(path, "wb") as f:
+    f.write(_png(fig))
+  plt.close(fig)
+  return path
+
+
+def _png(fig) -> bytes:
+  import io as std_io  # pylint: disable=g-import-not-at-top
+  buf = std_io.BytesIO()
+  fig.savefig(buf, format="png", dpi=120)
+  return buf.getvalue()
+
+
+def write_report(table: pd.DataFrame, out_dir: str) -> list[str]:
+  os.makedirs(out_dir, exist_ok=True)
+  csv_path = os.path.join(out_dir, "report.csv")
+  md_path = os.path.join(out_dir, "report.md")
+  io.atomic_write_text(csv_path, table.round(4).to_csv())
+  io.atomic_write_text(md_path, markdown(table) + "\n")
+  paths = [csv_path, md_path]
+  png = plot_runs(table, os.path.join(out_dir, "report.png"))
+  if png:
+    paths.append(png)
+  return paths
+
+
+def markdown(table: pd.DataFrame) -> str:
+  try:
+    return table.to_markdown(floatfmt=".2f")
+  except ImportError:  # tabulate missing
+    return table.round(2).to_string()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  p = argparse.ArgumentParser(prog="python -m jaxseg.report",
+                              description=__doc__.split("\n")[0])
+  p.add_argument("runs", nargs="+", help="run directories, or folders of them")
+  p.add_argument("--out", default="report", help="folder for report.csv/.md/.png")
+  p.add_argument("--checkpoint", choices=("final", "selected"), default="final")
+  args = p.parse_args(argv)
+  try:
+    table = run_table(find_runs(args.runs), args.checkpoint)
+    paths = write_report(table, args.out)
+  except (DataError, OSError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(markdown(table))
+  print("wrote", ", ".join(paths))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,143 @@
+"""Metric writers (TensorBoard without TensorFlow) and the run-comparison report."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import types
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.backend.event_processing import event_file_loader
+
+from jaxseg import metric_writers
+from jaxseg import report
+
+
+def _accumulator(log_dir: str):
+  acc = event_accumulator.EventAccumulator(
+      log_dir, size_guidance={event_accumulator.SCALARS: 0, event_accumulator.IMAGES: 0})
+  acc.Reload()
+  return acc
+
+
+def test_tensorboard_scalars_images_and_hparams_read_back(tmp_path):
+  w = metric_writers.create(["tensorboard"], str(tmp_path), start_step=0, project="")
+  w.write_hparams({"train.learning_rate": 1e-3, "labels.mode": "one-segment",
+                   "loss.use_sphere": True})
+  for step in (10, 20, 30):
+    w.write_scalars(step, {"train/total": 1.0 / step, "train/learning_rate": 1e-3})
+  image = np.zeros((12, 34, 3), np.uint8)
+  image[:, :17, 0] = 255
+  w.write_images(30, {"cas/video_a": image})
+  w.close()
+  acc = _accumulator(str(tmp_path / "tensorboard"))
+  assert [(e.step, e.value) for e in acc.Scalars("train/total")] == [
+      (10, pytest.approx(0.1)), (20, pytest.approx(0.05)), (30, pytest.approx(1 / 30))]
+  assert [e.step for e in acc.Scalars("train/learning_rate")] == [10, 20, 30]
+  (img,) = acc.Images("cas/video_a")
+  assert (img.step, img.width, img.height) == (30, 34, 12)
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  import io  # pylint: disable=g-import-not-at-top
+  decoded = np.asarray(Image.open(io.BytesIO(img.encoded_image_string)))
+  np.testing.assert_array_equal(decoded, image)
+  # The hparams plugin's session-start record, with each value in its typed slot.
+  from tensorboard.plugins.hparams import plugin_data_pb2  # pylint: disable=g-import-not-at-top
+  (path,) = [os.path.join(tmp_path, "tensorboard", f)
+             for f in os.listdir(tmp_path / "tensorboard")]
+  found = None
+  for event in event_file_loader.EventFileLoader(path).Load():
+    for value in event.summary.value:
+      if value.metadata.plugin_data.plugin_name == "hparams":
+        found = plugin_data_pb2.HParamsPluginData.FromString(
+            value.metadata.plugin_data.content).session_start_info.hparams
+  assert found is not None
+  assert found["train.learning_rate"].number_value == pytest.approx(1e-3)
+  assert found["labels.mode"].string_value == "one-segment"
+  assert found["loss.use_sphere"].bool_value is True
+
+
+def test_resumed_run_replaces_what_the_interrupted_one_logged_past_its_checkpoint(tmp_path):
+  first = metric_writers.create(["tensorboard"], str(tmp_path), start_step=0, project="")
+  for step in range(1, 8):
+    first.write_scalars(step, {"loss": float(step)})
+  first.close()
+  # Killed at step 7; the checkpoint it resumes from is step 4.
+  second = metric_writers.create(["tensorboard"], str(tmp_path), start_step=4, project="")
+  for step in range(5, 10):
+    second.write_scalars(step, {"loss": 100.0 + step})
+  second.close()
+  got = [(e.step, e.value) for e in _accumulator(str(tmp_path / "tensorboard")).Scalars("loss")]
+  assert got == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0),
+                 (5, 105.0), (6, 106.0), (7, 107.0), (8, 108.0), (9, 109.0)]
+
+
+def test_optional_backends_need_their_package(monkeypatch):
+  monkeypatch.setitem(sys.modules, "wandb", None)  # import fails as if not installed
+  with pytest.raises(ValueError, match=r"train.log_to='wandb'.*not installed"):
+    metric_writers.check_backends(["wandb"])
+  metric_writers.check_backends(["tensorboard"])  # installed: no error
+
+
+def test_wandb_writer_calls(monkeypatch, tmp_path):
+  calls = []
+
+  class Run:
+    config = types.SimpleNamespace(update=lambda d, **k: calls.append(("config", d)))
+    log = staticmethod(lambda d, step: calls.append(("log", step, d)))
+    finish = staticmethod(lambda: calls.append(("finish",)))
+
+  fake = types.ModuleType("wandb")
+  fake.init = lambda **kwargs: calls.append(("init", kwargs["name"])) or Run()
+  fake.Image = lambda a: ("image", a.shape)
+  monkeypatch.setitem(sys.modules, "wandb", fake)
+  w = metric_writers.create(["wandb"], str(tmp_path / "run1"), start_step=0, project="p")
+  w.write_hparams({"a": 1, "b": "x"})
+  w.write_scalars(3, {"loss": np.float32(0.5)})
+  w.write_images(3, {"cas": np.zeros((2, 3, 3))})
+  w.close()
+  assert calls == [("init", "run1"), ("config", {"a": 1.0, "b": "x"}),
+                   ("log", 3, {"loss": 0.5}), ("log", 3, {"cas": ("image", (2, 3, 3))}),
+                   ("finish",)]
+
+
+def _fake_run(path, config: dict, final: dict):
+  os.makedirs(path)
+  with open(os.path.join(path, "results.json"), "w") as f:
+    json.dump({"final": final, "selected": final, "provenance": {"config": config}}, f)
+
+
+def test_report_table_shows_metrics_and_only_differing_config(tmp_path, capsys):
+  base = {"seed": 0, "train": {"learning_rate": 1e-4, "num_steps": 100},
+          "labels": {"mode": "one-segment"}, "data": {"synthetic": {"output_dir": "/x"}}}
+  other = json.loads(json.dumps(base))
+  other["labels"]["mode"] = "two-segment"
+  other["data"]["synthetic"]["output_dir"] = "/y"  # where data lives: not a difference
+  m1 = {"step": 100, "mAP@0.1": 50.0, "mAP@0.5": 20.0, "avg0.1:0.5": 35.0, "cls_mAP": 90.0}
+  m2 = {"step": 100, "mAP@0.1": 40.0, "mAP@0.5": 30.0, "avg0.1:0.5": 35.0, "cls_mAP": 80.0}
+  _fake_run(tmp_path / "runs" / "a", base, m1)
+  _fake_run(tmp_path / "runs" / "b", other, m2)
+  out = tmp_path / "rep"
+  assert report.main([str(tmp_path / "runs"), "--out", str(out)]) == 0
+  table = pd.read_csv(out / "report.csv", index_col="run")
+  assert list(table.index) == ["a", "b"]
+  assert list(table["labels.mode"]) == ["one-segment", "two-segment"]
+  assert "train.learning_rate" not in table.columns
+  assert "data.synthetic.output_dir" not in table.columns
+  assert list(table["mAP@0.5"]) == [20.0, 30.0]
+  assert list(table["cls_mAP"]) == [90.0, 80.0]
+  assert (out / "report.md").read_text().count("two-segment") == 1
+  assert (out / "report.png").stat().st_size > 0
+  assert "two-segment" in capsys.readouterr().out
+
+
+def test_report_refuses_a_folder_without_runs(tmp_path, capsys):
+  (tmp_path / "empty").mkdir()
+  assert report.main([str(tmp_path / "empty"), "--out", str(tmp_path / "rep")]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("error: ") and "empty" in err and "results.json" in err
+  assert not (tmp_path / "rep").exists()
