@@ -90,3 +90,21 @@ def load_json(path: str, what: str = "JSON") -> Any:
   except json.JSONDecodeError as e:
     raise DataError(
         f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+
+
+def child_path(folder: str, name: str, suffix: str = "", *, what: str = "video id") -> str:
+  """``folder/<name><suffix>`` for a name read from an input file (an id, a label).
+
+  An id or a label is never a path: a name that is empty, ``.`` or ``..``, holds
+  a path separator or a NUL byte, or is absolute is refused, so nothing read or
+  written through this stays outside ``folder``.
+
+  Raises:
+    DataError: naming ``what`` and the name.
+  """
+  bad = (not isinstance(name, str) or name in ("", ".", "..") or "/" in name
+         or "\\" in name or "\x00" in name or os.path.isabs(name))
+  if bad:
+    raise DataError(f"{what} {name!r}: not usable as a file name (an id must be one "
+                    "plain name: no '/', '\\\\', '..' or absolute path)")
+  return os.path.join(folder, name + suffix)
