@@ -17,6 +17,7 @@ LABEL_MODES = ("one-segment", "two-segment", "video-level", "full", "points")
 DATASET_FORMATS = ("synthetic", "activitynet", "wtalc")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 DROPOUT_RNGS = ("threefry2x32", "rbg")
+METRIC_BACKENDS = ("tensorboard", "wandb", "mlflow")  # metrics.jsonl is always written
 TOPK_MODES = ("labeled", "fixed")
 PROPAGATION_METHODS = ("naive", "dense", "factorized", "fused")
 CLASSIFICATION_NORMALIZATIONS = ("classes", "labels")
@@ -137,6 +138,11 @@ def base_config() -> ml_collections.ConfigDict:
   # indices (jaxseg/data/device_data.py): "auto" (on for a GPU/TPU when they
   # take at most a quarter of its memory), "on" or "off".
   t.device_data = "auto"
+  # Where metrics go besides metrics.jsonl (jaxseg/metric_writers.py): any of
+  # METRIC_BACKENDS; "wandb" and "mlflow" need their package installed.
+  t.log_to = ("tensorboard",)
+  t.log_project = ""  # W&B project / MLflow experiment (default "jaxseg" / MLflow's)
+  t.log_images = 2  # CAS timelines of this many validation videos at each validation
 
   # ------------------------------------------------------------ inference
   c.inference = i = ml_collections.ConfigDict()
@@ -251,6 +257,10 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1) -> None:
   _check(0.0 <= c.model.dropout_rate < 1.0, "model.dropout_rate", "must be in [0, 1)")
   _choice(c, "model.compute_dtype", COMPUTE_DTYPES)
   _choice(c, "model.dropout_rng", DROPOUT_RNGS)
+  for backend in require(c, "train.log_to"):
+    _check(backend in METRIC_BACKENDS, "train.log_to",
+           f"{backend!r} is not one of {METRIC_BACKENDS}")
+  _check(int(require(c, "train.log_images")) >= 0, "train.log_images", "must be >= 0")
   _check(c.model.embed_dim == -1 or c.model.embed_dim > 0, "model.embed_dim",
          "must be > 0, or -1 for the feature dimension")
   for name in ("alpha", "beta", "gamma"):

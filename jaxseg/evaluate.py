@@ -158,21 +158,45 @@ def evaluate_workdir(config, workdir: str) -> dict:
   return out
 
 
-def write_timelines(run: workdir_lib.LoadedRun, out_dir: str, num_videos: int, *,
-                    apply_fn=None) -> list[str]:
-  """CAS timelines (paper Fig. 4/6) of the first ``num_videos`` test videos."""
+def timeline_figures(config, model, params, split: Dataset, num_videos: int, *,
+                     apply_fn=None):
+  """CAS timelines (paper Fig. 4/6) of the first ``num_videos`` videos of ``split``.
+
+  Yields ``(video, figure)``; the caller closes each figure.
+  """
   from jaxseg import plots  # pylint: disable=g-import-not-at-top
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  videos = run.data.test.videos[:num_videos]
-  sub = Dataset(run.data.test.class_names, videos)
-  res = evaluate_params(run.config, run.model, run.state.params, sub, with_cas=True,
-                        apply_fn=apply_fn)
-  paths = []
+  videos = split.videos[:num_videos]
+  sub = Dataset(split.class_names, videos)
+  res = evaluate_params(config, model, params, sub, with_cas=True, apply_fn=apply_fn)
   for v in videos:
     cas = res["predictions"]["cas"][v.video_id]
+    yield v, plots.plot_cas_timeline(v, sub.class_names, cas_cls=cas["cas_cls"],
+                                     cas_loc=cas["cas_loc"])
+
+
+def write_timelines(run: workdir_lib.LoadedRun, out_dir: str, num_videos: int, *,
+                    apply_fn=None) -> list[str]:
+  """CAS timelines of the first ``num_videos`` test videos, as PNGs in ``out_dir``."""
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  paths = []
+  for v, fig in timeline_figures(run.config, run.model, run.state.params, run.data.test,
+                                 num_videos, apply_fn=apply_fn):
     path = os.path.join(out_dir, f"{v.video_id}.png")
-    fig = plots.plot_cas_timeline(v, sub.class_names, cas_cls=cas["cas_cls"],
-                                  cas_loc=cas["cas_loc"], path=path)
+    os.makedirs(out_dir, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     paths.append(path)
   return paths
+
+
+def timeline_images(config, model, params, split: Dataset, num_videos: int, *,
+                    apply_fn=None) -> dict[str, np.ndarray]:
+  """``{"cas/<video id>": (H, W, 3) uint8}``: the timelines as images for a metric writer."""
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  images = {}
+  for v, fig in timeline_figures(config, model, params, split, num_videos,
+                                 apply_fn=apply_fn):
+    fig.canvas.draw()
+    images[f"cas/{v.video_id}"] = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+  return images

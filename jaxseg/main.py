@@ -1,6 +1,7 @@
 """Command line: train, evaluate or run the loss ablation from a config file.
 
   python -m jaxseg.main --config configs/synthetic.py --workdir runs/synthetic
+  python -m jaxseg.main --config configs/synthetic.py --workdir runs/seeds --seeds 3
   python -m jaxseg.main --config configs/synthetic.py --workdir runs/synthetic --mode eval
   python -m jaxseg.main --config configs/synthetic.py --workdir runs/synthetic --mode data
   python -m jaxseg.main --config configs/synthetic.py --workdir runs/ablation --mode ablate
@@ -32,7 +33,9 @@ _OVERWRITE = flags.DEFINE_bool(
     "overwrite", False,
     "Allow --workdir to hold a run of a different config (it is replaced).")
 _SEEDS = flags.DEFINE_integer(
-    "seeds", None, "With --mode ablate: seeds per cell (overrides config.ablation.num_seeds).")
+    "seeds", None,
+    "With --mode train: train N runs (seed_<i>/) and write their mean ± std "
+    "(seeds.md); with --mode ablate: seeds per cell (overrides config.ablation.num_seeds).")
 
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -59,6 +62,7 @@ def main(argv):
   # pylint: disable=g-import-not-at-top
   from jaxseg import ablation
   from jaxseg import evaluate
+  from jaxseg import seeds
   from jaxseg import train
   from jaxseg import workdir as workdir_lib
   from jaxseg.config import ConfigError
@@ -70,7 +74,10 @@ def main(argv):
   config = _CONFIG.value
   workdir = _WORKDIR.value
   try:
-    if _MODE.value == "train":
+    if _MODE.value == "train" and _SEEDS.value is not None:
+      summary = seeds.run_seeds(config, workdir, _SEEDS.value, overwrite=_OVERWRITE.value)
+      print(seeds.seeds_markdown(summary, config, _SEEDS.value))
+    elif _MODE.value == "train":
       out = train.train_and_evaluate(config, workdir, overwrite=_OVERWRITE.value)
       _print_summaries(out)
     elif _MODE.value == "eval":

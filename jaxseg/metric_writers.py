@@ -264,6 +264,49 @@ def check_backends(log_to: Sequence[str]) -> None:
       _optional("mlflow", "train.log_to='mlflow'")
 
 
+TERMS = (("classification", None), ("segment", "alpha"), ("sphere", "beta"),
+         ("propagation", "gamma"))
+
+
+def train_scalars(record: Mapping[str, float], loss_config, learning_rate: float) -> dict:
+  """What a writer gets at a logging step, from a ``metrics.jsonl`` train record.
+
+  Each loss term unweighted (``train/<term>``, as in ``metrics.jsonl``) and
+  weighted as it enters eq. 1 (``train/weighted/<term>``: times ``alpha``,
+  ``beta`` or ``gamma``; 0 for a switched-off term), the total, the gradient
+  norm, the learning rate, steps per second and the skipped-step count.
+  """
+  out = {}
+  for term, weight in TERMS:
+    value = float(record[term])
+    on = bool(loss_config[f"use_{term}"])
+    out[f"train/{term}"] = value
+    out[f"train/weighted/{term}"] = (value * float(loss_config[weight]) if weight else value
+                                     ) if on else 0.0
+  for key in ("total", "grad_norm", "steps_per_s", "skipped"):
+    out[f"train/{key}"] = float(record[key])
+  out["train/learning_rate"] = float(learning_rate)
+  return out
+
+
+def validation_scalars(summary: Mapping[str, float], selection: float) -> dict:
+  """``validation/mAP@t``, the averages, ``validation/cls_mAP`` and the selection score."""
+  out = {f"validation/{k}": float(v) for k, v in summary.items()}
+  out["validation/selection"] = float(selection)
+  return out
+
+
+def flat_hparams(config_dict: Mapping[str, Any], prefix: str = "") -> dict:
+  """A nested config as ``{"train.learning_rate": value}``."""
+  out = {}
+  for key, value in config_dict.items():
+    if isinstance(value, Mapping):
+      out.update(flat_hparams(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
 def create(log_to: Sequence[str], workdir: str, *, start_step: int,
            project: str) -> MetricWriter:
   """The writers ``train.log_to`` names (``metrics.jsonl`` is written apart).

@@ -50,6 +50,17 @@ def make_model(config: ml_collections.ConfigDict, feature_dim: int,
                                 compute_dtype=config.model.compute_dtype)
 
 
+def learning_rate(config: ml_collections.ConfigDict) -> optax.ScalarOrSchedule:
+  """``config.train``'s learning rate: a constant, or a schedule of the update count."""
+  t = config.train
+  if t.schedule == "cosine":
+    return optax.warmup_cosine_decay_schedule(
+        0.0, t.learning_rate, max(t.warmup_steps, 1), t.num_steps)
+  if t.warmup_steps > 0:
+    return optax.linear_schedule(0.0, t.learning_rate, t.warmup_steps)
+  return t.learning_rate
+
+
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """Adam with L2 weight decay added to the gradient, as PyTorch's ``Adam``.
 
@@ -57,13 +68,7 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   ``wd * w`` to the gradient before the Adam moments (not AdamW).
   """
   t = config.train
-  if t.schedule == "cosine":
-    lr = optax.warmup_cosine_decay_schedule(
-        0.0, t.learning_rate, max(t.warmup_steps, 1), t.num_steps)
-  elif t.warmup_steps > 0:
-    lr = optax.linear_schedule(0.0, t.learning_rate, t.warmup_steps)
-  else:
-    lr = t.learning_rate
+  lr = learning_rate(config)
   parts = []
   if t.grad_clip_norm > 0:
     parts.append(optax.clip_by_global_norm(t.grad_clip_norm))

@@ -31,6 +31,7 @@ from absl import logging
 from jaxseg import config as config_lib
 from jaxseg import evaluate as evaluate_lib
 from jaxseg import losses
+from jaxseg import metric_writers
 from jaxseg import parallel
 from jaxseg import state as state_lib
 from jaxseg import workdir as workdir_lib
@@ -186,6 +187,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   parallel.initialize_distributed(config)
   mesh = parallel.make_mesh(config.parallel.num_devices)
   config_lib.validate(config, num_devices=mesh.devices.size)
+  metric_writers.check_backends(config.train.log_to)
   workdir_lib.claim_workdir(config, workdir, overwrite=overwrite)
   data = workdir_lib.prepare_data(config, workdir)
   if workdir_lib.is_main_process():
@@ -202,15 +204,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     state = workdir_lib.restore(latest_mngr, start, state)
     logging.info("Resumed from %s/checkpoints/latest at step %d.", workdir, start)
   log = workdir_lib.MetricsLog(os.path.join(workdir, "metrics.jsonl"), resume_step=start)
+  main = workdir_lib.is_main_process()
+  writer = metric_writers.create(config.train.log_to if main else (), workdir,
+                                 start_step=start, project=config.train.log_project)
+  writer.write_hparams(metric_writers.flat_hparams(config.to_dict()))
   feeder = _Feeder(config, data, mesh)
   train_step = make_train_step(config, model, optimizer, on_device=feeder.on_device)
   apply_fn = evaluate_lib.make_apply_fn(model)
   validate = None
   if data.validation is not None:
-    validate = lambda st: evaluate_lib.evaluate_params(  # noqa: E731
-        config, model, st.params, data.validation, apply_fn=apply_fn)
-  state = _loop(config, workdir, state, start, feeder, train_step, log, validate,
-                latest_mngr, best_mngr)
+    def validate(st):
+      res = evaluate_lib.evaluate_params(config, model, st.params, data.validation,
+                                         apply_fn=apply_fn)
+      if main and config.train.log_images > 0:
+        res["images"] = evaluate_lib.timeline_images(
+            config, model, st.params, data.validation, config.train.log_images,
+            apply_fn=apply_fn)
+      return res
+  try:
+    state = _loop(config, workdir, state, start, feeder, train_step, (log, writer),
+                  validate, latest_mngr, best_mngr)
+  finally:
+    writer.close()
   latest_mngr.wait_until_finished()
   best_mngr.wait_until_finished()
   if not evaluate:
@@ -219,10 +234,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                           apply_fn=apply_fn)
 
 
-def _loop(config, workdir, state, start, feeder, train_step, log, validate,
+def _loop(config, workdir, state, start, feeder, train_step, logs, validate,
           latest_mngr, best_mngr):
-  """Steps ``start .. train.num_steps``: logs, validates and checkpoints on the boundaries."""
+  """Steps ``start .. train.num_steps``: logs, validates and checkpoints on the boundaries.
+
+  ``logs`` is ``(metrics.jsonl log, metric writer)``: every record goes to both.
+  """
   t = config.train
+  log, writer = logs
+  lr = state_lib.learning_rate(config)
+  lr_at = lr if callable(lr) else (lambda _: lr)
   num_steps = t.num_steps
   bar = _Progress(config, start, num_steps)
   pending: list[dict] = []
@@ -246,12 +267,17 @@ def _loop(config, workdir, state, start, feeder, train_step, log, validate,
              "skipped": int(state.num_skipped),
              "steps_per_s": len(pending) / max(time.time() - t0, 1e-9)}
       log.write(rec)
+      writer.write_scalars(done, metric_writers.train_scalars(rec, config.loss, lr_at(done)))
       pending, t0, loss = [], time.time(), rec["total"]
     bar.update(loss)
     if validate is not None and validate_now:
       res = validate(state)
       score = evaluate_lib.selection_score(res["summary"])
       log.write({"step": done, "kind": "validation", "selection": score, **res["summary"]})
+      writer.write_scalars(done, metric_writers.validation_scalars(res["summary"], score))
+      if res.get("images"):
+        writer.write_images(done, res["images"])
+      writer.flush()
       best_mngr.save(done, args=ocp.args.StandardSave(state), metrics={"selection": score})
     if save_now:
       # A resume from `done` never redoes this step's validation: the best

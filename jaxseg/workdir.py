@@ -37,7 +37,8 @@ ConfigError = config_lib.ConfigError
 # they do not change a run's results (train.device_data: the same batches,
 # gathered on the device instead of stacked on the host).
 RERUN_FREE_FIELDS = ("train.progress", "train.num_steps", "train.device_data",
-                     "eval.num_plot_videos",
+                     "eval.num_plot_videos", "train.log_to", "train.log_project",
+                     "train.log_images",
                      "ablation.num_seeds", "parallel.num_devices",
                      "distributed.coordinator_address", "distributed.num_processes",
                      "distributed.process_id", "distributed.auto")
@@ -45,7 +46,7 @@ RERUN_FREE_FIELDS = ("train.progress", "train.num_steps", "train.device_data",
 # What a run writes besides config.json (removed by claim_workdir(overwrite=True)).
 RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "segment_labels.npz", "splits.json",
                "detections.json", "detections_selected.json", "results.csv",
-               "results.md", "results.json")
+               "results.md", "results.json", "tensorboard")
 
 
 def is_main_process() -> bool:

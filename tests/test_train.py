@@ -276,3 +276,45 @@ def test_point_labels_end_to_end(full_run, tmp_path):
                 and float(a["segment"][0]) - 1 <= t / c.data.feature_rate
                 <= float(a["segment"][1]) + 1]
       assert inside, (vid, t, n)
+
+
+def test_tensorboard_has_every_scalar_of_metrics_jsonl(full_run):
+  """train.log_to='tensorboard' (default): the same values as metrics.jsonl, at its steps."""
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  c, workdir, _ = full_run
+  acc = event_accumulator.EventAccumulator(
+      os.path.join(workdir, "tensorboard"),
+      size_guidance={event_accumulator.SCALARS: 0, event_accumulator.IMAGES: 0})
+  acc.Reload()
+  records = _read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  train_recs = [r for r in records if r["kind"] == "train"]
+  val_recs = [r for r in records if r["kind"] == "validation"]
+  assert [r["step"] for r in train_recs] == [4, 8, 12]
+  assert [r["step"] for r in val_recs] == [6, 12]
+
+  def series(tag):
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+  weights = {"classification": 1.0, "segment": c.loss.alpha, "sphere": c.loss.beta,
+             "propagation": c.loss.gamma}
+  for term, w in weights.items():
+    assert series(f"train/{term}") == [(r["step"], pytest.approx(r[term], rel=1e-6))
+                                       for r in train_recs]
+    assert series(f"train/weighted/{term}") == [
+        (r["step"], pytest.approx(w * r[term], rel=1e-6)) for r in train_recs]
+  for key in ("total", "grad_norm", "steps_per_s"):
+    assert series(f"train/{key}") == [(r["step"], pytest.approx(r[key], rel=1e-6))
+                                      for r in train_recs]
+  assert series("train/learning_rate") == [(s, pytest.approx(c.train.learning_rate))
+                                           for s in (4, 8, 12)]
+  for t in c.eval.tiou_thresholds:
+    tag = f"mAP@{t:g}"
+    assert series(f"validation/{tag}") == [(r["step"], pytest.approx(r[tag], abs=1e-5))
+                                           for r in val_recs]
+  assert series("validation/cls_mAP") == [(r["step"], pytest.approx(r["cls_mAP"], abs=1e-5))
+                                          for r in val_recs]
+  images = [t for t in acc.Tags()["images"] if t.startswith("cas/")]
+  assert len(images) == c.train.log_images
+  for tag in images:
+    assert [e.step for e in acc.Images(tag)] == [6, 12]
+    assert acc.Images(tag)[0].width > 100
