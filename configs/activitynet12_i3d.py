@@ -27,4 +27,5 @@ def get_config():
   c.train.validation_fraction = 0.05
   c.eval.tiou_thresholds = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
   c.eval.averages = (("avg0.5:0.95", 0.5, 0.95),)
+  c.ablation.annotation_time = config_lib.ACTIVITYNET_ANNOTATION_TIME
   return c

@@ -421,3 +421,28 @@ def plot_ablation(df: pd.DataFrame | str, *, metric: str = "mAP@0.5",
   ax.grid(axis="y", alpha=0.3)
   fig.tight_layout()
   return _save(fig, path)
+
+
+def plot_annotation_time(points: pd.DataFrame, *, metric: str, path: str | None = None,
+                         title: str = "mAP against annotation time (paper Fig. 5)"):
+  """Paper Fig. 5: one point per supervision level, mean ± std over seeds.
+
+  Args:
+    points: rows with ``label_mode``, ``annotation_time`` (fraction of the
+      video's duration), ``mean`` and ``std`` (NaN for one seed) of ``metric``,
+      as :func:`jaxseg.report.annotation_time_points` returns.
+    metric: the metric's name, for the axis.
+    path: where to write the PNG.
+  """
+  pts = points.sort_values("annotation_time")
+  fig, ax = plt.subplots(figsize=(6, 4))
+  ax.errorbar(pts["annotation_time"], pts["mean"], yerr=pts["std"].fillna(0), marker="o",
+              capsize=3)
+  for row in pts.itertuples():
+    ax.annotate(row.label_mode, (row.annotation_time, row.mean), textcoords="offset points",
+                xytext=(6, -12), fontsize=8)
+  ax.set(xlabel="annotation time (fraction of the video's duration)",
+         ylabel=f"{metric} (%)", title=title)
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  return _save(fig, path)

@@ -19,6 +19,7 @@ from typing import Sequence
 
 import pandas as pd
 
+from jaxseg import config as config_lib
 from jaxseg.data import io
 from jaxseg.data.video import DataError
 
@@ -85,6 +86,47 @@ def _names(runs: Sequence[str]) -> list[str]:
   return [n if n != "." else os.path.basename(parent) for n in names]
 
 
+def annotation_time_points(label_modes: Sequence[str], values: Sequence[float],
+                           annotation_time: Sequence[float]) -> pd.DataFrame:
+  """Fig. 5's points: per supervision level, its annotation time and the metric's spread.
+
+  Args:
+    label_modes: each run's ``labels.mode``.
+    values: each run's metric (same order).
+    annotation_time: ``config.ablation.annotation_time`` (the order of
+      ``config.ANNOTATION_TIME_MODES``).
+
+  Returns:
+    One row per supervision level present: ``label_mode``, ``annotation_time``,
+    ``mean``, ``std`` (sample; NaN for one run), ``runs``. Modes without an
+    annotation time (``points``) are left out.
+  """
+  times = dict(zip(config_lib.ANNOTATION_TIME_MODES, annotation_time))
+  df = pd.DataFrame({"label_mode": list(label_modes), "value": list(values)})
+  df = df[df["label_mode"].isin(list(times))]
+  g = df.groupby("label_mode", sort=False)["value"]
+  out = pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1), "runs": g.size()}).reset_index()
+  out.insert(1, "annotation_time", [float(times[m]) for m in out["label_mode"]])
+  return out.sort_values("annotation_time").reset_index(drop=True)
+
+
+def write_annotation_time(points: pd.DataFrame, out_dir: str, metric: str,
+                          caption: str) -> list[str]:
+  """``fig5.csv``, ``fig5.md`` (with ``caption``) and ``fig5.png`` under ``out_dir``."""
+  from jaxseg import plots  # pylint: disable=g-import-not-at-top
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  os.makedirs(out_dir, exist_ok=True)
+  paths = [os.path.join(out_dir, f"fig5.{ext}") for ext in ("csv", "md", "png")]
+  io.atomic_write_text(paths[0], points.round(4).to_csv(index=False))
+  io.atomic_write_text(paths[1], f"# {metric} against annotation time\n\n{caption}\n\n"
+                       + points.round(2).to_markdown(index=False) + "\n")
+  fig = plots.plot_annotation_time(points, metric=metric)
+  with io.atomic_open(paths[2], "wb") as f:
+    f.write(_png(fig))
+  plt.close(fig)
+  return paths
+
+
 def metric_columns(table: pd.DataFrame) -> list[str]:
   return [c for c in table.columns if c.startswith("mAP@")]
 
@@ -145,10 +187,30 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument("runs", nargs="+", help="run directories, or folders of them")
   p.add_argument("--out", default="report", help="folder for report.csv/.md/.png")
   p.add_argument("--checkpoint", choices=("final", "selected"), default="final")
+  p.add_argument("--fig5", metavar="METRIC", default="",
+                 help="also plot METRIC (e.g. mAP@0.5) against the annotation time of "
+                      "each run's labels.mode (paper Fig. 5): fig5.png/.csv/.md")
+  p.add_argument("--annotation-time", type=float, nargs=len(config_lib.ANNOTATION_TIME_MODES),
+                 default=config_lib.THUMOS14_ANNOTATION_TIME,
+                 metavar=tuple(config_lib.ANNOTATION_TIME_MODES),
+                 help="annotation time of each supervision level (default: the paper's "
+                      "THUMOS14 ratios)")
   args = p.parse_args(argv)
   try:
-    table = run_table(find_runs(args.runs), args.checkpoint)
+    runs = find_runs(args.runs)
+    table = run_table(runs, args.checkpoint)
     paths = write_report(table, args.out)
+    if args.fig5:
+      if args.fig5 not in table.columns:
+        raise DataError(f"--fig5: no metric {args.fig5!r} in the runs' results")
+      modes = [io.load_json(os.path.join(r, "results.json"), "results")["provenance"]
+               ["label_mode"] for r in runs]
+      points = annotation_time_points(modes, table[args.fig5].to_numpy(float),
+                                      args.annotation_time)
+      paths += write_annotation_time(
+          points, args.out, args.fig5,
+          f"{args.checkpoint} checkpoint of {len(runs)} runs; the split each run was "
+          "tested on is in its results.md.")
   except (DataError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

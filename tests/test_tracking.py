@@ -168,3 +168,34 @@ def test_train_with_three_seeds_writes_three_runs_and_their_spread(tmp_path):
   stamps = [(work / r / "results.json").stat().st_mtime_ns for r in runs]
   seeds.run_seeds(c, str(work), 3)
   assert [(work / r / "results.json").stat().st_mtime_ns for r in runs] == stamps
+
+
+def test_fig5_points_are_the_mean_and_std_per_supervision_level(tmp_path):
+  """Hand-built: two one-segment runs, one full and one video-level, and a points run."""
+  times = (0.24, 0.30, 0.32, 1.17)
+  pts = report.annotation_time_points(
+      ["one-segment", "full", "one-segment", "video-level", "points"],
+      [20.0, 40.0, 30.0, 10.0, 99.0], times)
+  assert list(pts["label_mode"]) == ["video-level", "one-segment", "full"]
+  assert list(pts["annotation_time"]) == [0.24, 0.30, 1.17]
+  assert list(pts["mean"]) == [10.0, 25.0, 40.0]
+  assert pts["std"][1] == pytest.approx(np.std([20.0, 30.0], ddof=1))
+  assert np.isnan(pts["std"][0]) and list(pts["runs"]) == [1, 2, 1]
+  paths = report.write_annotation_time(pts, str(tmp_path), "mAP@0.5", "caption")
+  assert [os.path.basename(p) for p in paths] == ["fig5.csv", "fig5.md", "fig5.png"]
+  assert "caption" in (tmp_path / "fig5.md").read_text()
+
+
+def test_report_fig5_from_runs(tmp_path):
+  for name, mode, value in (("a", "one-segment", 20.0), ("b", "two-segment", 30.0)):
+    _fake_run(tmp_path / "runs" / name, {"labels": {"mode": mode}},
+              {"step": 1, "mAP@0.5": value})
+    res = json.loads((tmp_path / "runs" / name / "results.json").read_text())
+    res["provenance"]["label_mode"] = mode
+    (tmp_path / "runs" / name / "results.json").write_text(json.dumps(res))
+  out = tmp_path / "rep"
+  assert report.main([str(tmp_path / "runs"), "--out", str(out), "--fig5", "mAP@0.5",
+                      "--annotation-time", "1", "2", "3", "4"]) == 0
+  pts = pd.read_csv(out / "fig5.csv")
+  assert list(pts["label_mode"]) == ["one-segment", "two-segment"]
+  assert list(pts["annotation_time"]) == [2.0, 3.0] and list(pts["mean"]) == [20.0, 30.0]
