@@ -93,15 +93,14 @@ def annotation_time_points(label_modes: Sequence[str], values: Sequence[float],
   Args:
     label_modes: each run's ``labels.mode``.
     values: each run's metric (same order).
-    annotation_time: ``config.ablation.annotation_time`` (the order of
-      ``config.ANNOTATION_TIME_MODES``).
+    annotation_time: ``(label mode, time)`` pairs (``config.ablation.annotation_time``).
 
   Returns:
     One row per supervision level present: ``label_mode``, ``annotation_time``,
     ``mean``, ``std`` (sample; NaN for one run), ``runs``. Modes without an
-    annotation time (``points``) are left out.
+    annotation time are left out.
   """
-  times = dict(zip(config_lib.ANNOTATION_TIME_MODES, annotation_time))
+  times = {mode: float(t) for mode, t in annotation_time}
   df = pd.DataFrame({"label_mode": list(label_modes), "value": list(values)})
   df = df[df["label_mode"].isin(list(times))]
   g = df.groupby("label_mode", sort=False)["value"]
@@ -125,6 +124,17 @@ def write_annotation_time(points: pd.DataFrame, out_dir: str, metric: str,
     f.write(_png(fig))
   plt.close(fig)
   return paths
+
+
+def _pairs(items: Sequence[str]) -> list[tuple[str, float]]:
+  out = []
+  for item in items:
+    mode, _, value = item.partition("=")
+    try:
+      out.append((mode, float(value)))
+    except ValueError:
+      raise DataError(f"--annotation-time: expected MODE=TIME, got {item!r}") from None
+  return out
 
 
 def metric_columns(table: pd.DataFrame) -> list[str]:
@@ -190,11 +200,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument("--fig5", metavar="METRIC", default="",
                  help="also plot METRIC (e.g. mAP@0.5) against the annotation time of "
                       "each run's labels.mode (paper Fig. 5): fig5.png/.csv/.md")
-  p.add_argument("--annotation-time", type=float, nargs=len(config_lib.ANNOTATION_TIME_MODES),
-                 default=config_lib.THUMOS14_ANNOTATION_TIME,
-                 metavar=tuple(config_lib.ANNOTATION_TIME_MODES),
-                 help="annotation time of each supervision level (default: the paper's "
-                      "THUMOS14 ratios)")
+  p.add_argument("--annotation-time", nargs="+", metavar="MODE=TIME",
+                 default=[f"{m}={t}" for m, t in config_lib.THUMOS14_ANNOTATION_TIME],
+                 help="annotation time of each supervision level, e.g. one-segment=0.30 "
+                      "(default: the paper's THUMOS14 ratios)")
   args = p.parse_args(argv)
   try:
     runs = find_runs(args.runs)
@@ -206,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       modes = [io.load_json(os.path.join(r, "results.json"), "results")["provenance"]
                ["label_mode"] for r in runs]
       points = annotation_time_points(modes, table[args.fig5].to_numpy(float),
-                                      args.annotation_time)
+                                      _pairs(args.annotation_time))
       paths += write_annotation_time(
           points, args.out, args.fig5,
           f"{args.checkpoint} checkpoint of {len(runs)} runs; the split each run was "

@@ -172,7 +172,8 @@ def test_train_with_three_seeds_writes_three_runs_and_their_spread(tmp_path):
 
 def test_fig5_points_are_the_mean_and_std_per_supervision_level(tmp_path):
   """Hand-built: two one-segment runs, one full and one video-level, and a points run."""
-  times = (0.24, 0.30, 0.32, 1.17)
+  times = (("video-level", 0.24), ("one-segment", 0.30), ("two-segment", 0.32),
+           ("full", 1.17))
   pts = report.annotation_time_points(
       ["one-segment", "full", "one-segment", "video-level", "points"],
       [20.0, 40.0, 30.0, 10.0, 99.0], times)
@@ -195,7 +196,7 @@ def test_report_fig5_from_runs(tmp_path):
     (tmp_path / "runs" / name / "results.json").write_text(json.dumps(res))
   out = tmp_path / "rep"
   assert report.main([str(tmp_path / "runs"), "--out", str(out), "--fig5", "mAP@0.5",
-                      "--annotation-time", "1", "2", "3", "4"]) == 0
+                      "--annotation-time", "one-segment=2", "two-segment=3"]) == 0
   pts = pd.read_csv(out / "fig5.csv")
   assert list(pts["label_mode"]) == ["one-segment", "two-segment"]
   assert list(pts["annotation_time"]) == [2.0, 3.0] and list(pts["mean"]) == [20.0, 30.0]
