@@ -56,12 +56,9 @@ def fc_flops(b: int, t: int, d: int, e: int, n: int) -> float:
   return embedding + heads
 
 
-def measure(batch: int, length: int, dim: int, classes: int, repeats: int,
-            method: str = "fused", compute_dtype: str = "float32",
-            dropout_rng: str = "threefry2x32") -> dict:
-  """One step's latency (``median_ms``: called and waited for, one at a time)
-  and throughput (``pipelined_ms``: steps dispatched back to back, as the
-  training loop runs them)."""
+def _setup(batch: int, length: int, dim: int, classes: int, method: str,
+           compute_dtype: str, dropout_rng: str):
+  """The base config with these choices, its model, optimizer, state and a device batch."""
   c = config_lib.base_config()
   c.loss.propagation_method = method
   c.model.compute_dtype = compute_dtype
@@ -69,10 +66,21 @@ def measure(batch: int, length: int, dim: int, classes: int, repeats: int,
   model = state_lib.make_model(c, dim, classes)
   optimizer = state_lib.make_optimizer(c)
   state = state_lib.init_state(c, model, optimizer, dim)
-  step = train.make_train_step(c, model, optimizer)
   x = loss_throughput.make_inputs(batch, length, dim, classes)
   b = {k: jax.device_put(x[k]) for k in ("features", "mask", "lengths", "video_labels",
                                          "segment_labels", "num_labeled")}
+  return c, model, optimizer, state, b
+
+
+def measure(batch: int, length: int, dim: int, classes: int, repeats: int,
+            method: str = "fused", compute_dtype: str = "float32",
+            dropout_rng: str = "threefry2x32") -> dict:
+  """One step's latency (``median_ms``: called and waited for, one at a time)
+  and throughput (``pipelined_ms``: steps dispatched back to back, as the
+  training loop runs them)."""
+  c, model, optimizer, state, b = _setup(batch, length, dim, classes, method, compute_dtype,
+                                         dropout_rng)
+  step = train.make_train_step(c, model, optimizer)
   lowered = step.lower(state, b)
   compiled = lowered.compile()
   mem = compiled.memory_analysis()
@@ -106,16 +114,8 @@ def breakdown(batch: int, length: int, dim: int, classes: int, repeats: int,
   Differences between rows bound what each part costs.
   """
   from jaxseg import losses  # pylint: disable=g-import-not-at-top
-  c = config_lib.base_config()
-  c.loss.propagation_method = method
-  c.model.compute_dtype = compute_dtype
-  c.model.dropout_rng = dropout_rng
-  model = state_lib.make_model(c, dim, classes)
-  optimizer = state_lib.make_optimizer(c)
-  state = state_lib.init_state(c, model, optimizer, dim)
-  x = loss_throughput.make_inputs(batch, length, dim, classes)
-  b = {k: jax.device_put(x[k]) for k in ("features", "mask", "lengths", "video_labels",
-                                         "segment_labels", "num_labeled")}
+  c, model, _, state, b = _setup(batch, length, dim, classes, method, compute_dtype,
+                                 dropout_rng)
   kwargs = c.loss.to_dict()
   key = jax.random.key(0, impl=dropout_rng)
   apply = lambda p: model.apply({"params": p}, b["features"], b["mask"], deterministic=False,

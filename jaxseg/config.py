@@ -8,6 +8,7 @@ override what differs; the command line overrides further
 from __future__ import annotations
 
 import math
+from typing import Any, Mapping
 
 import ml_collections
 
@@ -193,6 +194,22 @@ def base_config() -> ml_collections.ConfigDict:
   # fraction of the video's duration (the paper's THUMOS14 ratios; use your own).
   a.annotation_time = THUMOS14_ANNOTATION_TIME
   return c
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  """A nested config (or its ``to_dict()`` / JSON form) as ``{"train.learning_rate": v}``.
+
+  Lists become tuples, so a config read back from JSON compares equal to the
+  config it was written from.
+  """
+  out = {}
+  for key, value in d.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, Mapping):
+      out.update(flatten(value, name + "."))
+    else:
+      out[name] = tuple(value) if isinstance(value, list) else value
+  return out
 
 
 def with_overrides(c: ml_collections.ConfigDict, **overrides) -> ml_collections.ConfigDict:

@@ -296,17 +296,6 @@ def validation_scalars(summary: Mapping[str, float], selection: float) -> dict:
   return out
 
 
-def flat_hparams(config_dict: Mapping[str, Any], prefix: str = "") -> dict:
-  """A nested config as ``{"train.learning_rate": value}``."""
-  out = {}
-  for key, value in config_dict.items():
-    if isinstance(value, Mapping):
-      out.update(flat_hparams(value, f"{prefix}{key}."))
-    else:
-      out[f"{prefix}{key}"] = value
-  return out
-
-
 def create(log_to: Sequence[str], workdir: str, *, start_step: int,
            project: str) -> MetricWriter:
   """The writers ``train.log_to`` names (``metrics.jsonl`` is written apart).

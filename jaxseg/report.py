@@ -45,17 +45,6 @@ def find_runs(paths: Sequence[str]) -> list[str]:
   return runs
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in d.items():
-    key = f"{prefix}{k}"
-    if isinstance(v, dict):
-      out.update(_flatten(v, key + "."))
-    else:
-      out[key] = tuple(v) if isinstance(v, list) else v
-  return out
-
-
 def run_table(runs: Sequence[str], checkpoint: str = "final") -> pd.DataFrame:
   """One row per run: its metrics at ``checkpoint`` and the config fields that differ."""
   rows, configs = [], []
@@ -65,7 +54,7 @@ def run_table(runs: Sequence[str], checkpoint: str = "final") -> pd.DataFrame:
     if checkpoint not in res:
       raise DataError(f"{run}/results.json: no {checkpoint!r} results")
     rows.append({"run": name, **res[checkpoint]})
-    cfg = _flatten(res.get("provenance", {}).get("config", {}))
+    cfg = config_lib.flatten(res.get("provenance", {}).get("config", {}))
     configs.append({k: v for k, v in cfg.items() if k not in _LOCATION_FIELDS})
   table = pd.DataFrame(rows).set_index("run")
   keys = sorted(set().union(*configs)) if configs else []

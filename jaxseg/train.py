@@ -207,7 +207,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   main = workdir_lib.is_main_process()
   writer = metric_writers.create(config.train.log_to if main else (), workdir,
                                  start_step=start, project=config.train.log_project)
-  writer.write_hparams(metric_writers.flat_hparams(config.to_dict()))
+  writer.write_hparams(config_lib.flatten(config.to_dict()))
   feeder = _Feeder(config, data, mesh)
   train_step = make_train_step(config, model, optimizer, on_device=feeder.on_device)
   apply_fn = evaluate_lib.make_apply_fn(model)

@@ -58,17 +58,6 @@ def config_to_dict(config: ml_collections.ConfigDict) -> dict:
   return json.loads(config.to_json_best_effort())
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in d.items():
-    key = f"{prefix}{k}"
-    if isinstance(v, dict):
-      out.update(_flatten(v, key + "."))
-    else:
-      out[key] = v
-  return out
-
-
 def config_diff(config, workdir: str) -> list[str] | None:
   """The fields (other than ``RERUN_FREE_FIELDS``) where ``config`` differs from
   ``workdir/config.json``, each as ``"field: old -> new"``; None without one.
@@ -84,7 +73,7 @@ def config_diff(config, workdir: str) -> list[str] | None:
       old = json.load(f)
   except json.JSONDecodeError as e:
     raise ConfigError(f"{path}: unreadable ({e}); move it away or pass --overwrite") from e
-  a, b = _flatten(old), _flatten(config_to_dict(config))
+  a, b = config_lib.flatten(old), config_lib.flatten(config_to_dict(config))
   keys = sorted(k for k in set(a) | set(b)
                 if k not in RERUN_FREE_FIELDS and a.get(k) != b.get(k))
   return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys]
