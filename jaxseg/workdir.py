@@ -371,6 +371,30 @@ def load_run(config, workdir: str, *, which: str = "final") -> LoadedRun:
   return LoadedRun(config, data, model, restore(mngr, int(step), state), int(step))
 
 
+def load_checkpoint(config, workdir: str, feature_dim: int, num_classes: int, *,
+                    which: str) -> tuple[model_lib.SegmentModel, state_lib.TrainState, int]:
+  """The model and the ``"final"`` or ``"selected"`` state of a run, without its data.
+
+  What :func:`load_run` restores, for a caller that knows ``D`` and ``N``
+  (``classes.json``); creates and modifies no file.
+
+  Raises:
+    ConfigError: no such checkpoint.
+  """
+  if which not in ("final", "selected"):
+    raise ValueError(f"load_checkpoint: which must be 'final' or 'selected', got {which!r}")
+  model = state_lib.make_model(config, feature_dim, num_classes)
+  state = state_lib.init_state(config, model, state_lib.make_optimizer(config), feature_dim)
+  latest_mngr, best_mngr = checkpoint_managers(workdir, config, read_only=True)
+  mngr = latest_mngr if which == "final" else best_mngr
+  step = mngr.latest_step() if which == "final" else mngr.best_step()
+  if step is None and which == "selected":
+    mngr, step = latest_mngr, latest_mngr.latest_step()  # no validation split
+  if step is None:
+    raise ConfigError(f"{workdir}/checkpoints holds no checkpoint; train first")
+  return model, restore(mngr, int(step), state), int(step)
+
+
 def restore_params(config, workdir: str, *, which: str = "final"):
   """The parameters of a run's ``"final"`` or ``"selected"`` checkpoint."""
   return load_run(config, workdir, which=which).state.params

@@ -391,6 +391,24 @@ def _load_bundle_array(path: str, *, allow_pickle: bool) -> np.ndarray:
     raise DataError(f"{path}: cannot read W-TALC array: {e}") from None
 
 
+def _wtalc_features_path(directory: str, features_file: str) -> str:
+  """The features file: absolute as given; a relative name inside ``directory``
+  or, as W-TALC's repository ships it (``Thumos14reduced-I3D-JOINTFeatures.npy``
+  beside ``Thumos14reduced-Annotations/``), in its parent folder.
+
+  Raises:
+    DataError: in neither place (both paths named).
+  """
+  if os.path.isabs(features_file):
+    return features_file
+  inside = os.path.join(directory, features_file)
+  beside = os.path.join(os.path.dirname(os.path.abspath(directory)), features_file)
+  for path in (inside, beside):
+    if os.path.isfile(path):
+      return path
+  raise DataError(f"{inside}: W-TALC bundle file not found (nor {beside})")
+
+
 def read_wtalc(directory: str, features_file: str, *,
                feature_rate: float = I3D_FEATURE_RATE,
                feature_dim: int | None = None,
@@ -400,11 +418,15 @@ def read_wtalc(directory: str, features_file: str, *,
 
   ``directory`` holds ``features_file`` (an object array of per-video
   ``(T, D)`` features, e.g. ``Thumos14reduced-I3D-JOINTFeatures.npy``; a
-  relative name is taken inside ``directory``) and the annotation arrays
+  relative name is taken inside ``directory``, else beside it as W-TALC ships
+  it) and the annotation arrays
   ``videoname.npy``, ``subset.npy``, ``classlist.npy``, ``duration.npy``,
   ``segments.npy`` (per video ``[[s, e], ...]``) and ``labels.npy`` (per video
   one class name per segment), strings as ``bytes`` as numpy saves them. The
-  class order is ``classlist.npy``'s.
+  class order is ``classlist.npy``'s. Optional, read when present:
+  ``labels_all.npy`` (per video every class it shows, also without annotated
+  instances: the video-level labels ``y``; the 101-class ``Thumos14-Annotations``)
+  and ``Ambiguous_test.txt`` (``dataset.ambiguous``, see :func:`read_ambiguous`).
 
   Args:
     directory: the bundle folder.
@@ -419,8 +441,7 @@ def read_wtalc(directory: str, features_file: str, *,
   """
   if feature_rate <= 0:
     raise ValueError(f"feature_rate must be > 0, got {feature_rate}")
-  feat_path = features_file if os.path.isabs(features_file) else os.path.join(
-      directory, features_file)
+  feat_path = _wtalc_features_path(directory, features_file)
   arrays = {}
   for name in ("videoname", "subset", "classlist", "duration", "segments", "labels"):
     arrays[name] = _load_bundle_array(os.path.join(directory, name + ".npy"),
