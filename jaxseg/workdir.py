@@ -2,7 +2,8 @@
 
 ``workdir`` holds ``config.json`` (the resolved config; a rerun must match
 it), ``metrics.jsonl``, ``splits.json`` (the validation hold-out),
-``segment_labels.npz`` (the labels the run trained on), ``checkpoints/``
+``segment_labels.npz`` (the labels the run trained on), ``classes.json`` (the
+class list and D, for ``--mode predict``), ``checkpoints/``
 (Orbax: ``latest`` and ``best``) and the reports of :mod:`jaxseg.evaluate`.
 
 :func:`claim_workdir` and :func:`prepare_data` create what is missing (a
