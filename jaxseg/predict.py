@@ -71,8 +71,19 @@ def run_classes(config, workdir: str) -> tuple[list[str], int]:
   return list(data.dataset.class_names), data.dataset.feature_dim
 
 
-def _streams(config) -> tuple[str, ...]:
-  return tuple(config.data.feature_streams) if config.data.format == "activitynet" else ()
+# The stream folders jaxseg.extract writes; a run trained on joined features
+# (W-TALC's JOINT arrays: RGB then flow) reads them joined in this order.
+EXTRACT_STREAMS = ("rgb", "flow")
+
+
+def _streams(config, features_dir: str) -> tuple[str, ...]:
+  """The run's stream sub-folders; for a run on joined features, the
+  ``jaxseg.extract`` folders when ``features_dir`` has them."""
+  if config.data.format == "activitynet" and config.data.feature_streams:
+    return tuple(config.data.feature_streams)
+  if all(os.path.isdir(os.path.join(features_dir, s)) for s in EXTRACT_STREAMS):
+    return EXTRACT_STREAMS
+  return ()
 
 
 def read_folder(features_dir: str, class_names, feature_dim: int, *, feature_rate: float,
@@ -145,7 +156,7 @@ def predict_folder(workdir: str, features_dir: str, out_dir: str, *,
   _check_out(out_dir, overwrite)
   config = run_config(workdir)
   class_names, feature_dim = run_classes(config, workdir)
-  streams = _streams(config)
+  streams = _streams(config, features_dir)
   ds = read_folder(features_dir, class_names, feature_dim,
                    feature_rate=float(config.data.feature_rate), streams=streams,
                    source=f"the run in {workdir}" + (f" (streams {'+'.join(streams)})"

@@ -240,6 +240,25 @@ def test_wtalc_ambiguous_used_by_evaluation_and_score(wtalc, tmp_path, protocol)
   assert with_amb.attrs["num_predictions"] < without.attrs["num_predictions"]
 
 
+def test_predict_with_a_joined_features_run_reads_extract_folders(wtalc, tmp_path):
+  """A run on W-TALC's joined (RGB then flow) features predicts on the folder
+  jaxseg.extract writes, FEATURES_DIR/{rgb,flow}/<vid>.npy, as on joined files."""
+  data = workdir_lib.read_data(wtalc["config"], wtalc["work"])
+  split, joined = tmp_path / "split", tmp_path / "joined"
+  joined.mkdir()
+  for s in ("rgb", "flow"):
+    (split / s).mkdir(parents=True)
+  for v in data.test.videos:
+    np.save(split / "rgb" / f"{v.video_id}.npy", v.features[:, :1024])
+    np.save(split / "flow" / f"{v.video_id}.npy", v.features[:, 1024:])
+    np.save(joined / f"{v.video_id}.npy", v.features)
+  a = predict.predict_folder(wtalc["work"], str(split), str(tmp_path / "a"))
+  b = predict.predict_folder(wtalc["work"], str(joined), str(tmp_path / "b"))
+  assert "layout 'stream'" in a["layout"] and "layout 'flat'" in b["layout"]
+  load = lambda d: json.load(open(tmp_path / d / "detections.json"))["results"]
+  assert load("a") == load("b") and len(load("a")) == 4
+
+
 def test_wtalc_full_101_class_bundle_reads(tmp_path):
   ann_dir, features_file, info = public_layouts.wtalc_tree(tmp_path, full=True)
   config = config_lib.with_overrides(

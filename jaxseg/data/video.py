@@ -114,7 +114,8 @@ class Dataset:
       raise DataError(
           f"{source}: subset {names} is empty; subsets present: {present}")
     return dataclasses.replace(self, videos=videos,
-                               skipped_videos=list(self.skipped_videos))
+                               skipped_videos=list(self.skipped_videos),
+                               notes=list(self.notes))
 
   def select(self, video_ids: Iterable[str], *, source: str = "split file") -> "Dataset":
     """The videos with the given ids, in the given order.
@@ -132,7 +133,8 @@ class Dataset:
           f"{source}: {len(missing)} video id(s) not in the annotations, "
           f"e.g. {missing[:3]}")
     return dataclasses.replace(self, videos=[by_id[i] for i in ids],
-                               skipped_videos=list(self.skipped_videos))
+                               skipped_videos=list(self.skipped_videos),
+                               notes=list(self.notes))
 
   def ambiguous_of_videos(self) -> dict[str, list[list[float]]] | None:
     """The ambiguous intervals of this dataset's videos as
