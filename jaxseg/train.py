@@ -36,7 +36,6 @@ from jaxseg import state as state_lib
 from jaxseg import workdir as workdir_lib
 from jaxseg.data import batching
 from jaxseg.data import device_data as device_data_lib
-from jaxseg.data.video import DataError
 
 class NonFiniteError(FloatingPointError):
   """A loss or gradient became NaN or inf; the message names step and term."""
@@ -187,7 +186,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   parallel.initialize_distributed(config)
   mesh = parallel.make_mesh(config.parallel.num_devices)
   config_lib.validate(config, num_devices=mesh.devices.size)
-  data = _claim_and_prepare(config, workdir, overwrite=overwrite)
+  workdir_lib.claim_workdir(config, workdir, overwrite=overwrite)
+  data = workdir_lib.prepare_data(config, workdir)
   if workdir_lib.is_main_process():
     logging.info("data:\n%s", workdir_lib.data_summary(data))
   feature_dim = data.dataset.feature_dim
@@ -217,26 +217,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     return {"final": {}, "selected": {}, "selected_step": int(state.step)}
   return evaluate_lib.evaluate_and_report(config, workdir, model, data, state, best_mngr,
                                           apply_fn=apply_fn)
-
-
-def _claim_and_prepare(config, workdir: str, *, overwrite: bool) -> workdir_lib.RunData:
-  """Claims ``workdir`` and prepares the data; when the data cannot be read,
-  a workdir this call started is left as it was (no ``config.json`` of a run
-  that never began, no empty folder)."""
-  existed = os.path.isdir(workdir)
-  fresh = not os.path.exists(os.path.join(workdir, "config.json"))
-  workdir_lib.claim_workdir(config, workdir, overwrite=overwrite)
-  try:
-    return workdir_lib.prepare_data(config, workdir)
-  except (DataError, config_lib.ConfigError):
-    if fresh and workdir_lib.is_main_process():
-      for name in ("config.json", workdir_lib.CLASSES_FILE):
-        path = os.path.join(workdir, name)
-        if os.path.exists(path):
-          os.remove(path)
-      if not existed and not os.listdir(workdir):
-        os.rmdir(workdir)
-    raise
 
 
 def _loop(config, workdir, state, start, feeder, train_step, log, validate,

@@ -157,7 +157,7 @@ def test_predict_refuses_an_output_folder_in_use(basnet, tmp_path):
   assert os.listdir(out) == ["mine.txt"]
 
 
-def test_mixed_layout_is_a_named_error_and_leaves_no_run(basnet, tmp_path):
+def test_mixed_layout_is_a_named_error_before_anything_is_trained(basnet, tmp_path):
   root = tmp_path / "mixed"
   shutil.copytree(basnet["root"], root, ignore=shutil.ignore_patterns("run"))
   vid = "video_test_0000002"
@@ -176,7 +176,8 @@ def test_mixed_layout_is_a_named_error_and_leaves_no_run(basnet, tmp_path):
   assert "mixed feature layouts" in msg and repr(vid) in msg
   assert str(root / "features" / "test" / "rgb" / f"{vid}.npy") in msg  # paths tried
   assert str(root / "features" / "rgb" / f"{vid}.npy") in msg
-  assert not work.exists()
+  # As for any bad data: only the workdir claim (config.json) precedes loading it.
+  assert sorted(os.listdir(work)) == ["config.json"]
 
 
 # ------------------------------------------------------------------ W-TALC
