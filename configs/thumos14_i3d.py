@@ -1,8 +1,11 @@
 """THUMOS14 with I3D features (2048-d, RGB + flow), the paper's settings.
 
-Expects the BaSNet/LACP layout: an ActivityNet-style annotation JSON and
-``features/{rgb,flow}/<video_id>.npy`` of shape ``(T, 1024)`` each; trains on
-the validation split and tests on the test split::
+Reads an ActivityNet-style annotation JSON and two-stream features of shape
+``(T, 1024)`` each in any public layout, detected: BaSNet's / LACP's
+``features/{train,test}/{rgb,flow}/<video_id>.npy``, ``features/{rgb,flow}/<video_id>.npy``
+(``jaxseg.extract``) or joined ``features/<video_id>.npy`` ``(T, 2048)``. Trains on
+the validation split (``train`` in BaSNet's / LACP's ``gt.json``) and tests on
+the test split::
 
   python -m jaxseg.main --config configs/thumos14_i3d.py --workdir runs/thumos14 \
       --config.data.annotation_path=/data/thumos14/gt.json \
@@ -20,8 +23,10 @@ def get_config():
   c.data.format = "activitynet"
   c.data.feature_streams = ("rgb", "flow")
   c.data.feature_dim = 2048
-  c.data.train_subset = "validation"
-  c.data.test_subset = "test"
+  # "validation"/"test" (official THUMOS14, W-TALC) or "train"/"test" (BaSNet,
+  # LACP), whichever the annotations have; the choice is printed.
+  c.data.train_subset = config_lib.SUBSET_AUTO
+  c.data.test_subset = config_lib.SUBSET_AUTO
   c.labels.mode = "one-segment"
   c.train.batch_size = 16
   c.train.num_steps = 10000

@@ -31,6 +31,12 @@ SCORE_SOURCES = ("average", "classification")
 CONTRAST_ON = ("raw", "normalized")
 CLASS_SCORES = ("s_a", "p_a")
 PROTOCOLS = ("activitynet", "wtalc")
+# data.train_subset / data.test_subset = SUBSET_AUTO: the first (train, test)
+# pair of these present in the annotations: THUMOS14 as W-TALC and the official
+# release name it (validation/test), as BaSNet and LACP ship it (train/test),
+# and ActivityNet (training/validation; its "testing" has no annotations).
+SUBSET_AUTO = "auto"
+AUTO_SUBSET_PAIRS = (("validation", "test"), ("train", "test"), ("training", "validation"))
 
 # Detection thresholds and the averages papers report (THUMOS14: Table 2 of the
 # paper; ActivityNet: Tables 3-4).
@@ -67,7 +73,12 @@ def base_config() -> ml_collections.ConfigDict:
   d.wtalc_dir = ""
   d.wtalc_features_file = ""  # e.g. "Thumos14reduced-I3D-JOINTFeatures.npy"
   d.train_subset = "validation"  # THUMOS14 trains on its validation split
-  d.test_subset = "test"
+  d.test_subset = "test"  # either may be SUBSET_AUTO ("auto"): see AUTO_SUBSET_PAIRS
+  # Intervals the evaluation ignores (THUMOS14's "Ambiguous"): a text file of
+  # "video start end" lines in seconds (W-TALC's Ambiguous_test.txt) or a JSON
+  # {vid: [[start, end], ...]}. "" : none, except that format "wtalc" reads
+  # wtalc_dir/Ambiguous_test.txt when it is there.
+  d.ambiguous_path = ""
   d.feature_dim = 2048  # checked against the files
   d.feature_rate = 25.0 / 16.0  # segments per second
   d.skip_bad_videos = False  # skip (and report) unreadable videos instead of failing
@@ -277,6 +288,10 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1) -> None:
   if c.data.format == "wtalc":
     _check(bool(c.data.wtalc_dir), "data.wtalc_dir", "is required with data.format='wtalc'")
   _check(c.data.feature_rate > 0, "data.feature_rate", "must be > 0")
+  for split in ("train", "test"):
+    _check(not (c.data[f"{split}_split_file"] and c.data[f"{split}_subset"] == SUBSET_AUTO),
+           f"data.{split}_subset", f"a split file defines a subset: name it (not "
+           f"{SUBSET_AUTO!r}) with data.{split}_split_file")
   _choice(c, "labels.mode", LABEL_MODES)
   if c.labels.mode == "points":
     _check(bool(c.labels.points_csv), "labels.points_csv", "is required with labels.mode='points'")

@@ -54,7 +54,8 @@ def evaluate_params(config, model, params, split: Dataset, *, apply_fn=None,
                                 tuple(config.eval.tiou_thresholds),
                                 protocol=config.eval.protocol,
                                 class_names=split.class_names,
-                                feature_rate=config.data.feature_rate)
+                                feature_rate=config.data.feature_rate,
+                                ambiguous=split.ambiguous_of_videos())
   summary = metrics.summarize(table, config.eval.averages, lenient=True).iloc[0].to_dict()
   ids = [v.video_id for v in split.videos]
   y = np.stack([v.video_labels(split.num_classes) for v in split.videos])
@@ -120,7 +121,7 @@ def write_results(config, workdir: str, data: workdir_lib.RunData, final: dict,
        "per_class_ap_final": final["table"].rename(columns=lambda c: f"{float(c):g}")
        .to_dict(orient="index"),
        "provenance": prov}, indent=2, sort_keys=True) + "\n")
-  logging.info("Results on %s (%s), written to %s/results.md", config.data.test_subset,
+  logging.info("Results on %s (%s), written to %s/results.md", data.test_subset,
                protocol, workdir)
 
 
@@ -128,7 +129,7 @@ def results_markdown(config, data: workdir_lib.RunData, table: pd.DataFrame,
                      prov: dict) -> str:
   """``results.md``: the metrics table of both checkpoints and the provenance."""
   protocol = metrics.PROTOCOL_LABELS[config.eval.protocol]
-  md = [f"# Results on `{config.data.test_subset}` ({len(data.test.videos)} videos)", "",
+  md = [f"# Results on `{data.test_subset}` ({len(data.test.videos)} videos)", "",
         f"Detection mAP (%) at temporal IoU, {protocol}; classification mAP (%) "
         "from the video-level scores. `selected` is the checkpoint with the best mean "
         "mAP on the validation split held out of the training videos "

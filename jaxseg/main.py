@@ -8,6 +8,8 @@
   python -m jaxseg.main --config configs/thumos14_i3d.py --workdir runs/t14 \\
       --config.data.annotation_path=gt.json --config.data.features_dir=features \\
       --config.train.learning_rate=3e-4
+  python -m jaxseg.main --mode predict --workdir runs/t14 \\
+      --predict_features FEATURES_DIR --predict_out predictions [--predict_plots]
 """
 
 from __future__ import annotations
@@ -24,11 +26,27 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a configs/*.py file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for this run's outputs.")
 _MODE = flags.DEFINE_enum(
-    "mode", "train", ["train", "eval", "ablate", "data"],
+    "mode", "train", ["train", "eval", "ablate", "data", "predict"],
     "train: train then evaluate the final and the selected checkpoint; "
     "eval: evaluate the checkpoints in --workdir; "
     "ablate: the paper's Table 1 (every loss combination); "
-    "data: load the dataset and print its summary.")
+    "data: load the dataset and print its summary; "
+    "predict: run the finished run in --workdir on --predict_features "
+    "(no annotations; --config not needed) into --predict_out.")
+_PREDICT_FEATURES = flags.DEFINE_string(
+    "predict_features", None,
+    "With --mode predict: a folder of .npy features in any layout "
+    "(DIR/<vid>.npy, DIR/<subset>/<vid>.npy, DIR/<stream>/<vid>.npy, "
+    "DIR/<subset>/<stream>/<vid>.npy).")
+_PREDICT_OUT = flags.DEFINE_string(
+    "predict_out", None,
+    "With --mode predict: the output folder (detections.json, cas/<vid>.npz, "
+    "plots/); written all at once; must be absent or empty unless --overwrite.")
+_PREDICT_PLOTS = flags.DEFINE_bool(
+    "predict_plots", False, "With --mode predict: also write plots/<vid>.png.")
+_PREDICT_CHECKPOINT = flags.DEFINE_enum(
+    "predict_checkpoint", "selected", ["selected", "final"],
+    "With --mode predict: the checkpoint to run.")
 _OVERWRITE = flags.DEFINE_bool(
     "overwrite", False,
     "Allow --workdir to hold a run of a different config (it is replaced).")
@@ -37,7 +55,7 @@ _SEEDS = flags.DEFINE_integer(
     "With --mode train: train N runs (seed_<i>/) and write their mean ± std "
     "(seeds.md); with --mode ablate: seeds per cell (overrides config.ablation.num_seeds).")
 
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["workdir"])  # and --config, except with --mode predict
 
 
 class _OrbaxWarningsOnly(std_logging.Filter):
@@ -73,8 +91,12 @@ def main(argv):
   logging.get_absl_handler().addFilter(_OrbaxWarningsOnly())
   config = _CONFIG.value
   workdir = _WORKDIR.value
+  if config is None and _MODE.value != "predict":
+    raise app.UsageError(f"--config is required with --mode {_MODE.value}")
   try:
-    if _MODE.value == "train" and _SEEDS.value is not None:
+    if _MODE.value == "predict":
+      _predict(config, workdir)
+    elif _MODE.value == "train" and _SEEDS.value is not None:
       summary = seeds.run_seeds(config, workdir, _SEEDS.value, overwrite=_OVERWRITE.value)
       print(seeds.seeds_markdown(summary, config, _SEEDS.value))
     elif _MODE.value == "train":
@@ -91,6 +113,26 @@ def main(argv):
   except (DataError, ConfigError, train.NonFiniteError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+
+
+def _predict(config, workdir: str) -> None:
+  """``--mode predict``; a --config, when given, must be the run's."""
+  from jaxseg import predict  # pylint: disable=g-import-not-at-top
+  from jaxseg import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from jaxseg.config import ConfigError  # pylint: disable=g-import-not-at-top
+  if not _PREDICT_FEATURES.value or not _PREDICT_OUT.value:
+    raise app.UsageError("--mode predict needs --predict_features and --predict_out")
+  if config is not None:
+    diff = workdir_lib.config_diff(config, workdir)
+    if diff:
+      raise ConfigError(f"--config differs from the run in {workdir} ({', '.join(diff[:5])}); "
+                        "--mode predict uses the run's config.json: leave --config out")
+  out = predict.predict_folder(workdir, _PREDICT_FEATURES.value, _PREDICT_OUT.value,
+                               which=_PREDICT_CHECKPOINT.value, plots=_PREDICT_PLOTS.value,
+                               overwrite=_OVERWRITE.value)
+  print(f"{out['layout']}\n{out['num_videos']} videos, {out['num_detections']} detections "
+        f"({_PREDICT_CHECKPOINT.value} checkpoint, step {out['step']}) written to "
+        f"{out['out_dir']}")
 
 
 def _print_summaries(out: dict) -> None:

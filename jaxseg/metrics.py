@@ -279,8 +279,11 @@ def detection_map(ground_truth: dict, predictions: dict, tiou_thresholds=THUMOS1
       label is an error (as the official code).
     feature_rate: "wtalc" only: segments per second used to round bounds to
       segment indices (25/16 for I3D on 25 fps video, 10/4 for UntrimmedNet).
-    ambiguous: "wtalc" only: extra ambiguous intervals ``{vid: [[s, e], ...]}``
-      in seconds, added to the ground-truth instances labeled "Ambiguous".
+    ambiguous: ambiguous intervals ``{vid: [[s, e], ...]}`` in seconds
+      (THUMOS14's, W-TALC's ``Ambiguous_test.txt``). "wtalc": added to the
+      ground-truth instances labeled "Ambiguous"; "activitynet": predictions
+      overlapping one by more than 0 s are removed before matching (THUMOS14's
+      rule; the official ActivityNet code has no such intervals). None: none.
     gt_source, pred_source, ambiguous_source: how error messages name the
       three inputs (e.g. their file names).
 
@@ -303,8 +306,6 @@ def detection_map(ground_truth: dict, predictions: dict, tiou_thresholds=THUMOS1
   else:
     thresholds = _check_thresholds(np.ravel(np.asarray(tiou_thresholds, dtype=object)).tolist())
   thr = np.asarray(thresholds, np.float64)
-  if protocol == "activitynet" and ambiguous is not None:
-    raise ValueError("ambiguous intervals apply to protocol='wtalc' only")
   if protocol == "wtalc":
     if isinstance(feature_rate, bool) or not isinstance(feature_rate, numbers.Real) or not (
         math.isfinite(feature_rate) and feature_rate > 0):
@@ -330,6 +331,9 @@ def detection_map(ground_truth: dict, predictions: dict, tiou_thresholds=THUMOS1
     amb = [(int(c), s, e) for c, (s, e) in zip(gt.vid[is_amb], gt.seg[is_amb])]
     amb += detection_inputs.parse_ambiguous(ambiguous, video_code, ambiguous_source)
     _wtalc_drop_predictions(gt, gt_cls, pr, pr_cls, pr_idx, amb, rate)
+  elif ambiguous is not None:
+    _drop_ambiguous_seconds(
+        pr, pr_cls, detection_inputs.parse_ambiguous(ambiguous, video_code, ambiguous_source))
 
   ap = np.zeros((len(classes), thr.size))
   gt_by_cls, pr_by_cls = _group(gt_cls), _group(pr_cls)
@@ -395,6 +399,24 @@ def _wtalc_drop_predictions(gt, gt_cls, pr, pr_cls, pr_idx, amb, rate) -> None:
     a = amb_idx[amb_groups[v]]
     inter = (np.minimum(pr_idx[rows, 1:2], a[None, :, 1])
              - np.maximum(pr_idx[rows, 0:1], a[None, :, 0]))
+    pr_cls[rows[np.any(inter > 0, axis=1)]] = -1
+
+
+def _drop_ambiguous_seconds(pr, pr_cls, amb) -> None:
+  """ActivityNet protocol with ambiguous intervals (THUMOS14's rule): sets
+  ``pr_cls`` to -1 (not evaluated) for every prediction whose interval
+  overlaps an ambiguous interval of its video by more than 0 seconds."""
+  if not amb or not np.any(pr_cls >= 0):
+    return
+  amb_vid = np.asarray([a[0] for a in amb], np.int64)
+  amb_seg = np.asarray([a[1:] for a in amb], np.float64)
+  amb_groups = _group(amb_vid)
+  for v, rows in _group(np.where(pr_cls >= 0, pr.vid, -1)).items():
+    if v < 0 or v not in amb_groups:
+      continue
+    a = amb_seg[amb_groups[v]]
+    inter = (np.minimum(pr.seg[rows, 1:2], a[None, :, 1])
+             - np.maximum(pr.seg[rows, 0:1], a[None, :, 0]))
     pr_cls[rows[np.any(inter > 0, axis=1)]] = -1
 
 

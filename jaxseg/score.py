@@ -4,7 +4,7 @@ Usage::
 
   python -m jaxseg.score --ground-truth GT.json --predictions PRED.json \\
       [--subset test] [--tiou 0.1:0.7:0.1] [--protocol activitynet|wtalc] \\
-      [--feature-rate 1.5625] [--ambiguous AMB.json] [--per-class] \\
+      [--feature-rate 1.5625] [--ambiguous AMB.txt|AMB.json] [--per-class] \\
       [--output results.csv]
 
 Prints mAP (%) per tIoU threshold and the averages papers report (THUMOS14:
@@ -24,6 +24,7 @@ from typing import Sequence
 from jaxseg import metrics
 from jaxseg.config import PROTOCOLS
 from jaxseg.data import io
+from jaxseg.data import readers
 from jaxseg.data.video import I3D_FEATURE_RATE, DataError
 
 EXIT_ERROR = 2
@@ -59,8 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--feature-rate", type=float, default=I3D_FEATURE_RATE,
                  help="wtalc only: segments per second for the index IoU "
                       "(default 25/16, I3D; UntrimmedNet: 2.5)")
-  p.add_argument("--ambiguous", default=None, metavar="AMB.json",
-                 help="wtalc only: extra ambiguous intervals {vid: [[start, end], ...]}")
+  p.add_argument("--ambiguous", default=None, metavar="AMB.txt|AMB.json",
+                 help="ambiguous intervals the evaluation ignores: W-TALC's "
+                      "Ambiguous_test.txt ('video start end' lines, seconds) or a JSON "
+                      "{vid: [[start, end], ...]}; both protocols (activitynet: "
+                      "predictions overlapping one are removed)")
   p.add_argument("--per-class", action="store_true", help="also print the AP of each class")
   p.add_argument("--output", default=None, metavar="results.csv",
                  help="write the per-class table (percent) and averages to this CSV")
@@ -74,12 +78,15 @@ def run(args: argparse.Namespace) -> int:
                   else metrics.parse_tiou(args.tiou))
   except ValueError as e:
     raise _Error(f"--tiou: {e}") from None
-  if args.protocol != "wtalc":
-    if args.ambiguous is not None:
-      raise _Error("--ambiguous applies to --protocol wtalc only")
   gt = _load_json(args.ground_truth, "ground-truth")
   pred = _load_json(args.predictions, "predictions")
-  amb = _load_json(args.ambiguous, "ambiguous") if args.ambiguous is not None else None
+  amb = None
+  if args.ambiguous is not None:
+    try:
+      amb = {v: [list(s) for s in segs]
+             for v, segs in readers.read_ambiguous(args.ambiguous).items()}
+    except DataError as e:
+      raise _Error(str(e)) from None
   try:
     df = metrics.detection_map(
         gt, pred, thresholds, args.subset, protocol=args.protocol, class_names=None,

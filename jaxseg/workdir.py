@@ -2,7 +2,8 @@
 
 ``workdir`` holds ``config.json`` (the resolved config; a rerun must match
 it), ``metrics.jsonl``, ``splits.json`` (the validation hold-out),
-``segment_labels.npz`` (the labels the run trained on), ``checkpoints/``
+``segment_labels.npz`` (the labels the run trained on), ``classes.json`` (the
+class list and D, for ``--mode predict``), ``checkpoints/``
 (Orbax: ``latest`` and ``best``) and the reports of :mod:`jaxseg.evaluate`.
 
 :func:`claim_workdir` and :func:`prepare_data` create what is missing (a
@@ -26,6 +27,7 @@ import orbax.checkpoint as ocp
 from jaxseg import config as config_lib
 from jaxseg import model as model_lib
 from jaxseg import state as state_lib
+from jaxseg import subsets as subsets_lib
 from jaxseg.data import io
 from jaxseg.data import labels as labels_lib
 from jaxseg.data import readers
@@ -45,6 +47,7 @@ RERUN_FREE_FIELDS = ("train.progress", "train.num_steps", "train.device_data",
 
 # What a run writes besides config.json (removed by claim_workdir(overwrite=True)).
 RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "segment_labels.npz", "splits.json",
+               "classes.json",
                "detections.json", "detections_selected.json", "results.csv",
                "results.md", "results.json", "tensorboard")
 
@@ -148,6 +151,9 @@ class RunData:
   validation: Dataset | None
   test: Dataset
   segment_labels: labels_lib.SegmentLabels
+  train_subset: str = ""  # the subset names used (``"auto"`` resolved)
+  test_subset: str = ""
+  subset_note: str = ""  # how "auto" was resolved ("" : explicit names)
 
 
 def _validation_ids(train: Dataset, fraction: float, seed: int) -> list[str]:
@@ -174,8 +180,12 @@ def _split(train: Dataset, ids: list[str]) -> tuple[Dataset, Dataset | None]:
 def _run_data(config, workdir: str, *, write: bool) -> RunData:
   """Loads the dataset, splits it and samples (``write``) or reads the labels."""
   dataset = readers.load_dataset(config.data, workdir=workdir, generate=write)
-  train = dataset.subset(config.data.train_subset, source="data.train_subset")
-  test = dataset.subset(config.data.test_subset, source="data.test_subset")
+  train_name, test_name, note = subsets_lib.resolve_subsets(
+      config.data.train_subset, config.data.test_subset, [v.subset for v in dataset.videos])
+  train = dataset.subset(train_name, source="data.train_subset")
+  test = dataset.subset(test_name, source="data.test_subset")
+  if write and is_main_process():
+    save_run_classes(workdir, dataset)
   splits_path = os.path.join(workdir, "splits.json")
   labels_path = os.path.join(workdir, "segment_labels.npz")
   if os.path.exists(splits_path):
@@ -197,7 +207,37 @@ def _run_data(config, workdir: str, *, write: bool) -> RunData:
   if missing:
     raise DataError(f"{labels_path}: no segment labels for training video(s) "
                     f"{missing[:3]}; delete the file to sample labels again")
-  return RunData(dataset, train, val, test, seg)
+  return RunData(dataset, train, val, test, seg, train_name, test_name, note)
+
+
+CLASSES_FILE = "classes.json"
+
+
+def save_run_classes(workdir: str, dataset: Dataset) -> None:
+  """Writes ``workdir/classes.json``: the class list (label index order) and
+  the feature dimension D the run's model takes, so that ``--mode predict``
+  needs the run directory only, not the training data."""
+  io.atomic_write_text(os.path.join(workdir, CLASSES_FILE), json.dumps(
+      {"class_names": list(dataset.class_names), "feature_dim": dataset.feature_dim},
+      indent=1) + "\n")
+
+
+def load_run_classes(workdir: str) -> tuple[list[str], int] | None:
+  """``(class_names, feature_dim)`` from ``workdir/classes.json``; None without it.
+
+  Raises:
+    DataError: the file is malformed.
+  """
+  path = os.path.join(workdir, CLASSES_FILE)
+  if not os.path.exists(path):
+    return None
+  data = io.load_json(path, "class list")
+  names = data.get("class_names") if isinstance(data, dict) else None
+  dim = data.get("feature_dim") if isinstance(data, dict) else None
+  if (not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names)
+      or not isinstance(dim, int) or dim <= 0):
+    raise DataError(f'{path}: expected {{"class_names": [str, ...], "feature_dim": int > 0}}')
+  return names, dim
 
 
 def prepare_data(config, workdir: str) -> RunData:
@@ -222,6 +262,7 @@ def data_summary(data: RunData) -> str:
   n_lab = sum(int(u.any(axis=1).sum()) for u in seg.labels.values())
   return "\n".join([
       data.dataset.summary(),
+      *([data.subset_note] if data.subset_note else []),
       f"train {len(data.train.videos)} | validation "
       f"{len(data.validation.videos) if data.validation else 0} | test "
       f"{len(data.test.videos)}",
@@ -319,6 +360,30 @@ def load_run(config, workdir: str, *, which: str = "final") -> LoadedRun:
   if step is None:
     raise ConfigError(f"{workdir}/checkpoints holds no checkpoint; train first")
   return LoadedRun(config, data, model, restore(mngr, int(step), state), int(step))
+
+
+def load_checkpoint(config, workdir: str, feature_dim: int, num_classes: int, *,
+                    which: str) -> tuple[model_lib.SegmentModel, state_lib.TrainState, int]:
+  """The model and the ``"final"`` or ``"selected"`` state of a run, without its data.
+
+  What :func:`load_run` restores, for a caller that knows ``D`` and ``N``
+  (``classes.json``); creates and modifies no file.
+
+  Raises:
+    ConfigError: no such checkpoint.
+  """
+  if which not in ("final", "selected"):
+    raise ValueError(f"load_checkpoint: which must be 'final' or 'selected', got {which!r}")
+  model = state_lib.make_model(config, feature_dim, num_classes)
+  state = state_lib.init_state(config, model, state_lib.make_optimizer(config), feature_dim)
+  latest_mngr, best_mngr = checkpoint_managers(workdir, config, read_only=True)
+  mngr = latest_mngr if which == "final" else best_mngr
+  step = mngr.latest_step() if which == "final" else mngr.best_step()
+  if step is None and which == "selected":
+    mngr, step = latest_mngr, latest_mngr.latest_step()  # no validation split
+  if step is None:
+    raise ConfigError(f"{workdir}/checkpoints holds no checkpoint; train first")
+  return model, restore(mngr, int(step), state), int(step)
 
 
 def restore_params(config, workdir: str, *, which: str = "final"):

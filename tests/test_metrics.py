@@ -295,9 +295,6 @@ def test_bad_top_level_and_arguments():
     ev.detection_map(ok_gt, {"results": {}}, [0.5], protocol="voc")
   with pytest.raises(ValueError, match="outside"):
     ev.detection_map(ok_gt, {"results": {}}, [0.5, 1.5], protocol="activitynet")
-  with pytest.raises(ValueError, match="protocol='wtalc' only"):
-    ev.detection_map(ok_gt, {"results": {}}, [0.5], ambiguous={"a": [[0, 1]]},
-                     protocol="activitynet")
   with pytest.raises(ValueError, match="feature_rate"):
     ev.detection_map(ok_gt, {"results": {}}, [0.5], protocol="wtalc", feature_rate=0.0)
 
@@ -691,3 +688,21 @@ def test_cli_module_entry_point(files):
                        capture_output=True, text=True, cwd=REPO, env=env, timeout=60)
   assert bad.returncode == 2
   assert bad.stderr.strip() == f"error: {gt_path}.missing: ground-truth file not found"
+
+
+def test_activitynet_ambiguous_predictions_removed():
+  """THUMOS14's rule under the ActivityNet protocol: a prediction overlapping an
+  ambiguous interval (by more than 0 s) is not evaluated; touching is no overlap."""
+  gt = {"database": {"a": {"subset": "test", "annotations": [
+      {"segment": [10.0, 20.0], "label": "x"}]}}}
+  fp_first = {"results": {"a": [{"label": "x", "score": 0.9, "segment": [30.0, 40.0]},
+                                {"label": "x", "score": 0.5, "segment": [10.0, 20.0]}]}}
+  plain = ev.detection_map(gt, fp_first, [0.5], protocol="activitynet")
+  assert plain.loc["mean", 0.5] == pytest.approx(0.5)
+  got = ev.detection_map(gt, fp_first, [0.5], protocol="activitynet",
+                         ambiguous={"a": [[35.0, 50.0]], "other": [[0.0, 1.0]]})
+  assert got.loc["mean", 0.5] == pytest.approx(1.0)
+  assert got.attrs["num_predictions"] == 1
+  touching = ev.detection_map(gt, fp_first, [0.5], protocol="activitynet",
+                              ambiguous={"a": [[40.0, 50.0]]})
+  assert touching.loc["mean", 0.5] == pytest.approx(0.5)

@@ -33,6 +33,7 @@ import numpy as np
 
 from jaxseg.data import io
 from jaxseg.data import labels as labels_lib
+from jaxseg.data import layouts
 from jaxseg.data import synthetic
 from jaxseg.data.video import DataError, Dataset, I3D_FEATURE_RATE, Instance, Video
 
@@ -130,21 +131,26 @@ def _load_npy(path: str, *, video_id: str) -> np.ndarray:
 def _load_video_features(features_dir: str, video_id: str,
                          streams: Sequence[str]) -> tuple[np.ndarray, str]:
   """Raw ``(T, D)`` features (streams concatenated on D) and the file named."""
-  if not streams:
-    path = os.path.join(features_dir, video_id + ".npy")
-    return _load_npy(path, video_id=video_id), path
-  parts, paths = [], []
-  for stream in streams:
-    path = os.path.join(features_dir, stream, video_id + ".npy")
+  return load_feature_files(layouts.Layout(features_dir, "stream" if streams else "flat",
+                                           tuple(streams)).paths(video_id), video_id)
+
+
+def load_feature_files(paths: Sequence[str], video_id: str) -> tuple[np.ndarray, str]:
+  """Raw ``(T, D)`` features of one video from its file(s), one per stream
+  (concatenated on D, same T), and the first file (for messages)."""
+  if len(paths) == 1:
+    return _load_npy(paths[0], video_id=video_id), paths[0]
+  parts = []
+  for path in paths:
     arr = check_features(_load_npy(path, video_id=video_id), path=path,
                          video_id=video_id, feature_dim=None)
     parts.append(arr)
-    paths.append(path)
   lengths = [p.shape[0] for p in parts]
   if len(set(lengths)) > 1:
     detail = ", ".join(f"{p}: T={t}" for p, t in zip(paths, lengths))
+    names = [os.path.basename(os.path.dirname(p)) for p in paths]
     raise DataError(
-        f"{paths[0]}: video {video_id!r}: streams {list(streams)} differ in "
+        f"{paths[0]}: video {video_id!r}: streams {names} differ in "
         f"length ({detail})")
   return np.concatenate(parts, axis=1), paths[0]
 
@@ -351,11 +357,14 @@ def read_activitynet(annotation_path: str, features_dir: str, *,
     raise DataError(f"{features_dir}: features folder not found (annotations "
                     f"{annotation_path})")
   streams = tuple(feature_streams)
+  layout = layouts.detect_layout(features_dir, [(vid, e["subset"]) for vid, e in entries.items()],
+                                 streams, allow_missing=skip_bad_videos)
   col = _Collector(feature_dim, skip_bad_videos)
   videos = []
   for vid, e in entries.items():
-    feats = col.features(lambda vid=vid: _load_video_features(features_dir, vid, streams),
-                         video_id=vid)
+    feats = col.features(
+        lambda vid=vid, sub=e["subset"]: load_feature_files(layout.paths(vid, sub), vid),
+        video_id=vid)
     if feats is None:
       continue
     duration = e["duration"] if e["duration"] is not None else feats.shape[0] / feature_rate
@@ -365,7 +374,8 @@ def read_activitynet(annotation_path: str, features_dir: str, *,
         instances=[Instance(s, t, index[lab]) for s, t, lab in e["annotations"]]))
   if assignment:
     _apply_splits(videos, assignment, split_files)
-  return col.finish(Dataset(list(class_names), videos), annotation_path)
+  return col.finish(Dataset(list(class_names), videos, notes=[layout.describe()]),
+                    annotation_path)
 
 
 # -------------------------------------------------------- format 2: W-TALC
@@ -381,6 +391,24 @@ def _load_bundle_array(path: str, *, allow_pickle: bool) -> np.ndarray:
     raise DataError(f"{path}: cannot read W-TALC array: {e}") from None
 
 
+def _wtalc_features_path(directory: str, features_file: str) -> str:
+  """The features file: absolute as given; a relative name inside ``directory``
+  or, as W-TALC's repository ships it (``Thumos14reduced-I3D-JOINTFeatures.npy``
+  beside ``Thumos14reduced-Annotations/``), in its parent folder.
+
+  Raises:
+    DataError: in neither place (both paths named).
+  """
+  if os.path.isabs(features_file):
+    return features_file
+  inside = os.path.join(directory, features_file)
+  beside = os.path.join(os.path.dirname(os.path.abspath(directory)), features_file)
+  for path in (inside, beside):
+    if os.path.isfile(path):
+      return path
+  raise DataError(f"{inside}: W-TALC bundle file not found (nor {beside})")
+
+
 def read_wtalc(directory: str, features_file: str, *,
                feature_rate: float = I3D_FEATURE_RATE,
                feature_dim: int | None = None,
@@ -390,11 +418,15 @@ def read_wtalc(directory: str, features_file: str, *,
 
   ``directory`` holds ``features_file`` (an object array of per-video
   ``(T, D)`` features, e.g. ``Thumos14reduced-I3D-JOINTFeatures.npy``; a
-  relative name is taken inside ``directory``) and the annotation arrays
+  relative name is taken inside ``directory``, else beside it as W-TALC ships
+  it) and the annotation arrays
   ``videoname.npy``, ``subset.npy``, ``classlist.npy``, ``duration.npy``,
   ``segments.npy`` (per video ``[[s, e], ...]``) and ``labels.npy`` (per video
   one class name per segment), strings as ``bytes`` as numpy saves them. The
-  class order is ``classlist.npy``'s.
+  class order is ``classlist.npy``'s. Optional, read when present:
+  ``labels_all.npy`` (per video every class it shows, also without annotated
+  instances: the video-level labels ``y``; the 101-class ``Thumos14-Annotations``)
+  and ``Ambiguous_test.txt`` (``dataset.ambiguous``, see :func:`read_ambiguous`).
 
   Args:
     directory: the bundle folder.
@@ -409,8 +441,7 @@ def read_wtalc(directory: str, features_file: str, *,
   """
   if feature_rate <= 0:
     raise ValueError(f"feature_rate must be > 0, got {feature_rate}")
-  feat_path = features_file if os.path.isabs(features_file) else os.path.join(
-      directory, features_file)
+  feat_path = _wtalc_features_path(directory, features_file)
   arrays = {}
   for name in ("videoname", "subset", "classlist", "duration", "segments", "labels"):
     arrays[name] = _load_bundle_array(os.path.join(directory, name + ".npy"),
@@ -432,6 +463,7 @@ def read_wtalc(directory: str, features_file: str, *,
       raise DataError(f"{path}: holds {len(arr)} entries but videoname.npy holds {num}")
   class_names = [_text(c).strip() for c in np.ravel(arrays["classlist"])]
   index = _class_index(class_names)
+  extra = _wtalc_labels_all(directory, names, index, class_names)
   seg_path = os.path.join(directory, "segments.npy")
   lab_path = os.path.join(directory, "labels.npy")
   dur_path = os.path.join(directory, "duration.npy")
@@ -472,10 +504,101 @@ def read_wtalc(directory: str, features_file: str, *,
       duration = feats.shape[0] / feature_rate
     videos.append(Video(video_id=vid, subset=subset, features=feats,
                         feature_rate=float(feature_rate), duration=float(duration),
-                        instances=instances))
+                        instances=instances, extra_labels=extra.get(vid, ())))
   if assignment:
     _apply_splits(videos, assignment, split_files)
-  return col.finish(Dataset(class_names, videos), feat_path)
+  notes = [f"W-TALC bundle: {directory} ({len(class_names)} classes in classlist.npy; "
+           + ("video-level labels from labels_all.npy)" if extra else "no labels_all.npy)")]
+  ds = Dataset(class_names, videos, notes=notes)
+  amb_path = os.path.join(directory, WTALC_AMBIGUOUS_FILE)
+  if os.path.isfile(amb_path):
+    attach_ambiguous(ds, amb_path)
+  return col.finish(ds, feat_path)
+
+
+WTALC_AMBIGUOUS_FILE = "Ambiguous_test.txt"
+
+
+def _wtalc_labels_all(directory: str, names: Sequence[str], index: Mapping[str, int],
+                      class_names: Sequence[str]) -> dict[str, tuple[int, ...]]:
+  """``{video_id: class indices}`` from the bundle's ``labels_all.npy`` (per
+  video, every class the video shows, with or without annotated instances);
+  ``{}`` when the bundle has no such file."""
+  path = os.path.join(directory, "labels_all.npy")
+  if not os.path.isfile(path):
+    return {}
+  arr = _load_bundle_array(path, allow_pickle=True)
+  if len(arr) != len(names):
+    raise DataError(f"{path}: holds {len(arr)} entries but videoname.npy holds {len(names)}")
+  out = {}
+  for i, vid in enumerate(names):
+    labs = arr[i]
+    labs = [] if labs is None else list(np.ravel(np.asarray(labs, dtype=object)))
+    idx = []
+    for j, lab in enumerate(labs):
+      label = _text(lab).strip()
+      if label not in index:
+        raise DataError(f"{path}: video {vid!r}: labels_all[{j}]: unknown class {label!r}; "
+                        f"classlist.npy: {list(class_names)}")
+      idx.append(index[label])
+    out[vid] = tuple(sorted(set(idx)))
+  return out
+
+
+def read_ambiguous(path: str) -> dict[str, list[tuple[float, float]]]:
+  """Ambiguous intervals ``{video_id: [(start, end), ...]}`` in seconds.
+
+  Two formats: W-TALC's ``Ambiguous_test.txt`` (one ``video start end`` line
+  per interval, whitespace-separated; blank lines skipped) or, for a ``.json``
+  file, ``{video_id: [[start, end], ...]}``.
+
+  Raises:
+    DataError: naming the file and the line (or video): missing or unreadable
+      file, a line without three fields, a bound that is not a number, end < start.
+  """
+  if path.lower().endswith(".json"):
+    data = io.load_json(path, "ambiguous-intervals")
+    if not isinstance(data, dict):
+      raise DataError(f"{path}: expected an object {{video_id: [[start, end], ...]}}")
+    out: dict[str, list[tuple[float, float]]] = {}
+    for vid, segs in data.items():
+      if not isinstance(segs, list):
+        raise DataError(f"{path}: video {vid!r}: expected a list of [start, end]")
+      for j, seg in enumerate(segs):
+        if not isinstance(seg, (list, tuple)) or len(seg) != 2:
+          raise DataError(f"{path}: video {vid!r}: [{j}]: expected [start, end], got {seg!r}")
+        out.setdefault(str(vid), []).append(_bounds(seg, where=f"{path}: video {vid!r}: [{j}]"))
+    return out
+  try:
+    with open(path, encoding="utf-8") as f:
+      lines = f.read().splitlines()
+  except FileNotFoundError:
+    raise DataError(f"{path}: ambiguous-intervals file not found") from None
+  except (OSError, UnicodeDecodeError) as e:
+    raise DataError(f"{path}: cannot read ambiguous-intervals file: {e}") from None
+  out = {}
+  for n, line in enumerate(lines, 1):
+    fields = line.split()
+    if not fields:
+      continue
+    if len(fields) != 3:
+      raise DataError(f"{path}: line {n}: expected 'video start end', got {line.strip()!r}")
+    out.setdefault(fields[0], []).append(_bounds(fields[1:], where=f"{path}: line {n}"))
+  return out
+
+
+def attach_ambiguous(dataset: Dataset, path: str) -> Dataset:
+  """Reads ``path`` (:func:`read_ambiguous`) into ``dataset.ambiguous`` and
+  notes it in the summary; intervals of videos not in the dataset are kept
+  but never used. Returns ``dataset``."""
+  amb = read_ambiguous(path)
+  ids = {v.video_id for v in dataset.videos}
+  n_vid = sum(1 for v in amb if v in ids)
+  n_int = sum(len(s) for v, s in amb.items() if v in ids)
+  dataset.ambiguous = amb
+  dataset.notes.append(f"ambiguous intervals (not evaluated): {n_int} in {n_vid} videos, "
+                       f"from {path}")
+  return dataset
 
 
 # ------------------------------------------------------ format 3: points CSV
@@ -648,16 +771,21 @@ def load_dataset(data_config: Any, workdir: str | None = None, *,
     if not d.annotation_path or not d.features_dir:
       raise ValueError("data.format='activitynet' needs data.annotation_path and "
                        "data.features_dir")
-    return read_activitynet(
+    ds = read_activitynet(
         d.annotation_path, d.features_dir, feature_streams=tuple(d.feature_streams),
         feature_rate=d.feature_rate, feature_dim=feature_dim,
         split_files=split_files or None, skip_bad_videos=d.skip_bad_videos)
+    return attach_ambiguous(ds, d.ambiguous_path) if d.ambiguous_path else ds
   if fmt == "wtalc":
     if not d.wtalc_dir or not d.wtalc_features_file:
       raise ValueError("data.format='wtalc' needs data.wtalc_dir and "
                        "data.wtalc_features_file")
-    return read_wtalc(d.wtalc_dir, d.wtalc_features_file, feature_rate=d.feature_rate,
-                      feature_dim=feature_dim, split_files=split_files or None,
-                      skip_bad_videos=d.skip_bad_videos)
+    ds = read_wtalc(d.wtalc_dir, d.wtalc_features_file, feature_rate=d.feature_rate,
+                    feature_dim=feature_dim, split_files=split_files or None,
+                    skip_bad_videos=d.skip_bad_videos)
+    if d.ambiguous_path:
+      ds.notes[:] = [n for n in ds.notes if not n.startswith("ambiguous intervals")]
+      attach_ambiguous(ds, d.ambiguous_path)
+    return ds
   raise ValueError(f"data.format must be one of 'synthetic', 'activitynet', "
                    f"'wtalc'; got {fmt!r}")

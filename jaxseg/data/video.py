@@ -44,6 +44,9 @@ class Video:
     feature_rate: segments per second (25/16 for I3D on 25 fps video).
     duration: duration in seconds.
     instances: the action instances.
+    extra_labels: class indices known present from video-level labels only
+      (W-TALC's ``labels_all.npy``: a video may have a label and no
+      annotated instance); ``y`` is their union with the instances' labels.
   """
   video_id: str
   subset: str
@@ -51,6 +54,7 @@ class Video:
   feature_rate: float
   duration: float
   instances: list[Instance] = dataclasses.field(default_factory=list)
+  extra_labels: tuple[int, ...] = ()
 
   @property
   def num_segments(self) -> int:
@@ -61,6 +65,8 @@ class Video:
     y = np.zeros((num_classes,), np.float32)
     for inst in self.instances:
       y[inst.label] = 1.0
+    for c in self.extra_labels:
+      y[c] = 1.0
     return y
 
 
@@ -73,10 +79,17 @@ class Dataset:
     videos: the videos.
     skipped_videos: ``[(video_id, reason), ...]`` the reader skipped
       (``data.skip_bad_videos``); kept by :meth:`subset` and :meth:`select`.
+    ambiguous: ``{video_id: [(start, end), ...]}`` seconds the THUMOS14
+      evaluation ignores (W-TALC's ``Ambiguous_test.txt``); kept by
+      :meth:`subset` and :meth:`select`, and passed to every evaluation.
+    notes: lines the data summary prints about how the data was read (the
+      detected feature layout, ...).
   """
   class_names: list[str]
   videos: list[Video]
   skipped_videos: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+  ambiguous: dict[str, list[tuple[float, float]]] = dataclasses.field(default_factory=dict)
+  notes: list[str] = dataclasses.field(default_factory=list)
 
   @property
   def num_classes(self) -> int:
@@ -100,7 +113,9 @@ class Dataset:
       present = sorted({v.subset for v in self.videos})
       raise DataError(
           f"{source}: subset {names} is empty; subsets present: {present}")
-    return Dataset(self.class_names, videos, list(self.skipped_videos))
+    return dataclasses.replace(self, videos=videos,
+                               skipped_videos=list(self.skipped_videos),
+                               notes=list(self.notes))
 
   def select(self, video_ids: Iterable[str], *, source: str = "split file") -> "Dataset":
     """The videos with the given ids, in the given order.
@@ -117,7 +132,18 @@ class Dataset:
       raise DataError(
           f"{source}: {len(missing)} video id(s) not in the annotations, "
           f"e.g. {missing[:3]}")
-    return Dataset(self.class_names, [by_id[i] for i in ids], list(self.skipped_videos))
+    return dataclasses.replace(self, videos=[by_id[i] for i in ids],
+                               skipped_videos=list(self.skipped_videos),
+                               notes=list(self.notes))
+
+  def ambiguous_of_videos(self) -> dict[str, list[list[float]]] | None:
+    """The ambiguous intervals of this dataset's videos as
+    :func:`jaxseg.metrics.detection_map` takes them; None when there is none
+    (so an evaluation without them is unchanged)."""
+    ids = {v.video_id for v in self.videos}
+    out = {vid: [[float(s), float(e)] for s, e in segs]
+           for vid, segs in self.ambiguous.items() if vid in ids and segs}
+    return out or None
 
   def ground_truth(self) -> dict:
     """Ground truth in ActivityNet format: ``{"database": {vid: {...}}}``.
@@ -140,6 +166,7 @@ class Dataset:
     """A short human-readable table of the dataset's statistics."""
     lines = [f"{len(self.videos)} videos, {self.num_classes} classes, "
              f"feature dim {self.feature_dim}"]
+    lines += list(self.notes)
     subsets = sorted({v.subset for v in self.videos})
     for s in subsets:
       vids = [v for v in self.videos if v.subset == s]

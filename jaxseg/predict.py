@@ -1,0 +1,216 @@
+"""``--mode predict``: a finished run on a folder of features without annotations.
+
+  python -m jaxseg.main --mode predict --workdir runs/thumos14 \\
+      --predict_features FEATURES_DIR --predict_out predictions/
+
+reads the run from its work directory only (``config.json``, ``classes.json``
+and the selected checkpoint; nothing there is written) and the ``.npy``
+features of ``FEATURES_DIR`` in any layout :mod:`jaxseg.data.layouts` knows,
+with the run's ``data.feature_streams`` (the video ids are the file stems).
+It writes, all at once (a temporary folder renamed into place: an error leaves
+no partial output):
+
+* ``detections.json``: the ActivityNet result format, as training writes it;
+* ``cas/<vid>.npz``: ``cas_cls``, ``cas_loc`` and ``cas_a`` ``(T, N)``
+  (``cas_a = (cas_cls + cas_loc) / 2``, the CAS proposals come from),
+  ``s_a``, ``p_a`` ``(N,)``, ``class_names`` and ``feature_rate``;
+* with ``plots=True``, ``plots/<vid>.png``: the CAS timeline of the video's
+  detected classes.
+
+Each video's duration is ``T / data.feature_rate``: a detection ends at most
+at the end of the features (``--mode eval`` clips at the annotation's duration
+instead, the same when the annotation's duration is at least ``T / rate``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+import ml_collections
+import numpy as np
+
+from jaxseg import config as config_lib
+from jaxseg import evaluate as evaluate_lib
+from jaxseg import inference
+from jaxseg import workdir as workdir_lib
+from jaxseg.data import batching
+from jaxseg.data import io
+from jaxseg.data import layouts
+from jaxseg.data import readers
+from jaxseg.data.video import DataError, Dataset, Video
+
+CHECKPOINTS = ("selected", "final")
+PREDICT_SUBSET = "predict"  # the subset of videos of a flat or stream layout
+
+
+def run_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a run was trained with, from ``workdir/config.json``.
+
+  Raises:
+    ConfigError: no run there, or the file is unreadable.
+  """
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise config_lib.ConfigError(f"{workdir} holds no run (no config.json); train first")
+  try:
+    return ml_collections.ConfigDict(io.load_json(path, "run config"))
+  except DataError as e:
+    raise config_lib.ConfigError(str(e)) from None
+
+
+def run_classes(config, workdir: str) -> tuple[list[str], int]:
+  """``(class_names, D)`` of a run: ``classes.json``, or (a run from before
+  that file) its dataset read back as :func:`jaxseg.workdir.read_data` does."""
+  got = workdir_lib.load_run_classes(workdir)
+  if got is not None:
+    return got
+  data = workdir_lib.read_data(config, workdir)
+  return list(data.dataset.class_names), data.dataset.feature_dim
+
+
+# The stream folders jaxseg.extract writes; a run trained on joined features
+# (W-TALC's JOINT arrays: RGB then flow) reads them joined in this order.
+EXTRACT_STREAMS = ("rgb", "flow")
+
+
+def _streams(config, features_dir: str) -> tuple[str, ...]:
+  """The run's stream sub-folders; for a run on joined features, the
+  ``jaxseg.extract`` folders when ``features_dir`` has them."""
+  if config.data.format == "activitynet" and config.data.feature_streams:
+    return tuple(config.data.feature_streams)
+  if all(os.path.isdir(os.path.join(features_dir, s)) for s in EXTRACT_STREAMS):
+    return EXTRACT_STREAMS
+  return ()
+
+
+def read_folder(features_dir: str, class_names, feature_dim: int, *, feature_rate: float,
+                streams=(), source: str = "the run") -> Dataset:
+  """The videos of a features folder (no annotations) as a :class:`Dataset`.
+
+  Raises:
+    DataError: no features, a mixed layout, a missing stream file, bad values,
+      or a video whose D is not ``feature_dim`` (naming the file, expected and got).
+  """
+  layout, found = layouts.scan_folder(features_dir, streams)
+  videos = []
+  for vid, sub in found:
+    raw, path = readers.load_feature_files(layout.paths(vid, sub), vid)
+    if getattr(raw, "ndim", 0) == 2 and raw.shape[1] != feature_dim:
+      raise DataError(f"{path}: video {vid!r}: feature dimension D={raw.shape[1]}, but "
+                      f"{source} takes D={feature_dim} (expected {feature_dim}, got "
+                      f"{raw.shape[1]}; layout {layout.pattern()})")
+    feats = readers.check_features(raw, path=path, video_id=vid, feature_dim=feature_dim)
+    videos.append(Video(video_id=vid, subset=sub or PREDICT_SUBSET, features=feats,
+                        feature_rate=float(feature_rate),
+                        duration=feats.shape[0] / float(feature_rate)))
+  return Dataset(list(class_names), videos, notes=[layout.describe()])
+
+
+def _check_out(out_dir: str, overwrite: bool) -> None:
+  if os.path.isfile(out_dir) or (os.path.isdir(out_dir) and os.listdir(out_dir)
+                                 and not overwrite):
+    raise config_lib.ConfigError(
+        f"{out_dir}: already exists and is not an empty folder; pass --overwrite "
+        "to replace it, or give another --predict_out")
+
+
+def _install(tmp: str, out_dir: str) -> None:
+  """Moves the finished folder ``tmp`` to ``out_dir`` (replacing it)."""
+  if os.path.isdir(out_dir):
+    old = tempfile.mkdtemp(dir=os.path.dirname(out_dir),
+                           prefix=f".{os.path.basename(out_dir)}.", suffix=".old")
+    os.rmdir(old)
+    os.rename(out_dir, old)
+    os.rename(tmp, out_dir)
+    shutil.rmtree(old)
+  else:
+    os.rename(tmp, out_dir)
+
+
+def predict_folder(workdir: str, features_dir: str, out_dir: str, *,
+                   which: str = "selected", plots: bool = False,
+                   overwrite: bool = False) -> dict:
+  """``--mode predict`` (see the module docstring).
+
+  Args:
+    workdir: a finished run's work directory (read only).
+    features_dir: the features folder.
+    out_dir: the output folder (must be absent or empty unless ``overwrite``).
+    which: ``"selected"`` (the validation-selected checkpoint) or ``"final"``.
+    plots: also write ``plots/<vid>.png``.
+    overwrite: replace an existing ``out_dir``.
+
+  Returns:
+    ``{"out_dir", "num_videos", "num_detections", "step", "layout"}``.
+
+  Raises:
+    ConfigError: no run in ``workdir``, no checkpoint, ``out_dir`` in the way.
+    DataError: bad features (nothing is written).
+  """
+  if which not in CHECKPOINTS:
+    raise ValueError(f"predict: which must be one of {CHECKPOINTS}, got {which!r}")
+  out_dir = os.path.abspath(out_dir)
+  _check_out(out_dir, overwrite)
+  config = run_config(workdir)
+  class_names, feature_dim = run_classes(config, workdir)
+  streams = _streams(config, features_dir)
+  ds = read_folder(features_dir, class_names, feature_dim,
+                   feature_rate=float(config.data.feature_rate), streams=streams,
+                   source=f"the run in {workdir}" + (f" (streams {'+'.join(streams)})"
+                                                     if streams else ""))
+  model, state, step = workdir_lib.load_checkpoint(config, workdir, feature_dim,
+                                                   len(class_names), which=which)
+  batches = batching.eval_batches(ds, batch_size=config.inference.batch_size,
+                                  buckets=config.train.length_buckets)
+  pred = inference.predict(
+      evaluate_lib.make_apply_fn(model), {"params": state.params}, batches,
+      videos=ds, class_names=class_names, config_inference=config.inference,
+      topk_ratio=config.loss.topk_ratio, return_cas=True)
+  os.makedirs(os.path.dirname(out_dir), exist_ok=True)
+  tmp = tempfile.mkdtemp(dir=os.path.dirname(out_dir),
+                         prefix=f".{os.path.basename(out_dir)}.", suffix=".tmp")
+  try:
+    _write(tmp, ds, pred, plots=plots, provenance={
+        "workdir": os.path.abspath(workdir), "checkpoint": which, "step": step,
+        "features_dir": os.path.abspath(features_dir), "features": ds.notes[0],
+        "config": json.loads(config.to_json_best_effort())})
+    _check_out(out_dir, overwrite)  # nothing appeared meanwhile
+    _install(tmp, out_dir)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return {"out_dir": out_dir, "num_videos": len(ds.videos), "step": step,
+          "num_detections": sum(len(d) for d in pred["results"].values()),
+          "layout": ds.notes[0]}
+
+
+def _write(folder: str, ds: Dataset, pred: dict, *, plots: bool, provenance: dict) -> None:
+  inference.write_detections(os.path.join(folder, "detections.json"), pred,
+                             provenance=provenance)
+  cas_dir = os.path.join(folder, "cas")
+  os.makedirs(cas_dir)
+  names = np.asarray(ds.class_names)
+  for v in ds.videos:
+    cas = pred["cas"][v.video_id]
+    with open(io.child_path(cas_dir, v.video_id, ".npz"), "wb") as f:
+      np.savez_compressed(f, cas_cls=cas["cas_cls"], cas_loc=cas["cas_loc"],
+                          cas_a=cas["cas_a"], s_a=pred["s_a"][v.video_id],
+                          p_a=pred["p_a"][v.video_id], class_names=names,
+                          feature_rate=np.float64(v.feature_rate))
+  if not plots:
+    return
+  from jaxseg import plots as plots_lib  # pylint: disable=g-import-not-at-top
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  index = {n: i for i, n in enumerate(ds.class_names)}
+  plot_dir = os.path.join(folder, "plots")
+  for v in ds.videos:
+    cas = pred["cas"][v.video_id]
+    dets = pred["results"][v.video_id]
+    classes = list(dict.fromkeys(index[d["label"]] for d in dets))[:3]
+    fig = plots_lib.plot_cas_timeline(
+        v, ds.class_names, cas_cls=cas["cas_cls"], cas_loc=cas["cas_loc"],
+        classes=classes or None, path=io.child_path(plot_dir, v.video_id, ".png"))
+    plt.close(fig)
