@@ -170,7 +170,7 @@ def write_timelines(run: workdir_lib.LoadedRun, out_dir: str, num_videos: int, *
   paths = []
   for v in videos:
     cas = res["predictions"]["cas"][v.video_id]
-    path = os.path.join(out_dir, f"{v.video_id}.png")
+    path = io.child_path(out_dir, v.video_id, ".png")  # an id never writes outside out_dir
     fig = plots.plot_cas_timeline(v, sub.class_names, cas_cls=cas["cas_cls"],
                                   cas_loc=cas["cas_loc"], path=path)
     plt.close(fig)

@@ -57,6 +57,10 @@ _TOL = 1e-9  # threshold-label comparisons
 # ----------------------------------------------------------------- thresholds
 
 
+# More tIoU thresholds than this is a typo in a range (0:1:1e-9), not a request.
+MAX_THRESHOLDS = 100
+
+
 def parse_tiou(spec: str) -> tuple[float, ...]:
   """Parses a tIoU threshold list.
 
@@ -87,6 +91,8 @@ def parse_tiou(spec: str) -> tuple[float, ...]:
       if stop < start:
         raise ValueError("stop is below start")
       n = int(math.floor((stop - start) / step + 1e-9)) + 1
+      if n > MAX_THRESHOLDS:  # checked before the list is built
+        raise ValueError(f"{n} thresholds; at most {MAX_THRESHOLDS}")
       values = [round(start + i * step, 10) for i in range(n)]
     else:
       values = [round(float(p), 10) for p in text.split(",")]
@@ -101,11 +107,13 @@ def _check_thresholds(values: Iterable[float], what: str = "tiou_thresholds") ->
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
       raise ValueError(f"{what}: {v!r} is not a number")
     v = float(v)
-    if not 0.0 <= v <= 1.0:
-      raise ValueError(f"{what}: {v!r} is outside [0, 1]")
+    if not 0.0 < v <= 1.0:  # also NaN; tIoU 0 would count disjoint detections as hits
+      raise ValueError(f"{what}: {v!r} is outside (0, 1]")
     out.append(v)
   if not out:
     raise ValueError(f"{what}: no threshold")
+  if len(out) > MAX_THRESHOLDS:
+    raise ValueError(f"{what}: {len(out)} thresholds; at most {MAX_THRESHOLDS}")
   labels = [_label(v) for v in out]
   if len(set(labels)) != len(labels):
     raise ValueError(f"{what}: repeated threshold in {out}")

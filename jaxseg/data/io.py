@@ -12,6 +12,7 @@ every way it can fail into one :class:`DataError` line naming the file.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import tempfile
@@ -86,10 +87,21 @@ def load_json(path: str, what: str = "JSON") -> Any:
   except OSError as e:
     raise DataError(f"{path}: cannot read {what} file: {e.strerror or e}") from None
   try:
-    return json.loads(text)
+    return json.loads(text, object_pairs_hook=functools.partial(_unique_keys, path))
   except json.JSONDecodeError as e:
     raise DataError(
         f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+
+
+def _unique_keys(path: str, pairs: list) -> dict:
+  """A JSON object, refusing a key given twice (json would keep the last silently)."""
+  out = {}
+  for key, value in pairs:
+    if key in out:
+      raise DataError(f"{path}: duplicate key {key!r} in a JSON object (an id or a "
+                      "field given twice)")
+    out[key] = value
+  return out
 
 
 def child_path(folder: str, name: str, suffix: str = "", *, what: str = "video id") -> str:
