@@ -50,9 +50,11 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", *,
       os.fsync(f.fileno())
     os.chmod(tmp, 0o644)  # mkstemp creates 0600
     os.replace(tmp, path)
-  except BaseException:
+  except BaseException as e:
     if os.path.exists(tmp):
       os.remove(tmp)
+    if isinstance(e, OSError) and e.filename is None and e.errno is not None:
+      raise OSError(e.errno, e.strerror, path) from e  # name the file (disk full, ...)
     raise
 
 
