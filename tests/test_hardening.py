@@ -110,6 +110,11 @@ class _Payload:
     return (os.system, (f"touch {self.path}",))
 
 
+def _json(path):
+  with open(path) as f:
+    return json.load(f)
+
+
 def _cli(*args, timeout=120):
   return subprocess.run([sys.executable, "-m", "jaxseg.main", *args], cwd=REPO,
                         env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
@@ -221,7 +226,7 @@ def test_changed_data_refuses_to_resume_naming_what_changed(tmp_path):
   workdir = str(tmp_path / "run")
   workdir_lib.claim_workdir(config, workdir)
   workdir_lib.prepare_data(config, workdir)
-  record = json.load(open(os.path.join(workdir, "data.json")))
+  record = _json(os.path.join(workdir, "data.json"))
   assert set(record) >= {"dataset_fingerprint", "segment_labels_sha256", "class_names"}
   workdir_lib.prepare_data(config, workdir)  # same data: fine
   db = _db()
@@ -304,17 +309,18 @@ def test_a_second_run_is_refused_naming_the_holder_and_a_killed_holder_never_blo
   try:
     with pytest.raises(workdir_lib.WorkdirBusyError, match=f"pid {holder.pid}"):
       train.train_and_evaluate(trained["config"], str(workdir))
-    before = json.load(open(workdir / "results.json"))["final"]
+    before = _json(workdir / "results.json")["final"]
     # --mode eval reads without the lock, and does not trip over it.
     out = evaluate.evaluate_workdir(trained["config"], str(workdir))
     assert out["final"]["mAP@0.5"] == pytest.approx(before["mAP@0.5"])
   finally:
     os.kill(holder.pid, signal.SIGKILL)
     holder.wait()
+    holder.stdout.close()
   assert os.path.exists(workdir / ".lock")  # a stale file: the kernel dropped the lock
   fd = workdir_lib.acquire_lock(str(workdir))
   try:
-    assert open(workdir / ".lock").read().strip() == str(os.getpid())
+    assert (workdir / ".lock").read_text().strip() == str(os.getpid())
   finally:
     os.close(fd)
 
@@ -324,8 +330,10 @@ def test_a_second_run_is_refused_naming_the_holder_and_a_killed_holder_never_blo
 
 def test_duplicate_video_ids_are_refused(tmp_path):
   ann, fdir = _anet(tmp_path, _db())
-  text = open(ann).read().replace('"te1":', '"te0":')
-  open(ann, "w").write(text)
+  with open(ann) as f:
+    text = f.read().replace('"te1":', '"te0":')
+  with open(ann, "w") as f:
+    f.write(text)
   with pytest.raises(DataError, match=f"{ann}: duplicate key 'te0'"):
     readers.read_activitynet(ann, fdir)
   d = _wtalc(tmp_path, videoname=np.array([b"v1", b"v2", b"v1"]))
@@ -478,8 +486,8 @@ def test_disk_full_while_checkpointing_keeps_the_previous_one_and_resumes(
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints", "latest"))) == ["4"]
   monkeypatch.undo()  # space freed
   train.train_and_evaluate(config, workdir)
-  ref = json.load(open(trained["workdir"] / "results.json"))
-  got = json.load(open(os.path.join(workdir, "results.json")))
+  ref = _json(trained["workdir"] / "results.json")
+  got = _json(os.path.join(workdir, "results.json"))
   assert got["final"] == ref["final"] and got["selected"] == ref["selected"]
 
 
@@ -506,8 +514,8 @@ def test_a_truncated_newest_checkpoint_falls_back_to_the_newest_intact_one(
   assert "checkpoint unreadable" in caplog.text and "step 4" in caplog.text
   assert sorted(os.listdir(latest)) == ["4", "8"]
   assert "latest-8" in os.listdir(workdir / "checkpoints" / "unreadable")
-  got = json.load(open(workdir / "results.json"))
-  ref = json.load(open(tmp_path / "results.json"))
+  got = _json(workdir / "results.json")
+  ref = _json(tmp_path / "results.json")
   assert got["final"] == ref["final"] and got["selected"] == ref["selected"]
 
 
