@@ -315,6 +315,8 @@ def check_fields(c: ml_collections.ConfigDict) -> None:
   file), a value of another type (``"8"`` for an integer, ``1.5`` for one), a
   NaN or inf anywhere (every float field, and floats inside lists), a negative
   seed, sizes that cannot be, and schedules or subsets that cannot work.
+  An integer field takes an integral float (``2.0``), a float field an
+  integer; a field whose default is ``None`` takes any type.
 
   Raises:
     ConfigError: naming the field.
@@ -366,7 +368,7 @@ def _check_value(value, ref, field: str) -> None:
       return "list"
     return type(v).__name__
   want, got = kind(ref), kind(value)
-  ok = (got == want or (want == "float" and got == "int")
+  ok = (ref is None or got == want or (want == "float" and got == "int")
         or (want == "int" and got == "float" and math.isfinite(value)
             and value == int(value)))
   names = {"int": "an integer", "float": "a number", "bool": "True or False",

@@ -73,7 +73,8 @@ def parse_tiou(spec: str) -> tuple[float, ...]:
 
   Raises:
     ValueError: on an empty or malformed spec, a non-positive step, a stop
-      below the start, a value outside [0, 1] or a repeated value.
+      below the start, a value outside (0, 1], a repeated value, or more than
+      ``MAX_THRESHOLDS`` (100) thresholds.
   """
   text = str(spec).strip()
   if not text:
@@ -274,7 +275,7 @@ def detection_map(ground_truth: dict, predictions: dict, tiou_thresholds=THUMOS1
       or numeric strings; other fields ignored).
     predictions: ``{"results": {vid: [{"label", "score", "segment": [s, e]}]}}``
       (other top-level keys ignored).
-    tiou_thresholds: the thresholds, a sequence of floats in [0, 1] or a
+    tiou_thresholds: the thresholds, a sequence of floats in (0, 1] or a
       :func:`parse_tiou` spec string.
     subset: keep the ground-truth videos of this subset (``None``: all).
       Predictions are not filtered: under "activitynet" a prediction on a video

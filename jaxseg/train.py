@@ -195,6 +195,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   parallel.initialize_distributed(config)
   mesh = parallel.make_mesh(config.parallel.num_devices)
   config_lib.validate(config, num_devices=mesh.devices.size)
+  if not overwrite and os.path.isdir(workdir):  # refused before even the lock file
+    workdir_lib.check_same_config(config, workdir)
   workdir_lib.make_workdir(workdir)
   with workdir_lib.locked(workdir):  # one run writes to a workdir at a time
     return _train_and_evaluate(config, workdir, mesh, overwrite=overwrite,

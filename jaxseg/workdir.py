@@ -104,6 +104,17 @@ def config_diff(config, workdir: str) -> list[str] | None:
   return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys]
 
 
+def check_same_config(config, workdir: str) -> None:
+  """Refuses ``workdir`` if it holds a run of another config; reads only.
+
+  Raises:
+    ConfigError: as :func:`claim_workdir` without ``overwrite``.
+  """
+  diff = config_diff(config, workdir)
+  if diff:
+    _refuse_other_config(workdir, diff)
+
+
 def _refuse_other_config(workdir: str, diff: list[str]) -> None:
   shown = ", ".join(diff[:5])
   raise ConfigError(
