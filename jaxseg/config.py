@@ -279,6 +279,7 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1) -> None:
   Raises:
     ConfigError: naming the first offending field.
   """
+  check_fields(c)
   _choice(c, "data.format", DATASET_FORMATS)
   if c.data.format == "activitynet":
     _check(bool(c.data.annotation_path), "data.annotation_path",
@@ -362,3 +363,89 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1) -> None:
           and math.isfinite(pair[1]) and pair[1] > 0)
     _check(ok, "ablation.annotation_time",
            f"{pair!r} is not a (label mode, positive time) pair")
+
+
+def check_fields(c: ml_collections.ConfigDict) -> None:
+  """Every field of ``c`` is a field of :func:`base_config`, of its type, and finite.
+
+  The generic half of :func:`validate`: an unknown field (a typo in a config
+  file), a value of another type (``"8"`` for an integer, ``1.5`` for one), a
+  NaN or inf anywhere (every float field, and floats inside lists), a negative
+  seed, sizes that cannot be, and schedules or subsets that cannot work.
+  An integer field takes an integral float (``2.0``), a float field an
+  integer; a field whose default is ``None`` takes any type.
+
+  Raises:
+    ConfigError: naming the field.
+  """
+  _check_node(c, base_config(), "")
+  for field in ("seed", "labels.seed", "data.synthetic.seed"):
+    _check(require(c, field) >= 0, field, f"must be >= 0, got {require(c, field)}")
+  for field in ("num_classes", "num_train", "num_test", "feature_dim", "max_length"):
+    v = require(c, f"data.synthetic.{field}")
+    _check(v >= 1, f"data.synthetic.{field}", f"must be >= 1, got {v}")
+  t = c.train
+  _check(t.grad_clip_norm >= 0, "train.grad_clip_norm", "must be >= 0 (0: off)")
+  _check(t.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
+  if t.schedule == "cosine":
+    _check(t.num_steps > max(t.warmup_steps, 1), "train.num_steps",
+           f"the cosine schedule needs more steps ({t.num_steps}) than its warmup "
+           f"({max(t.warmup_steps, 1)})")
+  _check(c.data.train_subset != c.data.test_subset, "data.train_subset",
+         f"{c.data.train_subset!r} is also data.test_subset: a model would be tested "
+         "on its training videos")
+
+
+def _check_node(node, base, prefix: str) -> None:
+  for key in node.keys():
+    field = f"{prefix}{key}"
+    _check(key in base, field, "unknown field (every field is listed in "
+           "jaxseg/config.py base_config)")
+    value, ref = node[key], base[key]
+    if isinstance(ref, ml_collections.ConfigDict):
+      _check(isinstance(value, (ml_collections.ConfigDict, dict)), field,
+             f"expected a section, got {value!r}")
+      _check_node(value, ref, field + ".")
+    else:
+      _check_value(value, ref, field)
+
+
+def _check_value(value, ref, field: str) -> None:
+  """``value`` has the type of the default ``ref``, and every float in it is finite."""
+  def kind(v):
+    if isinstance(v, bool):
+      return "bool"
+    if isinstance(v, int):
+      return "int"
+    if isinstance(v, float):
+      return "float"
+    if isinstance(v, str):
+      return "str"
+    if isinstance(v, (tuple, list)):
+      return "list"
+    return type(v).__name__
+  want, got = kind(ref), kind(value)
+  ok = (ref is None or got == want or (want == "float" and got == "int")
+        or (want == "int" and got == "float" and math.isfinite(value)
+            and value == int(value)))
+  names = {"int": "an integer", "float": "a number", "bool": "True or False",
+           "str": "a string", "list": "a list"}
+  _check(ok, field, f"expected {names.get(want, want)}, got {value!r}")
+  _check_finite(value, field)
+  if want == "list" and ref:
+    if len({kind(r) if kind(r) != "int" else "float" for r in ref}) == 1:
+      for v in value:  # a list of one kind: each entry like the first default
+        _check_value(v, ref[0], field)
+    else:  # a record, e.g. ("avg0.1:0.5", 0.1, 0.5): entry by entry
+      _check(len(value) == len(ref), field, f"expected {len(ref)} entries like "
+             f"{ref!r}, got {value!r}")
+      for v, r in zip(value, ref):
+        _check_value(v, r, field)
+
+
+def _check_finite(value, field: str) -> None:
+  if isinstance(value, float):
+    _check(math.isfinite(value), field, f"must be finite, got {value}")
+  elif isinstance(value, (tuple, list)):
+    for v in value:
+      _check_finite(v, field)

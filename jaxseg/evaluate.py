@@ -182,7 +182,7 @@ def write_timelines(run: workdir_lib.LoadedRun, out_dir: str, num_videos: int, *
   paths = []
   for v, fig in timeline_figures(run.config, run.model, run.state.params, run.data.test,
                                  num_videos, apply_fn=apply_fn):
-    path = os.path.join(out_dir, f"{v.video_id}.png")
+    path = io.child_path(out_dir, v.video_id, ".png")  # an id never writes outside out_dir
     os.makedirs(out_dir, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)

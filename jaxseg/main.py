@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import logging as std_logging
+import os
 import sys
 
 from absl import app
@@ -113,6 +114,16 @@ def main(argv):
   except (DataError, ConfigError, train.NonFiniteError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  except OSError as e:  # disk full, read-only file system, permissions: one line
+    print(f"error: {os_error_line(e)}", file=sys.stderr)
+    sys.exit(2)
+
+
+def os_error_line(e: OSError) -> str:
+  """``<path>: no space left on device`` (the path when known, the reason lowercased)."""
+  reason = e.strerror or str(e)
+  reason = reason[:1].lower() + reason[1:]
+  return f"{e.filename}: {reason}" if e.filename else reason
 
 
 def _predict(config, workdir: str) -> None:
@@ -143,5 +154,35 @@ def _print_summaries(out: dict) -> None:
   print(table.round(2).to_string())
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with each way it fails as one ``error:`` line and exit 2.
+
+  A bad flag value, an unknown ``--config.<field>`` and a ``--config`` file
+  that cannot be loaded are user errors like a bad config value: no usage
+  text, no traceback.
+  """
+  try:
+    rest = flags.FLAGS(argv)
+    _CONFIG.value.keys()  # a --config file that failed to load raises on first use
+    return rest
+  except flags.Error as e:
+    _flag_error(str(e).splitlines()[0])
+  except (AttributeError, KeyError) as e:  # an override of a field the config lacks
+    names = [a.split("=", 1)[0].lstrip("-") for a in argv[1:] if a.startswith("--config.")]
+    leaf = str(e).strip("'\"")
+    named = [n for n in names if n.split(".")[-1] == leaf] or names
+    _flag_error(f"{named[0] if named else 'config'}: unknown field (every field is "
+                "listed in jaxseg/config.py base_config)")
+  except Exception as e:  # pylint: disable=broad-except  # loading the --config file
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    _flag_error(f"--config: cannot load the config file: {lines[-1] if lines else type(e).__name__}")
+  return []  # not reached
+
+
+def _flag_error(message: str) -> None:
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -57,6 +57,10 @@ _TOL = 1e-9  # threshold-label comparisons
 # ----------------------------------------------------------------- thresholds
 
 
+# More tIoU thresholds than this is a typo in a range (0:1:1e-9), not a request.
+MAX_THRESHOLDS = 100
+
+
 def parse_tiou(spec: str) -> tuple[float, ...]:
   """Parses a tIoU threshold list.
 
@@ -69,7 +73,8 @@ def parse_tiou(spec: str) -> tuple[float, ...]:
 
   Raises:
     ValueError: on an empty or malformed spec, a non-positive step, a stop
-      below the start, a value outside [0, 1] or a repeated value.
+      below the start, a value outside (0, 1], a repeated value, or more than
+      ``MAX_THRESHOLDS`` (100) thresholds.
   """
   text = str(spec).strip()
   if not text:
@@ -87,6 +92,8 @@ def parse_tiou(spec: str) -> tuple[float, ...]:
       if stop < start:
         raise ValueError("stop is below start")
       n = int(math.floor((stop - start) / step + 1e-9)) + 1
+      if n > MAX_THRESHOLDS:  # checked before the list is built
+        raise ValueError(f"{n} thresholds; at most {MAX_THRESHOLDS}")
       values = [round(start + i * step, 10) for i in range(n)]
     else:
       values = [round(float(p), 10) for p in text.split(",")]
@@ -101,11 +108,13 @@ def _check_thresholds(values: Iterable[float], what: str = "tiou_thresholds") ->
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
       raise ValueError(f"{what}: {v!r} is not a number")
     v = float(v)
-    if not 0.0 <= v <= 1.0:
-      raise ValueError(f"{what}: {v!r} is outside [0, 1]")
+    if not 0.0 < v <= 1.0:  # also NaN; tIoU 0 would count disjoint detections as hits
+      raise ValueError(f"{what}: {v!r} is outside (0, 1]")
     out.append(v)
   if not out:
     raise ValueError(f"{what}: no threshold")
+  if len(out) > MAX_THRESHOLDS:
+    raise ValueError(f"{what}: {len(out)} thresholds; at most {MAX_THRESHOLDS}")
   labels = [_label(v) for v in out]
   if len(set(labels)) != len(labels):
     raise ValueError(f"{what}: repeated threshold in {out}")
@@ -266,7 +275,7 @@ def detection_map(ground_truth: dict, predictions: dict, tiou_thresholds=THUMOS1
       or numeric strings; other fields ignored).
     predictions: ``{"results": {vid: [{"label", "score", "segment": [s, e]}]}}``
       (other top-level keys ignored).
-    tiou_thresholds: the thresholds, a sequence of floats in [0, 1] or a
+    tiou_thresholds: the thresholds, a sequence of floats in (0, 1] or a
       :func:`parse_tiou` spec string.
     subset: keep the ground-truth videos of this subset (``None``: all).
       Predictions are not filtered: under "activitynet" a prediction on a video

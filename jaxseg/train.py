@@ -15,10 +15,12 @@ The model, optimizer and train state come from :mod:`jaxseg.state`.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import sys
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -106,14 +108,21 @@ def bad_term_names(bits: int) -> str:
   return ", ".join(names) or "unknown"
 
 
-def check_finite(state: state_lib.TrainState, config, workdir: str) -> None:
-  """Raises :class:`NonFiniteError` after a non-finite step, unless ``train.skip_nonfinite``."""
+def check_finite(state: state_lib.TrainState, config, workdir: str,
+                 last_good: int | None = None) -> None:
+  """Raises :class:`NonFiniteError` after a non-finite step, unless ``train.skip_nonfinite``.
+
+  ``last_good``: the step of the newest checkpoint saved (None: none yet).
+  """
   bad = int(state.first_bad_step)
   if bad < 0 or config.train.skip_nonfinite:
     return
+  kept = (f"the last good checkpoint, step {last_good}, is kept in "
+          f"{workdir}/checkpoints/latest" if last_good is not None else
+          "no checkpoint was saved before it (a rerun starts from step 0)")
   raise NonFiniteError(
       f"non-finite {bad_term_names(int(state.bad_terms))} at step {bad}; training "
-      f"stopped, the last good checkpoint is kept in {workdir}/checkpoints/latest. "
+      f"stopped, {kept}. "
       "Lower train.learning_rate, set train.grad_clip_norm, or set "
       "train.skip_nonfinite=True to skip such batches.")
 
@@ -188,6 +197,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   mesh = parallel.make_mesh(config.parallel.num_devices)
   config_lib.validate(config, num_devices=mesh.devices.size)
   metric_writers.check_backends(config.train.log_to)
+  if not overwrite and os.path.isdir(workdir):  # refused before even the lock file
+    workdir_lib.check_same_config(config, workdir)
+  workdir_lib.make_workdir(workdir)
+  with workdir_lib.locked(workdir):  # one run writes to a workdir at a time
+    return _train_and_evaluate(config, workdir, mesh, overwrite=overwrite,
+                               evaluate=evaluate)
+
+
+def _train_and_evaluate(config, workdir: str, mesh, *, overwrite: bool,
+                        evaluate: bool) -> dict:
+  """:func:`train_and_evaluate` once the config is valid and the workdir locked."""
   workdir_lib.claim_workdir(config, workdir, overwrite=overwrite)
   data = workdir_lib.prepare_data(config, workdir)
   if workdir_lib.is_main_process():
@@ -200,9 +220,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   latest_mngr, best_mngr = workdir_lib.checkpoint_managers(workdir, config)
   start = 0
   if latest_mngr.latest_step() is not None:
-    start = int(latest_mngr.latest_step())
-    state = workdir_lib.restore(latest_mngr, start, state)
-    logging.info("Resumed from %s/checkpoints/latest at step %d.", workdir, start)
+    latest_mngr, best_mngr, start, state = _resume(config, workdir, latest_mngr,
+                                                   best_mngr, state)
   log = workdir_lib.MetricsLog(os.path.join(workdir, "metrics.jsonl"), resume_step=start)
   main = workdir_lib.is_main_process()
   writer = metric_writers.create(config.train.log_to if main else (), workdir,
@@ -222,16 +241,63 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
             apply_fn=apply_fn)
       return res
   try:
-    state = _loop(config, workdir, state, start, feeder, train_step, (log, writer),
-                  validate, latest_mngr, best_mngr)
+    with checkpoint_errors(os.path.join(workdir, "checkpoints")):
+      state = _loop(config, workdir, state, start, feeder, train_step, (log, writer),
+                    validate, latest_mngr, best_mngr)
+      latest_mngr.wait_until_finished()
+      best_mngr.wait_until_finished()
   finally:
     writer.close()
-  latest_mngr.wait_until_finished()
-  best_mngr.wait_until_finished()
   if not evaluate:
     return {"final": {}, "selected": {}, "selected_step": int(state.step)}
   return evaluate_lib.evaluate_and_report(config, workdir, model, data, state, best_mngr,
                                           apply_fn=apply_fn)
+
+
+@contextlib.contextmanager
+def checkpoint_errors(path: str) -> Iterator[None]:
+  """Turns Orbax's report of a full or read-only disk into one ``OSError`` naming ``path``.
+
+  Orbax (through TensorStore) raises a ``ValueError`` whose text buries
+  ``RESOURCE_EXHAUSTED`` / ``No space left on device``; the command line then
+  prints ``error: <path>: no space left on device``. The checkpoints already
+  complete are untouched (a step is written to a temporary folder and renamed
+  when complete), so a rerun after freeing space resumes from the newest.
+  """
+  try:
+    yield
+  except OSError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    text = str(e)
+    for marker, code in (("No space left", errno.ENOSPC), ("RESOURCE_EXHAUSTED", errno.ENOSPC),
+                         ("Read-only file system", errno.EROFS)):
+      if marker in text:
+        raise OSError(code, os.strerror(code) + " (while saving a checkpoint)", path) from e
+    raise
+
+
+def _resume(config, workdir: str, latest_mngr, best_mngr, state):
+  """Restores the newest intact latest checkpoint: ``(latest, best, step, state)``.
+
+  Unreadable newer checkpoints (and best checkpoints past the step resumed,
+  which the run redoes) are set aside under ``checkpoints/unreadable`` and the
+  managers reopened, so the run can write those steps again.
+  """
+  start, state, bad = workdir_lib.restore_newest_intact(
+      latest_mngr, state, where=f"{workdir}/checkpoints/latest")
+  start = start or 0
+  if bad:
+    later_best = [int(s) for s in best_mngr.all_steps() if int(s) > start]
+    latest_mngr.close()
+    best_mngr.close()
+    if workdir_lib.is_main_process():
+      workdir_lib.set_aside_checkpoints(workdir, "latest", [s for s, _ in bad])
+      workdir_lib.set_aside_checkpoints(workdir, "best", later_best)
+    latest_mngr, best_mngr = workdir_lib.checkpoint_managers(workdir, config)
+  if start:
+    logging.info("Resumed from %s/checkpoints/latest at step %d.", workdir, start)
+  return latest_mngr, best_mngr, start, state
 
 
 def _loop(config, workdir, state, start, feeder, train_step, logs, validate,
@@ -258,7 +324,7 @@ def _loop(config, workdir, state, start, feeder, train_step, logs, validate,
     if not (log_now or validate_now or save_now):
       bar.update()
       continue
-    check_finite(state, config, workdir)
+    check_finite(state, config, workdir, last_good=latest_mngr.latest_step())
     loss = None
     if log_now:
       host = jax.device_get(pending)

@@ -1,10 +1,13 @@
 """The run directory: what a run writes, and reading a run back without writing.
 
 ``workdir`` holds ``config.json`` (the resolved config; a rerun must match
-it), ``metrics.jsonl``, ``splits.json`` (the validation hold-out),
-``segment_labels.npz`` (the labels the run trained on), ``classes.json`` (the
-class list and D, for ``--mode predict``), ``checkpoints/``
-(Orbax: ``latest`` and ``best``) and the reports of :mod:`jaxseg.evaluate`.
+it), ``data.json`` (the dataset fingerprint and the hashes of the labels the
+run trained on; a rerun must match it too), ``metrics.jsonl``, ``splits.json``
+(the validation hold-out), ``segment_labels.npz`` (the labels the run trained
+on), ``classes.json`` (the class list and D, for ``--mode predict``),
+``checkpoints/`` (Orbax: ``latest`` and ``best``), ``tensorboard/`` (event
+files), the reports of :mod:`jaxseg.evaluate` and ``.lock`` (held by the run
+writing to it: :func:`locked`).
 
 :func:`claim_workdir` and :func:`prepare_data` create what is missing (a
 training run); :func:`load_run` reads a finished run back and never creates
@@ -13,16 +16,21 @@ or modifies a file.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
+import fcntl
+import hashlib
 import json
 import os
 import shutil
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 
 from jaxseg import config as config_lib
 from jaxseg import model as model_lib
@@ -49,7 +57,11 @@ RERUN_FREE_FIELDS = ("train.progress", "train.num_steps", "train.device_data",
 RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "segment_labels.npz", "splits.json",
                "classes.json",
                "detections.json", "detections_selected.json", "results.csv",
-               "results.md", "results.json", "tensorboard")
+               "results.md", "results.json", "data.json", "plots", "tensorboard")
+DATA_RECORD = "data.json"
+LOCK_FILE = ".lock"
+# Fields a cosine schedule depends on: with it, changing one is a new run.
+SCHEDULE_FIELDS = ("train.num_steps",)
 
 
 def is_main_process() -> bool:
@@ -77,9 +89,23 @@ def config_diff(config, workdir: str) -> list[str] | None:
   except json.JSONDecodeError as e:
     raise ConfigError(f"{path}: unreadable ({e}); move it away or pass --overwrite") from e
   a, b = config_lib.flatten(old), config_lib.flatten(config_to_dict(config))
+  free = set(RERUN_FREE_FIELDS)
+  if "cosine" in (a.get("train.schedule"), b.get("train.schedule")):
+    free -= set(SCHEDULE_FIELDS)  # the learning rate of every step depends on them
   keys = sorted(k for k in set(a) | set(b)
-                if k not in RERUN_FREE_FIELDS and a.get(k) != b.get(k))
+                if k not in free and a.get(k) != b.get(k))
   return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys]
+
+
+def check_same_config(config, workdir: str) -> None:
+  """Refuses ``workdir`` if it holds a run of another config; reads only.
+
+  Raises:
+    ConfigError: as :func:`claim_workdir` without ``overwrite``.
+  """
+  diff = config_diff(config, workdir)
+  if diff:
+    _refuse_other_config(workdir, diff)
 
 
 def _refuse_other_config(workdir: str, diff: list[str]) -> None:
@@ -92,25 +118,142 @@ def _refuse_other_config(workdir: str, diff: list[str]) -> None:
 def claim_workdir(config, workdir: str, *, overwrite: bool = False) -> None:
   """Writes ``workdir/config.json``, refusing a workdir made by another config.
 
+  With ``overwrite`` the old run's outputs are removed first, whatever its
+  config (:func:`remove_run_outputs`: only what jaxseg writes). Stale
+  temporary files of a killed write are removed in any case.
+
   Raises:
     ConfigError: if ``workdir`` holds a run of a different config and
-      ``overwrite`` is False; the message lists the differing fields.
+      ``overwrite`` is False; the message lists the differing fields. Also
+      if ``workdir`` is a file or under one.
   """
-  os.makedirs(workdir, exist_ok=True)
+  make_workdir(workdir)
   diff = config_diff(config, workdir)
   if diff and not overwrite:
     _refuse_other_config(workdir, diff)
   if not is_main_process():
     return
-  if diff and overwrite:
-    for name in RUN_OUTPUTS:
-      p = os.path.join(workdir, name)
-      if os.path.isdir(p):
-        shutil.rmtree(p)
-      elif os.path.exists(p):
-        os.remove(p)
+  if overwrite:
+    remove_run_outputs(workdir)
+  remove_stale_temporaries(workdir)
   io.atomic_write_text(os.path.join(workdir, "config.json"),
                        json.dumps(config_to_dict(config), indent=2, sort_keys=True) + "\n")
+
+
+def make_workdir(workdir: str) -> None:
+  """Creates ``workdir`` (and its parents).
+
+  Raises:
+    ConfigError: ``workdir`` is a file, or a parent of it is.
+    OSError: it cannot be created (read-only file system, no space, ...).
+  """
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except (FileExistsError, NotADirectoryError):
+    what = "is a file" if os.path.lexists(workdir) else "is under a file"
+    raise ConfigError(f"{workdir}: --workdir {what}, not a folder") from None
+
+
+def remove_run_outputs(workdir: str) -> None:
+  """Removes what a run wrote in ``workdir`` (``RUN_OUTPUTS``): only jaxseg's files.
+
+  ``checkpoints/latest`` and ``checkpoints/best`` (and checkpoints set aside
+  as unreadable) go whole; in ``plots/`` only the ``.png`` timelines go; any
+  other file a user put in the workdir, or in those folders, stays.
+  """
+  for name in RUN_OUTPUTS:
+    p = os.path.join(workdir, name)
+    if name == "checkpoints" and os.path.isdir(p):
+      for sub in ("latest", "best", UNREADABLE_CHECKPOINTS):
+        if os.path.isdir(os.path.join(p, sub)):
+          shutil.rmtree(os.path.join(p, sub))
+      _rmdir_if_empty(p)
+    elif name == "plots" and os.path.isdir(p):
+      for f in os.listdir(p):
+        if f.endswith(".png") and os.path.isfile(os.path.join(p, f)):
+          os.remove(os.path.join(p, f))
+      _rmdir_if_empty(p)
+    elif os.path.isfile(p) or os.path.islink(p):
+      os.remove(p)
+
+
+def _rmdir_if_empty(path: str) -> None:
+  if not os.listdir(path):
+    os.rmdir(path)
+
+
+def remove_stale_temporaries(workdir: str) -> int:
+  """Removes the temporary files a killed write of a run output left in ``workdir``.
+
+  :func:`jaxseg.data.io.atomic_open` writes ``.<name>.<random>.tmp`` (older
+  releases ``<name>.tmp-<pid>``); only those of ``config.json`` and the
+  ``RUN_OUTPUTS`` are removed. Call it while holding the lock (no other run
+  can be writing them). Returns how many were removed.
+  """
+  names = ("config.json",) + RUN_OUTPUTS
+  removed = 0
+  for f in os.listdir(workdir):
+    stale = any((f.startswith(f".{n}.") and f.endswith(".tmp")) or f.startswith(f"{n}.tmp-")
+                for n in names)
+    if stale and os.path.isfile(os.path.join(workdir, f)):
+      os.remove(os.path.join(workdir, f))
+      removed += 1
+  return removed
+
+
+# --------------------------------------------------------------------- lock
+
+_HELD_LOCKS: dict[str, int] = {}  # realpath(workdir) -> fd of its lock file
+
+
+class WorkdirBusyError(ConfigError):
+  """Another process holds the workdir's lock; the message names its pid."""
+
+
+@contextlib.contextmanager
+def locked(workdir: str) -> Iterator[None]:
+  """Holds the exclusive lock of ``workdir`` (``<workdir>/.lock``) while the block runs.
+
+  The lock is an ``fcntl.flock`` on ``.lock``, which holds the holder's pid.
+  The kernel releases it when the holder exits, even on ``SIGKILL``, so a
+  stale ``.lock`` file never blocks a later run. Re-entrant in one process;
+  only the main process of a multi-process run takes it.
+
+  Raises:
+    WorkdirBusyError: another process holds it.
+  """
+  key = os.path.realpath(workdir)
+  if not is_main_process() or key in _HELD_LOCKS:
+    yield
+    return
+  _HELD_LOCKS[key] = acquire_lock(workdir)
+  try:
+    yield
+  finally:
+    os.close(_HELD_LOCKS.pop(key))  # closing the file releases the flock
+
+
+def acquire_lock(workdir: str) -> int:
+  """Takes the lock of ``workdir`` without waiting; returns the lock file's fd.
+
+  Raises:
+    WorkdirBusyError: another process holds it (naming its pid).
+  """
+  path = os.path.join(workdir, LOCK_FILE)
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError as e:
+    holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+    os.close(fd)
+    if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+      raise
+    raise WorkdirBusyError(
+        f"{workdir} is in use by another run (pid {holder}, lock {path}); wait for "
+        "it to finish or use another --workdir") from None
+  os.ftruncate(fd, 0)
+  os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+  return fd
 
 
 class MetricsLog:
@@ -178,31 +321,51 @@ def _split(train: Dataset, ids: list[str]) -> tuple[Dataset, Dataset | None]:
 
 
 def _run_data(config, workdir: str, *, write: bool) -> RunData:
-  """Loads the dataset, splits it and samples (``write``) or reads the labels."""
+  """Loads the dataset, splits it and samples (``write``) or reads the labels.
+
+  Everything is checked before the first file is written: the data against
+  the run's ``data.json``, the training split, the labels; then ``splits.json``,
+  ``segment_labels.npz`` and ``data.json`` are written if missing.
+  """
   dataset = readers.load_dataset(config.data, workdir=workdir, generate=write)
+  record = data_record(config, dataset)
+  check_data_record(workdir, record)
   train_name, test_name, note = subsets_lib.resolve_subsets(
       config.data.train_subset, config.data.test_subset, [v.subset for v in dataset.videos])
   train = dataset.subset(train_name, source="data.train_subset")
   test = dataset.subset(test_name, source="data.test_subset")
-  if write and is_main_process():
-    save_run_classes(workdir, dataset)
+  check_training_annotations(config, train)
   splits_path = os.path.join(workdir, "splits.json")
   labels_path = os.path.join(workdir, "segment_labels.npz")
+  new_splits = None
   if os.path.exists(splits_path):
     ids = io.load_json(splits_path, "splits")["validation"]
   elif write:
     fraction, seed = config.train.validation_fraction, config.seed
     ids = _validation_ids(train, fraction, seed)
-    io.atomic_write_text(splits_path, json.dumps(
-        {"validation": ids, "seed": seed, "fraction": fraction}, indent=1) + "\n")
+    new_splits = json.dumps({"validation": ids, "seed": seed, "fraction": fraction},
+                            indent=1) + "\n"
   else:
     raise ConfigError(f"{splits_path}: missing; {workdir} holds no finished run")
   train, val = _split(train, ids)
   if os.path.exists(labels_path) or not write:
     seg = labels_lib.load_segment_labels(labels_path)
   else:
-    seg = readers.segment_labels(config.labels, dataset, train)
+    seg = readers.segment_labels(config.labels, dataset, train)  # a bad CSV: nothing written
+    if new_splits is not None:
+      io.atomic_write_text(splits_path, new_splits)
+      new_splits = None
     labels_lib.save_segment_labels(labels_path, seg)
+  if new_splits is not None:
+    io.atomic_write_text(splits_path, new_splits)
+  if write and is_main_process():
+    save_run_classes(workdir, dataset)
+  if write and is_main_process() and not os.path.exists(
+      os.path.join(workdir, DATA_RECORD)):
+    record["segment_labels_sha256"] = file_sha256(labels_path)
+    io.atomic_write_text(os.path.join(workdir, DATA_RECORD),
+                         json.dumps(record, indent=1, sort_keys=True) + "\n")
+  check_data_record(workdir, {"segment_labels_sha256": file_sha256(labels_path)})
   missing = [v.video_id for v in train.videos if v.video_id not in seg.labels]
   if missing:
     raise DataError(f"{labels_path}: no segment labels for training video(s) "
@@ -240,6 +403,79 @@ def load_run_classes(workdir: str) -> tuple[list[str], int] | None:
   return names, dim
 
 
+def file_sha256(path: str) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      h.update(chunk)
+  return h.hexdigest()
+
+
+def data_record(config, dataset: Dataset) -> dict:
+  """What binds a run to its data: the dataset fingerprint (annotations, classes,
+  feature shapes; :func:`jaxseg.provenance.dataset_fingerprint`), the class
+  list, the video count, and the SHA-256 of the label files a ``points`` run reads."""
+  from jaxseg import provenance  # pylint: disable=g-import-not-at-top
+  record = {"dataset_fingerprint": provenance.dataset_fingerprint(dataset),
+            "class_names": list(dataset.class_names), "num_videos": len(dataset.videos)}
+  if config.labels.mode == "points":
+    for field in ("points_csv", "fps_json"):
+      path = config.labels[field]
+      if os.path.isfile(path):
+        record[f"labels.{field}_sha256"] = file_sha256(path)
+  return record
+
+
+def check_data_record(workdir: str, record: dict) -> None:
+  """Refuses data that differs from what the run in ``workdir`` was made with.
+
+  Compares ``record`` with ``workdir/data.json`` (absent: a new run, or one
+  made before jaxseg wrote it: nothing to compare).
+
+  Raises:
+    DataError: naming what changed and suggesting ``--overwrite``.
+  """
+  path = os.path.join(workdir, DATA_RECORD)
+  if not os.path.exists(path):
+    return
+  old = io.load_json(path, "data record")
+  changed = []
+  for key, new in record.items():
+    if key not in old or old[key] == new:
+      continue
+    if key == "class_names":
+      changed.append(f"classes {old[key]} -> {new}")
+    elif key == "num_videos":
+      changed.append(f"{old[key]} -> {new} videos")
+    elif key == "dataset_fingerprint":
+      changed.append(f"dataset fingerprint {old[key][:12]} -> {new[:12]} (videos, "
+                     "instances, classes or feature shapes)")
+    elif key == "segment_labels_sha256":
+      changed.append("segment_labels.npz was modified")
+    else:
+      changed.append(f"{key[:-len('_sha256')]} file contents")
+  if changed:
+    raise DataError(
+        f"{workdir}: the data changed since this run started ({'; '.join(changed)}); "
+        "its checkpoints and labels belong to the old data: pass --overwrite to "
+        "start over, or use another --workdir")
+
+
+def check_training_annotations(config, train: Dataset) -> None:
+  """Refuses a training split with no annotated instance (nothing to learn from).
+
+  Raises:
+    DataError: naming the subset and the annotation source.
+  """
+  if config.labels.mode == "points" or any(v.instances for v in train.videos):
+    return
+  d = config.data
+  source = {"activitynet": d.annotation_path, "wtalc": d.wtalc_dir}.get(
+      d.format, d.synthetic.output_dir or "the synthetic dataset")
+  raise DataError(f"{source}: no video of data.train_subset {d.train_subset!r} "
+                  f"({len(train.videos)} videos) has an annotated instance")
+
+
 def prepare_data(config, workdir: str) -> RunData:
   """The data of a run, creating what is missing: the synthetic dataset, the
   validation split (``splits.json``) and the segment labels (``segment_labels.npz``).
@@ -274,8 +510,9 @@ def data_summary(data: RunData) -> str:
 def describe_data(config, workdir: str) -> str:
   """``--mode data``: the summary of the data the config names (prepared in ``workdir``)."""
   config_lib.validate(config)
-  os.makedirs(workdir, exist_ok=True)
-  return data_summary(prepare_data(config, workdir))
+  make_workdir(workdir)
+  with locked(workdir):
+    return data_summary(prepare_data(config, workdir))
 
 
 # ------------------------------------------------------------------ checkpoints
@@ -315,6 +552,49 @@ def restore(manager, step: int, like: Any) -> Any:
   """The checkpoint of ``step`` in ``manager``, restored into the tree of ``like``."""
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
   return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+
+# Where checkpoints that cannot be restored are moved (checkpoints/unreadable/<which>-<step>).
+UNREADABLE_CHECKPOINTS = "unreadable"
+
+
+def restore_newest_intact(manager, like: Any, *, where: str) -> tuple[int | None, Any, list]:
+  """The newest checkpoint of ``manager`` that restores, newest first.
+
+  A checkpoint that fails to restore (a file truncated or deleted inside it)
+  is skipped with a one-line warning naming it, instead of ending the run.
+
+  Returns:
+    ``(step, state, bad)``: the step restored (None if there is no readable
+    checkpoint; ``state`` is then ``like``) and the ``[(step, reason)]`` of
+    the newer checkpoints that failed.
+  """
+  bad = []
+  for step in sorted((int(s) for s in manager.all_steps()), reverse=True):
+    try:
+      state = restore(manager, step, like)
+    except Exception as e:  # pylint: disable=broad-except  # any way Orbax fails to read it
+      reason = " ".join(str(e).split())[:200] or type(e).__name__
+      logging.warning("%s/%d: checkpoint unreadable (%s); trying the previous one",
+                      where, step, reason)
+      bad.append((step, reason))
+      continue
+    if bad:
+      logging.warning("%s: resuming from step %d, the newest intact checkpoint", where, step)
+    return step, state, bad
+  return None, like, bad
+
+
+def set_aside_checkpoints(workdir: str, which: str, steps) -> None:
+  """Moves steps of ``checkpoints/<which>`` to ``checkpoints/unreadable/<which>-<step>``
+  (kept for inspection; the run writes those steps again)."""
+  root = os.path.join(workdir, "checkpoints")
+  os.makedirs(os.path.join(root, UNREADABLE_CHECKPOINTS), exist_ok=True)
+  for step in steps:
+    dst = os.path.join(root, UNREADABLE_CHECKPOINTS, f"{which}-{step}")
+    if os.path.exists(dst):
+      shutil.rmtree(dst)
+    os.replace(os.path.join(root, which, str(step)), dst)
 
 
 # --------------------------------------------------------------- reading back
@@ -359,6 +639,12 @@ def load_run(config, workdir: str, *, which: str = "final") -> LoadedRun:
     mngr, step = latest_mngr, latest_mngr.latest_step()  # no validation split
   if step is None:
     raise ConfigError(f"{workdir}/checkpoints holds no checkpoint; train first")
+  if mngr is latest_mngr:  # an unreadable newest checkpoint: the newest intact one
+    step, state, _ = restore_newest_intact(latest_mngr, state,
+                                           where=f"{workdir}/checkpoints/latest")
+    if step is None:
+      raise ConfigError(f"{workdir}/checkpoints/latest: no readable checkpoint")
+    return LoadedRun(config, data, model, state, int(step))
   return LoadedRun(config, data, model, restore(mngr, int(step), state), int(step))
 
 

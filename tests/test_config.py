@@ -327,12 +327,13 @@ def test_cli_batch_size_not_dividing_the_devices(tmp_path):
 
 
 def test_cli_non_integer_margin_is_a_flag_error(tmp_path):
-  # ConfigDict types the field as int, so absl rejects the flag itself
-  # (exit status 1, like any bad flag) before main() runs.
+  # ConfigDict types the field as int, so absl rejects the flag itself before
+  # main() runs; jaxseg.main turns that into one error line and exit status 2.
   workdir = tmp_path / "run"
   proc = _cli(workdir, "--config.loss.margin=2.5")
-  assert proc.returncode == 1, proc.stderr
-  assert "config.loss.margin" in proc.stderr
+  assert proc.returncode == 2, proc.stderr
+  assert proc.stderr.startswith("error: ") and "config.loss.margin" in proc.stderr
+  assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
   assert not workdir.exists()
 
 

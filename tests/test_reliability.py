@@ -495,8 +495,8 @@ def test_nan_feature_file_is_rejected_before_training(base, anet_with_a_nan_vide
   last = proc.stderr.strip().splitlines()[-1]
   assert last == (f"error: {path}: video '{BAD_VIDEO}': features: 1 non-finite value(s) "
                   "(NaN or inf), first at segment 5, dim 2")
-  # Only the workdir claim (config.json) precedes loading the data.
-  assert sorted(os.listdir(workdir)) == ["config.json"]
+  # Only the workdir claim (config.json, and the lock file) precedes loading the data.
+  assert sorted(os.listdir(workdir)) == [".lock", "config.json"]
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ every way it can fail into one :class:`DataError` line naming the file.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import tempfile
@@ -49,9 +50,11 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", *,
       os.fsync(f.fileno())
     os.chmod(tmp, 0o644)  # mkstemp creates 0600
     os.replace(tmp, path)
-  except BaseException:
+  except BaseException as e:
     if os.path.exists(tmp):
       os.remove(tmp)
+    if isinstance(e, OSError) and e.filename is None and e.errno is not None:
+      raise OSError(e.errno, e.strerror, path) from e  # name the file (disk full, ...)
     raise
 
 
@@ -86,10 +89,21 @@ def load_json(path: str, what: str = "JSON") -> Any:
   except OSError as e:
     raise DataError(f"{path}: cannot read {what} file: {e.strerror or e}") from None
   try:
-    return json.loads(text)
+    return json.loads(text, object_pairs_hook=functools.partial(_unique_keys, path))
   except json.JSONDecodeError as e:
     raise DataError(
         f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+
+
+def _unique_keys(path: str, pairs: list) -> dict:
+  """A JSON object, refusing a key given twice (json would keep the last silently)."""
+  out = {}
+  for key, value in pairs:
+    if key in out:
+      raise DataError(f"{path}: duplicate key {key!r} in a JSON object (an id or a "
+                      "field given twice)")
+    out[key] = value
+  return out
 
 
 def child_path(folder: str, name: str, suffix: str = "", *, what: str = "video id") -> str:

@@ -24,6 +24,7 @@ errors (unknown label, bad bounds, malformed files) always raise.
 from __future__ import annotations
 
 import csv
+import errno
 import math
 import os
 import warnings
@@ -34,6 +35,7 @@ import numpy as np
 from jaxseg.data import io
 from jaxseg.data import labels as labels_lib
 from jaxseg.data import layouts
+from jaxseg.data import npy
 from jaxseg.data import synthetic
 from jaxseg.data.video import DataError, Dataset, I3D_FEATURE_RATE, Instance, Video
 
@@ -98,8 +100,8 @@ def check_features(features: Any, *, path: str, video_id: str,
   where = f"{path}: video {video_id!r}: features"
   if not isinstance(features, np.ndarray):
     raise DataError(f"{where}: expected an array, got {type(features).__name__}")
-  if features.dtype == object or not (np.issubdtype(features.dtype, np.number) or
-                                      features.dtype == bool):
+  if features.dtype == object or np.iscomplexobj(features) or not (
+      np.issubdtype(features.dtype, np.number) or features.dtype == bool):
     raise DataError(f"{where}: expected a numeric array, got dtype {features.dtype}")
   if features.ndim != 2:
     raise DataError(f"{where}: expected a 2-D (T, D) array, got shape {features.shape}")
@@ -121,11 +123,34 @@ def check_features(features: Any, *, path: str, video_id: str,
 
 def _load_npy(path: str, *, video_id: str) -> np.ndarray:
   if not os.path.isfile(path):
-    raise DataError(f"{path}: feature file missing for annotated video {video_id!r}")
+    _explain_missing(path, video_id)
+  try:
+    npy.read_header(path)  # a header claiming more than the file holds: no allocation
+  except DataError as e:
+    raise DataError(f"{path}: video {video_id!r}: cannot read features: "
+                    f"{str(e).split(': ', 1)[1]}") from None
   try:
     return np.load(path, allow_pickle=False)
   except (OSError, ValueError, EOFError) as e:
     raise DataError(f"{path}: video {video_id!r}: cannot read features: {e}") from None
+
+
+def _explain_missing(path: str, video_id: str) -> None:
+  """Raises the DataError for a feature path that is not a readable file."""
+  try:
+    os.stat(path)
+  except OSError as e:
+    if e.errno == errno.ELOOP:
+      raise DataError(f"{path}: video {video_id!r}: symbolic link loop") from None
+    if os.path.islink(path):
+      raise DataError(f"{path}: video {video_id!r}: dangling symbolic link to "
+                      f"{os.readlink(path)!r}") from None
+    if e.errno not in (errno.ENOENT, errno.ENOTDIR):
+      raise DataError(f"{path}: video {video_id!r}: {e.strerror}") from None
+  else:
+    if os.path.isdir(path):
+      raise DataError(f"{path}: video {video_id!r}: is a directory, not a feature file")
+  raise DataError(f"{path}: feature file missing for annotated video {video_id!r}")
 
 
 def _load_video_features(features_dir: str, video_id: str,
@@ -260,6 +285,7 @@ def _parse_activitynet(path: str, data: Any) -> dict[str, dict[str, Any]]:
   out: dict[str, dict[str, Any]] = {}
   for vid, entry in data["database"].items():
     where = f"{path}: video {vid!r}"
+    _check_id(vid, where=path)
     if not isinstance(entry, dict):
       raise DataError(f"{where}: expected an object, got {type(entry).__name__}")
     subset = entry.get("subset")
@@ -283,13 +309,21 @@ def _parse_activitynet(path: str, data: Any) -> dict[str, dict[str, Any]]:
         raise DataError(f'{aw}: field "segment" must be [start, end], got {seg!r}')
       start, end = _bounds(seg, where=f"{aw}.segment")
       label = ann.get("label")
-      if not isinstance(label, str) or not label:
+      if not isinstance(label, str) or not label.strip():
         raise DataError(f'{aw}: field "label" missing or not a string')
-      parsed.append((start, end, label))
+      parsed.append((start, end, label.strip()))  # "Diving " is "Diving", as in W-TALC
     out[str(vid)] = {"subset": subset, "duration": duration, "annotations": parsed}
   if not out:
     raise DataError(f'{path}: "database" holds no video')
   return out
+
+
+def _check_id(vid: Any, *, where: str) -> None:
+  """A video id is a plain file name (never a path): else DataError naming ``where``."""
+  try:
+    io.child_path("", vid)
+  except DataError as e:
+    raise DataError(f"{where}: {e}") from None
 
 
 def _class_index(class_names: Sequence[str]) -> dict[str, int]:
@@ -381,14 +415,36 @@ def read_activitynet(annotation_path: str, features_dir: str, *,
 # -------------------------------------------------------- format 2: W-TALC
 
 
+# The W-TALC arrays that are pickled object arrays (one ragged entry per video);
+# they are read with a restricted unpickler that runs no code (data/npy.py).
+# The others are plain string / number arrays, read without pickle.
+WTALC_OBJECT_ARRAYS = ("segments", "labels", "features")
+WTALC_ARRAYS = ("videoname", "subset", "classlist", "duration", "segments", "labels")
+
+
 def _load_bundle_array(path: str, *, allow_pickle: bool) -> np.ndarray:
   if not os.path.isfile(path):
     raise DataError(f"{path}: W-TALC bundle file not found")
-  try:
-    # W-TALC's arrays are pickled object arrays (some from Python 2).
-    return np.load(path, allow_pickle=allow_pickle, encoding="bytes")
-  except (OSError, ValueError, EOFError) as e:
-    raise DataError(f"{path}: cannot read W-TALC array: {e}") from None
+  arr = npy.load_array(path, allow_objects=allow_pickle, what="W-TALC array")
+  if arr.ndim == 0:
+    raise DataError(f"{path}: W-TALC array is 0-d (a single value); expected one "
+                    "entry per video (or per class)")
+  if arr.dtype.hasobject:
+    npy.check_plain(arr, path=path, what="W-TALC array")
+  return arr
+
+
+def _bundle_texts(arr: np.ndarray, path: str, what: str) -> list[str]:
+  """The stripped UTF-8 strings of a W-TALC name array, else DataError naming the entry."""
+  out = []
+  for i, v in enumerate(np.ravel(arr)):
+    if not isinstance(v, (str, bytes, np.str_, np.bytes_)):
+      raise DataError(f"{path}: {what}[{i}]: expected a string, got {v!r}")
+    try:
+      out.append(_text(v).strip())
+    except UnicodeDecodeError as e:
+      raise DataError(f"{path}: {what}[{i}]: {bytes(v)!r} is not UTF-8 ({e.reason})") from None
+  return out
 
 
 def _wtalc_features_path(directory: str, features_file: str) -> str:
@@ -443,11 +499,14 @@ def read_wtalc(directory: str, features_file: str, *,
     raise ValueError(f"feature_rate must be > 0, got {feature_rate}")
   feat_path = _wtalc_features_path(directory, features_file)
   arrays = {}
-  for name in ("videoname", "subset", "classlist", "duration", "segments", "labels"):
+  for name in WTALC_ARRAYS:
     arrays[name] = _load_bundle_array(os.path.join(directory, name + ".npy"),
-                                      allow_pickle=True)
+                                      allow_pickle=name in WTALC_OBJECT_ARRAYS)
   features = _load_bundle_array(feat_path, allow_pickle=True)
-  names = [_text(v).strip() for v in np.ravel(arrays["videoname"])]
+  vn_path = os.path.join(directory, "videoname.npy")
+  names = _bundle_texts(arrays["videoname"], vn_path, "videoname")
+  for vid in names:
+    _check_id(vid, where=vn_path)
   num = len(names)
   if num == 0:
     raise DataError(f"{os.path.join(directory, 'videoname.npy')}: no video")
@@ -461,12 +520,17 @@ def read_wtalc(directory: str, features_file: str, *,
     if len(arr) != num:
       path = feat_path if name == "features" else os.path.join(directory, name + ".npy")
       raise DataError(f"{path}: holds {len(arr)} entries but videoname.npy holds {num}")
-  class_names = [_text(c).strip() for c in np.ravel(arrays["classlist"])]
+  cl_path = os.path.join(directory, "classlist.npy")
+  class_names = _bundle_texts(arrays["classlist"], cl_path, "classlist")
+  if len(set(class_names)) != len(class_names):
+    dup = sorted({n for n in class_names if class_names.count(n) > 1})
+    raise DataError(f"{cl_path}: class(es) {dup} listed twice")
   index = _class_index(class_names)
   extra = _wtalc_labels_all(directory, names, index, class_names)
   seg_path = os.path.join(directory, "segments.npy")
   lab_path = os.path.join(directory, "labels.npy")
   dur_path = os.path.join(directory, "duration.npy")
+  subsets = _bundle_texts(arrays["subset"], os.path.join(directory, "subset.npy"), "subset")
   parsed = []
   for i, vid in enumerate(names):
     segs = arrays["segments"][i]
@@ -486,13 +550,17 @@ def read_wtalc(directory: str, features_file: str, *,
       if len(pair) != 2:
         raise DataError(f"{where}: expected [start, end], got {seg!r}")
       start, end = _bounds(pair, where=where)
-      label = _text(lab).strip()
+      try:
+        label = _text(lab).strip()
+      except UnicodeDecodeError as e:
+        raise DataError(f"{lab_path}: video {vid!r}: labels[{j}]: {lab!r} is not UTF-8 "
+                        f"({e.reason})") from None
       if label not in index:
         raise DataError(f"{lab_path}: video {vid!r}: labels[{j}]: unknown class "
                         f"{label!r}; classlist.npy: {class_names}")
       instances.append(Instance(start, end, index[label]))
     duration = _number(arrays["duration"][i], where=f"{dur_path}: video {vid!r}")
-    parsed.append((vid, _text(arrays["subset"][i]).strip(), duration, instances))
+    parsed.append((vid, subsets[i], duration, instances))
   assignment = _split_assignment(split_files, names)
   col = _Collector(feature_dim, skip_bad_videos)
   videos = []
@@ -624,7 +692,7 @@ def read_points(csv_path: str, fps_json_path: str,
   index = {n: i for i, n in enumerate(dataset.class_names)}
   known = {v.video_id for v in dataset.videos}
   try:
-    f = open(csv_path, newline="", encoding="utf-8")
+    f = open(csv_path, newline="", encoding="utf-8-sig")  # a BOM is not part of "class"
   except FileNotFoundError:
     raise DataError(f"{csv_path}: point-label CSV not found") from None
   except OSError as e:
