@@ -391,7 +391,8 @@ def check_fields(c: ml_collections.ConfigDict) -> None:
     _check(t.num_steps > max(t.warmup_steps, 1), "train.num_steps",
            f"the cosine schedule needs more steps ({t.num_steps}) than its warmup "
            f"({max(t.warmup_steps, 1)})")
-  _check(c.data.train_subset != c.data.test_subset, "data.train_subset",
+  _check(c.data.train_subset != c.data.test_subset or c.data.train_subset == SUBSET_AUTO,
+         "data.train_subset",
          f"{c.data.train_subset!r} is also data.test_subset: a model would be tested "
          "on its training videos")
 

@@ -163,7 +163,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
   """
   try:
     rest = flags.FLAGS(argv)
-    _CONFIG.value.keys()  # a --config file that failed to load raises on first use
+    if _CONFIG.value is not None:  # --mode predict may go without one
+      _CONFIG.value.keys()  # a --config file that failed to load raises on first use
     return rest
   except flags.Error as e:
     _flag_error(str(e).splitlines()[0])

@@ -176,8 +176,9 @@ def test_mixed_layout_is_a_named_error_before_anything_is_trained(basnet, tmp_pa
   assert "mixed feature layouts" in msg and repr(vid) in msg
   assert str(root / "features" / "test" / "rgb" / f"{vid}.npy") in msg  # paths tried
   assert str(root / "features" / "rgb" / f"{vid}.npy") in msg
-  # As for any bad data: only the workdir claim (config.json) precedes loading it.
-  assert sorted(os.listdir(work)) == ["config.json"]
+  # As for any bad data: only the workdir claim (config.json, and the run's lock)
+  # precedes loading it.
+  assert sorted(os.listdir(work)) == [".lock", "config.json"]
 
 
 # ------------------------------------------------------------------ W-TALC

@@ -27,6 +27,7 @@ Every path built from a video id or a subset name goes through
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 from typing import Sequence
 
@@ -154,11 +155,35 @@ def detect_layout(root: str, videos: Sequence[tuple[str, str]],
           f"{other[0].pattern()}; put every video in one layout. Paths tried for "
           f"{vid!r}:\n  {tried}")
     if not allow_missing:
+      for p in layout.paths(vid, sub):
+        explain_unreadable(p, vid)
       raise DataError(
           f"{layout.paths(vid, sub)[0]}: feature file missing for annotated video "
           f"{vid!r} (subset {sub!r}; the folder's layout is {layout.pattern()}). "
           f"Paths tried:\n  {tried}")
   return layout
+
+
+def explain_unreadable(path: str, video_id: str) -> None:
+  """Raises the DataError for a feature path that exists but is no readable file.
+
+  A symbolic-link loop, a dangling link, a folder or an unreadable entry each
+  get their own message; a path that is simply absent returns (the caller
+  says "missing").
+  """
+  try:
+    os.stat(path)
+  except OSError as e:
+    if e.errno == errno.ELOOP:
+      raise DataError(f"{path}: video {video_id!r}: symbolic link loop") from None
+    if os.path.islink(path):
+      raise DataError(f"{path}: video {video_id!r}: dangling symbolic link to "
+                      f"{os.readlink(path)!r}") from None
+    if e.errno not in (errno.ENOENT, errno.ENOTDIR):
+      raise DataError(f"{path}: video {video_id!r}: {e.strerror}") from None
+  else:
+    if os.path.isdir(path):
+      raise DataError(f"{path}: video {video_id!r}: is a directory, not a feature file")
 
 
 def _npy_stems(folder: str) -> list[str]:

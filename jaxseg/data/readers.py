@@ -24,7 +24,6 @@ errors (unknown label, bad bounds, malformed files) always raise.
 from __future__ import annotations
 
 import csv
-import errno
 import math
 import os
 import warnings
@@ -137,19 +136,7 @@ def _load_npy(path: str, *, video_id: str) -> np.ndarray:
 
 def _explain_missing(path: str, video_id: str) -> None:
   """Raises the DataError for a feature path that is not a readable file."""
-  try:
-    os.stat(path)
-  except OSError as e:
-    if e.errno == errno.ELOOP:
-      raise DataError(f"{path}: video {video_id!r}: symbolic link loop") from None
-    if os.path.islink(path):
-      raise DataError(f"{path}: video {video_id!r}: dangling symbolic link to "
-                      f"{os.readlink(path)!r}") from None
-    if e.errno not in (errno.ENOENT, errno.ENOTDIR):
-      raise DataError(f"{path}: video {video_id!r}: {e.strerror}") from None
-  else:
-    if os.path.isdir(path):
-      raise DataError(f"{path}: video {video_id!r}: is a directory, not a feature file")
+  layouts.explain_unreadable(path, video_id)
   raise DataError(f"{path}: feature file missing for annotated video {video_id!r}")
 
 
