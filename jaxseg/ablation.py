@@ -78,7 +78,7 @@ def run_config(base: ml_collections.ConfigDict, label_mode: str, combo: tuple,
   return c
 
 
-def _validation_result(run_dir: str) -> dict:
+def validation_result(run_dir: str) -> dict:
   """``final`` / ``selected`` validation summaries of a finished run (``metrics.jsonl``)."""
   recs = []
   with open(os.path.join(run_dir, "metrics.jsonl")) as f:
@@ -108,7 +108,7 @@ def _train_cell(c: ml_collections.ConfigDict, run_dir: str, split: str, *,
   done = os.path.join(run_dir, "validation.json")
   if not os.path.exists(done) or overwrite:
     train.train_and_evaluate(c, run_dir, overwrite=overwrite, evaluate=False)
-    io.atomic_write_text(done, json.dumps(_validation_result(run_dir), indent=1) + "\n")
+    io.atomic_write_text(done, json.dumps(validation_result(run_dir), indent=1) + "\n")
   with open(done) as f:
     return json.load(f)
 

@@ -211,3 +211,13 @@ def test_the_validation_ablation_needs_a_hold_out():
   with pytest.raises(config_lib.ConfigError, match="ablation.split"):
     config_lib.validate(c)
   assert isinstance(c, ml_collections.ConfigDict)
+
+
+def test_robustness_quick_scores_on_validation_and_never_reads_test(tmp_path, monkeypatch):
+  from benchmarks import robustness
+  forbid_test_split(monkeypatch)
+  df = robustness.main(["--quick", "--out", str(tmp_path)])
+  assert set(df.arm) == {"CL", "full"} and set(df.split) == {"validation"}
+  assert set(df.world) == {"relu"}
+  assert (tmp_path / "robustness.md").read_text().count("relu") >= 2
+  assert np.all((df["mAP@0.5"] >= 0) & (df["mAP@0.5"] <= 100))
