@@ -71,6 +71,13 @@ ARMS = {
                          "loss.use_sphere": False, "loss.use_propagation": False},
     "CL+PSL-fixed": {"labels.mode": "one-segment", "loss.topk_mode": "fixed",
                      "loss.use_sphere": False, "loss.use_propagation": False},
+    # One printed choice at a time, on the full model with one-segment labels.
+    "full-eq4": {"labels.mode": "one-segment", "loss.classification_normalization": "classes"},
+    "full-eq10": {"labels.mode": "one-segment", "loss.sphere_classes": "all"},
+    "full-eq13": {"labels.mode": "one-segment", "loss.propagation_similarity": "dot",
+                  "loss.propagation_normalization": "none"},
+    "full-gradS": {"labels.mode": "one-segment", "loss.propagation_grad_through_similarity": True},
+    "full-gamma0.02": {"labels.mode": "one-segment", "loss.gamma": 0.02},
     # The paper as printed (config.paper_as_printed, two-segment labels).
     "paper": {**dict(config_lib.PAPER_AS_PRINTED), "loss.gamma": 0.02},
 }
@@ -95,13 +102,18 @@ def base_config(quick: bool):
   return c
 
 
-def world_config(base, world: str, arm: str, seed: int, overrides: dict):
+def world_config(base, world: str, arm: str, seed: int, overrides: dict,
+                 quick: bool = False):
   c = config_lib.with_overrides(base, **{f"data.synthetic.{k}": v
                                           for k, v in WORLDS[world].items()})
   if c.data.synthetic.feature_dim != c.data.feature_dim:
+    # The 2048-d world on 2 CPU cores: fewer videos, a 256-wide f, half the steps.
     c.data.feature_dim = c.data.synthetic.feature_dim
-    c.data.synthetic.num_train = min(c.data.synthetic.num_train, 48)
-    c.data.synthetic.num_test = min(c.data.synthetic.num_test, 16)
+    c.data.synthetic.num_train = min(c.data.synthetic.num_train, 40)
+    c.data.synthetic.num_test = min(c.data.synthetic.num_test, 8)
+    if not quick:
+      c.model.embed_dim = 256
+      c.train.num_steps = c.train.eval_every = c.train.checkpoint_every = 200
   c = config_lib.with_overrides(c, **ARMS[arm], **overrides)
   c.seed = base.seed + seed
   c.labels.seed = base.labels.seed + seed
@@ -117,7 +129,7 @@ def run(out: str, *, worlds, arms, seeds: int, quick: bool, split: str,
     data_dir = os.path.join(data_root or os.path.join(out, "data"), world)
     for arm in arms:
       for seed in range(seeds):
-        c = world_config(base, world, arm, seed, overrides)
+        c = world_config(base, world, arm, seed, overrides, quick)
         c.data.synthetic.output_dir = data_dir
         if c.train.validation_fraction <= 0:
           raise ValueError("the robustness runs score on validation: "
@@ -149,9 +161,7 @@ def markdown(df: pd.DataFrame, split: str, overrides: dict) -> str:
   mean = df.groupby(["world", "arm"], sort=False)[metrics].mean().round(1)
   lines = [f"# Robustness: {split} split, final checkpoint, mean over "
            f"{df.seed.nunique()} seed(s); overrides {overrides or 'none'}", ""]
-  wide = mean.unstack("arm")
-  wide.columns = [f"{arm} {m}" for m, arm in wide.columns]
-  lines += [wide.to_markdown(), ""]
+  lines += [mean.reset_index().to_markdown(index=False), ""]
   if {"CL", "full"} <= set(df.arm):
     gain = (mean.xs("full", level="arm") - mean.xs("CL", level="arm")).round(1)
     lines += ["Full model minus CL (points):", "", gain.to_markdown(), ""]

@@ -221,3 +221,19 @@ def test_robustness_quick_scores_on_validation_and_never_reads_test(tmp_path, mo
   assert set(df.world) == {"relu"}
   assert (tmp_path / "robustness.md").read_text().count("relu") >= 2
   assert np.all((df["mAP@0.5"] >= 0) & (df["mAP@0.5"] <= 100))
+
+
+def test_the_paper_config_trains_end_to_end_on_synthetic_data(tmp_path, monkeypatch):
+  from jaxseg import train
+  c = thumos14_i3d_paper.get_config("synthetic")
+  small = test_config.get_config()
+  c.data.synthetic = small.data.synthetic
+  c.data.feature_dim = small.data.feature_dim
+  c.data.synthetic.output_dir = str(tmp_path / "data")
+  c.train = small.train
+  c.train.num_steps = 4
+  c.inference.batch_size = 4
+  forbid_test_split(monkeypatch)
+  train.train_and_evaluate(c, str(tmp_path / "run"), evaluate=False)
+  res = ablation.validation_result(str(tmp_path / "run"))
+  assert 0 <= res["final"]["mAP@0.5"] <= 100
