@@ -146,9 +146,9 @@ def run_ablation(config: ml_collections.ConfigDict, workdir: str, *,
     prov = provenance.flat_columns(res["provenance"]) if split == "test" else {
         "git_commit": res["provenance"].get("git_commit")}
     for which in ("final", "selected"):
-      rows.append({"label_mode": mode, "losses": combo[0], "seed": seed_index,
-                   "trained_on": on, "split": split, "checkpoint": which, **res[which],
-                   **prov})
+      # The row's label mode wins over the run's own (provenance: what it trained on).
+      rows.append({**prov, "label_mode": mode, "losses": combo[0], "seed": seed_index,
+                   "trained_on": on, "split": split, "checkpoint": which, **res[which]})
   df = pd.DataFrame(rows)
   io.atomic_write_text(os.path.join(workdir, "ablation.csv"), df.round(4).to_csv(index=False))
   io.atomic_write_text(os.path.join(workdir, "ablation_summary.csv"),
