@@ -158,13 +158,12 @@ class _Count(list):
 
 def forbid_test_split(monkeypatch):
   """Any read of the test split (beyond its size) raises."""
-  run_data = workdir._run_data
+  for name in ("prepare_data", "read_data"):  # every way a run gets its RunData
+    def guarded(*a, _load=getattr(workdir, name), **k):
+      data = _load(*a, **k)
+      return dataclasses.replace(data, test=_Forbidden(len(data.test.videos)))
 
-  def guarded(*a, **k):
-    data = run_data(*a, **k)
-    return dataclasses.replace(data, test=_Forbidden(len(data.test.videos)))
-
-  monkeypatch.setattr(workdir, "_run_data", guarded)
+    monkeypatch.setattr(workdir, name, guarded)
 
 
 def test_non_psl_cells_never_see_segment_labels_and_fill_both_rows(tmp_path, monkeypatch):
@@ -237,3 +236,6 @@ def test_the_paper_config_trains_end_to_end_on_synthetic_data(tmp_path, monkeypa
   train.train_and_evaluate(c, str(tmp_path / "run"), evaluate=False)
   res = ablation.validation_result(str(tmp_path / "run"))
   assert 0 <= res["final"]["mAP@0.5"] <= 100
+  # The guard is live: the test evaluation of the same (finished) run trips it.
+  with pytest.raises(AssertionError, match="test split was read"):
+    train.train_and_evaluate(c, str(tmp_path / "run"))
