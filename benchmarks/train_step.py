@@ -183,7 +183,8 @@ def measure_loop(feed: str, batch: int, dim: int, classes: int, steps: int,
   c.model.compute_dtype = compute_dtype
   ds, labels = synthetic_train_set(num_videos, dim, classes)
   loader = batching.TrainLoader(ds, labels, batch_size=batch, max_length=c.train.max_length,
-                                buckets=c.train.length_buckets, seed=0, crop_mode="uniform")
+                                buckets=c.train.length_buckets, seed=0, crop_mode="uniform",
+                                subsample="uniform")
   model = state_lib.make_model(c, dim, classes)
   optimizer = state_lib.make_optimizer(c)
   state = state_lib.init_state(c, model, optimizer, dim)

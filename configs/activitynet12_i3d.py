@@ -1,4 +1,5 @@
-"""ActivityNet 1.2 with I3D features (2048-d), the paper's settings.
+"""ActivityNet 1.2 with I3D features (2048-d): the paper's data and schedule with
+jaxseg's defaults; the paper as printed: ``activitynet12_i3d_paper.py``.
 
 Expects an ActivityNet-format annotation JSON (``activity_net.v1-2.min.json``
 or the BaSNet copy) and ``features/<video_id>.npy`` of shape ``(T, 2048)``;

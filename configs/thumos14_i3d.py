@@ -1,4 +1,6 @@
-"""THUMOS14 with I3D features (2048-d, RGB + flow), the paper's settings.
+"""THUMOS14 with I3D features (2048-d, RGB + flow): the paper's data, training
+schedule and loss weights with jaxseg's defaults (which depart from the printed
+equations; docs/paper-notes.md). The paper as printed: ``thumos14_i3d_paper.py``.
 
 Reads an ActivityNet-style annotation JSON and two-stream features of shape
 ``(T, 1024)`` each in any public layout, detected: BaSNet's / LACP's
@@ -11,7 +13,7 @@ the test split::
       --config.data.annotation_path=/data/thumos14/gt.json \
       --config.data.features_dir=/data/thumos14/features
 
-Paper settings (section 5.1): alpha 0.1, beta 1e-4, gamma 0.02, r = 2Q;
+From section 5.1: alpha 0.1, beta 1e-4, gamma 0.02, r = 2Q;
 Adam lr 1e-4 with weight decay 5e-4 as in W-TALC / BaSNet.
 """
 

@@ -3,8 +3,12 @@
 Trains the 8 combinations of {CL, +PSL, +SL, +PL} (CL always on) for each of
 ``config.ablation.label_modes``, over ``num_seeds`` seeds (seed ``i`` sets both
 ``config.seed`` and ``config.labels.seed`` to base + i, the same for every
-cell), and writes ``ablation.csv`` (one row per run) and ``ablation.md``
-(Table 1's layout: mAP at tIoU 0.5 and the average, mean ± std over seeds).
+cell), and writes ``ablation.csv`` (one row per run and checkpoint, with its
+``label_mode``), ``ablation_summary.csv`` (mean and std per cell) and
+``ablation.md`` (Table 1's layout: mAP at tIoU 0.5 and the average, mean ± std
+over seeds). As in the paper, the cells without PSL never see a segment label
+(``ablation.non_psl_cells = "video_level"``): they are trained once per seed on
+video-level labels with a fixed ``r`` and shown in every label row.
 Each run has its own work directory under ``workdir/runs/``; a rerun skips
 finished runs and resumes an interrupted one.
 """
@@ -33,50 +37,136 @@ COMBINATIONS = tuple(
                   (False, True, True), (True, True, True)])
 
 
+VIDEO_LEVEL = "video-level"
+
+
+def has_psl(combo: tuple) -> bool:
+  return bool(combo[1])
+
+
+def trained_on(config: ml_collections.ConfigDict, label_mode: str, combo: tuple) -> str:
+  """The label mode a cell is trained with.
+
+  With ``ablation.non_psl_cells = "video_level"`` (the paper's Table 1) a cell
+  without the partial segment loss never sees a segment label: it is trained
+  on video-level labels with the fixed ``r`` of eq. 2, once per seed, and the
+  same run fills that column in every label row. A ``"video-level"`` row has
+  no segment label to add, so its PSL cells are its non-PSL runs too.
+  """
+  if label_mode == VIDEO_LEVEL:
+    return VIDEO_LEVEL
+  if config.ablation.non_psl_cells == "video_level" and not has_psl(combo):
+    return VIDEO_LEVEL
+  return label_mode
+
+
 def run_config(base: ml_collections.ConfigDict, label_mode: str, combo: tuple,
                seed_index: int) -> ml_collections.ConfigDict:
-  """The config of one cell and seed of the ablation."""
+  """The config of one cell and seed of the ablation (``label_mode``: what it trains on)."""
   c = ml_collections.ConfigDict(base.to_dict())
   _, psl, sl, pl = combo
+  if label_mode == VIDEO_LEVEL:
+    psl = False  # eq. 6 is 0 without segment labels; the run is its CL+... twin
   c.loss.use_classification = True
   c.loss.use_segment, c.loss.use_sphere, c.loss.use_propagation = psl, sl, pl
   c.labels.mode = label_mode
+  if label_mode == VIDEO_LEVEL:
+    c.loss.topk_mode = "fixed"  # no Q: r = loss.topk_ratio, as W-TALC
   c.seed = base.seed + seed_index
   c.labels.seed = base.labels.seed + seed_index
   c.train.progress = False
   return c
 
 
+def validation_result(run_dir: str) -> dict:
+  """``final`` / ``selected`` validation summaries of a finished run (``metrics.jsonl``)."""
+  recs = []
+  with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+    for line in f:
+      rec = json.loads(line)
+      if rec.get("kind") == "validation":
+        recs.append(rec)
+  if not recs:
+    raise RuntimeError(f"{run_dir}/metrics.jsonl: no validation record "
+                       "(ablation.split='validation' needs train.validation_fraction > 0)")
+  drop = ("step", "kind", "selection")
+  summary = lambda r: {k: v for k, v in r.items() if k not in drop}  # noqa: E731
+  best = max(recs, key=lambda r: r["selection"])  # first of equal scores
+  return {"final": summary(recs[-1]), "selected": summary(best),
+          "selected_step": best["step"], "provenance": {"git_commit": provenance.git_commit()}}
+
+
+def _train_cell(c: ml_collections.ConfigDict, run_dir: str, split: str, *,
+                overwrite: bool) -> dict:
+  """Trains one run (or reuses a finished one) and returns its scores on ``split``."""
+  if split == "test":
+    done = os.path.join(run_dir, "results.json")
+    if not os.path.exists(done) or overwrite:
+      train.train_and_evaluate(c, run_dir, overwrite=overwrite)
+    with open(done) as f:
+      return json.load(f)
+  done = os.path.join(run_dir, "validation.json")
+  if not os.path.exists(done) or overwrite:
+    train.train_and_evaluate(c, run_dir, overwrite=overwrite, evaluate=False)
+    io.atomic_write_text(done, json.dumps(validation_result(run_dir), indent=1) + "\n")
+  with open(done) as f:
+    return json.load(f)
+
+
 def run_ablation(config: ml_collections.ConfigDict, workdir: str, *,
                  num_seeds: int | None = None, overwrite: bool = False) -> pd.DataFrame:
-  """Runs every cell and writes ``ablation.csv`` and ``ablation.md``.
+  """Runs every cell and writes ``ablation.csv``, ``ablation_summary.csv`` and ``ablation.md``.
+
+  Scores are on ``config.ablation.split``: ``"test"`` (Table 1) or
+  ``"validation"`` (the hold-out of ``train.validation_fraction``; the test
+  split is then never evaluated, for tuning).
 
   Returns:
-    One row per (label mode, combination, seed) with the test mAP (percent)
-    of the final and of the selected checkpoint.
+    One row per (label mode, combination, seed, checkpoint) with the mAP
+    (percent) of the final and of the selected checkpoint; ``trained_on``
+    says which labels the run saw (``video-level`` for the non-PSL cells by
+    default: the same run in every label row).
   """
   config_lib.validate(config)  # before the workdir exists, naming ablation.* fields
   num_seeds = num_seeds or config.ablation.num_seeds
+  split = config.ablation.split
   os.makedirs(workdir, exist_ok=True)
   rows = []
   cells = list(itertools.product(config.ablation.label_modes, COMBINATIONS, range(num_seeds)))
   for i, (mode, combo, seed_index) in enumerate(cells):
-    run_dir = os.path.join(workdir, "runs", mode, combo[0], f"seed{seed_index}")
-    c = run_config(config, mode, combo, seed_index)
-    done = os.path.join(run_dir, "results.json")
-    if not os.path.exists(done) or overwrite:
-      logging.info("[%d/%d] %s %s seed %d", i + 1, len(cells), mode, combo[0], seed_index)
-      train.train_and_evaluate(c, run_dir, overwrite=overwrite)
-    with open(done) as f:
-      res = json.load(f)
-    prov = provenance.flat_columns(res["provenance"])
+    on = trained_on(config, mode, combo)
+    name = combo[0]
+    if on == VIDEO_LEVEL and has_psl(combo):
+      name = "+".join(p for p in combo[0].split("+") if p != "PSL")
+    run_dir = os.path.join(workdir, "runs", on, name, f"seed{seed_index}")
+    c = run_config(config, on, combo, seed_index)
+    logging.info("[%d/%d] %s %s seed %d (trained on %s)", i + 1, len(cells), mode, combo[0],
+                 seed_index, on)
+    res = _train_cell(c, run_dir, split, overwrite=overwrite)
+    prov = provenance.flat_columns(res["provenance"]) if split == "test" else {
+        "git_commit": res["provenance"].get("git_commit")}
     for which in ("final", "selected"):
-      rows.append({"label_mode": mode, "losses": combo[0], "seed": seed_index,
-                   "checkpoint": which, **res[which], **prov})
+      # The row's label mode wins over the run's own (provenance: what it trained on).
+      rows.append({**prov, "label_mode": mode, "losses": combo[0], "seed": seed_index,
+                   "trained_on": on, "split": split, "checkpoint": which, **res[which]})
   df = pd.DataFrame(rows)
   io.atomic_write_text(os.path.join(workdir, "ablation.csv"), df.round(4).to_csv(index=False))
+  io.atomic_write_text(os.path.join(workdir, "ablation_summary.csv"),
+                       ablation_summary(df).round(4).to_csv(index=False))
   io.atomic_write_text(os.path.join(workdir, "ablation.md"), ablation_markdown(df, config))
   return df
+
+
+def ablation_summary(df: pd.DataFrame) -> pd.DataFrame:
+  """Per cell (label mode, losses, checkpoint): mean and sample std of every mAP column."""
+  metrics = [m for m in df.columns if m.startswith("mAP@") or m.startswith("avg")]
+  keys = ["label_mode", "losses", "trained_on", "split", "checkpoint"]
+  g = df.groupby(keys, sort=False)[metrics]
+  mean = g.mean().add_suffix("_mean")
+  std = g.std(ddof=1).fillna(0.0).add_suffix("_std")
+  out = pd.concat([mean, std], axis=1).reset_index()
+  out.insert(len(keys), "seeds", g.size().to_numpy())
+  return out
 
 
 def _cell(values: np.ndarray) -> str:
@@ -103,10 +193,19 @@ def ablation_markdown(df: pd.DataFrame, config: ml_collections.ConfigDict) -> st
   seeds = df.seed.nunique()
   avg = config.eval.averages[0][0] if config.eval.averages else None
   metrics = [m for m in ("mAP@0.5", avg) if m and m in df.columns]
+  split = config.ablation.split
+  if config.ablation.non_psl_cells == "video_level":
+    caption = ("Columns without PSL (CL, CL+SL, CL+PL, CL+SL+PL) are trained without any "
+               "segment label (video-level labels, fixed r = loss.topk_ratio), once per "
+               "seed, and the same runs are shown in every row, as in the paper's Table 1.")
+  else:
+    caption = ("Every cell is trained with its row's segment labels: the columns without "
+               "PSL take r = 2Q from them (ablation.non_psl_cells = 'label_informed'; "
+               "not the paper's Table 1).")
   out = ["# Loss ablation (paper Table 1)", "",
-         f"Test-split detection mAP (%), {seeds} seed(s) per cell"
-         + (" (mean ± sample std)" if seeds > 1 else "") + f", protocol {config.eval.protocol}.",
-         ""]
+         f"{split.capitalize()}-split detection mAP (%), {seeds} seed(s) per cell"
+         + (" (mean ± sample std)" if seeds > 1 else "") + f", protocol {config.eval.protocol}. "
+         + caption, ""]
   for checkpoint in ("final", "selected"):
     for metric in metrics:
       out += [f"## {metric}, {checkpoint} checkpoint", "",

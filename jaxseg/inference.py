@@ -157,29 +157,32 @@ def temporal_nms(segments: np.ndarray, scores: np.ndarray,
 
 
 def select_classes(s_a: np.ndarray, p_a: np.ndarray, *, class_threshold: float,
-                   class_top_ratio: float) -> np.ndarray:
+                   class_top_ratio: float, keep_top_class: bool) -> np.ndarray:
   """Classes to localize in one video (paper 4.7).
 
   A class is kept when ``s_a > class_threshold`` and, if
-  ``class_top_ratio > 0``, also ``p_a >= class_top_ratio * max(p_a)``. The
-  top-1 class (largest ``s_a``, equivalently ``p_a``) is always kept, so every
-  video gets detections (as BaSNet/LACP do).
+  ``class_top_ratio > 0``, also ``p_a >= class_top_ratio * max(p_a)``. With
+  ``keep_top_class`` the top-1 class (largest ``s_a``, equivalently ``p_a``)
+  is always kept, so every video gets detections (as BaSNet/LACP do); without
+  it (the paper's rule) a video may get none.
 
   Args:
     s_a: ``(N,) float`` class scores (eq. 2).
     p_a: ``(N,) float`` class probabilities (eq. 3).
     class_threshold: threshold on ``s_a`` (0 in the paper).
     class_top_ratio: relative threshold on ``p_a`` in ``[0, 1]``; 0: off.
+    keep_top_class: always keep the top class.
 
   Returns:
-    ``(C,) int64`` sorted class indices, ``C >= 1``.
+    ``(C,) int64`` sorted class indices (``C >= 1`` with ``keep_top_class``).
   """
   s_a = np.asarray(s_a, np.float64)
   p_a = np.asarray(p_a, np.float64)
   keep = s_a > class_threshold
   if class_top_ratio > 0:
     keep &= p_a >= class_top_ratio * np.max(p_a)
-  keep[int(np.argmax(s_a))] = True
+  if keep_top_class:
+    keep[int(np.argmax(s_a))] = True
   return np.flatnonzero(keep)
 
 
@@ -244,7 +247,7 @@ def generate_proposals(cas_a: np.ndarray, s_a: np.ndarray, p_a: np.ndarray, *,
   """Action proposals of one video (paper 4.7), host-side NumPy.
 
   1. Classes: :func:`select_classes` with ``config.class_threshold`` and
-     ``config.class_top_ratio`` (the top-1 class is always kept).
+     ``config.class_top_ratio`` (the top-1 class kept if ``config.keep_top_class``).
   2. For each kept class ``c``, ``C_a[:, c]`` is min-max normalised over time
      (a constant sequence normalises to 1, i.e. the whole video) and
      thresholded (``>``) at each value of ``config.cas_thresholds``; each run of
@@ -313,7 +316,10 @@ def generate_proposals(cas_a: np.ndarray, s_a: np.ndarray, p_a: np.ndarray, *,
   video_score = s_a if class_score == "s_a" else p_a
 
   classes = select_classes(s_a, p_a, class_threshold=float(_field(config, "class_threshold")),
-                           class_top_ratio=float(_field(config, "class_top_ratio")))
+                           class_top_ratio=float(_field(config, "class_top_ratio")),
+                           keep_top_class=bool(_field(config, "keep_top_class")))
+  if classes.size == 0:
+    return []
   cas = cas_a[:, classes].astype(np.float64).T  # (C, T)
   lo = cas.min(axis=1, keepdims=True)
   span = cas.max(axis=1, keepdims=True) - lo

@@ -21,8 +21,9 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
-from jaxseg.config import (CLASSIFICATION_NORMALIZATIONS, PROPAGATION_METHODS,
-                           PROPAGATION_NORMALIZATIONS, PROPAGATION_SIMILARITIES, TOPK_MODES)
+from jaxseg.config import (CLASSIFICATION_NORMALIZATIONS, PROPAGATION_FEATURES,
+                           PROPAGATION_METHODS, PROPAGATION_NORMALIZATIONS,
+                           PROPAGATION_SIMILARITIES, SPHERE_CLASSES, TOPK_COUNTS, TOPK_MODES)
 
 Array = jax.Array
 
@@ -88,6 +89,29 @@ def topk_k(lengths: Array, num_labeled: Array, *, mode: str, ratio: float) -> Ar
   else:
     raise ValueError(f"topk mode: expected one of {TOPK_MODES}, got {mode!r}")
   return jnp.maximum(k, 1).astype(jnp.int32)
+
+
+def labeled_count(segment_labels: Array, mask: Array, num_labeled: Array, *,
+                  count: str) -> Array:
+  """``Q`` of ``r = 2Q`` per video: ``(B,) int32``.
+
+  Args:
+    segment_labels: ``(B, T, N)`` ``u`` in {0, 1}.
+    mask: ``(B, T) bool``.
+    num_labeled: ``(B,) int`` labeled segments (``batch["num_labeled"]``).
+    count: ``"segments"``: ``num_labeled`` as is (the paper's words);
+      ``"instances"``: the number of runs of consecutive labeled segments of
+      each class, summed over classes: one per labeled instance for
+      one-segment, two-segment, point and full labels alike (two instances
+      whose labels touch count once).
+  """
+  if count == "segments":
+    return jnp.asarray(num_labeled, jnp.int32)
+  if count != "instances":
+    raise ValueError(f"topk count: expected one of {TOPK_COUNTS}, got {count!r}")
+  u = jnp.where(mask[..., None], segment_labels, 0) > 0
+  prev = jnp.pad(u, ((0, 0), (1, 0), (0, 0)))[:, :-1]
+  return jnp.sum(u & ~prev, axis=(1, 2)).astype(jnp.int32)
 
 
 def topk_mean(cas: Array, mask: Array, k: Array) -> Array:
@@ -263,7 +287,7 @@ def sphere_psi(cos_theta: Array, margin: int) -> Array:
 
 
 def sphere_loss(features: Array, cas: Array, labels: Array, mask: Array,
-                weight: Array, *, margin: int) -> Array:
+                weight: Array, *, margin: int, classes: str) -> Array:
   """Eq. 7-10: the A-Softmax loss of the attention-pooled class features.
 
   ``a`` is eq. 5 of ``cas`` (``C_loc``), ``tau_n`` its median over the real
@@ -282,10 +306,14 @@ def sphere_loss(features: Array, cas: Array, labels: Array, mask: Array,
     mask: ``(B, T) bool``.
     weight: ``(N, E) float`` ``W``.
     margin: static int ``m >= 1``.
+    classes: ``"present"``: the classes with ``y_n = 1`` (jaxseg's reading);
+      ``"all"``: every class, as eq. 10 prints it.
 
   Returns:
     scalar float.
   """
+  if classes not in SPHERE_CLASSES:
+    raise ValueError(f"sphere classes: expected one of {SPHERE_CLASSES}, got {classes!r}")
   _check_rank("features", features, 3)
   _check_rank("cas", cas, 3)
   margin = int(margin)  # validated by config.validate (loss.margin)
@@ -307,8 +335,11 @@ def sphere_loss(features: Array, cas: Array, labels: Array, mask: Array,
   eye = jnp.eye(n, dtype=bool)
   logits = jnp.where(eye[None], target[..., None], logits)
   per_class = jax.nn.logsumexp(logits, axis=-1) - target  # (B, N)
-  y = labels.astype(per_class.dtype)
-  per_video = jnp.sum(jnp.where(y > 0, y * per_class, 0.0), axis=-1)
+  if classes == "all":
+    per_video = jnp.sum(per_class, axis=-1)
+  else:
+    y = labels.astype(per_class.dtype)
+    per_video = jnp.sum(jnp.where(y > 0, y * per_class, 0.0), axis=-1)
   return _batch_mean(per_video, mask)
 
 
@@ -528,7 +559,8 @@ def total_loss(outputs: Mapping[str, Array], batch: Mapping[str, Any], *,
                margin: int, topk_mode: str, topk_ratio: float, propagation_method: str,
                propagation_grad_through_similarity: bool,
                classification_normalization: str, propagation_similarity: str,
-               propagation_normalization: str, weight: Array | None = None,
+               propagation_normalization: str, topk_count: str, sphere_classes: str,
+               propagation_features: str, weight: Array | None = None,
                log_disabled_terms: bool = False) -> tuple[Array, dict[str, Array]]:
   """Eq. 1: ``L = L_cls + alpha L_segment + beta L_sphere + gamma L_prop``.
 
@@ -556,6 +588,11 @@ def total_loss(outputs: Mapping[str, Array], batch: Mapping[str, Any], *,
     classification_normalization: ``normalization`` of :func:`classification_loss`.
     propagation_similarity, propagation_normalization: ``similarity`` and
       ``normalization`` of :func:`propagation_loss`.
+    topk_count: ``count`` of :func:`labeled_count` (``Q`` of ``r = 2Q``).
+    sphere_classes: ``classes`` of :func:`sphere_loss`.
+    propagation_features: ``"dropout"``: ``S`` from ``outputs["features"]``
+      (post-dropout ``f``); ``"clean"``: from ``outputs["clean_features"]``
+      (pre-dropout ``f``; the same at evaluation).
     weight: ``(N, E)`` sphere weight ``W`` (``params["sphere_weight"]``);
       defaults to ``outputs["sphere_weight"]``. Needed when the sphere term is
       computed.
@@ -578,8 +615,9 @@ def total_loss(outputs: Mapping[str, Array], batch: Mapping[str, Any], *,
     return zero
 
   def cls():
-    k = topk_k(batch["lengths"], batch["num_labeled"], mode=str(topk_mode),
-               ratio=float(topk_ratio))
+    q = labeled_count(batch["segment_labels"], mask, batch["num_labeled"],
+                      count=str(topk_count))
+    k = topk_k(batch["lengths"], q, mode=str(topk_mode), ratio=float(topk_ratio))
     return classification_loss(cas_cls, batch["video_labels"], mask, k,
                                normalization=str(classification_normalization))
 
@@ -591,11 +629,16 @@ def total_loss(outputs: Mapping[str, Array], batch: Mapping[str, Any], *,
     if w is None:
       raise ValueError("total_loss: the sphere term needs `weight` "
                        "(params['sphere_weight']) or outputs['sphere_weight']")
-    return sphere_loss(f, cas_loc, batch["video_labels"], mask, w, margin=int(margin))
+    return sphere_loss(f, cas_loc, batch["video_labels"], mask, w, margin=int(margin),
+                       classes=str(sphere_classes))
 
   def prop():
+    if propagation_features not in PROPAGATION_FEATURES:
+      raise ValueError(f"propagation features: expected one of {PROPAGATION_FEATURES}, "
+                       f"got {propagation_features!r}")
+    f_s = outputs["clean_features"] if propagation_features == "clean" else f
     return propagation_loss(
-        f, cas_loc, mask, method=str(propagation_method),
+        f_s, cas_loc, mask, method=str(propagation_method),
         grad_through_similarity=bool(propagation_grad_through_similarity),
         similarity=str(propagation_similarity),
         normalization=str(propagation_normalization))

@@ -59,7 +59,8 @@ class SegmentModel(nn.Module):
       dict with ``"features"``: ``f (B, T, E) float32`` after ReLU and dropout
       (what the heads see, and what the sphere and propagation losses use);
       ``"cas_cls"``, ``"cas_loc"``: ``(B, T, N) float32``. All three are zero
-      on padded steps.
+      on padded steps; ``"clean_features"``: ``f`` before dropout (the
+      propagation loss's ``S`` with ``loss.propagation_features = "clean"``).
     """
     if features.ndim != 3 or mask.shape != features.shape[:2]:
       raise ValueError(f"SegmentModel: expected features (B, T, D) and mask "
@@ -74,6 +75,7 @@ class SegmentModel(nn.Module):
     valid = mask[..., None]
     x = jnp.where(valid, features, 0.0).astype(dtype)
     f = nn.relu(dense(embed_dim, "embedding")(x))
+    clean = f.astype(jnp.float32)
     f = nn.Dropout(rate=self.dropout_rate)(f, deterministic=deterministic)
     cas_cls = dense(self.num_classes, "cls_head")(f).astype(jnp.float32)
     cas_loc = dense(self.num_classes, "loc_head")(f).astype(jnp.float32)
@@ -85,6 +87,7 @@ class SegmentModel(nn.Module):
         "features": jnp.where(valid, f, 0.0),
         "cas_cls": jnp.where(valid, cas_cls, 0.0),
         "cas_loc": jnp.where(valid, cas_loc, 0.0),
+        "clean_features": jnp.where(valid, clean, 0.0),
     }
 
 

@@ -156,7 +156,8 @@ class _Feeder:
     self.loader = batching.TrainLoader(
         data.train, data.segment_labels.labels, batch_size=config.train.batch_size,
         max_length=config.train.max_length, buckets=config.train.length_buckets,
-        seed=config.seed, crop_mode=config.train.crop_mode)
+        seed=config.seed, crop_mode=config.train.crop_mode,
+        subsample=config.train.subsample)
     self.on_device, why = device_data_lib.use_device_data(config.train.device_data,
                                                           data.train)
     if workdir_lib.is_main_process():

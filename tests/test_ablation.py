@@ -53,6 +53,9 @@ def test_run_ablation_end_to_end_and_resume(tmp_path, monkeypatch):
     assert os.path.getsize(tmp_path / "abl" / name) > 0
   saved = pd.read_csv(tmp_path / "abl" / "ablation.csv")
   assert set(saved["losses"]) == {"CL", "CL+PSL"} and set(saved["seed"]) == {0, 1}
+  # The test-split path too: CL is trained on video-level labels, shown in the row.
+  assert set(saved["label_mode"]) == {"one-segment"}
+  assert set(saved[saved.losses == "CL"]["trained_on"]) == {"video-level"}
   assert {"git_commit", "dataset_fingerprint", "label_seed", "jax"} <= set(saved.columns)
   assert np.all((saved["mAP@0.5"] >= 0) & (saved["mAP@0.5"] <= 100))
   # Seeds differ, so the two seeds of a cell are different runs.

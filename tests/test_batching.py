@@ -62,7 +62,7 @@ def test_train_batches_are_padded_and_carry_labels(crop_mode):
   ds = make_dataset()
   labels = sample_segment_labels(ds, "full", 0).labels
   loader = batching.TrainLoader(ds, labels, batch_size=3, max_length=16, buckets=BUCKETS,
-                                seed=1, crop_mode=crop_mode)
+                                seed=1, crop_mode=crop_mode, subsample="uniform")
   seen_long = 0
   for step in range(12):
     batch = loader.batch(step)
@@ -91,7 +91,7 @@ def test_crop_offsets_vary_with_step(crop_mode):
   ds = make_dataset(lengths=(70,))
   labels = sample_segment_labels(ds, "one-segment", 0).labels
   loader = batching.TrainLoader(ds, labels, batch_size=1, max_length=10, buckets=BUCKETS,
-                                seed=0, crop_mode=crop_mode)
+                                seed=0, crop_mode=crop_mode, subsample="uniform")
   starts = {int(loader.batch(s)["features"][0, 0, 1]) for s in range(20)}
   assert len(starts) > 3
 
@@ -102,14 +102,14 @@ def test_num_labeled_counts_segments_not_labels():
   u = labels["v0"]
   assert (u.sum(axis=1) == 2).any()  # some segments carry two classes
   loader = batching.TrainLoader(ds, labels, batch_size=1, max_length=100, buckets=BUCKETS,
-                                seed=0, crop_mode="uniform")
+                                seed=0, crop_mode="uniform", subsample="uniform")
   assert loader.batch(0)["num_labeled"][0] == int((u.sum(axis=1) > 0).sum())
 
 
 def test_train_batches_are_deterministic_per_step():
   ds = make_dataset()
   labels = sample_segment_labels(ds, "two-segment", 3).labels
-  kw = dict(batch_size=4, max_length=16, buckets=BUCKETS, seed=7, crop_mode="uniform")
+  kw = dict(batch_size=4, max_length=16, buckets=BUCKETS, seed=7, crop_mode="uniform", subsample="uniform")
   a = batching.TrainLoader(ds, labels, **kw)
   b = batching.TrainLoader(ds, labels, **kw)
   later = b.batch(9)  # b sees the steps in another order, like a resumed run
@@ -129,7 +129,7 @@ def test_every_video_once_per_epoch_with_full_batches():
   ds = make_dataset()  # M = 5
   labels = sample_segment_labels(ds, "video-level", 0).labels
   loader = batching.TrainLoader(ds, labels, batch_size=2, max_length=100,
-                                buckets=BUCKETS, seed=0, crop_mode="uniform")
+                                buckets=BUCKETS, seed=0, crop_mode="uniform", subsample="uniform")
   assert loader.steps_per_epoch == 3
   order = np.concatenate([loader.video_indices(s) for s in range(10)])  # 20 = 4 epochs
   for e in range(4):
@@ -147,10 +147,10 @@ def test_train_loader_rejects_bad_labels():
   del labels["v2"]
   with pytest.raises(DataError, match="'v2'"):
     batching.TrainLoader(ds, labels, batch_size=2, max_length=8, buckets=BUCKETS, seed=0,
-                         crop_mode="uniform")
+                         crop_mode="uniform", subsample="uniform")
   with pytest.raises(ValueError, match="crop_mode"):
     batching.TrainLoader(ds, sample_segment_labels(ds, "full", 0).labels, batch_size=2,
-                         max_length=8, buckets=BUCKETS, seed=0, crop_mode="random")
+                         max_length=8, buckets=BUCKETS, seed=0, crop_mode="random", subsample="uniform")
 
 
 def test_eval_batches_cover_every_video_once_at_full_length():

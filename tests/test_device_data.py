@@ -27,7 +27,7 @@ def test_gathered_batch_equals_host_batch(gather, crop_mode, mode):
   ds = make_dataset(LENGTHS, dim=D)
   labels = sample_segment_labels(ds, mode, seed=3).labels
   loader = batching.TrainLoader(ds, labels, batch_size=4, max_length=16, buckets=BUCKETS,
-                                seed=11, crop_mode=crop_mode)
+                                seed=11, crop_mode=crop_mode, subsample="uniform")
   host_bank = device_data.build_bank(ds, labels)
   assert host_bank.features.shape == (sum(v.num_segments for v in ds.videos), D)
   assert host_bank.nbytes == device_data.bank_bytes(ds)
@@ -47,7 +47,7 @@ def test_plan_indices_point_at_the_sampled_segments():
   ds = make_dataset((4, 40), dim=D)
   labels = sample_segment_labels(ds, "one-segment", seed=0).labels
   loader = batching.TrainLoader(ds, labels, batch_size=2, max_length=16, buckets=BUCKETS,
-                                seed=0, crop_mode="crop")
+                                seed=0, crop_mode="crop", subsample="uniform")
   offsets = device_data.build_bank(ds, labels).offsets
   np.testing.assert_array_equal(offsets, [0, 4])
   np.testing.assert_array_equal(device_data.video_offsets(ds), offsets)
@@ -67,7 +67,7 @@ def test_padded_steps_never_read_the_bank(gather):
   ds = make_dataset((3, 9), dim=D)
   labels = sample_segment_labels(ds, "full", seed=0).labels
   loader = batching.TrainLoader(ds, labels, batch_size=2, max_length=16, buckets=BUCKETS,
-                                seed=0, crop_mode="uniform")
+                                seed=0, crop_mode="uniform", subsample="uniform")
   host = device_data.build_bank(ds, labels)
   host.features[0] = np.nan  # row 0 is what padded steps index
   plan = loader.plan(0, host.offsets)

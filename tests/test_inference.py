@@ -21,7 +21,7 @@ def make_config(**overrides) -> ml_collections.ConfigDict:
       class_threshold=0.0, class_top_ratio=0.0, cas_thresholds=(0.4,),
       outer_scale=0.25, class_score_weight=0.2, nms_iou=0.6,
       max_proposals_per_video=100, contrast_on="raw", class_score="s_a",
-      score_source="average"))
+      score_source="average", keep_top_class=True))
   c.update(overrides)
   return c
 
@@ -233,14 +233,17 @@ def test_proposals_several_thresholds_deduplicated():
 
 def test_class_selection():
   s_a = np.array([-2.0, -0.5, -1.0])
-  kw = dict(class_threshold=0.0, class_top_ratio=0.0)
+  kw = dict(class_threshold=0.0, class_top_ratio=0.0, keep_top_class=True)
   assert inference.select_classes(s_a, s_a, **kw).tolist() == [1]
   s_a = np.array([2.0, 1.9, 0.1, -3.0])
   p_a = np.exp(s_a) / np.exp(s_a).sum()
   assert inference.select_classes(s_a, p_a, **kw).tolist() == [0, 1, 2]
   # p1 / p0 = e^-0.1 >= 0.5; p2 / p0 = e^-1.9 < 0.5.
-  assert inference.select_classes(s_a, p_a, class_threshold=0.0,
-                                  class_top_ratio=0.5).tolist() == [0, 1]
+  assert inference.select_classes(s_a, p_a, class_threshold=0.0, class_top_ratio=0.5,
+                                  keep_top_class=True).tolist() == [0, 1]
+  # The paper's rule alone: no class scores above 0, no class.
+  assert inference.select_classes(-np.abs(s_a), p_a, class_threshold=0.0, class_top_ratio=0.0,
+                                  keep_top_class=False).tolist() == []
   # Via generate_proposals: a video with all class scores negative still gets
   # detections, of its top class only.
   rng = np.random.default_rng(1)

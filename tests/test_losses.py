@@ -67,7 +67,7 @@ def prop(features, cas, mask, method, *, grad_through_similarity=False, similari
 
 
 def sphere(features, cas, labels, mask, weight, margin):
-  return losses.sphere_loss(features, cas, labels, mask, weight, margin=margin)
+  return losses.sphere_loss(features, cas, labels, mask, weight, margin=margin, classes="present")
 
 
 def cls_printed(cas, labels, mask, k):

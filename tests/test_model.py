@@ -44,7 +44,7 @@ def test_parameter_shapes(setup):
 def test_outputs_match_hand_computation(setup):
   _, variables, x, mask, apply = setup
   out = apply(variables, x, mask, deterministic=True)
-  assert set(out) == {"features", "cas_cls", "cas_loc"}
+  assert set(out) == {"features", "cas_cls", "cas_loc", "clean_features"}
   assert out["features"].shape == (B, T, E)
   assert out["cas_cls"].shape == out["cas_loc"].shape == (B, T, N)
   p = jax.tree.map(np.asarray, variables["params"])

@@ -197,7 +197,7 @@ LOSS_FNS = {
     "segment": lambda f, cc, cl, w, b: losses.partial_segment_loss(
         cl, b["segment_labels"], b["mask"]),
     "sphere": lambda f, cc, cl, w, b: losses.sphere_loss(
-        f, cl, b["video_labels"], b["mask"], w, margin=MARGIN),
+        f, cl, b["video_labels"], b["mask"], w, margin=MARGIN, classes="present"),
     "propagation_naive": _propagation("naive"),
     "propagation_dense": _propagation("dense"),
     "propagation_factorized": _propagation("factorized"),

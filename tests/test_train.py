@@ -123,7 +123,7 @@ def test_bfloat16_compute_trains_like_float32(full_run, data_dir, tmp_path):
   loader = batching.TrainLoader(
       data.train, data.segment_labels.labels, batch_size=c.train.batch_size,
       max_length=c.train.max_length, buckets=c.train.length_buckets, seed=c.seed,
-      crop_mode="uniform")
+      crop_mode="uniform", subsample="uniform")
   runs = {}
   for dtype in ("float32", "bfloat16"):
     cd = config_lib.with_overrides(c, **{"model.compute_dtype": dtype})

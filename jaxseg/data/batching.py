@@ -120,6 +120,34 @@ def sample_indices(num_segments: int, max_length: int, mode: str,
                    f"got {mode!r}")
 
 
+def sample_keeping_labeled(labeled: np.ndarray, max_length: int,
+                           rng: np.random.Generator) -> np.ndarray:
+  """``train.subsample = "keep_labeled"``: uniform sampling that keeps the labels.
+
+  Every labeled segment is kept (if there are more than ``L``, ``L`` of them
+  uniformly) and the rest of the ``L`` slots are filled by uniform sampling
+  (as :func:`sample_indices`, one random offset) of the unlabeled segments.
+
+  Args:
+    labeled: ``(T,) bool`` whether each segment carries a segment label.
+    max_length: ``L``.
+    rng: the generator of this draw.
+
+  Returns:
+    ``(min(T, L),) int64`` sorted unique indices.
+  """
+  num_segments = labeled.shape[0]
+  if num_segments <= max_length:
+    return np.arange(num_segments)
+  pos = np.flatnonzero(labeled)
+  if pos.size >= max_length:
+    return pos[sample_indices(pos.size, max_length, "uniform", rng)]
+  rest = np.flatnonzero(~labeled)
+  fill = max_length - pos.size
+  picked = rest[sample_indices(rest.size, fill, "uniform", rng)] if fill else rest[:0]
+  return np.sort(np.concatenate([pos, picked]))
+
+
 class TrainLoader:
   """Deterministic training batches: ``batch(step)`` depends on (seed, step) only.
 
@@ -135,12 +163,17 @@ class TrainLoader:
 
   def __init__(self, dataset: Dataset, segment_labels: Mapping[str, np.ndarray], *,
                batch_size: int, max_length: int, buckets: Sequence[int], seed: int,
-               crop_mode: str):
+               crop_mode: str, subsample: str):
     if not dataset.videos:
       raise ValueError("TrainLoader: the dataset has no video")
     if batch_size <= 0 or max_length <= 0:
       raise ValueError("batch_size and max_length must be positive")
     sample_indices(2, 1, crop_mode, np.random.default_rng(0))  # validates crop_mode
+    if subsample != "uniform" and subsample != "keep_labeled":
+      raise ValueError(f"subsample must be 'uniform' or 'keep_labeled' "
+                       f"(config.train.subsample), got {subsample!r}")
+    if subsample == "keep_labeled" and crop_mode != "uniform":
+      raise ValueError("subsample='keep_labeled' needs crop_mode='uniform'")
     check_segment_labels(dataset, segment_labels)
     bucket_length(1, buckets)  # validates buckets
     self.dataset = dataset
@@ -149,6 +182,7 @@ class TrainLoader:
     self.buckets = tuple(int(b) for b in buckets)
     self.seed = int(seed)
     self.crop_mode = crop_mode
+    self.subsample = subsample
     self.num_videos = len(dataset.videos)
     self._features = [v.features for v in dataset.videos]
     self._labels = [np.asarray(segment_labels[v.video_id], np.uint8) for v in dataset.videos]
@@ -191,6 +225,9 @@ class TrainLoader:
     """
     idx = self.video_indices(step)
     rng = np.random.default_rng([self.seed & 0xFFFFFFFF, 1, int(step)])
+    if self.subsample == "keep_labeled":
+      return [(int(i), sample_keeping_labeled(self._labels[i].max(axis=1) > 0,
+                                              self.max_length, rng)) for i in idx]
     return [(int(i), sample_indices(self._features[i].shape[0], self.max_length,
                                     self.crop_mode, rng)) for i in idx]
 

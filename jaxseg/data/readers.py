@@ -776,6 +776,21 @@ def segment_labels(labels_config: Any, dataset: Dataset,
 # ------------------------------------------------------------- dispatching
 
 
+def synthetic_world(s) -> dict:
+  """The generator knobs of ``config.data.synthetic`` that differ from the default world.
+
+  Only those are passed, so a default config regenerates the same dataset.
+  """
+  defaults = synthetic.SyntheticParams()
+  out = {}
+  for name in ("noise", "noise_ar", "activation", "instance_length_median", "coverage_mean",
+               "core_strength", "action_strength"):
+    value = s.get(name, getattr(defaults, name))
+    if value != getattr(defaults, name):
+      out[name] = value
+  return out
+
+
 def load_dataset(data_config: Any, workdir: str | None = None, *,
                  generate: bool = True) -> Dataset:
   """Loads the dataset ``config.data`` names (format 1, 2 or the synthetic one).
@@ -810,7 +825,7 @@ def load_dataset(data_config: Any, workdir: str | None = None, *,
       ann = synthetic.generate_synthetic(
           out_dir, seed=s.seed, num_classes=s.num_classes, num_train=s.num_train,
           num_test=s.num_test, feature_dim=s.feature_dim, max_length=s.max_length,
-          feature_rate=d.feature_rate)
+          feature_rate=d.feature_rate, **synthetic_world(s))
     else:
       ann = os.path.join(os.path.abspath(out_dir), synthetic.ANNOTATION_FILE)
     record = synthetic.read_generator_record(out_dir)

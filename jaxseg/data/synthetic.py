@@ -92,6 +92,11 @@ class SyntheticParams:
     scene_strength: per-video random offset ("scene appearance").
     noise: noise scale of ``z`` (1 = the unit the strengths are given in).
     bias: offset of ``z`` before the softplus.
+    noise_ar: temporal correlation of the noise: ``< 0``: the [1, 2, 1]
+      kernel (neighbour correlation 2/3, the default world); ``rho`` in
+      ``[0, 1)``: unit-variance AR(1) noise with coefficient ``rho`` (0: white).
+    activation: ``"softplus"`` (smooth, every feature > 0) or ``"relu"``
+      (exact zeros, as I3D's post-ReLU features).
   """
   seed: int = 0
   num_classes: int = 20
@@ -122,6 +127,8 @@ class SyntheticParams:
   scene_strength: float = 1.0
   noise: float = 0.75
   bias: float = -0.5
+  noise_ar: float = -1.0
+  activation: str = "softplus"
 
   def validate(self) -> None:
     """Raises ValueError on an impossible setting."""
@@ -148,6 +155,9 @@ class SyntheticParams:
         (0 <= self.distractor_action_prob <= 1,
          "distractor_action_prob must be in [0, 1]"),
         (self.noise >= 0, "noise must be >= 0"),
+        (self.noise_ar < 1, "noise_ar must be < 1"),
+        (self.activation == "softplus" or self.activation == "relu",
+         "activation must be 'softplus' or 'relu'"),
     ]
     for ok, msg in checks:
       if not ok:
@@ -257,12 +267,26 @@ def _smooth_noise(rng: np.random.Generator, t_len: int, d: int) -> np.ndarray:
   return (e[:-2] + 2.0 * e[1:-1] + e[2:]) / math.sqrt(6.0)
 
 
+def _ar1_noise(rng: np.random.Generator, t_len: int, d: int, rho: float) -> np.ndarray:
+  """``(T, D)`` unit-variance AR(1) noise: ``e_t = rho e_{t-1} + sqrt(1 - rho^2) w_t``."""
+  w = rng.standard_normal((t_len, d))
+  out = np.empty_like(w)
+  out[0] = w[0]
+  scale = math.sqrt(1.0 - rho * rho)
+  for t in range(1, t_len):
+    out[t] = rho * out[t - 1] + scale * w[t]
+  return out
+
+
 def video_features(rng: np.random.Generator, t_len: int,
                    instances: list[_SynthInstance], class_dirs: np.ndarray,
                    action_dir: np.ndarray, p: SyntheticParams) -> np.ndarray:
   """``(T, D) float32`` features: ``softplus(bias + scene + signal + noise)``."""
   d = class_dirs.shape[1]
-  z = p.noise * _smooth_noise(rng, t_len, d)
+  if p.noise_ar < 0:
+    z = p.noise * _smooth_noise(rng, t_len, d)
+  else:
+    z = p.noise * _ar1_noise(rng, t_len, d, p.noise_ar)
   z += p.bias
   z += p.scene_strength * _unit(rng, 1, d)
   background = np.ones((t_len,), bool)
@@ -284,6 +308,8 @@ def video_features(rng: np.random.Generator, t_len: int,
       z[run] += p.distractor_action_strength * action_dir
     else:
       z[run] += p.distractor_class_strength * class_dirs[int(rng.integers(p.num_classes))]
+  if p.activation == "relu":
+    return np.maximum(z, 0.0).astype(np.float32)
   return np.logaddexp(0.0, z).astype(np.float32)  # softplus: non-negative
 
 

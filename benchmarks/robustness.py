@@ -1,0 +1,204 @@
+"""The method across a family of synthetic worlds, scored on the validation hold-out.
+
+Each *world* changes the synthetic generator (``config.data.synthetic``): the
+noise's temporal correlation (white, the default [1, 2, 1] kernel, strong
+AR(1)), softplus or ReLU features, hard to easy signal-to-noise, longer
+instances covering more of the video, and 2048-d features. Each *arm* is a way
+of training on it: ``CL`` (video-level labels, fixed ``r``), ``CL+PSL`` and
+``full`` (one-segment labels), ``full-two`` (two-segment labels) and
+``full-all`` (``labels.mode = full``). Every run scores on the validation
+hold-out (``train.validation_fraction``) and never reads the test split; the
+final checkpoint is reported (no selection: nothing is tuned per run).
+``--split test`` is the once-only final report after the defaults are chosen.
+
+  python benchmarks/robustness.py --out benchmarks/results/robustness       # the family
+  python benchmarks/robustness.py --quick --out /tmp/rob                     # seconds, CI
+  python benchmarks/robustness.py --set loss.topk_count=instances ...        # a candidate default
+
+Writes ``robustness.csv`` (one row per world, arm, seed) and ``robustness.md``
+(mean over seeds of mAP@0.1, mAP@0.5 and avg0.1:0.5 per world and arm, and
+the full model's gains over CL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import pandas as pd  # noqa: E402
+
+from configs import synthetic as synthetic_config  # noqa: E402
+from configs import test as test_config  # noqa: E402
+from jaxseg import ablation, train  # noqa: E402
+from jaxseg import config as config_lib  # noqa: E402
+from jaxseg.data import io  # noqa: E402
+
+# name -> data.synthetic overrides (the default world is the generator's default).
+WORLDS = {
+    "default": {},
+    "white-noise": {"noise_ar": 0.0},
+    "ar0.9-noise": {"noise_ar": 0.9},
+    "relu": {"activation": "relu"},
+    "hard-snr": {"noise": 1.25},
+    "easy-snr": {"noise": 0.45},
+    "long-instances": {"instance_length_median": 16.0, "coverage_mean": 0.4},
+    "d2048": {"feature_dim": 2048},
+}
+
+_CL = {"labels.mode": "video-level", "loss.topk_mode": "fixed", "loss.use_segment": False,
+       "loss.use_sphere": False, "loss.use_propagation": False}
+ARMS = {
+    "CL": _CL,
+    "CL+PSL": {"labels.mode": "one-segment", "loss.use_sphere": False,
+               "loss.use_propagation": False},
+    "full": {"labels.mode": "one-segment"},
+    "full-two": {"labels.mode": "two-segment"},
+    "full-all": {"labels.mode": "full"},
+    # Candidate defaults (docs/paper-notes.md): Q counting labeled instances,
+    # S from pre-dropout f, labeled segments kept by the subsampling.
+    "full-two-inst": {"labels.mode": "two-segment", "loss.topk_count": "instances"},
+    "full-all-inst": {"labels.mode": "full", "loss.topk_count": "instances"},
+    "full-clean": {"labels.mode": "one-segment", "loss.propagation_features": "clean"},
+    "full-two-keep": {"labels.mode": "two-segment", "train.subsample": "keep_labeled"},
+    "CL+PSL-two": {"labels.mode": "two-segment", "loss.use_sphere": False,
+                   "loss.use_propagation": False},
+    "CL+PSL-two-fixed": {"labels.mode": "two-segment", "loss.topk_mode": "fixed",
+                         "loss.use_sphere": False, "loss.use_propagation": False},
+    "CL+PSL-fixed": {"labels.mode": "one-segment", "loss.topk_mode": "fixed",
+                     "loss.use_sphere": False, "loss.use_propagation": False},
+    # One printed choice at a time, on the full model with one-segment labels.
+    "full-eq4": {"labels.mode": "one-segment", "loss.classification_normalization": "classes"},
+    "full-eq10": {"labels.mode": "one-segment", "loss.sphere_classes": "all"},
+    "full-eq13": {"labels.mode": "one-segment", "loss.propagation_similarity": "dot",
+                  "loss.propagation_normalization": "none"},
+    "full-gradS": {"labels.mode": "one-segment", "loss.propagation_grad_through_similarity": True},
+    "full-gamma0.02": {"labels.mode": "one-segment", "loss.gamma": 0.02},
+    # The paper as printed (config.paper_as_printed, two-segment labels).
+    "paper": {**dict(config_lib.PAPER_AS_PRINTED), "loss.gamma": 0.02},
+}
+
+
+def base_config(quick: bool):
+  """The small training setup every world shares."""
+  if quick:
+    c = test_config.get_config()
+    c.train.num_steps = 6
+    c.train.eval_every = 6
+    return c
+  c = synthetic_config.get_config()
+  s = c.data.synthetic
+  s.num_classes, s.num_train, s.num_test, s.max_length = 10, 80, 40, 1200
+  c.train.num_steps = 400
+  c.train.batch_size = 8
+  c.train.eval_every = 200
+  c.train.checkpoint_every = 200
+  c.train.log_every = 100
+  c.train.validation_fraction = 0.25
+  return c
+
+
+def world_config(base, world: str, arm: str, seed: int, overrides: dict,
+                 quick: bool = False):
+  c = config_lib.with_overrides(base, **{f"data.synthetic.{k}": v
+                                          for k, v in WORLDS[world].items()})
+  if c.data.synthetic.feature_dim != c.data.feature_dim:
+    # The 2048-d world on 2 CPU cores: fewer videos, a 256-wide f, half the steps.
+    c.data.feature_dim = c.data.synthetic.feature_dim
+    c.data.synthetic.num_train = min(c.data.synthetic.num_train, 40)
+    c.data.synthetic.num_test = min(c.data.synthetic.num_test, 8)
+    if not quick:
+      c.model.embed_dim = 256
+      c.train.num_steps = c.train.eval_every = c.train.checkpoint_every = 200
+  c = config_lib.with_overrides(c, **ARMS[arm], **overrides)
+  c.seed = base.seed + seed
+  c.labels.seed = base.labels.seed + seed
+  c.train.progress = False
+  return c
+
+
+def run(out: str, *, worlds, arms, seeds: int, quick: bool, split: str,
+        overrides: dict, data_root: str = "") -> pd.DataFrame:
+  base = base_config(quick)
+  rows = []
+  for world in worlds:
+    data_dir = os.path.join(data_root or os.path.join(out, "data"), world)
+    for arm in arms:
+      for seed in range(seeds):
+        c = world_config(base, world, arm, seed, overrides, quick)
+        c.data.synthetic.output_dir = data_dir
+        if c.train.validation_fraction <= 0:
+          raise ValueError("the robustness runs score on validation: "
+                           "train.validation_fraction must be > 0")
+        run_dir = os.path.join(out, "runs", world, arm, f"seed{seed}")
+        if split == "test":
+          res = train.train_and_evaluate(c, run_dir)
+          summary = res["final"]
+        else:
+          done = os.path.join(run_dir, "validation.json")
+          if not os.path.exists(done):
+            train.train_and_evaluate(c, run_dir, evaluate=False)
+            io.atomic_write_text(done, json.dumps(ablation.validation_result(run_dir)))
+          with open(done) as f:
+            summary = json.load(f)["final"]
+        rows.append({"world": world, "arm": arm, "seed": seed, "split": split,
+                     "overrides": json.dumps(overrides, sort_keys=True), **summary})
+        print(f"{world:15s} {arm:8s} seed {seed}: mAP@0.1 {summary.get('mAP@0.1', 0):.1f} "
+              f"mAP@0.5 {summary.get('mAP@0.5', 0):.1f}", flush=True)
+  df = pd.DataFrame(rows)
+  os.makedirs(out, exist_ok=True)
+  io.atomic_write_text(os.path.join(out, "robustness.csv"), df.round(4).to_csv(index=False))
+  io.atomic_write_text(os.path.join(out, "robustness.md"), markdown(df, split, overrides))
+  return df
+
+
+def markdown(df: pd.DataFrame, split: str, overrides: dict) -> str:
+  metrics = [m for m in ("mAP@0.1", "mAP@0.5", "avg0.1:0.5") if m in df.columns]
+  mean = df.groupby(["world", "arm"], sort=False)[metrics].mean().round(1)
+  lines = [f"# Robustness: {split} split, final checkpoint, mean over "
+           f"{df.seed.nunique()} seed(s); overrides {overrides or 'none'}", ""]
+  lines += [mean.reset_index().to_markdown(index=False), ""]
+  if {"CL", "full"} <= set(df.arm):
+    gain = (mean.xs("full", level="arm") - mean.xs("CL", level="arm")).round(1)
+    lines += ["Full model minus CL (points):", "", gain.to_markdown(), ""]
+  return "\n".join(lines)
+
+
+def _value(text: str):
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--out", default="benchmarks/out/robustness")
+  p.add_argument("--worlds", default=",".join(WORLDS))
+  p.add_argument("--arms", default="CL,CL+PSL,full")
+  p.add_argument("--seeds", type=int, default=2)
+  p.add_argument("--data-root", default="", help="where the worlds are generated "
+                 "(default: OUT/data); share it between invocations")
+  p.add_argument("--quick", action="store_true", help="1 world, tiny runs (the test suite)")
+  p.add_argument("--split", choices=config_lib.ABLATION_SPLITS, default="validation")
+  p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                 help="config override for every run, e.g. loss.topk_count=instances")
+  a = p.parse_args(argv)
+  worlds = a.worlds.split(",")
+  arms = a.arms.split(",")
+  seeds = a.seeds
+  if a.quick:
+    worlds, arms, seeds = ["relu"], ["CL", "full"], 1
+  overrides = dict((kv.split("=", 1)[0], _value(kv.split("=", 1)[1])) for kv in a.set)
+  df = run(a.out, worlds=worlds, arms=arms, seeds=seeds, quick=a.quick, split=a.split,
+           overrides=overrides, data_root=a.data_root)
+  print(markdown(df, a.split, overrides))
+  return df
+
+
+if __name__ == "__main__":
+  main()
