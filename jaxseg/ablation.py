@@ -30,11 +30,9 @@ from jaxseg import train
 from jaxseg.data import io
 
 # (name, use_segment, use_sphere, use_propagation) in the column order of Table 1.
-COMBINATIONS = tuple(
-    ("+".join(["CL"] + [n for n, on in zip(("PSL", "SL", "PL"), flags) if on]),) + flags
-    for flags in [(False, False, False), (True, False, False), (False, True, False),
-                  (False, False, True), (True, True, False), (True, False, True),
-                  (False, True, True), (True, True, True)])
+COMBINATIONS = tuple((name,) + tuple(part in name.split("+") for part in ("PSL", "SL", "PL"))
+                     for name in config_lib.ABLATION_LOSSES)
+FULL_MODEL = config_lib.ABLATION_LOSSES[-1]
 
 
 VIDEO_LEVEL = "video-level"
@@ -132,7 +130,8 @@ def run_ablation(config: ml_collections.ConfigDict, workdir: str, *,
   split = config.ablation.split
   os.makedirs(workdir, exist_ok=True)
   rows = []
-  cells = list(itertools.product(config.ablation.label_modes, COMBINATIONS, range(num_seeds)))
+  combos = [c for c in COMBINATIONS if c[0] in set(config.ablation.losses)]
+  cells = list(itertools.product(config.ablation.label_modes, combos, range(num_seeds)))
   for i, (mode, combo, seed_index) in enumerate(cells):
     on = trained_on(config, mode, combo)
     name = combo[0]
@@ -154,7 +153,26 @@ def run_ablation(config: ml_collections.ConfigDict, workdir: str, *,
   io.atomic_write_text(os.path.join(workdir, "ablation_summary.csv"),
                        ablation_summary(df).round(4).to_csv(index=False))
   io.atomic_write_text(os.path.join(workdir, "ablation.md"), ablation_markdown(df, config))
+  write_annotation_time(df, config, workdir)
   return df
+
+
+def write_annotation_time(df: pd.DataFrame, config: ml_collections.ConfigDict,
+                          workdir: str, metric: str = "mAP@0.5") -> list[str]:
+  """Paper Fig. 5 (``fig5.*``): the full model's ``metric`` per label mode against
+  ``ablation.annotation_time``, when two or more of the rows have a time."""
+  from jaxseg import report  # pylint: disable=g-import-not-at-top
+  combo = FULL_MODEL if FULL_MODEL in set(df.losses) else df.losses.iloc[-1]
+  sub = df[(df.losses == combo) & (df.checkpoint == "final")]
+  points = report.annotation_time_points(sub.label_mode, sub[metric].to_numpy(float),
+                                         config.ablation.annotation_time)
+  if len(points) < 2:
+    return []
+  split = config.ablation.split
+  caption = (f"{metric} (%) of {combo} on the {split} split, final checkpoint, mean ± "
+             f"sample std over {sub.seed.nunique()} seed(s) per label mode; annotation "
+             "time as a fraction of the video's duration (ablation.annotation_time).")
+  return report.write_annotation_time(points, workdir, metric, caption)
 
 
 def ablation_summary(df: pd.DataFrame) -> pd.DataFrame:

@@ -43,6 +43,9 @@ PROPAGATION_FEATURES = ("dropout", "clean")
 SUBSAMPLE_MODES = ("uniform", "keep_labeled")
 ABLATION_NON_PSL_CELLS = ("video_level", "label_informed")
 ABLATION_SPLITS = ("validation", "test")
+# Table 1's loss combinations, in its column order (CL is always on).
+ABLATION_LOSSES = ("CL", "CL+PSL", "CL+SL", "CL+PL", "CL+PSL+SL", "CL+PSL+PL", "CL+SL+PL",
+                   "CL+PSL+SL+PL")
 
 # Detection thresholds and the averages papers report (THUMOS14: Table 2 of the
 # paper; ActivityNet: Tables 3-4).
@@ -241,6 +244,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Where cells are scored: "validation" (the hold-out; the test split is never
   # read: for tuning) or "test" (the final report, once).
   a.split = "test"
+  a.losses = ABLATION_LOSSES  # the combinations to train (Table 1: all of them)
   return c
 
 
@@ -436,6 +440,9 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1) -> None:
           and math.isfinite(pair[1]) and pair[1] > 0)
     _check(ok, "ablation.annotation_time",
            f"{pair!r} is not a (label mode, positive time) pair")
+  for combo in require(c, "ablation.losses"):
+    _check(combo in ABLATION_LOSSES, "ablation.losses", f"{combo!r} is not one of {ABLATION_LOSSES}")
+  _check(len(c.ablation.losses) > 0, "ablation.losses", "must name at least one combination")
   _check(c.ablation.split != "validation" or c.train.validation_fraction > 0,
          "ablation.split", "'validation' needs train.validation_fraction > 0")
 

@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from configs import test as test_config
 from jaxseg import ablation
@@ -43,23 +44,41 @@ def test_table_mean_and_std_over_seeds():
 
 
 def test_run_ablation_end_to_end_and_resume(tmp_path, monkeypatch):
-  monkeypatch.setattr(ablation, "COMBINATIONS", ablation.COMBINATIONS[:2])
   c = test_config.get_config()
   c.data.synthetic.output_dir = str(tmp_path / "data")
   c.train.num_steps = 6
+  c.ablation.losses = ("CL", "CL+PSL")
+  # A video-level row adds no run: its cells are the video-level CL runs.
+  c.ablation.label_modes = ("one-segment", "video-level")
   df = ablation.run_ablation(c, str(tmp_path / "abl"), num_seeds=2)
-  assert len(df) == 2 * 2 * 2  # combinations x seeds x {final, selected}
+  assert len(df) == 2 * 2 * 2 * 2  # label modes x combinations x seeds x {final, selected}
+  runs = sorted(str(p.relative_to(tmp_path / "abl" / "runs"))
+                for p in (tmp_path / "abl" / "runs").glob("*/*/seed*"))
+  assert runs == ["one-segment/CL+PSL/seed0", "one-segment/CL+PSL/seed1",
+                  "video-level/CL/seed0", "video-level/CL/seed1"]
+  # Paper Fig. 5 from the last combination's rows: one point per label mode.
+  fig5 = pd.read_csv(tmp_path / "abl" / "fig5.csv")
+  assert list(fig5["label_mode"]) == ["video-level", "one-segment"]
+  assert list(fig5["annotation_time"]) == [0.24, 0.30]
+  final = df[(df.checkpoint == "final") & (df.losses == "CL+PSL")]
+  for row in fig5.itertuples():
+    vals = final[final.label_mode == row.label_mode]["mAP@0.5"].to_numpy(float)
+    assert row.mean == pytest.approx(vals.mean(), abs=1e-3)
+    assert row.std == pytest.approx(vals.std(ddof=1), abs=1e-3)
+  assert (tmp_path / "abl" / "fig5.png").stat().st_size > 0
+  df = df[df.label_mode == "one-segment"].reset_index(drop=True)
   for name in ("ablation.csv", "ablation.md"):
     assert os.path.getsize(tmp_path / "abl" / name) > 0
   saved = pd.read_csv(tmp_path / "abl" / "ablation.csv")
   assert set(saved["losses"]) == {"CL", "CL+PSL"} and set(saved["seed"]) == {0, 1}
   # The test-split path too: CL is trained on video-level labels, shown in the row.
-  assert set(saved["label_mode"]) == {"one-segment"}
+  assert set(saved["label_mode"]) == {"one-segment", "video-level"}
   assert set(saved[saved.losses == "CL"]["trained_on"]) == {"video-level"}
   assert {"git_commit", "dataset_fingerprint", "label_seed", "jax"} <= set(saved.columns)
   assert np.all((saved["mAP@0.5"] >= 0) & (saved["mAP@0.5"] <= 100))
   # Seeds differ, so the two seeds of a cell are different runs.
-  cl = saved[(saved.losses == "CL") & (saved.checkpoint == "final")]
+  cl = saved[(saved.losses == "CL") & (saved.checkpoint == "final")
+              & (saved.label_mode == "one-segment")]
   assert cl["label_seed"].nunique() == 2
   md = (tmp_path / "abl" / "ablation.md").read_text()
   assert "mAP@0.5" in md and "±" in md
@@ -71,4 +90,5 @@ def test_run_ablation_end_to_end_and_resume(tmp_path, monkeypatch):
 
   monkeypatch.setattr(train, "train_and_evaluate", fail)
   again = ablation.run_ablation(c, str(tmp_path / "abl"), num_seeds=2)
-  pd.testing.assert_frame_equal(again, df)
+  pd.testing.assert_frame_equal(again[again.label_mode == "one-segment"].reset_index(drop=True),
+                                df)
