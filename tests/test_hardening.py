@@ -1,4 +1,4 @@
-"""Hardening, round 2 (issue 18): hostile ids and pickles, silent wrong results,
+"""Hardening, round 2: hostile ids and pickles, silent wrong results,
 tracebacks instead of a named error. One test (or a few) per numbered case of
 the issue; docs/reliability.md lists them.
 

@@ -1,4 +1,4 @@
-"""Issue 14: the paper as printed in one switch, Table 1 as the paper ran it, and
+"""The paper as printed in one switch, Table 1 as the paper ran it, and
 tuning that never reads the test split."""
 
 import dataclasses
