@@ -39,7 +39,7 @@ from jaxseg import workdir as workdir_lib
 from jaxseg.data import batching
 from jaxseg.data import io
 from jaxseg.data import layouts
-from jaxseg.data import readers
+from jaxseg.data import reader_common
 from jaxseg.data.video import DataError, Dataset, Video
 
 CHECKPOINTS = ("selected", "final")
@@ -97,12 +97,12 @@ def read_folder(features_dir: str, class_names, feature_dim: int, *, feature_rat
   layout, found = layouts.scan_folder(features_dir, streams)
   videos = []
   for vid, sub in found:
-    raw, path = readers.load_feature_files(layout.paths(vid, sub), vid)
+    raw, path = reader_common.load_feature_files(layout.paths(vid, sub), vid)
     if getattr(raw, "ndim", 0) == 2 and raw.shape[1] != feature_dim:
       raise DataError(f"{path}: video {vid!r}: feature dimension D={raw.shape[1]}, but "
                       f"{source} takes D={feature_dim} (expected {feature_dim}, got "
                       f"{raw.shape[1]}; layout {layout.pattern()})")
-    feats = readers.check_features(raw, path=path, video_id=vid, feature_dim=feature_dim)
+    feats = reader_common.check_features(raw, path=path, video_id=vid, feature_dim=feature_dim)
     videos.append(Video(video_id=vid, subset=sub or PREDICT_SUBSET, features=feats,
                         feature_rate=float(feature_rate),
                         duration=feats.shape[0] / float(feature_rate)))

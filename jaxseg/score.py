@@ -24,7 +24,7 @@ from typing import Sequence
 from jaxseg import metrics
 from jaxseg.config import PROTOCOLS
 from jaxseg.data import io
-from jaxseg.data import readers
+from jaxseg.data import reader_common
 from jaxseg.data.video import I3D_FEATURE_RATE, DataError
 
 EXIT_ERROR = 2
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
   if args.ambiguous is not None:
     try:
       amb = {v: [list(s) for s in segs]
-             for v, segs in readers.read_ambiguous(args.ambiguous).items()}
+             for v, segs in reader_common.read_ambiguous(args.ambiguous).items()}
     except DataError as e:
       raise _Error(str(e)) from None
   try:

@@ -27,7 +27,9 @@ from jaxseg import score
 from jaxseg import train
 from jaxseg import workdir as workdir_lib
 from jaxseg.data import io
+from jaxseg.data import points
 from jaxseg.data import readers
+from jaxseg.data import wtalc
 from jaxseg.data import wtalc_convert
 from jaxseg.data.video import DataError
 from tests.conftest import make_config
@@ -160,7 +162,7 @@ def test_an_id_that_is_a_path_is_refused_naming_it(tmp_path, vid):
 def test_a_wtalc_name_that_is_a_path_is_refused(tmp_path):
   d = _wtalc(tmp_path, videoname=np.array([b"video_1", b"../../etc/x", b"video_3"]))
   with pytest.raises(DataError, match=r"videoname\.npy.*'\.\./\.\./etc/x'"):
-    readers.read_wtalc(d, "F.npy")
+    wtalc.read_wtalc(d, "F.npy")
 
 
 def test_timelines_never_write_outside_the_workdir(trained, tmp_path):
@@ -189,7 +191,7 @@ def test_a_pickle_payload_is_refused_and_not_run(tmp_path, array):
   evil = _obj([_Payload(str(marker)), 1.0, 2.0])
   d = _wtalc(tmp_path, **{array: evil})
   with pytest.raises(DataError, match=f"{array}.npy") as e:
-    readers.read_wtalc(d, "F.npy")
+    wtalc.read_wtalc(d, "F.npy")
   assert not marker.exists()
   if array in ("duration", "videoname"):  # plain arrays: never unpickled at all
     assert "pickled object array" in str(e.value)
@@ -202,7 +204,7 @@ def test_wtalc_converts_to_a_pickle_free_layout_that_reads_back_the_same(tmp_pat
   out = tmp_path / "converted"
   assert wtalc_convert.main(["--wtalc-dir", d, "--features-file", "F.npy",
                              "--out", str(out)]) == 0
-  a = readers.read_wtalc(d, "F.npy")
+  a = wtalc.read_wtalc(d, "F.npy")
   b = wtalc_convert.read_converted(str(out))
   assert b.class_names == a.class_names
   assert [v.video_id for v in b.videos] == [v.video_id for v in a.videos]
@@ -338,7 +340,7 @@ def test_duplicate_video_ids_are_refused(tmp_path):
     readers.read_activitynet(ann, fdir)
   d = _wtalc(tmp_path, videoname=np.array([b"v1", b"v2", b"v1"]))
   with pytest.raises(DataError, match=r"duplicate video id\(s\) \['v1'\]"):
-    readers.read_wtalc(d, "F.npy")
+    wtalc.read_wtalc(d, "F.npy")
 
 
 # ------------------------------------------------------ 6. the scoring CLI
@@ -534,7 +536,7 @@ def test_hostile_wtalc_arrays_are_named_errors(tmp_path):
     sub = tmp_path / str(i)
     sub.mkdir()
     with pytest.raises(DataError, match=message):
-      readers.read_wtalc(_wtalc(sub, **replace), "F.npy")
+      wtalc.read_wtalc(_wtalc(sub, **replace), "F.npy")
 
 
 def test_a_header_claiming_a_huge_shape_is_a_named_error_even_when_skipping(tmp_path):
@@ -575,7 +577,7 @@ def test_a_points_csv_with_a_bom_reads_and_a_bad_one_leaves_nothing(tmp_path):
                                       "labels.fps_json": str(fps),
                                       "train.validation_fraction": 0.25})
   ds = readers.read_activitynet(ann, fdir)
-  assert sum(len(p) for p in readers.read_points(str(csv), str(fps), ds).values()) == 4
+  assert sum(len(p) for p in points.read_points(str(csv), str(fps), ds).values()) == 4
   csv.write_text(header + "Bowl,0,10,50,nope,30\n")
   workdir = tmp_path / "run"
   workdir_lib.claim_workdir(config, str(workdir))

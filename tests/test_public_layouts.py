@@ -25,6 +25,7 @@ from jaxseg import subsets
 from jaxseg import train
 from jaxseg import workdir as workdir_lib
 from jaxseg.data import layouts
+from jaxseg.data import reader_common
 from jaxseg.data import readers
 from jaxseg.data.video import DataError
 from tests import public_layouts
@@ -369,15 +370,15 @@ def test_read_ambiguous_text_and_json(tmp_path):
   txt = tmp_path / "Ambiguous_test.txt"
   txt.write_text("video_test_0000004 12.3 15.0\n\nvideo_test_0000004 20 21.5 \n"
                  "video_test_0000006 1 2\n")
-  assert readers.read_ambiguous(str(txt)) == {
+  assert reader_common.read_ambiguous(str(txt)) == {
       "video_test_0000004": [(12.3, 15.0), (20.0, 21.5)], "video_test_0000006": [(1.0, 2.0)]}
   js = tmp_path / "amb.json"
   js.write_text(json.dumps({"v": [[1, 2]]}))
-  assert readers.read_ambiguous(str(js)) == {"v": [(1.0, 2.0)]}
+  assert reader_common.read_ambiguous(str(js)) == {"v": [(1.0, 2.0)]}
   bad = tmp_path / "bad.txt"
   bad.write_text("v 1 2\nv 3\n")
   with pytest.raises(DataError, match=r"bad\.txt: line 2: expected 'video start end'"):
-    readers.read_ambiguous(str(bad))
+    reader_common.read_ambiguous(str(bad))
   bad.write_text("v 5 2\n")
   with pytest.raises(DataError, match=r"line 1: end 2.0 < start 5.0"):
-    readers.read_ambiguous(str(bad))
+    reader_common.read_ambiguous(str(bad))

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from jaxseg.config import base_config
+from jaxseg.data import points
 from jaxseg.data import readers
+from jaxseg.data import wtalc
 from jaxseg.data.video import DataError
 
 RATE = 25.0 / 16.0
@@ -250,7 +252,7 @@ def _write_wtalc(tmp_path, *, features=None, labels=None):
 
 def test_wtalc_bundle(tmp_path):
   d = _write_wtalc(tmp_path)
-  ds = readers.read_wtalc(d, "F.npy", feature_dim=6)
+  ds = wtalc.read_wtalc(d, "F.npy", feature_dim=6)
   assert ds.class_names == ["Diving", "Archery"]  # classlist.npy order
   assert [v.video_id for v in ds.videos] == ["video_validation_1", "video_test_2",
                                              "video_test_3"]
@@ -268,27 +270,27 @@ def test_wtalc_nan_names_file_and_video(tmp_path):
   bad[0, 0] = np.nan
   d = _write_wtalc(tmp_path, features=[_feats(12, 6, 0), bad, _feats(7, 6, 2)])
   with pytest.raises(DataError, match=r"F\.npy: video 'video_test_2'.*non-finite"):
-    readers.read_wtalc(d, "F.npy")
+    wtalc.read_wtalc(d, "F.npy")
 
 
 def test_wtalc_dim_mismatch(tmp_path):
   d = _write_wtalc(tmp_path, features=[_feats(12, 6, 0), _feats(9, 5, 1), _feats(7, 6, 2)])
   with pytest.raises(DataError, match=r"F\.npy: video 'video_test_2'.*D=5"):
-    readers.read_wtalc(d, "F.npy")
+    wtalc.read_wtalc(d, "F.npy")
 
 
 def test_wtalc_unknown_label(tmp_path):
   d = _write_wtalc(tmp_path, labels=[[b"Archery", b"Golf"], [b"Diving"], []])
   with pytest.raises(DataError, match=r"labels\.npy: video 'video_validation_1': "
                      r"labels\[1\]: unknown class 'Golf'"):
-    readers.read_wtalc(d, "F.npy")
+    wtalc.read_wtalc(d, "F.npy")
 
 
 def test_wtalc_missing_array(tmp_path):
   d = _write_wtalc(tmp_path)
   os.remove(os.path.join(d, "duration.npy"))
   with pytest.raises(DataError, match=r"duration\.npy: W-TALC bundle file not found"):
-    readers.read_wtalc(d, "F.npy")
+    wtalc.read_wtalc(d, "F.npy")
 
 
 # ------------------------------------------------------------------ points
@@ -313,7 +315,7 @@ def test_point_labels(tmp_path):
       "Bowl,0,0,600,vB,400",  # 16 s -> segment 25 >= T=8: dropped
   ])
   with pytest.warns(UserWarning, match="1 point"):
-    labels = readers.read_point_labels(csv_path, fps_path, ds)
+    labels = points.read_point_labels(csv_path, fps_path, ds)
   assert set(labels) == {"vA", "vB", "vC"}
   want_a = np.zeros((10, 2), np.uint8)
   want_a[4, 1] = 1
@@ -337,7 +339,7 @@ def test_point_labels(tmp_path):
 def test_point_labels_bad_rows(tmp_path, row, pattern):
   ds, csv_path, fps_path = _points_setup(tmp_path, ["Jump,1,40,100,vA,90", row])
   with pytest.raises(DataError, match=pattern):
-    readers.read_point_labels(csv_path, fps_path, ds)
+    points.read_point_labels(csv_path, fps_path, ds)
 
 
 def test_point_labels_missing_column_and_bad_fps_json(tmp_path):
@@ -345,18 +347,18 @@ def test_point_labels_missing_column_and_bad_fps_json(tmp_path):
   with open(csv_path, "w") as f:
     f.write("class,video_id,point\nJump,vA,90\n")
   with pytest.raises(DataError, match=r"points\.csv: line 1: missing column"):
-    readers.read_point_labels(csv_path, fps_path, ds)
+    points.read_point_labels(csv_path, fps_path, ds)
   ds, csv_path, fps_path = _points_setup(tmp_path, ["Jump,1,40,100,vA,90"])
   with open(fps_path, "w") as f:
     f.write("{'vA': 30}")
   with pytest.raises(DataError, match=r"fps\.json: malformed JSON at line 1"):
-    readers.read_point_labels(csv_path, fps_path, ds)
+    points.read_point_labels(csv_path, fps_path, ds)
 
 
 def test_point_labels_header_only(tmp_path):
   ds, csv_path, fps_path = _points_setup(tmp_path, [])
   with pytest.raises(DataError, match=r"points\.csv: no point label"):
-    readers.read_point_labels(csv_path, fps_path, ds)
+    points.read_point_labels(csv_path, fps_path, ds)
 
 
 # ------------------------------------------------------------ load_dataset

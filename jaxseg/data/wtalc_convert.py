@@ -32,6 +32,7 @@ import numpy as np
 
 from jaxseg.data import io
 from jaxseg.data import readers
+from jaxseg.data import wtalc
 from jaxseg.data.video import I3D_FEATURE_RATE, DataError, Dataset
 
 ANNOTATION_FILE = "annotations.json"
@@ -60,7 +61,7 @@ def convert(wtalc_dir: str, features_file: str, out_dir: str, *,
     DataError: bad bundle (naming file and video), or ``out_dir`` holds a
       conversion already.
   """
-  dataset = readers.read_wtalc(wtalc_dir, features_file, feature_rate=feature_rate)
+  dataset = wtalc.read_wtalc(wtalc_dir, features_file, feature_rate=feature_rate)
   ann_path = os.path.join(out_dir, ANNOTATION_FILE)
   if os.path.exists(ann_path):
     raise DataError(f"{ann_path}: exists; refusing to overwrite (choose another --out)")

@@ -1,0 +1,308 @@
+"""What the dataset readers share: feature loading and checking, annotation
+fields, split files, ambiguous intervals.
+
+:mod:`jaxseg.data.readers` (ActivityNet JSON, :func:`~jaxseg.data.readers.load_dataset`),
+:mod:`jaxseg.data.wtalc` (the W-TALC bundle) and :mod:`jaxseg.data.points`
+(LACP point labels) build on these; the checks and their errors are described
+in :mod:`jaxseg.data.readers`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from jaxseg.data import io
+from jaxseg.data import layouts
+from jaxseg.data import npy
+from jaxseg.data.video import DataError, Dataset, Video
+
+
+# ------------------------------------------------------- annotation fields
+
+
+def bounds(pair, *, where: str) -> tuple[float, float]:
+  """``(start, end)`` seconds from a two-element ``[start, end]`` (numbers or numeric strings).
+
+  Raises:
+    DataError: naming ``where`` if a bound is not a number, negative, or end < start.
+  """
+  start = number(pair[0], where=f"{where}[0]")
+  end = number(pair[1], where=f"{where}[1]")
+  if start < 0:
+    raise DataError(f"{where}: start {start} < 0")
+  if end < start:
+    raise DataError(f"{where}: end {end} < start {start}")
+  return start, end
+
+
+def number(value: Any, *, where: str) -> float:
+  """A finite float from a number or a numeric string, else DataError."""
+  if isinstance(value, np.ndarray) and value.size == 1:
+    value = value.reshape(()).item()
+  if isinstance(value, bool):
+    raise DataError(f"{where}: expected a number, got {value!r}")
+  if isinstance(value, (int, float, np.integer, np.floating)):
+    out = float(value)
+  elif isinstance(value, (str, bytes)):
+    s = value.decode() if isinstance(value, bytes) else value
+    try:
+      out = float(s.strip())
+    except ValueError:
+      raise DataError(f"{where}: expected a number, got {value!r}") from None
+  else:
+    raise DataError(f"{where}: expected a number, got {value!r}")
+  if not math.isfinite(out):
+    raise DataError(f"{where}: expected a finite number, got {value!r}")
+  return out
+
+
+def check_id(vid: Any, *, where: str) -> None:
+  """A video id is a plain file name (never a path): else DataError naming ``where``."""
+  try:
+    io.child_path("", vid)
+  except DataError as e:
+    raise DataError(f"{where}: {e}") from None
+
+
+def class_index(class_names: Sequence[str]) -> dict[str, int]:
+  names = list(class_names)
+  if len(set(names)) != len(names):
+    raise ValueError(f"class_names has duplicates: {names}")
+  return {n: i for i, n in enumerate(names)}
+
+
+# ---------------------------------------------------------------- features
+
+
+def check_features(features: Any, *, path: str, video_id: str,
+                   feature_dim: int | None) -> np.ndarray:
+  """Validates one video's features; returns them as ``(T, D) float32``.
+
+  Raises:
+    DataError: not a numeric array, not 2-D, empty, non-finite, or ``D`` not
+      ``feature_dim``; the message names ``path`` and ``video_id``.
+  """
+  where = f"{path}: video {video_id!r}: features"
+  if not isinstance(features, np.ndarray):
+    raise DataError(f"{where}: expected an array, got {type(features).__name__}")
+  if features.dtype == object or np.iscomplexobj(features) or not (
+      np.issubdtype(features.dtype, np.number) or features.dtype == bool):
+    raise DataError(f"{where}: expected a numeric array, got dtype {features.dtype}")
+  if features.ndim != 2:
+    raise DataError(f"{where}: expected a 2-D (T, D) array, got shape {features.shape}")
+  if features.shape[0] == 0 or features.shape[1] == 0:
+    raise DataError(f"{where}: empty array of shape {features.shape}")
+  if feature_dim is not None and features.shape[1] != feature_dim:
+    raise DataError(
+        f"{where}: feature dimension D={features.shape[1]} but expected "
+        f"D={feature_dim} (data.feature_dim in the config, or the first video's D)")
+  out = np.asarray(features, np.float32)
+  finite = np.isfinite(out)
+  if not finite.all():
+    bad = np.argwhere(~finite)[0]
+    raise DataError(
+        f"{where}: {int((~finite).sum())} non-finite value(s) (NaN or inf), "
+        f"first at segment {bad[0]}, dim {bad[1]}")
+  return out
+
+
+def _load_npy(path: str, *, video_id: str) -> np.ndarray:
+  if not os.path.isfile(path):
+    _explain_missing(path, video_id)
+  try:
+    npy.read_header(path)  # a header claiming more than the file holds: no allocation
+  except DataError as e:
+    raise DataError(f"{path}: video {video_id!r}: cannot read features: "
+                    f"{str(e).split(': ', 1)[1]}") from None
+  try:
+    return np.load(path, allow_pickle=False)
+  except (OSError, ValueError, EOFError) as e:
+    raise DataError(f"{path}: video {video_id!r}: cannot read features: {e}") from None
+
+
+def _explain_missing(path: str, video_id: str) -> None:
+  """Raises the DataError for a feature path that is not a readable file."""
+  layouts.explain_unreadable(path, video_id)
+  raise DataError(f"{path}: feature file missing for annotated video {video_id!r}")
+
+
+
+def load_feature_files(paths: Sequence[str], video_id: str) -> tuple[np.ndarray, str]:
+  """Raw ``(T, D)`` features of one video from its file(s), one per stream
+  (concatenated on D, same T), and the first file (for messages)."""
+  if len(paths) == 1:
+    return _load_npy(paths[0], video_id=video_id), paths[0]
+  parts = []
+  for path in paths:
+    arr = check_features(_load_npy(path, video_id=video_id), path=path,
+                         video_id=video_id, feature_dim=None)
+    parts.append(arr)
+  lengths = [p.shape[0] for p in parts]
+  if len(set(lengths)) > 1:
+    detail = ", ".join(f"{p}: T={t}" for p, t in zip(paths, lengths))
+    names = [os.path.basename(os.path.dirname(p)) for p in paths]
+    raise DataError(
+        f"{paths[0]}: video {video_id!r}: streams {names} differ in "
+        f"length ({detail})")
+  return np.concatenate(parts, axis=1), paths[0]
+
+
+class Collector:
+  """Accumulates videos, enforcing one D, or records skipped ones."""
+
+  def __init__(self, feature_dim: int | None, skip_bad_videos: bool):
+    self.feature_dim = feature_dim
+    self.skip = skip_bad_videos
+    self.skipped: list[tuple[str, str]] = []
+
+  def features(self, load, *, video_id: str) -> np.ndarray | None:
+    try:
+      raw, path = load()
+      feats = check_features(raw, path=path, video_id=video_id,
+                             feature_dim=self.feature_dim)
+    except DataError as e:
+      if not self.skip:
+        raise
+      self.skipped.append((video_id, str(e)))
+      return None
+    if self.feature_dim is None:
+      self.feature_dim = int(feats.shape[1])
+    return feats
+
+  def finish(self, dataset: Dataset, source: str) -> Dataset:
+    if self.skipped:
+      lines = "\n  ".join(r for _, r in self.skipped[:20])
+      more = f"\n  ... and {len(self.skipped) - 20} more" if len(self.skipped) > 20 else ""
+      warnings.warn(f"{source}: skipped {len(self.skipped)} bad video(s):\n  {lines}{more}",
+                    stacklevel=3)
+    if not dataset.videos:
+      raise DataError(f"{source}: no usable video")
+    dataset.skipped_videos = list(self.skipped)
+    return dataset
+
+
+# ------------------------------------------------------------------ splits
+
+
+def read_split_file(path: str) -> list[str]:
+  """Video ids of a split file: one per line; blank lines and ``#`` comments
+  are ignored.
+
+  Raises:
+    DataError: missing, unreadable or empty file, or an id listed twice.
+  """
+  try:
+    with open(path, encoding="utf-8") as f:
+      lines = f.read().splitlines()
+  except FileNotFoundError:
+    raise DataError(f"{path}: split file not found") from None
+  except (OSError, UnicodeDecodeError) as e:
+    raise DataError(f"{path}: cannot read split file: {e}") from None
+  ids, seen = [], {}
+  for n, line in enumerate(lines, 1):
+    vid = line.split("#", 1)[0].strip()
+    if not vid:
+      continue
+    if vid in seen:
+      raise DataError(f"{path}: line {n}: video {vid!r} already listed on line {seen[vid]}")
+    seen[vid] = n
+    ids.append(vid)
+  if not ids:
+    raise DataError(f"{path}: the split file is empty (no video ids)")
+  return ids
+
+
+def split_assignment(split_files: Mapping[str, str] | None,
+                      known: Iterable[str]) -> dict[str, str]:
+  """video_id -> subset from the split files (validated against ``known``)."""
+  if not split_files:
+    return {}
+  known = set(known)
+  out: dict[str, str] = {}
+  where: dict[str, str] = {}
+  for subset, path in split_files.items():
+    for vid in read_split_file(path):
+      if vid not in known:
+        raise DataError(f"{path}: video {vid!r} (split {subset!r}) is not in the annotations")
+      if vid in out:
+        raise DataError(f"{path}: video {vid!r} is also listed in {where[vid]}")
+      out[vid] = subset
+      where[vid] = path
+  return out
+
+
+def apply_splits(videos: list[Video], assignment: Mapping[str, str],
+                  split_files: Mapping[str, str]) -> None:
+  """A split file defines its subset exactly: listed videos join it; videos
+  the annotations put in that subset but the file does not list are moved to
+  ``"<subset>-unlisted"``."""
+  overridden = set(split_files)
+  for v in videos:
+    if v.video_id in assignment:
+      v.subset = assignment[v.video_id]
+    elif v.subset in overridden:
+      v.subset = f"{v.subset}-unlisted"
+
+
+# ---------------------------------------------------- ambiguous intervals
+
+
+def read_ambiguous(path: str) -> dict[str, list[tuple[float, float]]]:
+  """Ambiguous intervals ``{video_id: [(start, end), ...]}`` in seconds.
+
+  Two formats: W-TALC's ``Ambiguous_test.txt`` (one ``video start end`` line
+  per interval, whitespace-separated; blank lines skipped) or, for a ``.json``
+  file, ``{video_id: [[start, end], ...]}``.
+
+  Raises:
+    DataError: naming the file and the line (or video): missing or unreadable
+      file, a line without three fields, a bound that is not a number, end < start.
+  """
+  if path.lower().endswith(".json"):
+    data = io.load_json(path, "ambiguous-intervals")
+    if not isinstance(data, dict):
+      raise DataError(f"{path}: expected an object {{video_id: [[start, end], ...]}}")
+    out: dict[str, list[tuple[float, float]]] = {}
+    for vid, segs in data.items():
+      if not isinstance(segs, list):
+        raise DataError(f"{path}: video {vid!r}: expected a list of [start, end]")
+      for j, seg in enumerate(segs):
+        if not isinstance(seg, (list, tuple)) or len(seg) != 2:
+          raise DataError(f"{path}: video {vid!r}: [{j}]: expected [start, end], got {seg!r}")
+        out.setdefault(str(vid), []).append(bounds(seg, where=f"{path}: video {vid!r}: [{j}]"))
+    return out
+  try:
+    with open(path, encoding="utf-8") as f:
+      lines = f.read().splitlines()
+  except FileNotFoundError:
+    raise DataError(f"{path}: ambiguous-intervals file not found") from None
+  except (OSError, UnicodeDecodeError) as e:
+    raise DataError(f"{path}: cannot read ambiguous-intervals file: {e}") from None
+  out = {}
+  for n, line in enumerate(lines, 1):
+    fields = line.split()
+    if not fields:
+      continue
+    if len(fields) != 3:
+      raise DataError(f"{path}: line {n}: expected 'video start end', got {line.strip()!r}")
+    out.setdefault(fields[0], []).append(bounds(fields[1:], where=f"{path}: line {n}"))
+  return out
+
+
+def attach_ambiguous(dataset: Dataset, path: str) -> Dataset:
+  """Reads ``path`` (:func:`read_ambiguous`) into ``dataset.ambiguous`` and
+  notes it in the summary; intervals of videos not in the dataset are kept
+  but never used. Returns ``dataset``."""
+  amb = read_ambiguous(path)
+  ids = {v.video_id for v in dataset.videos}
+  n_vid = sum(1 for v in amb if v in ids)
+  n_int = sum(len(s) for v, s in amb.items() if v in ids)
+  dataset.ambiguous = amb
+  dataset.notes.append(f"ambiguous intervals (not evaluated): {n_int} in {n_vid} videos, "
+                       f"from {path}")
+  return dataset
