@@ -443,6 +443,7 @@ def plot_annotation_time(points: pd.DataFrame, *, metric: str, path: str | None 
                 xytext=(6, -12), fontsize=8)
   ax.set(xlabel="annotation time (fraction of the video's duration)",
          ylabel=f"{metric} (%)", title=title)
+  ax.margins(x=0.12, y=0.1)  # room for the labels
   ax.grid(alpha=0.3)
   fig.tight_layout()
   return _save(fig, path)
