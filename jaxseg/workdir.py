@@ -629,23 +629,9 @@ def load_run(config, workdir: str, *, which: str = "final") -> LoadedRun:
   if diff:
     _refuse_other_config(workdir, diff)
   data = read_data(config, workdir)
-  model = state_lib.make_model(config, data.dataset.feature_dim, data.dataset.num_classes)
-  state = state_lib.init_state(config, model, state_lib.make_optimizer(config),
-                               data.dataset.feature_dim)
-  latest_mngr, best_mngr = checkpoint_managers(workdir, config, read_only=True)
-  mngr = latest_mngr if which == "final" else best_mngr
-  step = mngr.latest_step() if which == "final" else mngr.best_step()
-  if step is None and which == "selected":
-    mngr, step = latest_mngr, latest_mngr.latest_step()  # no validation split
-  if step is None:
-    raise ConfigError(f"{workdir}/checkpoints holds no checkpoint; train first")
-  if mngr is latest_mngr:  # an unreadable newest checkpoint: the newest intact one
-    step, state, _ = restore_newest_intact(latest_mngr, state,
-                                           where=f"{workdir}/checkpoints/latest")
-    if step is None:
-      raise ConfigError(f"{workdir}/checkpoints/latest: no readable checkpoint")
-    return LoadedRun(config, data, model, state, int(step))
-  return LoadedRun(config, data, model, restore(mngr, int(step), state), int(step))
+  model, state, step = load_checkpoint(config, workdir, data.dataset.feature_dim,
+                                       data.dataset.num_classes, which=which)
+  return LoadedRun(config, data, model, state, step)
 
 
 def load_checkpoint(config, workdir: str, feature_dim: int, num_classes: int, *,
@@ -653,7 +639,8 @@ def load_checkpoint(config, workdir: str, feature_dim: int, num_classes: int, *,
   """The model and the ``"final"`` or ``"selected"`` state of a run, without its data.
 
   What :func:`load_run` restores, for a caller that knows ``D`` and ``N``
-  (``classes.json``); creates and modifies no file.
+  (``classes.json``); an unreadable newest ``latest`` checkpoint falls back to
+  the newest intact one. Creates and modifies no file.
 
   Raises:
     ConfigError: no such checkpoint.
@@ -669,6 +656,12 @@ def load_checkpoint(config, workdir: str, feature_dim: int, num_classes: int, *,
     mngr, step = latest_mngr, latest_mngr.latest_step()  # no validation split
   if step is None:
     raise ConfigError(f"{workdir}/checkpoints holds no checkpoint; train first")
+  if mngr is latest_mngr:  # an unreadable newest checkpoint: the newest intact one
+    step, state, _ = restore_newest_intact(latest_mngr, state,
+                                           where=f"{workdir}/checkpoints/latest")
+    if step is None:
+      raise ConfigError(f"{workdir}/checkpoints/latest: no readable checkpoint")
+    return model, state, int(step)
   return model, restore(mngr, int(step), state), int(step)
 
 

@@ -122,3 +122,19 @@ def child_path(folder: str, name: str, suffix: str = "", *, what: str = "video i
     raise DataError(f"{what} {name!r}: not usable as a file name (an id must be one "
                     "plain name: no '/', '\\\\', '..' or absolute path)")
   return os.path.join(folder, name + suffix)
+
+
+def read_lines(path: str, what: str) -> list[str]:
+  """The lines of the UTF-8 text file ``path``.
+
+  Raises:
+    DataError: one line naming ``path`` and ``what`` it is: missing, unreadable
+      or not UTF-8.
+  """
+  try:
+    with open(path, encoding="utf-8") as f:
+      return f.read().splitlines()
+  except FileNotFoundError:
+    raise DataError(f"{path}: {what} not found") from None
+  except (OSError, UnicodeDecodeError) as e:
+    raise DataError(f"{path}: cannot read {what}: {e}") from None

@@ -196,13 +196,7 @@ def read_split_file(path: str) -> list[str]:
   Raises:
     DataError: missing, unreadable or empty file, or an id listed twice.
   """
-  try:
-    with open(path, encoding="utf-8") as f:
-      lines = f.read().splitlines()
-  except FileNotFoundError:
-    raise DataError(f"{path}: split file not found") from None
-  except (OSError, UnicodeDecodeError) as e:
-    raise DataError(f"{path}: cannot read split file: {e}") from None
+  lines = io.read_lines(path, "split file")
   ids, seen = [], {}
   for n, line in enumerate(lines, 1):
     vid = line.split("#", 1)[0].strip()
@@ -276,13 +270,7 @@ def read_ambiguous(path: str) -> dict[str, list[tuple[float, float]]]:
           raise DataError(f"{path}: video {vid!r}: [{j}]: expected [start, end], got {seg!r}")
         out.setdefault(str(vid), []).append(bounds(seg, where=f"{path}: video {vid!r}: [{j}]"))
     return out
-  try:
-    with open(path, encoding="utf-8") as f:
-      lines = f.read().splitlines()
-  except FileNotFoundError:
-    raise DataError(f"{path}: ambiguous-intervals file not found") from None
-  except (OSError, UnicodeDecodeError) as e:
-    raise DataError(f"{path}: cannot read ambiguous-intervals file: {e}") from None
+  lines = io.read_lines(path, "ambiguous-intervals file")
   out = {}
   for n, line in enumerate(lines, 1):
     fields = line.split()
