@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from absl import logging
 
+from jaxseg import checkpoints as checkpoints_lib
 from jaxseg import inference
 from jaxseg import metrics
 from jaxseg import provenance
@@ -83,7 +84,7 @@ def evaluate_and_report(config, workdir: str, model, data: workdir_lib.RunData, 
   selected = final
   best_step = best_mngr.best_step()
   if best_step is not None and int(best_step) != selected_step:
-    best_state = workdir_lib.restore(best_mngr, int(best_step), state)
+    best_state = checkpoints_lib.restore(best_mngr, int(best_step), state)
     selected = evaluate_params(config, model, best_state.params, data.test,
                                apply_fn=apply_fn)
     selected_step = int(best_step)
@@ -149,7 +150,7 @@ def evaluate_workdir(config, workdir: str) -> dict:
   timelines of that many test videos in ``workdir/plots/``.
   """
   run = workdir_lib.load_run(config, workdir, which="final")
-  _, best_mngr = workdir_lib.checkpoint_managers(workdir, config, read_only=True)
+  _, best_mngr = checkpoints_lib.checkpoint_managers(workdir, config, read_only=True)
   apply_fn = make_apply_fn(run.model)
   out = evaluate_and_report(config, workdir, run.model, run.data, run.state, best_mngr,
                             apply_fn=apply_fn)

@@ -32,6 +32,7 @@ import tempfile
 import ml_collections
 import numpy as np
 
+from jaxseg import checkpoints as checkpoints_lib
 from jaxseg import config as config_lib
 from jaxseg import evaluate as evaluate_lib
 from jaxseg import inference
@@ -161,8 +162,8 @@ def predict_folder(workdir: str, features_dir: str, out_dir: str, *,
                    feature_rate=float(config.data.feature_rate), streams=streams,
                    source=f"the run in {workdir}" + (f" (streams {'+'.join(streams)})"
                                                      if streams else ""))
-  model, state, step = workdir_lib.load_checkpoint(config, workdir, feature_dim,
-                                                   len(class_names), which=which)
+  model, state, step = checkpoints_lib.load_checkpoint(config, workdir, feature_dim,
+                                                       len(class_names), which=which)
   batches = batching.eval_batches(ds, batch_size=config.inference.batch_size,
                                   buckets=config.train.length_buckets)
   pred = inference.predict(

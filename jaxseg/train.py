@@ -30,6 +30,7 @@ import optax
 import orbax.checkpoint as ocp
 from absl import logging
 
+from jaxseg import checkpoints as checkpoints_lib
 from jaxseg import config as config_lib
 from jaxseg import evaluate as evaluate_lib
 from jaxseg import losses
@@ -218,7 +219,7 @@ def _train_and_evaluate(config, workdir: str, mesh, *, overwrite: bool,
   optimizer = state_lib.make_optimizer(config)
   state = parallel.replicate(state_lib.init_state(config, model, optimizer, feature_dim),
                              mesh)
-  latest_mngr, best_mngr = workdir_lib.checkpoint_managers(workdir, config)
+  latest_mngr, best_mngr = checkpoints_lib.checkpoint_managers(workdir, config)
   start = 0
   if latest_mngr.latest_step() is not None:
     latest_mngr, best_mngr, start, state = _resume(config, workdir, latest_mngr,
@@ -285,7 +286,7 @@ def _resume(config, workdir: str, latest_mngr, best_mngr, state):
   which the run redoes) are set aside under ``checkpoints/unreadable`` and the
   managers reopened, so the run can write those steps again.
   """
-  start, state, bad = workdir_lib.restore_newest_intact(
+  start, state, bad = checkpoints_lib.restore_newest_intact(
       latest_mngr, state, where=f"{workdir}/checkpoints/latest")
   start = start or 0
   if bad:
@@ -293,9 +294,9 @@ def _resume(config, workdir: str, latest_mngr, best_mngr, state):
     latest_mngr.close()
     best_mngr.close()
     if workdir_lib.is_main_process():
-      workdir_lib.set_aside_checkpoints(workdir, "latest", [s for s, _ in bad])
-      workdir_lib.set_aside_checkpoints(workdir, "best", later_best)
-    latest_mngr, best_mngr = workdir_lib.checkpoint_managers(workdir, config)
+      checkpoints_lib.set_aside_checkpoints(workdir, "latest", [s for s, _ in bad])
+      checkpoints_lib.set_aside_checkpoints(workdir, "best", later_best)
+    latest_mngr, best_mngr = checkpoints_lib.checkpoint_managers(workdir, config)
   if start:
     logging.info("Resumed from %s/checkpoints/latest at step %d.", workdir, start)
   return latest_mngr, best_mngr, start, state

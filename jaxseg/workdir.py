@@ -5,7 +5,7 @@ it), ``data.json`` (the dataset fingerprint and the hashes of the labels the
 run trained on; a rerun must match it too), ``metrics.jsonl``, ``splits.json``
 (the validation hold-out), ``segment_labels.npz`` (the labels the run trained
 on), ``classes.json`` (the class list and D, for ``--mode predict``),
-``checkpoints/`` (Orbax: ``latest`` and ``best``), ``tensorboard/`` (event
+``checkpoints/`` (Orbax: ``latest`` and ``best``; :mod:`jaxseg.checkpoints`), ``tensorboard/`` (event
 files), the reports of :mod:`jaxseg.evaluate` and ``.lock`` (held by the run
 writing to it: :func:`locked`).
 
@@ -24,14 +24,13 @@ import hashlib
 import json
 import os
 import shutil
-from typing import Any, Iterator
+from typing import Iterator
 
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
-from absl import logging
 
+from jaxseg import checkpoints as checkpoints_lib
 from jaxseg import config as config_lib
 from jaxseg import model as model_lib
 from jaxseg import state as state_lib
@@ -164,7 +163,7 @@ def remove_run_outputs(workdir: str) -> None:
   for name in RUN_OUTPUTS:
     p = os.path.join(workdir, name)
     if name == "checkpoints" and os.path.isdir(p):
-      for sub in ("latest", "best", UNREADABLE_CHECKPOINTS):
+      for sub in ("latest", "best", checkpoints_lib.UNREADABLE_CHECKPOINTS):
         if os.path.isdir(os.path.join(p, sub)):
           shutil.rmtree(os.path.join(p, sub))
       _rmdir_if_empty(p)
@@ -515,88 +514,6 @@ def describe_data(config, workdir: str) -> str:
     return data_summary(prepare_data(config, workdir))
 
 
-# ------------------------------------------------------------------ checkpoints
-
-
-def checkpoint_managers(workdir: str, config, *, read_only: bool = False):
-  """The Orbax managers of ``workdir/checkpoints``: ``(latest, best)``.
-
-  ``latest`` keeps the last ``train.keep_checkpoints`` steps; ``best`` keeps
-  the step with the highest validation ``selection`` score. ``read_only``
-  managers create nothing (for reading a run back).
-  """
-  root = os.path.abspath(os.path.join(workdir, "checkpoints"))
-
-  def options(**kwargs):
-    return ocp.CheckpointManagerOptions(create=not read_only, read_only=read_only,
-                                        **kwargs)
-
-  latest = ocp.CheckpointManager(
-      os.path.join(root, "latest"),
-      options=options(
-          max_to_keep=config.train.keep_checkpoints,
-          # Distinct barrier names: both managers save the last step.
-          multiprocessing_options=ocp.options.MultiprocessingOptions(
-              barrier_sync_key_prefix="latest")))
-  best = ocp.CheckpointManager(
-      os.path.join(root, "best"),
-      options=options(
-          max_to_keep=1, best_fn=lambda m: m["selection"], best_mode="max",
-          keep_checkpoints_without_metrics=False,
-          multiprocessing_options=ocp.options.MultiprocessingOptions(
-              barrier_sync_key_prefix="best")))
-  return latest, best
-
-
-def restore(manager, step: int, like: Any) -> Any:
-  """The checkpoint of ``step`` in ``manager``, restored into the tree of ``like``."""
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-  return manager.restore(step, args=ocp.args.StandardRestore(abstract))
-
-
-# Where checkpoints that cannot be restored are moved (checkpoints/unreadable/<which>-<step>).
-UNREADABLE_CHECKPOINTS = "unreadable"
-
-
-def restore_newest_intact(manager, like: Any, *, where: str) -> tuple[int | None, Any, list]:
-  """The newest checkpoint of ``manager`` that restores, newest first.
-
-  A checkpoint that fails to restore (a file truncated or deleted inside it)
-  is skipped with a one-line warning naming it, instead of ending the run.
-
-  Returns:
-    ``(step, state, bad)``: the step restored (None if there is no readable
-    checkpoint; ``state`` is then ``like``) and the ``[(step, reason)]`` of
-    the newer checkpoints that failed.
-  """
-  bad = []
-  for step in sorted((int(s) for s in manager.all_steps()), reverse=True):
-    try:
-      state = restore(manager, step, like)
-    except Exception as e:  # pylint: disable=broad-except  # any way Orbax fails to read it
-      reason = " ".join(str(e).split())[:200] or type(e).__name__
-      logging.warning("%s/%d: checkpoint unreadable (%s); trying the previous one",
-                      where, step, reason)
-      bad.append((step, reason))
-      continue
-    if bad:
-      logging.warning("%s: resuming from step %d, the newest intact checkpoint", where, step)
-    return step, state, bad
-  return None, like, bad
-
-
-def set_aside_checkpoints(workdir: str, which: str, steps) -> None:
-  """Moves steps of ``checkpoints/<which>`` to ``checkpoints/unreadable/<which>-<step>``
-  (kept for inspection; the run writes those steps again)."""
-  root = os.path.join(workdir, "checkpoints")
-  os.makedirs(os.path.join(root, UNREADABLE_CHECKPOINTS), exist_ok=True)
-  for step in steps:
-    dst = os.path.join(root, UNREADABLE_CHECKPOINTS, f"{which}-{step}")
-    if os.path.exists(dst):
-      shutil.rmtree(dst)
-    os.replace(os.path.join(root, which, str(step)), dst)
-
-
 # --------------------------------------------------------------- reading back
 
 
@@ -629,40 +546,9 @@ def load_run(config, workdir: str, *, which: str = "final") -> LoadedRun:
   if diff:
     _refuse_other_config(workdir, diff)
   data = read_data(config, workdir)
-  model, state, step = load_checkpoint(config, workdir, data.dataset.feature_dim,
-                                       data.dataset.num_classes, which=which)
+  model, state, step = checkpoints_lib.load_checkpoint(
+      config, workdir, data.dataset.feature_dim, data.dataset.num_classes, which=which)
   return LoadedRun(config, data, model, state, step)
-
-
-def load_checkpoint(config, workdir: str, feature_dim: int, num_classes: int, *,
-                    which: str) -> tuple[model_lib.SegmentModel, state_lib.TrainState, int]:
-  """The model and the ``"final"`` or ``"selected"`` state of a run, without its data.
-
-  What :func:`load_run` restores, for a caller that knows ``D`` and ``N``
-  (``classes.json``); an unreadable newest ``latest`` checkpoint falls back to
-  the newest intact one. Creates and modifies no file.
-
-  Raises:
-    ConfigError: no such checkpoint.
-  """
-  if which not in ("final", "selected"):
-    raise ValueError(f"load_checkpoint: which must be 'final' or 'selected', got {which!r}")
-  model = state_lib.make_model(config, feature_dim, num_classes)
-  state = state_lib.init_state(config, model, state_lib.make_optimizer(config), feature_dim)
-  latest_mngr, best_mngr = checkpoint_managers(workdir, config, read_only=True)
-  mngr = latest_mngr if which == "final" else best_mngr
-  step = mngr.latest_step() if which == "final" else mngr.best_step()
-  if step is None and which == "selected":
-    mngr, step = latest_mngr, latest_mngr.latest_step()  # no validation split
-  if step is None:
-    raise ConfigError(f"{workdir}/checkpoints holds no checkpoint; train first")
-  if mngr is latest_mngr:  # an unreadable newest checkpoint: the newest intact one
-    step, state, _ = restore_newest_intact(latest_mngr, state,
-                                           where=f"{workdir}/checkpoints/latest")
-    if step is None:
-      raise ConfigError(f"{workdir}/checkpoints/latest: no readable checkpoint")
-    return model, state, int(step)
-  return model, restore(mngr, int(step), state), int(step)
 
 
 def restore_params(config, workdir: str, *, which: str = "final"):

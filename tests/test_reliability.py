@@ -27,6 +27,7 @@ import pandas as pd
 import pytest
 
 from configs import test as test_config
+from jaxseg import checkpoints as checkpoints_lib
 from jaxseg import config as config_lib
 from jaxseg import evaluate
 from jaxseg import train
@@ -223,8 +224,8 @@ def test_partly_written_checkpoint_is_never_picked(base, reference):
 _SLOW_BEST_SAVE = """
 import os, signal, sys, time
 from absl import app
+from jaxseg import checkpoints as checkpoints_lib
 from jaxseg import main
-from jaxseg import workdir as workdir_lib
 from jaxseg.data import batching
 
 STEP = int(os.environ["RELIABILITY_STEP"])
@@ -240,8 +241,8 @@ def rename(src, dst, *args, **kwargs):
 
 os.rename = rename
 made = []
-real_managers = workdir_lib.checkpoint_managers
-workdir_lib.checkpoint_managers = (
+real_managers = checkpoints_lib.checkpoint_managers
+checkpoints_lib.checkpoint_managers = (
     lambda *a, **kw: made.extend(real_managers(*a, **kw)) or tuple(made))
 real_batch = batching.TrainLoader.batch
 
@@ -385,14 +386,14 @@ def _poison(monkeypatch, bad_step):
 
 def _spy_managers(monkeypatch):
   made = []
-  original = workdir_lib.checkpoint_managers
+  original = checkpoints_lib.checkpoint_managers
 
   def spy(workdir, config, **kwargs):
     managers = original(workdir, config, **kwargs)
     made.extend(managers)
     return managers
 
-  monkeypatch.setattr(workdir_lib, "checkpoint_managers", spy)
+  monkeypatch.setattr(checkpoints_lib, "checkpoint_managers", spy)
   return made
 
 
