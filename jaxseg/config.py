@@ -39,6 +39,7 @@ SUBSET_AUTO = "auto"
 AUTO_SUBSET_PAIRS = (("validation", "test"), ("train", "test"), ("training", "validation"))
 TOPK_COUNTS = ("segments", "instances")
 SPHERE_CLASSES = ("present", "all")
+SEGMENT_NORMALIZATIONS = ("none", "instances")
 PROPAGATION_FEATURES = ("dropout", "clean")
 SUBSAMPLE_MODES = ("uniform", "keep_labeled")
 ABLATION_NON_PSL_CELLS = ("video_level", "label_informed")
@@ -146,8 +147,14 @@ def base_config() -> ml_collections.ConfigDict:
   lo.topk_ratio = 8.0
   # What Q of r = 2Q counts: labeled "segments" (paper 5.1, literally) or labeled
   # "instances" (runs of labeled segments of a class; one per labeled instance
-  # for every label mode). See docs/paper-notes.md.
-  lo.topk_count = "segments"
+  # for every label mode; the same Q for one-segment labels). Chosen on
+  # validation across synthetic worlds: docs/paper-notes.md.
+  lo.topk_count = "instances"
+  # Eq. 6 summed over every labeled segment ("none", as printed) or averaged
+  # within each labeled instance ("instances": the term counts instances, so
+  # two-segment and full labels weigh it as one-segment labels do; the same
+  # value for one-segment labels). Chosen as topk_count: docs/paper-notes.md.
+  lo.segment_normalization = "instances"
   # Eq. 10 over the classes "present" in the video (jaxseg) or "all" N (as printed).
   lo.sphere_classes = "present"
   # The f that S of eq. 13 is built from: post-"dropout" (what the heads see) or
@@ -204,8 +211,8 @@ def base_config() -> ml_collections.ConfigDict:
   i.class_top_ratio = 0.2  # and p_a >= this * max p_a (0: off)
   i.keep_top_class = True  # always keep the top class (jaxseg); False: the paper's rule only
   i.cas_thresholds = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)  # on min-max normalised C_a
-  i.contrast_on = "normalized"  # outer-inner contrast on "raw" C_a or its per-class "normalized" form
-  i.class_score = "p_a"  # the video score added to a proposal's: "s_a" (eq. 2) or "p_a" (eq. 3)
+  i.contrast_on = "raw"  # outer-inner contrast on "raw" C_a (4.7) or its per-class "normalized" form
+  i.class_score = "s_a"  # the video score added to a proposal's: "s_a" (eq. 2, 4.7) or "p_a" (eq. 3)
   i.outer_scale = 0.25  # outer region = this fraction of the proposal on each side
   i.class_score_weight = 1.0  # proposal score = inner-outer + w * class score
   i.nms_iou = 0.6
@@ -259,6 +266,7 @@ PAPER_AS_PRINTED = (
     ("loss.propagation_grad_through_similarity", True),  # eq. 13 differentiated as printed
     ("loss.topk_mode", "labeled"),  # 5.1: r = 2Q
     ("loss.topk_count", "segments"),  # 5.1: Q = labeled segments
+    ("loss.segment_normalization", "none"),  # eq. 6: sum over labeled segments
     ("inference.score_source", "average"),  # 4.7: s_a, p_a from C_a
     ("inference.contrast_on", "raw"),  # 4.7: contrast on C_a
     ("inference.class_score", "s_a"),  # 4.7: + s_a
@@ -388,6 +396,7 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1) -> None:
   _choice(c, "loss.propagation_method", PROPAGATION_METHODS)
   _choice(c, "loss.topk_count", TOPK_COUNTS)
   _choice(c, "loss.sphere_classes", SPHERE_CLASSES)
+  _choice(c, "loss.segment_normalization", SEGMENT_NORMALIZATIONS)
   _choice(c, "loss.propagation_features", PROPAGATION_FEATURES)
   _choice(c, "train.subsample", SUBSAMPLE_MODES)
   _choice(c, "ablation.non_psl_cells", ABLATION_NON_PSL_CELLS)

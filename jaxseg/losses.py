@@ -23,7 +23,8 @@ import jax.numpy as jnp
 
 from jaxseg.config import (CLASSIFICATION_NORMALIZATIONS, PROPAGATION_FEATURES,
                            PROPAGATION_METHODS, PROPAGATION_NORMALIZATIONS,
-                           PROPAGATION_SIMILARITIES, SPHERE_CLASSES, TOPK_COUNTS, TOPK_MODES)
+                           PROPAGATION_SIMILARITIES, SEGMENT_NORMALIZATIONS, SPHERE_CLASSES,
+                           TOPK_COUNTS, TOPK_MODES)
 
 Array = jax.Array
 
@@ -203,13 +204,51 @@ def normalized_cas(cas: Array, mask: Array) -> Array:
   return jnp.where(mask[..., None], jnp.exp(_log_normalized_cas(cas, mask)), 0.0)
 
 
-def partial_segment_loss(cas: Array, segment_labels: Array, mask: Array) -> Array:
+def labeled_run_lengths(segment_labels: Array, mask: Array) -> Array:
+  """The length of the labeled run each labeled ``(t, n)`` belongs to.
+
+  A run is a maximal stretch of consecutive labeled segments of one class:
+  one per labeled instance for one-segment, two-segment (which mark the
+  segments between the two), point and full labels (two instances whose
+  labels touch form one run).
+
+  Args:
+    segment_labels: ``(B, T, N)`` ``u`` in {0, 1} (ignored on padded steps).
+    mask: ``(B, T) bool``.
+
+  Returns:
+    ``(B, T, N) int32``: the run length where ``u = 1``, 0 elsewhere.
+  """
+  u = (jnp.where(mask[..., None], segment_labels, 0) > 0).astype(jnp.int32)
+  count = jnp.cumsum(u, axis=1)  # labeled steps up to and including t
+  prev = jnp.pad(u, ((0, 0), (1, 0), (0, 0)))[:, :-1]
+  nxt = jnp.pad(u, ((0, 0), (0, 1), (0, 0)))[:, 1:]
+  start = (u == 1) & (prev == 0)
+  end = (u == 1) & (nxt == 0)
+  # Labeled steps before the run's first step, carried forward from its start
+  # (non-decreasing in t, so a running max), and up to its last step, carried
+  # back from its end (a reversed running min).
+  before = jax.lax.cummax(jnp.where(start, count - u, 0), axis=1)
+  big = jnp.iinfo(jnp.int32).max
+  upto = jax.lax.cummin(jnp.where(end, count, big), axis=1, reverse=True)
+  return jnp.where(u == 1, upto - before, 0)
+
+
+def partial_segment_loss(cas: Array, segment_labels: Array, mask: Array, *,
+                         normalization: str) -> Array:
   """Eq. 6: ``sum_{(t,n): u(t,n)=1} -log a(t, n)`` per video, batch mean.
 
   Args:
     cas: ``(B, T, N) float`` ``C_loc``.
     segment_labels: ``(B, T, N)`` ``u`` in {0, 1} (ignored on padded steps).
     mask: ``(B, T) bool``.
+    normalization: ``"none"``: the sum over labeled ``(t, n)`` as printed (it
+      grows with the labeled segments per instance: two-segment and full labels
+      weigh an instance up to its length times a one-segment label);
+      ``"instances"``: each labeled instance (a run of consecutive labeled
+      segments of a class, :func:`labeled_run_lengths`) contributes the mean of
+      ``-log a`` over its segments, so the term counts instances, whatever the
+      label mode (equal to ``"none"`` for one-segment and point labels).
 
   Returns:
     scalar float. A video with no labeled segment contributes 0.
@@ -217,6 +256,12 @@ def partial_segment_loss(cas: Array, segment_labels: Array, mask: Array) -> Arra
   _check_rank("cas", cas, 3)
   log_a = _log_normalized_cas(cas, mask)
   u = jnp.where(mask[..., None], segment_labels, 0).astype(cas.dtype)
+  if normalization == "instances":
+    runs = labeled_run_lengths(segment_labels, mask)
+    u = jnp.where(runs > 0, u / jnp.maximum(runs, 1).astype(cas.dtype), 0.0)
+  elif normalization != "none":
+    raise ValueError(f"partial_segment_loss: normalization must be one of "
+                     f"{SEGMENT_NORMALIZATIONS}, got {normalization!r}")
   per_video = -jnp.sum(u * log_a, axis=(1, 2))
   return _batch_mean(per_video, mask)
 
@@ -560,7 +605,8 @@ def total_loss(outputs: Mapping[str, Array], batch: Mapping[str, Any], *,
                propagation_grad_through_similarity: bool,
                classification_normalization: str, propagation_similarity: str,
                propagation_normalization: str, topk_count: str, sphere_classes: str,
-               propagation_features: str, weight: Array | None = None,
+               propagation_features: str, segment_normalization: str,
+               weight: Array | None = None,
                log_disabled_terms: bool = False) -> tuple[Array, dict[str, Array]]:
   """Eq. 1: ``L = L_cls + alpha L_segment + beta L_sphere + gamma L_prop``.
 
@@ -590,6 +636,7 @@ def total_loss(outputs: Mapping[str, Array], batch: Mapping[str, Any], *,
       ``normalization`` of :func:`propagation_loss`.
     topk_count: ``count`` of :func:`labeled_count` (``Q`` of ``r = 2Q``).
     sphere_classes: ``classes`` of :func:`sphere_loss`.
+    segment_normalization: ``normalization`` of :func:`partial_segment_loss`.
     propagation_features: ``"dropout"``: ``S`` from ``outputs["features"]``
       (post-dropout ``f``); ``"clean"``: from ``outputs["clean_features"]``
       (pre-dropout ``f``; the same at evaluation).
@@ -622,7 +669,8 @@ def total_loss(outputs: Mapping[str, Array], batch: Mapping[str, Any], *,
                                normalization=str(classification_normalization))
 
   def seg():
-    return partial_segment_loss(cas_loc, batch["segment_labels"], mask)
+    return partial_segment_loss(cas_loc, batch["segment_labels"], mask,
+                                normalization=str(segment_normalization))
 
   def sph():
     w = weight if weight is not None else outputs.get("sphere_weight")

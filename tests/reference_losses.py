@@ -30,6 +30,18 @@ def topk_k(lengths, num_labeled, mode="labeled", ratio=8.0):
   return np.array(out)
 
 
+def labeled_instances(segment_labels, lengths):
+  """Q counted as instances: runs of consecutive labeled steps of each class."""
+  u = np.asarray(segment_labels) > 0
+  out = []
+  for b, l in enumerate(lengths):
+    runs = 0
+    for n in range(u.shape[2]):
+      runs += sum(1 for t in range(l) if u[b, t, n] and (t == 0 or not u[b, t - 1, n]))
+    out.append(runs)
+  return np.array(out)
+
+
 def class_scores(cas, lengths, k):
   """Eq. 2, per video: mean of the k largest of each class column."""
   cas = _f64(cas)
@@ -74,17 +86,22 @@ def normalized_cas(cas, lengths):
   return a
 
 
-def partial_segment_loss(cas, segment_labels, lengths):
-  """Eq. 6: sum over labeled (t, n) of -log a(t, n)."""
+def partial_segment_loss(cas, segment_labels, lengths, normalization="none"):
+  """Eq. 6: sum over labeled (t, n) of -log a(t, n); with ``"instances"``,
+  the sum over runs of consecutive labeled steps of a class of the run's mean."""
   a = normalized_cas(cas, lengths)
   u = _f64(segment_labels)
   values = []
   for b, l in enumerate(lengths):
     total = 0.0
-    for t in range(l):
-      for n in range(u.shape[2]):
-        if u[b, t, n] == 1:
-          total += -math.log(a[b, t, n])
+    for n in range(u.shape[2]):
+      run = []
+      for t in range(l + 1):
+        if t < l and u[b, t, n] == 1:
+          run.append(-math.log(a[b, t, n]))
+        elif run:
+          total += sum(run) / (len(run) if normalization == "instances" else 1)
+          run = []
     values.append(total)
   return _batch_mean(values, lengths)
 

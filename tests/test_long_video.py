@@ -109,13 +109,16 @@ def test_four_term_loss_and_gradient_at_20k_in_linear_memory(loss_inputs, compil
   (total, terms), grads = compiled(f, cas_cls, cas_loc, weight, batch)
   lengths = [LENGTH]
   real = slice(0, LENGTH)
-  k = ref.topk_k(lengths, batch["num_labeled"], mode=kwargs["topk_mode"],
+  q = (batch["num_labeled"] if kwargs["topk_count"] == "segments"
+       else ref.labeled_instances(batch["segment_labels"], lengths))
+  k = ref.topk_k(lengths, q, mode=kwargs["topk_mode"],
                  ratio=kwargs["topk_ratio"])
   expected = {
       "classification": ref.classification_loss(
           cas_cls, batch["video_labels"], lengths, k,
           normalization=kwargs["classification_normalization"]),
-      "segment": ref.partial_segment_loss(cas_loc, batch["segment_labels"], lengths),
+      "segment": ref.partial_segment_loss(cas_loc, batch["segment_labels"], lengths,
+                                          kwargs["segment_normalization"]),
       "sphere": ref.sphere_loss(f, cas_loc, batch["video_labels"], lengths, weight,
                                 kwargs["margin"]),
       "propagation": _propagation_reference(

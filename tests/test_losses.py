@@ -55,7 +55,8 @@ def with_junk(batch, value):
 
 # The equations as printed: dot similarity, sums not averaged, 1/N in eq. 4.
 PRINTED = dict(classification_normalization="classes", propagation_similarity="dot",
-               propagation_normalization="none")
+               propagation_normalization="none", segment_normalization="none",
+               topk_count="segments")
 
 
 def prop(features, cas, mask, method, *, grad_through_similarity=False, similarity="dot",
@@ -81,7 +82,7 @@ def fns():
       topk_mean=jax.jit(losses.topk_mean),
       cls=jax.jit(cls_printed),
       norm=jax.jit(losses.normalized_cas),
-      seg=jax.jit(losses.partial_segment_loss),
+      seg=jax.jit(functools.partial(losses.partial_segment_loss, normalization="none")),
       median=jax.jit(losses.masked_median),
       sphere=jax.jit(sphere, static_argnums=5),
       prop=jax.jit(prop, static_argnums=3,
@@ -156,6 +157,42 @@ def test_partial_segment_loss_matches_reference(fns):
     want = ref.partial_segment_loss(b["cas"], b["segment_labels"], b["lengths"])
     assert want > 0
     np.testing.assert_allclose(got, want, rtol=RTOL)
+
+
+def test_labeled_run_lengths_hand_built():
+  # One video, T = 8 (7 real), 2 classes; the run at t = 6..7 is cut by padding.
+  u = np.zeros((1, 8, 2), np.int32)
+  u[0, [1, 2, 3, 5, 6, 7], 0] = 1
+  u[0, [0, 4], 1] = 1
+  mask = np.arange(8)[None] < 7
+  want = np.zeros((1, 8, 2), np.int32)
+  want[0, [1, 2, 3], 0] = 3
+  want[0, [5, 6], 0] = 2
+  want[0, [0, 4], 1] = 1
+  np.testing.assert_array_equal(jax.jit(losses.labeled_run_lengths)(u, mask), want)
+
+
+def test_partial_segment_loss_per_instance_matches_reference():
+  seg = jax.jit(functools.partial(losses.partial_segment_loss, normalization="instances"))
+  for seed in range(4):
+    b = random_batch(seed)
+    # Widen every label into a run, so instances have several labeled segments.
+    seed_labels = np.asarray(b["segment_labels"]) > 0
+    u = seed_labels.copy()
+    for shift in (1, 2):
+      u[:, shift:] |= seed_labels[:, :-shift]
+    u = np.where(np.asarray(b["mask"])[..., None], u, False).astype(np.float32)
+    got = seg(b["cas"], u, b["mask"])
+    want = ref.partial_segment_loss(b["cas"], u, b["lengths"], "instances")
+    summed = ref.partial_segment_loss(b["cas"], u, b["lengths"], "none")
+    assert 0 < want < summed
+    np.testing.assert_allclose(got, want, rtol=RTOL)
+    # Isolated labels (one-segment, points): both readings are the printed sum.
+    one = np.where(np.arange(u.shape[1])[None, :, None] % 3 == 0, seed_labels, False)
+    one = one.astype(np.float32)
+    np.testing.assert_allclose(seg(b["cas"], one, b["mask"]),
+                               ref.partial_segment_loss(b["cas"], one, b["lengths"], "none"),
+                               rtol=RTOL)
 
 
 def test_masked_median_is_numpy_median(fns):
@@ -316,7 +353,7 @@ def padding_fns():
   k = losses.topk_k(b["lengths"], b["num_labeled"], mode="labeled", ratio=8.0)
   raw = {
       "cls": lambda f, c, u, m: cls_printed(c, b["video_labels"], m, k),
-      "seg": lambda f, c, u, m: losses.partial_segment_loss(c, u, m),
+      "seg": lambda f, c, u, m: losses.partial_segment_loss(c, u, m, normalization="none"),
       "sphere": lambda f, c, u, m: sphere(f, c, b["video_labels"], m,
                                                       b["weight"], 4),
       "prop": lambda f, c, u, m: prop(
@@ -479,7 +516,7 @@ def test_gradients_numerically_on_edge_cases():
     np.testing.assert_array_equal(k, [1, 1, 1, 3, 1])
 
     check(lambda c: cls_printed(c, y, mask, k), (c,))
-    check(lambda c: losses.partial_segment_loss(c, u, mask), (c,))
+    check(lambda c: losses.partial_segment_loss(c, u, mask, normalization="none"), (c,))
     # F^n = 0 for video 1: smooth in (C_loc, W) there; f checked on the others.
     check(lambda c, w: sphere(f, c, y, mask, w, 4), (c, w))
     others = np.array([0, 2, 3, 4])
@@ -494,7 +531,8 @@ def test_gradients_numerically_on_edge_cases():
     # float64 values against the references, too.
     np.testing.assert_allclose(sphere_jit(f, c, y, mask, w, 4),
                                ref.sphere_loss(f, c, y, b["lengths"], w, 4), rtol=1e-10)
-    np.testing.assert_allclose(jax.jit(losses.partial_segment_loss)(c, u, mask),
+    np.testing.assert_allclose(jax.jit(functools.partial(
+        losses.partial_segment_loss, normalization="none"))(c, u, mask),
                                ref.partial_segment_loss(c, u, b["lengths"]), rtol=1e-10)
     cls = jax.jit(cls_printed)
     np.testing.assert_allclose(cls(c, y, mask, k),

@@ -195,7 +195,7 @@ LOSS_FNS = {
         losses.topk_k(b["lengths"], b["num_labeled"], mode="labeled", ratio=8.0),
         normalization="classes"),
     "segment": lambda f, cc, cl, w, b: losses.partial_segment_loss(
-        cl, b["segment_labels"], b["mask"]),
+        cl, b["segment_labels"], b["mask"], normalization="none"),
     "sphere": lambda f, cc, cl, w, b: losses.sphere_loss(
         f, cl, b["video_labels"], b["mask"], w, margin=MARGIN, classes="present"),
     "propagation_naive": _propagation("naive"),
