@@ -35,12 +35,12 @@ def test_paper_configs_set_every_printed_choice():
 
 
 def test_every_printed_choice_is_a_departure_of_the_defaults_or_says_why():
-  # A field of PAPER_AS_PRINTED that equals the default documents the printed
-  # choice jaxseg already follows (r = 2Q over labeled segments).
+  # A field of PAPER_AS_PRINTED that equals the default documents a printed
+  # choice jaxseg follows (r = 2Q; the outer-inner contrast on raw C_a plus s_a).
   base = config_lib.base_config()
   same = {k for k, v in config_lib.PAPER_AS_PRINTED
           if base[k.split(".")[0]][k.split(".")[1]] == v}
-  assert same == {"loss.topk_mode", "loss.topk_count"}
+  assert same == {"loss.topk_mode", "inference.contrast_on", "inference.class_score"}
 
 
 # ------------------------------------------------------- the new loss fields
@@ -215,8 +215,20 @@ def test_the_validation_ablation_needs_a_hold_out():
 def test_robustness_quick_scores_on_validation_and_never_reads_test(tmp_path, monkeypatch):
   from benchmarks import robustness
   forbid_test_split(monkeypatch)
-  df = robustness.main(["--quick", "--out", str(tmp_path)])
+  df = robustness.main(["--quick", "--out", str(tmp_path), "--inference", "defaults,printed"])
   assert set(df.arm) == {"CL", "full"} and set(df.split) == {"validation"}
+  assert set(df.inference) == {"defaults", "printed"} and len(df) == 4
+  # Re-scoring the defaults reproduces the training run's own validation record.
+  run = tmp_path / "runs" / "relu" / "CL" / "seed0"
+  c = robustness.world_config(robustness.base_config(True), "relu", "CL", 0, {}, True)
+  c.data.synthetic.output_dir = str(tmp_path / "data" / "relu")
+  robustness.INFERENCE["again"] = {}
+  try:
+    again = robustness.rescore(c, str(run), ["again"])["again"]
+  finally:
+    del robustness.INFERENCE["again"]
+  first = df[(df.arm == "CL") & (df.inference == "defaults")].iloc[0]
+  assert abs(again["mAP@0.5"] - first["mAP@0.5"]) < 1e-3
   assert set(df.world) == {"relu"}
   assert (tmp_path / "robustness.md").read_text().count("relu") >= 2
   assert np.all((df["mAP@0.5"] >= 0) & (df["mAP@0.5"] <= 100))
