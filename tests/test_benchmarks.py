@@ -91,7 +91,15 @@ def test_device_check_script_quick(tmp_path):
   import subprocess
   import sys
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = {**os.environ, "QUICK": "1", "OUT": str(tmp_path), "PYTHON": sys.executable}
+  env = {**os.environ, "QUICK": "1", "OUT": str(tmp_path), "PYTHON": sys.executable,
+         # Its timings are not looked at: XLA compiles without optimizing (about half
+         # the compile time, which is most of the run), and a program compiled twice
+         # (the breakdown's whole step) comes from a compilation cache.
+         "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "")
+                       + " --xla_backend_optimization_level=0").strip(),
+         "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "xla-cache"),
+         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"}
   proc = subprocess.run(["bash", os.path.join(root, "benchmarks", "device_check.sh")],
                         env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr

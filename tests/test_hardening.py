@@ -42,6 +42,12 @@ STEPS = 8
 # ------------------------------------------------------------------ helpers
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _cache(compilation_cache):
+  """This module's runs share one persistent XLA compilation cache."""
+  yield
+
+
 def _feats(t, d, value):
   return (value + 0.001 * np.arange(t)[:, None] + np.zeros((1, d))).astype(np.float32)
 

@@ -4,9 +4,10 @@ The notebook is executed with nbclient in a fresh kernel of *this* interpreter: 
 ``python3`` kernelspec pointing at ``sys.executable`` is installed into a temporary
 ``JUPYTER_PATH`` (first on the search path), so neither a user-wide kernelspec nor a
 missing one in the environment can send it elsewhere. Like papermill, the test
-injects one cell after the ``parameters`` cell (``OUTPUT_DIR`` in ``tmp_path``) and
-appends one that checks the notebook's own variables against the equations. The
-committed file must carry no outputs.
+injects one cell after the ``parameters`` cell (``OUTPUT_DIR`` in ``tmp_path``;
+``NUM_STEPS``: 100 steps a run instead of the notebook's 500, the checks hold either
+way) and appends one that checks the notebook's own variables against the equations.
+The committed file must carry no outputs.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "loss_inspection.ipynb"
 BUDGET_S = 120.0  # the notebook test finishes in under 2 minutes on CPU
+NUM_STEPS = 100  # the notebook's parameter: optimizer steps of each of its runs
 SETTINGS = ("CL", "CL+PSL", "CL+PSL+SL", "CL+PSL+SL+PL")
 FIGURE_NAMES = (
     ["ground_truth_{}.png", "cas_{}.png", "similarity_{}.png", "ablation_cas_{}.png"],
@@ -120,6 +122,7 @@ def _prepared_notebook(output_dir: pathlib.Path) -> nbformat.NotebookNode:
   idx = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
   injected = nbformat.v4.new_code_cell(
       f"OUTPUT_DIR = {str(output_dir)!r}\n"
+      f"NUM_STEPS = {NUM_STEPS}\n"
       f"EXPECTED_PREFIX = {sys.prefix!r}\n"
       f"EXPECTED_SETTINGS = {SETTINGS!r}\n"
       f"EXPECTED_FIGURES = {FIGURE_NAMES!r}")

@@ -20,6 +20,12 @@ from jaxseg.data import batching
 from tests.conftest import make_config
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _cache(compilation_cache):
+  """This module's runs share one persistent XLA compilation cache."""
+  yield
+
+
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
   """One synthetic dataset shared by every run of this module."""
