@@ -42,7 +42,9 @@ OUT=${OUT:-benchmarks/out/device}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
 QUICK_ARGS=()
-if [ -n "${QUICK:-}" ]; then QUICK_ARGS=(--quick); fi
+STEP_LENGTHS=(256 750 2048)
+# QUICK: small shapes, one T for the step (tests/test_benchmarks.py sweeps two).
+if [ -n "${QUICK:-}" ]; then QUICK_ARGS=(--quick); STEP_LENGTHS=(64); fi
 
 if ! $PY -c "import ml_collections, tabulate" 2>/dev/null && [ -d .device-wheels ]; then
   LIB=$(mktemp -d)
@@ -70,7 +72,7 @@ EOF
 cat "$OUT/env.txt"
 
 timeout "${TRAIN_STEP_LIMIT:-240}" $PY benchmarks/train_step.py --out "$OUT" \
-  --methods fused factorized --compute-dtypes float32 bfloat16 --lengths 256 750 2048 \
+  --methods fused factorized --compute-dtypes float32 bfloat16 --lengths "${STEP_LENGTHS[@]}" \
   --breakdown 750 --feed host device "${QUICK_ARGS[@]}" 2>&1 \
   | tee "$OUT/train_step.log"
 echo "train_step exit: ${PIPESTATUS[0]}"

@@ -142,13 +142,14 @@ def world_config(base, world: str, arm: str, seed: int, overrides: dict,
 
 
 def run(out: str, *, worlds, arms, seeds: int, quick: bool, split: str,
-        overrides: dict, data_root: str = "", inference=("defaults",)) -> pd.DataFrame:
+        overrides: dict, data_root: str = "", inference=("defaults",),
+        first_seed: int = 0) -> pd.DataFrame:
   base = base_config(quick)
   rows = []
   for world in worlds:
     data_dir = os.path.join(data_root or os.path.join(out, "data"), world)
     for arm in arms:
-      for seed in range(seeds):
+      for seed in range(first_seed, seeds):
         c = world_config(base, world, arm, seed, overrides, quick)
         c.data.synthetic.output_dir = data_dir
         if c.train.validation_fraction <= 0:
@@ -213,6 +214,8 @@ def main(argv=None) -> int:
   p.add_argument("--worlds", default=",".join(WORLDS))
   p.add_argument("--arms", default="CL,CL+PSL,full")
   p.add_argument("--seeds", type=int, default=2)
+  p.add_argument("--first-seed", type=int, default=0,
+                 help="run seeds first-seed .. seeds-1 only (add a seed to a finished family)")
   p.add_argument("--data-root", default="", help="where the worlds are generated "
                  "(default: OUT/data); share it between invocations")
   p.add_argument("--quick", action="store_true", help="1 world, tiny runs (the test suite)")
@@ -230,7 +233,7 @@ def main(argv=None) -> int:
   overrides = dict((kv.split("=", 1)[0], _value(kv.split("=", 1)[1])) for kv in a.set)
   df = run(a.out, worlds=worlds, arms=arms, seeds=seeds, quick=a.quick, split=a.split,
            overrides=overrides, data_root=a.data_root,
-           inference=tuple(a.inference.split(",")))
+           inference=tuple(a.inference.split(",")), first_seed=a.first_seed)
   print(markdown(df, a.split, overrides))
   return df
 

@@ -228,7 +228,8 @@ def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--quick", action="store_true")
   p.add_argument("--batch", type=int, default=16)
-  p.add_argument("--lengths", type=int, nargs="+", default=[256, 750, 2048])
+  p.add_argument("--lengths", type=int, nargs="+", default=None,
+                 help="T values (default 256 750 2048; with --quick 64 128)")
   p.add_argument("--dim", type=int, default=2048)
   p.add_argument("--classes", type=int, default=20)
   p.add_argument("--repeats", type=int, default=20)
@@ -251,9 +252,11 @@ def main(argv=None):
   p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out"))
   args = p.parse_args(argv)
   if args.quick:
-    args.batch, args.lengths, args.dim, args.repeats = 2, [64, 128], 32, 3
+    args.batch, args.dim, args.repeats = 2, 32, 3
+    args.lengths = args.lengths or [64, 128]
     args.loop_steps, args.loop_videos = 4, 6
     args.breakdown = 64 if args.breakdown else 0
+  args.lengths = args.lengths or [256, 750, 2048]
   on_cpu = jax.default_backend() == "cpu"
   matmul_n = 512 if args.quick else (4096 if on_cpu else 8192)
   rates = {d: common.matmul_rate(matmul_n, dtype=jnp.dtype(d))
