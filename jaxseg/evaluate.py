@@ -22,7 +22,9 @@ from absl import logging
 from jaxseg import checkpoints as checkpoints_lib
 from jaxseg import inference
 from jaxseg import metrics
+from jaxseg import parallel
 from jaxseg import provenance
+from jaxseg import run_data
 from jaxseg import workdir as workdir_lib
 from jaxseg.data import batching
 from jaxseg.data import io
@@ -71,7 +73,7 @@ def selection_score(summary: dict) -> float:
   return float(np.mean(vals))
 
 
-def evaluate_and_report(config, workdir: str, model, data: workdir_lib.RunData, state,
+def evaluate_and_report(config, workdir: str, model, data: run_data.RunData, state,
                         best_mngr, *, apply_fn=None) -> dict:
   """Evaluates the final and the selected checkpoint on test and writes the results.
 
@@ -93,10 +95,10 @@ def evaluate_and_report(config, workdir: str, model, data: workdir_lib.RunData, 
           "selected_step": selected_step}
 
 
-def write_results(config, workdir: str, data: workdir_lib.RunData, final: dict,
+def write_results(config, workdir: str, data: run_data.RunData, final: dict,
                   selected: dict, final_step: int, selected_step: int) -> None:
   """Writes detections, ``results.csv``, ``results.md`` and ``results.json``."""
-  if not workdir_lib.is_main_process():
+  if not parallel.is_main_process():
     return
   prov = provenance.collect(config, data.dataset, data.segment_labels, workdir)
   inference.write_detections(os.path.join(workdir, "detections.json"), final["predictions"],
@@ -126,7 +128,7 @@ def write_results(config, workdir: str, data: workdir_lib.RunData, final: dict,
                protocol, workdir)
 
 
-def results_markdown(config, data: workdir_lib.RunData, table: pd.DataFrame,
+def results_markdown(config, data: run_data.RunData, table: pd.DataFrame,
                      prov: dict) -> str:
   """``results.md``: the metrics table of both checkpoints and the provenance."""
   protocol = metrics.PROTOCOL_LABELS[config.eval.protocol]
@@ -154,7 +156,7 @@ def evaluate_workdir(config, workdir: str) -> dict:
   apply_fn = make_apply_fn(run.model)
   out = evaluate_and_report(config, workdir, run.model, run.data, run.state, best_mngr,
                             apply_fn=apply_fn)
-  if config.eval.num_plot_videos > 0 and workdir_lib.is_main_process():
+  if config.eval.num_plot_videos > 0 and parallel.is_main_process():
     write_timelines(run, os.path.join(workdir, "plots"), config.eval.num_plot_videos,
                     apply_fn=apply_fn)
   return out

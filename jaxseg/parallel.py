@@ -31,6 +31,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 DATA_AXIS = "data"
 
 
+def is_main_process() -> bool:
+  """Only process 0 writes logs and results in a multi-process run."""
+  return jax.process_index() == 0
+
+
 def initialize_distributed(config: ml_collections.ConfigDict) -> bool:
   """Starts JAX's multi-process runtime when the config or environment asks for it.
 

@@ -36,6 +36,7 @@ from jaxseg import checkpoints as checkpoints_lib
 from jaxseg import config as config_lib
 from jaxseg import evaluate as evaluate_lib
 from jaxseg import inference
+from jaxseg import run_data
 from jaxseg import workdir as workdir_lib
 from jaxseg.data import batching
 from jaxseg.data import io
@@ -64,11 +65,11 @@ def run_config(workdir: str) -> ml_collections.ConfigDict:
 
 def run_classes(config, workdir: str) -> tuple[list[str], int]:
   """``(class_names, D)`` of a run: ``classes.json``, or (a run from before
-  that file) its dataset read back as :func:`jaxseg.workdir.read_data` does."""
-  got = workdir_lib.load_run_classes(workdir)
+  that file) its dataset read back as :func:`jaxseg.run_data.read_data` does."""
+  got = run_data.load_run_classes(workdir)
   if got is not None:
     return got
-  data = workdir_lib.read_data(config, workdir)
+  data = run_data.read_data(config, workdir)
   return list(data.dataset.class_names), data.dataset.feature_dim
 
 

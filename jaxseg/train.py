@@ -36,6 +36,7 @@ from jaxseg import evaluate as evaluate_lib
 from jaxseg import losses
 from jaxseg import metric_writers
 from jaxseg import parallel
+from jaxseg import run_data
 from jaxseg import state as state_lib
 from jaxseg import workdir as workdir_lib
 from jaxseg.data import batching
@@ -152,7 +153,7 @@ class _Progress:
 class _Feeder:
   """Each step's input: the host batch, or the plan over the device-resident bank."""
 
-  def __init__(self, config, data: workdir_lib.RunData, mesh):
+  def __init__(self, config, data: run_data.RunData, mesh):
     self.config, self.mesh = config, mesh
     self.loader = batching.TrainLoader(
         data.train, data.segment_labels.labels, batch_size=config.train.batch_size,
@@ -161,7 +162,7 @@ class _Feeder:
         subsample=config.train.subsample)
     self.on_device, why = device_data_lib.use_device_data(config.train.device_data,
                                                           data.train)
-    if workdir_lib.is_main_process():
+    if parallel.is_main_process():
       logging.info("training data on the device: %s", why)
     self.bank = self.offsets = None
     if self.on_device:
@@ -211,9 +212,9 @@ def _train_and_evaluate(config, workdir: str, mesh, *, overwrite: bool,
                         evaluate: bool) -> dict:
   """:func:`train_and_evaluate` once the config is valid and the workdir locked."""
   workdir_lib.claim_workdir(config, workdir, overwrite=overwrite)
-  data = workdir_lib.prepare_data(config, workdir)
-  if workdir_lib.is_main_process():
-    logging.info("data:\n%s", workdir_lib.data_summary(data))
+  data = run_data.prepare_data(config, workdir)
+  if parallel.is_main_process():
+    logging.info("data:\n%s", run_data.data_summary(data))
   feature_dim = data.dataset.feature_dim
   model = state_lib.make_model(config, feature_dim, data.dataset.num_classes)
   optimizer = state_lib.make_optimizer(config)
@@ -225,7 +226,7 @@ def _train_and_evaluate(config, workdir: str, mesh, *, overwrite: bool,
     latest_mngr, best_mngr, start, state = _resume(config, workdir, latest_mngr,
                                                    best_mngr, state)
   log = workdir_lib.MetricsLog(os.path.join(workdir, "metrics.jsonl"), resume_step=start)
-  main = workdir_lib.is_main_process()
+  main = parallel.is_main_process()
   writer = metric_writers.create(config.train.log_to if main else (), workdir,
                                  start_step=start, project=config.train.log_project)
   writer.write_hparams(config_lib.flatten(config.to_dict()))
@@ -293,7 +294,7 @@ def _resume(config, workdir: str, latest_mngr, best_mngr, state):
     later_best = [int(s) for s in best_mngr.all_steps() if int(s) > start]
     latest_mngr.close()
     best_mngr.close()
-    if workdir_lib.is_main_process():
+    if parallel.is_main_process():
       checkpoints_lib.set_aside_checkpoints(workdir, "latest", [s for s, _ in bad])
       checkpoints_lib.set_aside_checkpoints(workdir, "best", later_best)
     latest_mngr, best_mngr = checkpoints_lib.checkpoint_managers(workdir, config)

@@ -9,9 +9,9 @@ on), ``classes.json`` (the class list and D, for ``--mode predict``),
 files), the reports of :mod:`jaxseg.evaluate` and ``.lock`` (held by the run
 writing to it: :func:`locked`).
 
-:func:`claim_workdir` and :func:`prepare_data` create what is missing (a
-training run); :func:`load_run` reads a finished run back and never creates
-or modifies a file.
+:func:`claim_workdir` and :func:`jaxseg.run_data.prepare_data` create what
+is missing (a training run); :func:`load_run` reads a finished run back and
+never creates or modifies a file.
 """
 
 from __future__ import annotations
@@ -20,25 +20,20 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import shutil
 from typing import Iterator
 
-import jax
 import ml_collections
-import numpy as np
 
 from jaxseg import checkpoints as checkpoints_lib
 from jaxseg import config as config_lib
 from jaxseg import model as model_lib
+from jaxseg import parallel
+from jaxseg import run_data
 from jaxseg import state as state_lib
-from jaxseg import subsets as subsets_lib
 from jaxseg.data import io
-from jaxseg.data import labels as labels_lib
-from jaxseg.data import readers
-from jaxseg.data.video import DataError, Dataset
 
 ConfigError = config_lib.ConfigError
 
@@ -57,15 +52,9 @@ RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "segment_labels.npz", "splits.jso
                "classes.json",
                "detections.json", "detections_selected.json", "results.csv",
                "results.md", "results.json", "data.json", "plots", "tensorboard")
-DATA_RECORD = "data.json"
 LOCK_FILE = ".lock"
 # Fields a cosine schedule depends on: with it, changing one is a new run.
 SCHEDULE_FIELDS = ("train.num_steps",)
-
-
-def is_main_process() -> bool:
-  """Only process 0 writes logs and results in a multi-process run."""
-  return jax.process_index() == 0
 
 
 def config_to_dict(config: ml_collections.ConfigDict) -> dict:
@@ -130,7 +119,7 @@ def claim_workdir(config, workdir: str, *, overwrite: bool = False) -> None:
   diff = config_diff(config, workdir)
   if diff and not overwrite:
     _refuse_other_config(workdir, diff)
-  if not is_main_process():
+  if not parallel.is_main_process():
     return
   if overwrite:
     remove_run_outputs(workdir)
@@ -222,7 +211,7 @@ def locked(workdir: str) -> Iterator[None]:
     WorkdirBusyError: another process holds it.
   """
   key = os.path.realpath(workdir)
-  if not is_main_process() or key in _HELD_LOCKS:
+  if not parallel.is_main_process() or key in _HELD_LOCKS:
     yield
     return
   _HELD_LOCKS[key] = acquire_lock(workdir)
@@ -270,11 +259,11 @@ class MetricsLog:
             continue  # a line cut by a crash
           if rec.get("step", 0) <= resume_step:
             kept.append(json.dumps(rec))
-    if is_main_process():
+    if parallel.is_main_process():
       io.atomic_write_text(path, "".join(k + "\n" for k in kept))
 
   def write(self, record: dict) -> None:
-    if not is_main_process():
+    if not parallel.is_main_process():
       return
     with open(self.path, "a") as f:
       f.write(json.dumps(record) + "\n")
@@ -282,236 +271,12 @@ class MetricsLog:
       os.fsync(f.fileno())
 
 
-# -------------------------------------------------------------------------- data
-
-
-@dataclasses.dataclass
-class RunData:
-  """The data of one run: splits and the segment labels of the training videos."""
-  dataset: Dataset
-  train: Dataset
-  validation: Dataset | None
-  test: Dataset
-  segment_labels: labels_lib.SegmentLabels
-  train_subset: str = ""  # the subset names used (``"auto"`` resolved)
-  test_subset: str = ""
-  subset_note: str = ""  # how "auto" was resolved ("" : explicit names)
-
-
-def _validation_ids(train: Dataset, fraction: float, seed: int) -> list[str]:
-  """A seeded draw of ``fraction`` of the training videos (sorted ids)."""
-  if fraction <= 0:
-    return []
-  rng = np.random.default_rng(seed)
-  order = rng.permutation(len(train.videos))
-  n_val = max(1, int(round(fraction * len(train.videos))))
-  return sorted(train.videos[i].video_id for i in order[:n_val])
-
-
-def _split(train: Dataset, ids: list[str]) -> tuple[Dataset, Dataset | None]:
-  held = set(ids)
-  rest = [v for v in train.videos if v.video_id not in held]
-  if not rest:
-    raise ConfigError("train.validation_fraction leaves no training video")
-  val = Dataset(train.class_names, [v for v in train.videos if v.video_id in held],
-                list(train.skipped_videos))
-  return (Dataset(train.class_names, rest, list(train.skipped_videos)),
-          val if val.videos else None)
-
-
-def _run_data(config, workdir: str, *, write: bool) -> RunData:
-  """Loads the dataset, splits it and samples (``write``) or reads the labels.
-
-  Everything is checked before the first file is written: the data against
-  the run's ``data.json``, the training split, the labels; then ``splits.json``,
-  ``segment_labels.npz`` and ``data.json`` are written if missing.
-  """
-  dataset = readers.load_dataset(config.data, workdir=workdir, generate=write)
-  record = data_record(config, dataset)
-  check_data_record(workdir, record)
-  train_name, test_name, note = subsets_lib.resolve_subsets(
-      config.data.train_subset, config.data.test_subset, [v.subset for v in dataset.videos])
-  train = dataset.subset(train_name, source="data.train_subset")
-  test = dataset.subset(test_name, source="data.test_subset")
-  check_training_annotations(config, train)
-  splits_path = os.path.join(workdir, "splits.json")
-  labels_path = os.path.join(workdir, "segment_labels.npz")
-  new_splits = None
-  if os.path.exists(splits_path):
-    ids = io.load_json(splits_path, "splits")["validation"]
-  elif write:
-    fraction, seed = config.train.validation_fraction, config.seed
-    ids = _validation_ids(train, fraction, seed)
-    new_splits = json.dumps({"validation": ids, "seed": seed, "fraction": fraction},
-                            indent=1) + "\n"
-  else:
-    raise ConfigError(f"{splits_path}: missing; {workdir} holds no finished run")
-  train, val = _split(train, ids)
-  if os.path.exists(labels_path) or not write:
-    seg = labels_lib.load_segment_labels(labels_path)
-  else:
-    seg = readers.segment_labels(config.labels, dataset, train)  # a bad CSV: nothing written
-    if new_splits is not None:
-      io.atomic_write_text(splits_path, new_splits)
-      new_splits = None
-    labels_lib.save_segment_labels(labels_path, seg)
-  if new_splits is not None:
-    io.atomic_write_text(splits_path, new_splits)
-  if write and is_main_process():
-    save_run_classes(workdir, dataset)
-  if write and is_main_process() and not os.path.exists(
-      os.path.join(workdir, DATA_RECORD)):
-    record["segment_labels_sha256"] = file_sha256(labels_path)
-    io.atomic_write_text(os.path.join(workdir, DATA_RECORD),
-                         json.dumps(record, indent=1, sort_keys=True) + "\n")
-  check_data_record(workdir, {"segment_labels_sha256": file_sha256(labels_path)})
-  missing = [v.video_id for v in train.videos if v.video_id not in seg.labels]
-  if missing:
-    raise DataError(f"{labels_path}: no segment labels for training video(s) "
-                    f"{missing[:3]}; delete the file to sample labels again")
-  return RunData(dataset, train, val, test, seg, train_name, test_name, note)
-
-
-CLASSES_FILE = "classes.json"
-
-
-def save_run_classes(workdir: str, dataset: Dataset) -> None:
-  """Writes ``workdir/classes.json``: the class list (label index order) and
-  the feature dimension D the run's model takes, so that ``--mode predict``
-  needs the run directory only, not the training data."""
-  io.atomic_write_text(os.path.join(workdir, CLASSES_FILE), json.dumps(
-      {"class_names": list(dataset.class_names), "feature_dim": dataset.feature_dim},
-      indent=1) + "\n")
-
-
-def load_run_classes(workdir: str) -> tuple[list[str], int] | None:
-  """``(class_names, feature_dim)`` from ``workdir/classes.json``; None without it.
-
-  Raises:
-    DataError: the file is malformed.
-  """
-  path = os.path.join(workdir, CLASSES_FILE)
-  if not os.path.exists(path):
-    return None
-  data = io.load_json(path, "class list")
-  names = data.get("class_names") if isinstance(data, dict) else None
-  dim = data.get("feature_dim") if isinstance(data, dict) else None
-  if (not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names)
-      or not isinstance(dim, int) or dim <= 0):
-    raise DataError(f'{path}: expected {{"class_names": [str, ...], "feature_dim": int > 0}}')
-  return names, dim
-
-
-def file_sha256(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      h.update(chunk)
-  return h.hexdigest()
-
-
-def data_record(config, dataset: Dataset) -> dict:
-  """What binds a run to its data: the dataset fingerprint (annotations, classes,
-  feature shapes; :func:`jaxseg.provenance.dataset_fingerprint`), the class
-  list, the video count, and the SHA-256 of the label files a ``points`` run reads."""
-  from jaxseg import provenance  # pylint: disable=g-import-not-at-top
-  record = {"dataset_fingerprint": provenance.dataset_fingerprint(dataset),
-            "class_names": list(dataset.class_names), "num_videos": len(dataset.videos)}
-  if config.labels.mode == "points":
-    for field in ("points_csv", "fps_json"):
-      path = config.labels[field]
-      if os.path.isfile(path):
-        record[f"labels.{field}_sha256"] = file_sha256(path)
-  return record
-
-
-def check_data_record(workdir: str, record: dict) -> None:
-  """Refuses data that differs from what the run in ``workdir`` was made with.
-
-  Compares ``record`` with ``workdir/data.json`` (absent: a new run, or one
-  made before jaxseg wrote it: nothing to compare).
-
-  Raises:
-    DataError: naming what changed and suggesting ``--overwrite``.
-  """
-  path = os.path.join(workdir, DATA_RECORD)
-  if not os.path.exists(path):
-    return
-  old = io.load_json(path, "data record")
-  changed = []
-  for key, new in record.items():
-    if key not in old or old[key] == new:
-      continue
-    if key == "class_names":
-      changed.append(f"classes {old[key]} -> {new}")
-    elif key == "num_videos":
-      changed.append(f"{old[key]} -> {new} videos")
-    elif key == "dataset_fingerprint":
-      changed.append(f"dataset fingerprint {old[key][:12]} -> {new[:12]} (videos, "
-                     "instances, classes or feature shapes)")
-    elif key == "segment_labels_sha256":
-      changed.append("segment_labels.npz was modified")
-    else:
-      changed.append(f"{key[:-len('_sha256')]} file contents")
-  if changed:
-    raise DataError(
-        f"{workdir}: the data changed since this run started ({'; '.join(changed)}); "
-        "its checkpoints and labels belong to the old data: pass --overwrite to "
-        "start over, or use another --workdir")
-
-
-def check_training_annotations(config, train: Dataset) -> None:
-  """Refuses a training split with no annotated instance (nothing to learn from).
-
-  Raises:
-    DataError: naming the subset and the annotation source.
-  """
-  if config.labels.mode == "points" or any(v.instances for v in train.videos):
-    return
-  d = config.data
-  source = {"activitynet": d.annotation_path, "wtalc": d.wtalc_dir}.get(
-      d.format, d.synthetic.output_dir or "the synthetic dataset")
-  raise DataError(f"{source}: no video of data.train_subset {d.train_subset!r} "
-                  f"({len(train.videos)} videos) has an annotated instance")
-
-
-def prepare_data(config, workdir: str) -> RunData:
-  """The data of a run, creating what is missing: the synthetic dataset, the
-  validation split (``splits.json``) and the segment labels (``segment_labels.npz``).
-  A rerun reads them back, so it trains on the same ones."""
-  return _run_data(config, workdir, write=True)
-
-
-def read_data(config, workdir: str) -> RunData:
-  """The data of an existing run, as :func:`prepare_data` left it; writes nothing.
-
-  Raises:
-    ConfigError, DataError: a file of the run is missing or unreadable.
-  """
-  return _run_data(config, workdir, write=False)
-
-
-def data_summary(data: RunData) -> str:
-  """The dataset, the splits and the segment labels a run uses, as text."""
-  seg = data.segment_labels
-  n_lab = sum(int(u.any(axis=1).sum()) for u in seg.labels.values())
-  return "\n".join([
-      data.dataset.summary(),
-      *([data.subset_note] if data.subset_note else []),
-      f"train {len(data.train.videos)} | validation "
-      f"{len(data.validation.videos) if data.validation else 0} | test "
-      f"{len(data.test.videos)}",
-      f"segment labels: mode {seg.mode}, seed {seg.seed}, {n_lab} labeled segments, "
-      f"{seg.num_clipped} instances clipped at the end of their features, "
-      f"{seg.num_dropped} wholly past it"])
-
-
 def describe_data(config, workdir: str) -> str:
   """``--mode data``: the summary of the data the config names (prepared in ``workdir``)."""
   config_lib.validate(config)
   make_workdir(workdir)
   with locked(workdir):
-    return data_summary(prepare_data(config, workdir))
+    return run_data.data_summary(run_data.prepare_data(config, workdir))
 
 
 # --------------------------------------------------------------- reading back
@@ -521,7 +286,7 @@ def describe_data(config, workdir: str) -> str:
 class LoadedRun:
   """A trained run read back from its work directory."""
   config: ml_collections.ConfigDict
-  data: RunData
+  data: run_data.RunData
   model: model_lib.SegmentModel
   state: state_lib.TrainState
   step: int
@@ -545,7 +310,7 @@ def load_run(config, workdir: str, *, which: str = "final") -> LoadedRun:
     raise ConfigError(f"{workdir} holds no run (no config.json); train first")
   if diff:
     _refuse_other_config(workdir, diff)
-  data = read_data(config, workdir)
+  data = run_data.read_data(config, workdir)
   model, state, step = checkpoints_lib.load_checkpoint(
       config, workdir, data.dataset.feature_dim, data.dataset.num_classes, which=which)
   return LoadedRun(config, data, model, state, step)

@@ -25,6 +25,7 @@ from jaxseg import config as config_lib
 from jaxseg import evaluate
 from jaxseg import score
 from jaxseg import train
+from jaxseg import run_data
 from jaxseg import workdir as workdir_lib
 from jaxseg.data import io
 from jaxseg.data import points
@@ -233,21 +234,21 @@ def test_changed_data_refuses_to_resume_naming_what_changed(tmp_path):
   config = _anet_config(ann, fdir)
   workdir = str(tmp_path / "run")
   workdir_lib.claim_workdir(config, workdir)
-  workdir_lib.prepare_data(config, workdir)
+  run_data.prepare_data(config, workdir)
   record = _json(os.path.join(workdir, "data.json"))
   assert set(record) >= {"dataset_fingerprint", "segment_labels_sha256", "class_names"}
-  workdir_lib.prepare_data(config, workdir)  # same data: fine
+  run_data.prepare_data(config, workdir)  # same data: fine
   db = _db()
   db["tr1"]["annotations"][0]["segment"] = [1.0, 4.0]  # an instance moved
   (tmp_path / "gt.json").write_text(json.dumps({"database": db}))
   with pytest.raises(DataError, match="data changed.*dataset fingerprint.*--overwrite"):
-    workdir_lib.prepare_data(config, workdir)
+    run_data.prepare_data(config, workdir)
   for v in db.values():  # a class removed
     for a in v["annotations"]:
       a["label"] = "Bowl"
   (tmp_path / "gt.json").write_text(json.dumps({"database": db}))
   with pytest.raises(DataError, match=r"classes \['Bowl', 'Jump'\] -> \['Bowl'\]"):
-    workdir_lib.read_data(config, workdir)  # --mode eval refuses too
+    run_data.read_data(config, workdir)  # --mode eval refuses too
 
 
 def test_changed_labels_refuse_to_resume(tmp_path):
@@ -255,12 +256,12 @@ def test_changed_labels_refuse_to_resume(tmp_path):
   config = _anet_config(ann, fdir)
   workdir = str(tmp_path / "run")
   workdir_lib.claim_workdir(config, workdir)
-  workdir_lib.prepare_data(config, workdir)
+  run_data.prepare_data(config, workdir)
   labels = os.path.join(workdir, "segment_labels.npz")
   with open(labels, "ab") as f:
     f.write(b"\0")
   with pytest.raises(DataError, match="segment_labels.npz was modified"):
-    workdir_lib.prepare_data(config, workdir)
+    run_data.prepare_data(config, workdir)
 
 
 def test_overwrite_starts_over_and_keeps_unknown_files(tmp_path):
@@ -268,7 +269,7 @@ def test_overwrite_starts_over_and_keeps_unknown_files(tmp_path):
   config = _anet_config(ann, fdir)
   workdir = tmp_path / "run"
   workdir_lib.claim_workdir(config, str(workdir))
-  workdir_lib.prepare_data(config, str(workdir))
+  run_data.prepare_data(config, str(workdir))
   for sub in ("latest/4", "best/4"):
     (workdir / "checkpoints" / sub).mkdir(parents=True)
   (workdir / "checkpoints" / "notes.txt").write_text("mine")
@@ -588,7 +589,7 @@ def test_a_points_csv_with_a_bom_reads_and_a_bad_one_leaves_nothing(tmp_path):
   workdir = tmp_path / "run"
   workdir_lib.claim_workdir(config, str(workdir))
   with pytest.raises(DataError, match="unknown video 'nope'"):
-    workdir_lib.prepare_data(config, str(workdir))
+    run_data.prepare_data(config, str(workdir))
   assert sorted(os.listdir(workdir)) == ["config.json"]  # no splits.json, no labels
 
 

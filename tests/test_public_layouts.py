@@ -23,6 +23,7 @@ from jaxseg import predict
 from jaxseg import score
 from jaxseg import subsets
 from jaxseg import train
+from jaxseg import run_data
 from jaxseg import workdir as workdir_lib
 from jaxseg.data import layouts
 from jaxseg.data import reader_common
@@ -198,8 +199,8 @@ def wtalc(tmp_path_factory):
 
 
 def test_wtalc_bundle_as_shipped_trains_with_labels_all_and_ambiguous(wtalc):
-  data = workdir_lib.read_data(wtalc["config"], wtalc["work"])
-  summary = workdir_lib.data_summary(data)
+  data = run_data.read_data(wtalc["config"], wtalc["work"])
+  summary = run_data.data_summary(data)
   assert "ambiguous intervals (not evaluated): 4 in 4 videos" in summary
   assert "video-level labels from labels_all.npy" in summary
   assert data.train_subset == "validation" and data.test_subset == "test"
@@ -246,7 +247,7 @@ def test_wtalc_ambiguous_used_by_evaluation_and_score(wtalc, tmp_path, protocol)
 def test_predict_with_a_joined_features_run_reads_extract_folders(wtalc, tmp_path):
   """A run on W-TALC's joined (RGB then flow) features predicts on the folder
   jaxseg.extract writes, FEATURES_DIR/{rgb,flow}/<vid>.npy, as on joined files."""
-  data = workdir_lib.read_data(wtalc["config"], wtalc["work"])
+  data = run_data.read_data(wtalc["config"], wtalc["work"])
   split, joined = tmp_path / "split", tmp_path / "joined"
   joined.mkdir()
   for s in ("rgb", "flow"):
@@ -288,7 +289,7 @@ def test_activitynet13_json_trains_and_evaluates(tmp_path):
       **{"data.annotation_path": path, "data.features_dir": fdir})
   out = train.train_and_evaluate(config, str(tmp_path / "run"))
   assert set(out["selected"]) >= {"mAP@0.5", "mAP@0.95", "avg0.5:0.95"}
-  data = workdir_lib.read_data(config, str(tmp_path / "run"))
+  data = run_data.read_data(config, str(tmp_path / "run"))
   assert data.train_subset == "training" and data.test_subset == "validation"
   assert {v.subset for v in data.dataset.videos} == {"training", "validation", "testing"}
   assert all(not v.instances for v in data.dataset.videos if v.subset == "testing")

@@ -31,6 +31,7 @@ from jaxseg import checkpoints as checkpoints_lib
 from jaxseg import config as config_lib
 from jaxseg import evaluate
 from jaxseg import train
+from jaxseg import run_data
 from jaxseg import workdir as workdir_lib
 from jaxseg.data import batching
 from jaxseg.data import labels as labels_lib
@@ -325,7 +326,7 @@ def _tiny_results(config):
   """Inputs of ``evaluate.write_results`` for a one-video, one-class split."""
   video = Video("v1", "test", np.zeros((4, 2), np.float32), 1.0, 4.0, [Instance(0.0, 2.0, 0)])
   ds = Dataset(["a"], [video])
-  data = workdir_lib.RunData(ds, ds, None, ds,
+  data = run_data.RunData(ds, ds, None, ds,
                        labels_lib.SegmentLabels(labels={}, mode="one-segment", seed=0))
   table = pd.DataFrame({0.5: [0.25, 0.25]}, index=["a", "mean"])
   final = {"predictions": {"results": {"v1": [

@@ -15,6 +15,7 @@ from jaxseg import config as config_lib
 from jaxseg import evaluate
 from jaxseg import state as state_lib
 from jaxseg import train
+from jaxseg import run_data
 from jaxseg import workdir as workdir_lib
 from jaxseg.data import batching
 from tests.conftest import make_config
@@ -125,7 +126,7 @@ def test_bfloat16_compute_trains_like_float32(full_run, data_dir, tmp_path):
   """model.compute_dtype='bfloat16': the same steps, losses within bf16 rounding."""
   c = make_config(**{"data.synthetic.output_dir": data_dir})
   del full_run  # it generated the dataset
-  data = workdir_lib.prepare_data(c, str(tmp_path))
+  data = run_data.prepare_data(c, str(tmp_path))
   loader = batching.TrainLoader(
       data.train, data.segment_labels.labels, batch_size=c.train.batch_size,
       max_length=c.train.max_length, buckets=c.train.length_buckets, seed=c.seed,
