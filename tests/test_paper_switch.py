@@ -13,8 +13,9 @@ import pytest
 from configs import activitynet12_i3d_paper
 from configs import test as test_config
 from configs import thumos14_i3d_paper
-from jaxseg import ablation, inference, losses, workdir
+from jaxseg import ablation, inference, losses, run_data
 from jaxseg import config as config_lib
+from jaxseg import config_checks
 from jaxseg.data import batching
 
 
@@ -24,7 +25,7 @@ def test_paper_configs_set_every_printed_choice():
             thumos14_i3d_paper.get_config("synthetic")):
     if c.data.format == "activitynet":
       c.data.annotation_path, c.data.features_dir = "gt.json", "features"
-    config_lib.validate(c)
+    config_checks.validate(c)
     for key, value in config_lib.PAPER_AS_PRINTED:
       section, name = key.split(".")
       assert c[section][name] == value, key
@@ -159,11 +160,11 @@ class _Count(list):
 def forbid_test_split(monkeypatch):
   """Any read of the test split (beyond its size) raises."""
   for name in ("prepare_data", "read_data"):  # every way a run gets its RunData
-    def guarded(*a, _load=getattr(workdir, name), **k):
+    def guarded(*a, _load=getattr(run_data, name), **k):
       data = _load(*a, **k)
       return dataclasses.replace(data, test=_Forbidden(len(data.test.videos)))
 
-    monkeypatch.setattr(workdir, name, guarded)
+    monkeypatch.setattr(run_data, name, guarded)
 
 
 def test_non_psl_cells_never_see_segment_labels_and_fill_both_rows(tmp_path, monkeypatch):
@@ -208,7 +209,7 @@ def test_the_validation_ablation_needs_a_hold_out():
   c.ablation.split = "validation"
   c.train.validation_fraction = 0.0
   with pytest.raises(config_lib.ConfigError, match="ablation.split"):
-    config_lib.validate(c)
+    config_checks.validate(c)
   assert isinstance(c, ml_collections.ConfigDict)
 
 
