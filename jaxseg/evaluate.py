@@ -20,7 +20,9 @@ import pandas as pd
 from absl import logging
 
 from jaxseg import checkpoints as checkpoints_lib
+from jaxseg import classification_metrics
 from jaxseg import inference
+from jaxseg import map_summary
 from jaxseg import metrics
 from jaxseg import parallel
 from jaxseg import provenance
@@ -59,11 +61,11 @@ def evaluate_params(config, model, params, split: Dataset, *, apply_fn=None,
                                 class_names=split.class_names,
                                 feature_rate=config.data.feature_rate,
                                 ambiguous=split.ambiguous_of_videos())
-  summary = metrics.summarize(table, config.eval.averages, lenient=True).iloc[0].to_dict()
+  summary = map_summary.summarize(table, config.eval.averages, lenient=True).iloc[0].to_dict()
   ids = [v.video_id for v in split.videos]
   y = np.stack([v.video_labels(split.num_classes) for v in split.videos])
   scores = np.stack([np.asarray(pred["p_a"][i]) for i in ids])
-  summary["cls_mAP"] = 100.0 * metrics.classification_map(y, scores)
+  summary["cls_mAP"] = 100.0 * classification_metrics.classification_map(y, scores)
   return {"predictions": pred, "table": table, "summary": summary}
 
 

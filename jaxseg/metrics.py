@@ -1,4 +1,4 @@
-"""Detection mAP at temporal IoU (two protocols) and video classification mAP.
+"""Detection mAP at temporal IoU, two protocols.
 
 Two detection protocols, chosen with ``protocol=`` and labeled in every output
 (``DataFrame.attrs["protocol"]``, the summary row name, the CLI header):
@@ -19,8 +19,9 @@ Two detection protocols, chosen with ``protocol=`` and labeled in every output
 
 ``docs/evaluation.md`` states both protocols precisely and how they differ.
 The paper reports the THUMOS14 mAP at tIoU 0.1:0.1:0.7 with the 0.1-0.5 average
-(its Table 2) and the ActivityNet average over 0.5:0.05:0.95 (Tables 3-4), and
-video classification mAP in its Table 5 (:func:`classification_map`).
+(its Table 2) and the ActivityNet average over 0.5:0.05:0.95 (Tables 3-4):
+:mod:`jaxseg.map_summary` averages and summarizes the table; video
+classification mAP (its Table 5) is :mod:`jaxseg.classification_metrics`.
 """
 
 from __future__ import annotations
@@ -39,9 +40,8 @@ from jaxseg.data.video import I3D_FEATURE_RATE, DataError
 
 __all__ = [
     "ACTIVITYNET_AVERAGES", "ACTIVITYNET_TIOU", "AMBIGUOUS_LABEL", "MEAN_ROW",
-    "PROTOCOLS", "PROTOCOL_LABELS", "THUMOS14_AVERAGES", "THUMOS14_TIOU", "average_over",
-    "classification_ap", "classification_map", "default_averages", "detection_map",
-    "parse_tiou", "summarize",
+    "PROTOCOLS", "PROTOCOL_LABELS", "THUMOS14_AVERAGES", "THUMOS14_TIOU", "detection_map",
+    "parse_tiou",
 ]
 
 PROTOCOL_LABELS = {
@@ -51,7 +51,6 @@ PROTOCOL_LABELS = {
 AMBIGUOUS_LABEL = "Ambiguous"
 MEAN_ROW = "mean"
 
-_TOL = 1e-9  # threshold-label comparisons
 
 
 # ----------------------------------------------------------------- thresholds
@@ -427,186 +426,3 @@ def _drop_ambiguous_seconds(pr, pr_cls, amb) -> None:
     inter = (np.minimum(pr.seg[rows, 1:2], a[None, :, 1])
              - np.maximum(pr.seg[rows, 0:1], a[None, :, 0]))
     pr_cls[rows[np.any(inter > 0, axis=1)]] = -1
-
-
-# ------------------------------------------------------------------- averages
-
-
-def _threshold_columns(df: pd.DataFrame) -> list[float]:
-  return [float(c) for c in df.columns]
-
-
-def average_over(df: pd.DataFrame, low: float, high: float) -> float:
-  """Mean of the ``"mean"`` row over the thresholds in ``[low, high]``.
-
-  Args:
-    df: a :func:`detection_map` table.
-    low, high: inclusive range of thresholds (compared with 1e-9 tolerance).
-
-  Returns:
-    The average mAP as a fraction in [0, 1].
-
-  Raises:
-    ValueError: if no threshold column lies in the range.
-  """
-  cols = _columns_in(df, low, high)
-  return float(np.mean(df.loc[MEAN_ROW, cols].to_numpy(np.float64)))
-
-
-def _columns_in(df: pd.DataFrame, low: float, high: float) -> list:
-  """The threshold columns of ``df`` in ``[low, high]`` (1e-9 tolerance); at least one."""
-  cols = [c for c in df.columns if low - _TOL <= float(c) <= high + _TOL]
-  if not cols:
-    raise ValueError(f"no tIoU threshold in [{low}, {high}]; thresholds: "
-                     f"{_threshold_columns(df)}")
-  return cols
-
-
-def default_averages(thresholds: Iterable[float]) -> tuple[tuple[str, float, float], ...]:
-  """The averages papers report for a threshold set.
-
-  THUMOS14 ``avg0.1:0.5`` and ``avg0.1:0.7`` and ActivityNet ``avg0.5:0.95``,
-  each when both its ends are among ``thresholds``; otherwise the average over
-  all thresholds, named ``avg{low}:{high}``.
-  """
-  ts = [float(t) for t in thresholds]
-  has = lambda x: any(abs(t - x) < _TOL for t in ts)  # noqa: E731
-  out = tuple(a for a in THUMOS14_AVERAGES + ACTIVITYNET_AVERAGES if has(a[1]) and has(a[2]))
-  if out or len(ts) < 2:
-    return out
-  lo, hi = min(ts), max(ts)
-  return ((f"avg{lo:g}:{hi:g}", lo, hi),)
-
-
-def _resolve_averages(df, averages, lenient: bool):
-  if averages is None:
-    return default_averages(_threshold_columns(df))
-  ts = _threshold_columns(df)
-  out = []
-  for name, lo, hi in averages:
-    if lenient:
-      if not any(float(lo) - _TOL <= t <= float(hi) + _TOL for t in ts):
-        continue
-    else:
-      for end in (lo, hi):
-        if not any(abs(t - float(end)) < _TOL for t in ts):
-          raise ValueError(f"average {name!r}: threshold {end} is not among {ts}")
-    out.append((str(name), float(lo), float(hi)))
-  return tuple(out)
-
-
-def summarize(df: pd.DataFrame, averages: Sequence[tuple[str, float, float]] | None = None,
-              *, per_class: bool = False, lenient: bool = False) -> pd.DataFrame:
-  """mAP (%) per threshold and the averages: the line papers print.
-
-  The one summary of a :func:`detection_map` table: the training run's
-  results, the scoring CLI's table and its ``--output`` CSV all come from it.
-
-  Args:
-    df: a :func:`detection_map` table.
-    averages: ``(name, low, high)`` triples, the mean over the thresholds of
-      ``df`` in each inclusive range, whose ends must be thresholds of ``df``
-      (so an ActivityNet table is not silently averaged over the THUMOS14
-      range); ``None``: :func:`default_averages`.
-    per_class: one row per class and the mean (index: class, plus a
-      ``"protocol"`` column) instead of the mean row alone (index: the
-      protocol, ``df.attrs["protocol"]``).
-    lenient: a run's ``config.eval.averages``: the ends need not be
-      thresholds, and an average whose range holds none is left out (what a
-      training run reports whatever its ``eval.tiou_thresholds``).
-
-  Returns:
-    A DataFrame, columns ``"mAP@0.1"``, ... then the average names, values in
-    percent, unrounded (``.round(1)`` gives what papers print); ``attrs`` as
-    ``df``'s.
-  """
-  avgs = _resolve_averages(df, averages, lenient)
-  protocol = df.attrs.get("protocol", "activitynet")
-  rows = list(df.index) if per_class else [MEAN_ROW]
-  records = []
-  for r in rows:
-    values = df.loc[r]
-    rec = {f"mAP@{float(t):g}": 100.0 * float(values[t]) for t in df.columns}
-    for name, lo, hi in avgs:
-      cols = _columns_in(df, lo, hi)
-      rec[name] = 100.0 * float(np.mean(values[cols].to_numpy(np.float64)))
-    records.append(rec)
-  if per_class:
-    out = pd.DataFrame(records, index=df.index)
-    out["protocol"] = protocol
-  else:
-    out = pd.DataFrame(records, index=pd.Index([protocol], name="protocol"))
-  out.attrs.update(df.attrs)
-  return out
-
-
-# -------------------------------------------------------------- classification
-
-
-def classification_ap(video_labels, scores) -> np.ndarray:
-  """Average precision of each class over videos (paper Table 5, per class).
-
-  For class ``c``, videos are ranked by ``scores[:, c]`` (descending) and
-  ``AP = sum_k (R_k - R_{k-1}) P_k`` over the distinct score values ``k``
-  (scikit-learn's ``average_precision_score``). Without tied scores this is the
-  sum over positive videos of the precision at their rank, divided by the
-  number of positives (W-TALC's ``getAP``); tied videos share the precision at
-  the end of their tie, so the result does not depend on the video order.
-
-  Args:
-    video_labels: ``(V, N)`` multi-hot labels in {0, 1} (any numeric or bool dtype).
-    scores: ``(V, N)`` finite float scores.
-
-  Returns:
-    ``(N,) float64`` AP in [0, 1]; NaN for a class without a positive video.
-
-  Raises:
-    ValueError: on mismatched shapes, labels other than 0/1, non-finite scores.
-  """
-  y = np.asarray(video_labels)
-  s = np.asarray(scores, np.float64)
-  if y.ndim != 2 or s.shape != y.shape:
-    raise ValueError(f"video_labels {y.shape} and scores {s.shape} must both be (V, N)")
-  yf = y.astype(np.float64)
-  if not np.all((yf == 0) | (yf == 1)):
-    raise ValueError("video_labels must be 0 or 1")
-  if not np.all(np.isfinite(s)):
-    raise ValueError("scores must be finite")
-  v, n = y.shape
-  out = np.full((n,), np.nan)
-  for c in range(n):
-    pos = yf[:, c]
-    npos = pos.sum()
-    if npos == 0:
-      continue
-    order = np.argsort(-s[:, c], kind="stable")
-    ss, yy = s[order, c], pos[order]
-    tp_c = np.cumsum(yy)
-    # Index of the last video of each video's tie block.
-    is_end = np.append(ss[1:] != ss[:-1], True)
-    ends = np.flatnonzero(is_end)
-    block_end = ends[np.searchsorted(ends, np.arange(v))]
-    prec = tp_c[block_end] / (block_end + 1.0)
-    out[c] = float(np.sum(yy * prec) / npos)
-  return out
-
-
-def classification_map(video_labels, scores) -> float:
-  """Video classification mAP (paper Table 5): mean of :func:`classification_ap`.
-
-  Classes without a positive video are excluded from the mean.
-
-  Args:
-    video_labels: ``(V, N)`` multi-hot labels in {0, 1}.
-    scores: ``(V, N)`` float scores (e.g. the softmax ``p_a`` of paper 4.7).
-
-  Returns:
-    mAP as a fraction in [0, 1].
-
-  Raises:
-    ValueError: as :func:`classification_ap`, or if no class has a positive.
-  """
-  ap = classification_ap(video_labels, scores)
-  if not np.any(np.isfinite(ap)):
-    raise ValueError("no class has a positive video")
-  return float(np.nanmean(ap))

@@ -9,7 +9,7 @@ Usage::
 
 Prints mAP (%) per tIoU threshold and the averages papers report (THUMOS14:
 0.1-0.5 and 0.1-0.7; ActivityNet: 0.5-0.95; see
-:func:`jaxseg.metrics.default_averages`), labeled with the protocol. With
+:func:`jaxseg.map_summary.default_averages`), labeled with the protocol. With
 ``--output``, writes the per-class table (percent, with the averages and the
 protocol as columns) atomically. A missing or malformed file prints one line
 ``error: <file>: ...`` on stderr and exits with status 2.
@@ -21,6 +21,7 @@ import argparse
 import sys
 from typing import Sequence
 
+from jaxseg import map_summary
 from jaxseg import metrics
 from jaxseg.config import PROTOCOLS
 from jaxseg.data import io
@@ -95,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
   except ValueError as e:
     raise _Error(str(e).replace("\n", " ")) from None
 
-  summary = metrics.summarize(df).round(1)
+  summary = map_summary.summarize(df).round(1)
   a = df.attrs
   print(f"Detection mAP (%), {metrics.PROTOCOL_LABELS[args.protocol]}")
   print(f"{a['num_videos']} ground-truth videos"
@@ -103,13 +104,13 @@ def run(args: argparse.Namespace) -> int:
         + f", {len(df) - 1} classes, {a['num_instances']} instances, "
         f"{a['num_predictions']} predictions evaluated")
   if args.per_class:
-    table = metrics.summarize(df, per_class=True).drop(columns="protocol").round(1)
+    table = map_summary.summarize(df, per_class=True).drop(columns="protocol").round(1)
     print(table.to_string())
     print()
   print(summary.to_string())
   if args.output:
     try:
-      io.atomic_write_text(args.output, metrics.summarize(df, per_class=True).to_csv())
+      io.atomic_write_text(args.output, map_summary.summarize(df, per_class=True).to_csv())
     except OSError as e:
       raise _Error(f"{args.output}: cannot write: {e.strerror or e}") from None
     print(f"wrote {args.output}")

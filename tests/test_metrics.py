@@ -19,8 +19,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jaxseg import score as cli
+from jaxseg import classification_metrics
+from jaxseg import map_summary
 from jaxseg import metrics as ev
+from jaxseg import score as cli
 from jaxseg.data.video import DataError
 from tests import anet_json
 from tests import reference_activitynet as ref
@@ -464,54 +466,54 @@ def _table(values: dict, protocol="activitynet") -> pd.DataFrame:
 def test_average_over_and_summarize():
   vals = {t: 0.1 * (i + 1) for i, t in enumerate(ev.THUMOS14_TIOU)}  # 0.1 .. 0.7
   df = _table(vals, "wtalc")
-  assert ev.average_over(df, 0.1, 0.5) == pytest.approx(0.3)
-  assert ev.average_over(df, 0.1, 0.7) == pytest.approx(0.4)
-  assert ev.average_over(df, 0.3, 0.3) == pytest.approx(0.3)
+  assert map_summary.average_over(df, 0.1, 0.5) == pytest.approx(0.3)
+  assert map_summary.average_over(df, 0.1, 0.7) == pytest.approx(0.4)
+  assert map_summary.average_over(df, 0.3, 0.3) == pytest.approx(0.3)
   with pytest.raises(ValueError, match="no tIoU threshold"):
-    ev.average_over(df, 0.8, 0.9)
-  s = ev.summarize(df)
+    map_summary.average_over(df, 0.8, 0.9)
+  s = map_summary.summarize(df)
   assert list(s.index) == ["wtalc"]
   assert list(s.columns) == [f"mAP@{t:g}" for t in ev.THUMOS14_TIOU] + ["avg0.1:0.5",
                                                                          "avg0.1:0.7"]
   np.testing.assert_allclose(s.iloc[0].to_numpy(),
                              [10, 20, 30, 40, 50, 60, 70, 30, 40])
   with pytest.raises(ValueError, match="0.9 is not among"):
-    ev.summarize(df, averages=(("avg", 0.1, 0.9),))
+    map_summary.summarize(df, averages=(("avg", 0.1, 0.9),))
   # A run's config.eval.averages: over the thresholds inside the range, or left out.
-  lenient = ev.summarize(df, averages=(("a", 0.15, 0.35), ("b", 0.8, 0.9)), lenient=True)
+  lenient = map_summary.summarize(df, averages=(("a", 0.15, 0.35), ("b", 0.8, 0.9)), lenient=True)
   assert lenient["a"].iloc[0] == pytest.approx(25.0) and "b" not in lenient
-  custom = ev.summarize(df, averages=(("avg0.2:0.4", 0.2, 0.4),))
+  custom = map_summary.summarize(df, averages=(("avg0.2:0.4", 0.2, 0.4),))
   assert custom["avg0.2:0.4"].iloc[0] == pytest.approx(30.0)
 
 
 def test_summary_rounds_like_papers():
   df = _table({0.5: 0.123456, 0.55: 0.2, 0.6: 0.3, 0.65: 0.4, 0.7: 0.5, 0.75: 0.6,
                0.8: 0.7, 0.85: 0.8, 0.9: 0.9, 0.95: 0.987654})
-  s = ev.summarize(df).round(1)
+  s = map_summary.summarize(df).round(1)
   assert list(s.columns)[-1] == "avg0.5:0.95"
   assert s["mAP@0.5"].iloc[0] == 12.3 and s["mAP@0.95"].iloc[0] == 98.8
   assert s["avg0.5:0.95"].iloc[0] == round(100 * np.mean(list(df.iloc[0])), 1)
-  assert ev.summarize(df).round(2)["mAP@0.5"].iloc[0] == 12.35
+  assert map_summary.summarize(df).round(2)["mAP@0.5"].iloc[0] == 12.35
 
 
 def test_default_averages():
-  assert ev.default_averages(ev.THUMOS14_TIOU) == ev.THUMOS14_AVERAGES
-  assert ev.default_averages(ev.ACTIVITYNET_TIOU) == ev.ACTIVITYNET_AVERAGES
-  assert ev.default_averages((0.1, 0.2, 0.3, 0.4, 0.5)) == (("avg0.1:0.5", 0.1, 0.5),)
-  assert ev.default_averages((0.3, 0.5)) == (("avg0.3:0.5", 0.3, 0.5),)
-  assert ev.default_averages((0.5,)) == ()
+  assert map_summary.default_averages(ev.THUMOS14_TIOU) == ev.THUMOS14_AVERAGES
+  assert map_summary.default_averages(ev.ACTIVITYNET_TIOU) == ev.ACTIVITYNET_AVERAGES
+  assert map_summary.default_averages((0.1, 0.2, 0.3, 0.4, 0.5)) == (("avg0.1:0.5", 0.1, 0.5),)
+  assert map_summary.default_averages((0.3, 0.5)) == (("avg0.3:0.5", 0.3, 0.5),)
+  assert map_summary.default_averages((0.5,)) == ()
 
 
 def test_summarize_per_class_averages():
   gt = _gt({"a": [(0.0, 10.0, "x"), (20.0, 30.0, "y")]})
   pred = _pred({"a": [(0.0, 7.0, "x", 0.9), (20.0, 30.0, "y", 0.8)]})
   df = ev.detection_map(gt, pred, ev.THUMOS14_TIOU, protocol="activitynet")
-  r = ev.summarize(df, per_class=True)
+  r = map_summary.summarize(df, per_class=True)
   # x: tIoU 0.7 -> TP up to 0.7 inclusive; y: perfect.
   np.testing.assert_allclose(r.loc["x", [f"mAP@{t:g}" for t in ev.THUMOS14_TIOU]], 100.0)
   df2 = ev.detection_map(gt, _pred({"a": [(0.0, 5.0, "x", 0.9)]}), ev.THUMOS14_TIOU,
                          protocol="activitynet")
-  r2 = ev.summarize(df2, per_class=True)
+  r2 = map_summary.summarize(df2, per_class=True)
   np.testing.assert_allclose(r2.loc["x", "avg0.1:0.5"], 100.0)  # tIoU exactly 0.5
   np.testing.assert_allclose(r2.loc["x", "avg0.1:0.7"], 100.0 * 5 / 7)
   np.testing.assert_allclose(r2.loc["mean", "avg0.1:0.7"], 100.0 * 5 / 14)
@@ -557,36 +559,36 @@ def test_classification_map_by_hand():
                 [0.2, 0.9, 0.4]])
   # Class 0 ranks videos 0,1,2,3,4 with positives 0,2,4: (1 + 2/3 + 3/5) / 3.
   # Class 1 ranks 4,1,2,3,0 with positives 1,2: (1/2 + 2/3) / 2. Class 2: none.
-  ap = ev.classification_ap(y, s)
+  ap = classification_metrics.classification_ap(y, s)
   assert ap[0] == pytest.approx((1 + 2 / 3 + 3 / 5) / 3)
   assert ap[1] == pytest.approx((1 / 2 + 2 / 3) / 2)
   assert math.isnan(ap[2])
-  assert ev.classification_map(y, s) == pytest.approx((ap[0] + ap[1]) / 2)
+  assert classification_metrics.classification_map(y, s) == pytest.approx((ap[0] + ap[1]) / 2)
 
 
 def test_classification_map_random_and_ties():
   rng = np.random.default_rng(0)
   y = (rng.uniform(size=(50, 8)) < 0.3).astype(np.int32)
   s = rng.uniform(size=(50, 8))
-  ap = ev.classification_ap(y, s)
+  ap = classification_metrics.classification_ap(y, s)
   for c in range(8):
     assert ap[c] == pytest.approx(_ap_by_hand(y[:, c].tolist(), s[:, c].tolist()))
   # Ties share the precision at the end of the tie: scores [1, 1, 0] with
   # labels [0, 1, 1]: (1/2 + 2/3) / 2, whatever the video order.
-  a = ev.classification_ap(np.array([[0], [1], [1]]), np.array([[1.0], [1.0], [0.0]]))
-  b = ev.classification_ap(np.array([[1], [0], [1]]), np.array([[1.0], [1.0], [0.0]]))
+  a = classification_metrics.classification_ap(np.array([[0], [1], [1]]), np.array([[1.0], [1.0], [0.0]]))
+  b = classification_metrics.classification_ap(np.array([[1], [0], [1]]), np.array([[1.0], [1.0], [0.0]]))
   assert a[0] == pytest.approx((1 / 2 + 2 / 3) / 2) and b[0] == pytest.approx(a[0])
 
 
 def test_classification_errors():
   with pytest.raises(ValueError, match="must both be"):
-    ev.classification_map(np.zeros((3, 2)), np.zeros((3, 3)))
+    classification_metrics.classification_map(np.zeros((3, 2)), np.zeros((3, 3)))
   with pytest.raises(ValueError, match="0 or 1"):
-    ev.classification_map(np.full((2, 2), 2), np.zeros((2, 2)))
+    classification_metrics.classification_map(np.full((2, 2), 2), np.zeros((2, 2)))
   with pytest.raises(ValueError, match="finite"):
-    ev.classification_map(np.eye(2), np.array([[np.nan, 0], [0, 1]]))
+    classification_metrics.classification_map(np.eye(2), np.array([[np.nan, 0], [0, 1]]))
   with pytest.raises(ValueError, match="no class has a positive"):
-    ev.classification_map(np.zeros((2, 2)), np.zeros((2, 2)))
+    classification_metrics.classification_map(np.zeros((2, 2)), np.zeros((2, 2)))
 
 
 # ----------------------------------------------------------------------- CLI
@@ -610,7 +612,7 @@ def test_cli_prints_and_writes_csv(files, tmp_path, capsys):
   text = capsys.readouterr().out
   assert "ActivityNet protocol" in text and "avg0.1:0.5" in text and "avg0.1:0.7" in text
   df = ev.detection_map(gt, pred, ev.THUMOS14_TIOU, "test", protocol="activitynet")
-  summary = ev.summarize(df).round(1)
+  summary = map_summary.summarize(df).round(1)
   assert summary.to_string() in text
   with open(out, newline="") as f:
     rows = list(csv.DictReader(f))
@@ -635,7 +637,7 @@ def test_cli_wtalc_and_activitynet_thresholds(files, tmp_path, capsys):
   assert "W-TALC protocol" in text and "avg0.5:0.95" in text and "avg0.1:0.5" not in text
   df = ev.detection_map(gt, pred, ev.ACTIVITYNET_TIOU, protocol="wtalc",
                         ambiguous={"video_3": [[0, 50]]})
-  assert ev.summarize(df).round(1).to_string() in text
+  assert map_summary.summarize(df).round(1).to_string() in text
 
 
 @pytest.mark.parametrize("which, content, pattern", [
