@@ -78,6 +78,7 @@ def measure(num_devices: int, batch: int, length: int, dim: int, classes: int,
   from benchmarks import common  # pylint: disable=g-import-not-at-top
   from benchmarks import loss_throughput  # pylint: disable=g-import-not-at-top
   from jaxseg import config as config_lib  # pylint: disable=g-import-not-at-top
+  from jaxseg import config_checks  # pylint: disable=g-import-not-at-top
   from jaxseg import parallel  # pylint: disable=g-import-not-at-top
   from jaxseg import state as state_lib  # pylint: disable=g-import-not-at-top
   from jaxseg import train  # pylint: disable=g-import-not-at-top
@@ -85,7 +86,7 @@ def measure(num_devices: int, batch: int, length: int, dim: int, classes: int,
   c = config_lib.base_config()
   c.train.batch_size = batch
   c.parallel.num_devices = num_devices
-  config_lib.validate(c, num_devices=num_devices)
+  config_checks.validate(c, num_devices=num_devices)
   mesh = parallel.make_mesh(num_devices)
   model = state_lib.make_model(c, dim, classes)
   optimizer = state_lib.make_optimizer(c)

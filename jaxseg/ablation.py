@@ -25,6 +25,7 @@ import pandas as pd
 from absl import logging
 
 from jaxseg import config as config_lib
+from jaxseg import config_checks
 from jaxseg import provenance
 from jaxseg import train
 from jaxseg.data import io
@@ -125,7 +126,7 @@ def run_ablation(config: ml_collections.ConfigDict, workdir: str, *,
     says which labels the run saw (``video-level`` for the non-PSL cells by
     default: the same run in every label row).
   """
-  config_lib.validate(config)  # before the workdir exists, naming ablation.* fields
+  config_checks.validate(config)  # before the workdir exists, naming ablation.* fields
   num_seeds = num_seeds or config.ablation.num_seeds
   split = config.ablation.split
   os.makedirs(workdir, exist_ok=True)

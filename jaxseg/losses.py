@@ -361,7 +361,7 @@ def sphere_loss(features: Array, cas: Array, labels: Array, mask: Array,
     raise ValueError(f"sphere classes: expected one of {SPHERE_CLASSES}, got {classes!r}")
   _check_rank("features", features, 3)
   _check_rank("cas", cas, 3)
-  margin = int(margin)  # validated by config.validate (loss.margin)
+  margin = int(margin)  # validated by config_checks.validate (loss.margin)
   n = cas.shape[-1]
   if weight.shape != (n, features.shape[-1]):
     raise ValueError(f"sphere weight: expected shape {(n, features.shape[-1])}, "

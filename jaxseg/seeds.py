@@ -19,6 +19,7 @@ import pandas as pd
 from absl import logging
 
 from jaxseg import config as config_lib
+from jaxseg import config_checks
 from jaxseg import report
 from jaxseg import train
 from jaxseg.data import io
@@ -35,7 +36,7 @@ def seed_config(config: ml_collections.ConfigDict, index: int) -> ml_collections
 def run_seeds(config: ml_collections.ConfigDict, workdir: str, num_seeds: int, *,
               overwrite: bool = False) -> pd.DataFrame:
   """Trains and evaluates ``num_seeds`` runs; returns the mean ± std table."""
-  config_lib.validate(config)
+  config_checks.validate(config)
   if num_seeds < 1:
     raise config_lib.ConfigError(f"--seeds: expected at least 1, got {num_seeds}")
   runs = []

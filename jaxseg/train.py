@@ -32,6 +32,7 @@ from absl import logging
 
 from jaxseg import checkpoints as checkpoints_lib
 from jaxseg import config as config_lib
+from jaxseg import config_checks
 from jaxseg import evaluate as evaluate_lib
 from jaxseg import losses
 from jaxseg import metric_writers
@@ -195,10 +196,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     ``{"final": summary, "selected": summary, "selected_step": int}``; each
     summary maps ``"mAP@0.5"`` etc. to percent (empty when ``evaluate=False``).
   """
-  config_lib.validate(config)
+  config_checks.validate(config)
   parallel.initialize_distributed(config)
   mesh = parallel.make_mesh(config.parallel.num_devices)
-  config_lib.validate(config, num_devices=mesh.devices.size)
+  config_checks.validate(config, num_devices=mesh.devices.size)
   metric_writers.check_backends(config.train.log_to)
   if not overwrite and os.path.isdir(workdir):  # refused before even the lock file
     workdir_lib.check_same_config(config, workdir)

@@ -29,6 +29,7 @@ import ml_collections
 
 from jaxseg import checkpoints as checkpoints_lib
 from jaxseg import config as config_lib
+from jaxseg import config_checks
 from jaxseg import model as model_lib
 from jaxseg import parallel
 from jaxseg import run_data
@@ -273,7 +274,7 @@ class MetricsLog:
 
 def describe_data(config, workdir: str) -> str:
   """``--mode data``: the summary of the data the config names (prepared in ``workdir``)."""
-  config_lib.validate(config)
+  config_checks.validate(config)
   make_workdir(workdir)
   with locked(workdir):
     return run_data.data_summary(run_data.prepare_data(config, workdir))
@@ -304,7 +305,7 @@ def load_run(config, workdir: str, *, which: str = "final") -> LoadedRun:
   """
   if which not in ("final", "selected"):
     raise ValueError(f"load_run: which must be 'final' or 'selected', got {which!r}")
-  config_lib.validate(config)
+  config_checks.validate(config)
   diff = config_diff(config, workdir)
   if diff is None:
     raise ConfigError(f"{workdir} holds no run (no config.json); train first")

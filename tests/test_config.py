@@ -20,6 +20,7 @@ import pytest
 from configs import synthetic as synthetic_config
 from configs import test as test_config
 from jaxseg import config as config_lib
+from jaxseg import config_checks
 from jaxseg import evaluate
 from jaxseg import train
 from jaxseg import workdir as workdir_lib
@@ -32,7 +33,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _rejects(c, field, *, num_devices=1):
   """Asserts validate() raises ConfigError whose message starts with config.<field>."""
   with pytest.raises(config_lib.ConfigError) as info:
-    config_lib.validate(c, num_devices=num_devices)
+    config_checks.validate(c, num_devices=num_devices)
   msg = str(info.value)
   assert msg.startswith(f"config.{field}:"), msg
   return msg
@@ -45,7 +46,7 @@ def test_shipped_configs_are_valid():
   # The positive control: every rule below must leave a correct config alone.
   for c in (config_lib.base_config(), test_config.get_config(),
             synthetic_config.get_config()):
-    config_lib.validate(c)
+    config_checks.validate(c)
 
 
 # (override, the field the message must name). One row per rule of validate().
@@ -141,17 +142,17 @@ def test_non_integer_margin_is_rejected():
   assert "integer" in msg and "2.5" in msg
   del c.loss["margin"]
   c.loss.margin = 2.0  # an integral float is a valid margin
-  config_lib.validate(c)
+  config_checks.validate(c)
 
 
 def test_batch_size_must_divide_the_device_count():
   c = make_config(**{"train.batch_size": 4})
   msg = _rejects(c, "train.batch_size", num_devices=3)
   assert "not divisible" in msg and "(3)" in msg
-  config_lib.validate(c, num_devices=1)
-  config_lib.validate(c, num_devices=2)
-  config_lib.validate(c, num_devices=4)
-  config_lib.validate(make_config(**{"train.batch_size": 6}), num_devices=3)
+  config_checks.validate(c, num_devices=1)
+  config_checks.validate(c, num_devices=2)
+  config_checks.validate(c, num_devices=4)
+  config_checks.validate(make_config(**{"train.batch_size": 6}), num_devices=3)
   _rejects(make_config(**{"train.batch_size": 6}), "train.batch_size", num_devices=4)
 
 
@@ -171,7 +172,7 @@ def test_batch_size_must_divide_the_device_count():
 def test_boundary_values_are_accepted(overrides):
   # The documented ranges are inclusive where they say so: the rules are not
   # stricter than the docs.
-  config_lib.validate(make_config(**overrides))
+  config_checks.validate(make_config(**overrides))
 
 
 def test_the_first_bad_field_is_named():

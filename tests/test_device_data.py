@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from jaxseg import config as config_lib
+from jaxseg import config_checks
 from jaxseg.data import batching
 from jaxseg.data import device_data
 from jaxseg.data.labels import sample_segment_labels
@@ -108,7 +109,7 @@ def test_bad_mode_is_rejected_by_config_and_function():
   c = config_lib.base_config()
   c.train.device_data = "gpu"
   with pytest.raises(config_lib.ConfigError, match="train.device_data"):
-    config_lib.validate(c)
+    config_checks.validate(c)
 
 
 def test_bank_of_mismatched_labels_names_the_video():

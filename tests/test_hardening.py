@@ -22,6 +22,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from jaxseg import config as config_lib
+from jaxseg import config_checks
 from jaxseg import evaluate
 from jaxseg import score
 from jaxseg import train
@@ -402,7 +403,7 @@ def test_score_refuses_duplicate_keys_in_predictions(tmp_path, capsys):
 ])
 def test_values_that_failed_after_training_are_refused_up_front(overrides, field):
   with pytest.raises(config_lib.ConfigError, match=f"^config.{field}: "):
-    config_lib.validate(make_config(**overrides))
+    config_checks.validate(make_config(**overrides))
 
 
 @pytest.mark.parametrize("field, value, expected", [
@@ -418,14 +419,14 @@ def test_every_field_has_its_type(field, value, expected):
   del node[leaf]
   node[leaf] = value
   with pytest.raises(config_lib.ConfigError, match=f"config.{field}: expected {expected}"):
-    config_lib.validate(c)
+    config_checks.validate(c)
 
 
 def test_an_unknown_field_in_a_config_file_is_refused():
   c = make_config()
   c.train.num_step = 10  # a typo would otherwise be ignored
   with pytest.raises(config_lib.ConfigError, match="config.train.num_step: unknown field"):
-    config_lib.validate(c)
+    config_checks.validate(c)
 
 
 @pytest.mark.parametrize("args, message", [

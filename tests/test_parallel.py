@@ -31,6 +31,7 @@ import pytest
 
 from configs import test as test_config
 from jaxseg import config as config_lib
+from jaxseg import config_checks
 from jaxseg import evaluate
 from jaxseg import parallel
 from jaxseg import state as state_lib
@@ -342,8 +343,8 @@ def test_batch_size_not_divisible_by_devices_is_refused(eight):
   c = test_config.get_config()
   c.train.batch_size = 12
   with pytest.raises(config_lib.ConfigError, match=r"config\.train\.batch_size: 12 .* \(8\)"):
-    config_lib.validate(c, num_devices=8)
-  config_lib.validate(c, num_devices=4)
+    config_checks.validate(c, num_devices=8)
+  config_checks.validate(c, num_devices=4)
 
 
 def test_checkpoint_from_8_devices_evaluates_on_1(eight, dirs):

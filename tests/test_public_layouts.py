@@ -17,6 +17,7 @@ import pytest
 
 from configs import activitynet13_i3d, thumos14_i3d, thumos14_wtalc_i3d
 from jaxseg import config as config_lib
+from jaxseg import config_checks
 from jaxseg import evaluate
 from jaxseg import metrics
 from jaxseg import predict
@@ -321,7 +322,7 @@ def test_split_file_needs_a_named_subset():
   c.data.annotation_path, c.data.features_dir = "gt.json", "f"
   c.data.train_split_file = "train.txt"
   with pytest.raises(config_lib.ConfigError, match="data.train_subset"):
-    config_lib.validate(c)
+    config_checks.validate(c)
 
 
 def _touch(path):

@@ -1,0 +1,223 @@
+"""Checks a configuration before anything is loaded or compiled.
+
+:func:`validate` checks every field's type, range and choice (the choices are
+defined in :mod:`jaxseg.config`); :func:`check_fields` refuses unknown and
+missing fields against ``config.base_config()``. Every error names the field.
+"""
+
+from __future__ import annotations
+
+import math
+
+import ml_collections
+
+from jaxseg.config import (ConfigError, ABLATION_LOSSES, ABLATION_NON_PSL_CELLS,
+                           ABLATION_SPLITS, CLASSIFICATION_NORMALIZATIONS, CLASS_SCORES,
+                           COMPUTE_DTYPES, CONTRAST_ON, CROP_MODES, DATASET_FORMATS,
+                           DEVICE_DATA_MODES, DROPOUT_RNGS, LABEL_MODES,
+                           METRIC_BACKENDS, PROPAGATION_FEATURES, PROPAGATION_METHODS,
+                           PROPAGATION_NORMALIZATIONS, PROPAGATION_SIMILARITIES,
+                           PROTOCOLS, SCHEDULES, SCORE_SOURCES, SEGMENT_NORMALIZATIONS,
+                           SPHERE_CLASSES, SUBSAMPLE_MODES, SUBSET_AUTO, TOPK_COUNTS,
+                           TOPK_MODES, base_config, require)
+
+
+def _check(ok: bool, field: str, message: str) -> None:
+  if not ok:
+    raise ConfigError(f"config.{field}: {message}")
+
+
+def _choice(c: ml_collections.ConfigDict, field: str, choices: tuple) -> None:
+  value = require(c, field)
+  _check(value in choices, field, f"{value!r} is not one of {choices}")
+
+
+def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1) -> None:
+  """Rejects a bad configuration before anything is loaded or compiled.
+
+  Raises:
+    ConfigError: naming the first offending field.
+  """
+  check_fields(c)
+  _choice(c, "data.format", DATASET_FORMATS)
+  if c.data.format == "activitynet":
+    _check(bool(c.data.annotation_path), "data.annotation_path",
+           "is required with data.format='activitynet'")
+    _check(bool(c.data.features_dir), "data.features_dir",
+           "is required with data.format='activitynet'")
+  if c.data.format == "wtalc":
+    _check(bool(c.data.wtalc_dir), "data.wtalc_dir", "is required with data.format='wtalc'")
+  _check(c.data.feature_rate > 0, "data.feature_rate", "must be > 0")
+  for split in ("train", "test"):
+    _check(not (c.data[f"{split}_split_file"] and c.data[f"{split}_subset"] == SUBSET_AUTO),
+           f"data.{split}_subset", f"a split file defines a subset: name it (not "
+           f"{SUBSET_AUTO!r}) with data.{split}_split_file")
+  _choice(c, "labels.mode", LABEL_MODES)
+  if c.labels.mode == "points":
+    _check(bool(c.labels.points_csv), "labels.points_csv", "is required with labels.mode='points'")
+    _check(bool(c.labels.fps_json), "labels.fps_json", "is required with labels.mode='points'")
+  _check(0.0 <= c.model.dropout_rate < 1.0, "model.dropout_rate", "must be in [0, 1)")
+  _choice(c, "model.compute_dtype", COMPUTE_DTYPES)
+  _choice(c, "model.dropout_rng", DROPOUT_RNGS)
+  for backend in require(c, "train.log_to"):
+    _check(backend in METRIC_BACKENDS, "train.log_to",
+           f"{backend!r} is not one of {METRIC_BACKENDS}")
+  _check(int(require(c, "train.log_images")) >= 0, "train.log_images", "must be >= 0")
+  _check(c.model.embed_dim == -1 or c.model.embed_dim > 0, "model.embed_dim",
+         "must be > 0, or -1 for the feature dimension")
+  for name in ("alpha", "beta", "gamma"):
+    v = getattr(c.loss, name)
+    _check(0 <= v < math.inf, f"loss.{name}", f"loss weights must be finite and >= 0, got {v}")
+  _check(int(c.loss.margin) == c.loss.margin and c.loss.margin >= 1, "loss.margin",
+         f"the SphereFace margin m must be an integer >= 1, got {c.loss.margin}")
+  _choice(c, "loss.topk_mode", TOPK_MODES)
+  _check(c.loss.topk_ratio >= 1, "loss.topk_ratio",
+         f"the top-k ratio r must be >= 1, got {c.loss.topk_ratio}")
+  _choice(c, "loss.propagation_method", PROPAGATION_METHODS)
+  _choice(c, "loss.topk_count", TOPK_COUNTS)
+  _choice(c, "loss.sphere_classes", SPHERE_CLASSES)
+  _choice(c, "loss.segment_normalization", SEGMENT_NORMALIZATIONS)
+  _choice(c, "loss.propagation_features", PROPAGATION_FEATURES)
+  _choice(c, "train.subsample", SUBSAMPLE_MODES)
+  _choice(c, "ablation.non_psl_cells", ABLATION_NON_PSL_CELLS)
+  _choice(c, "ablation.split", ABLATION_SPLITS)
+  _choice(c, "loss.classification_normalization", CLASSIFICATION_NORMALIZATIONS)
+  _choice(c, "loss.propagation_similarity", PROPAGATION_SIMILARITIES)
+  _choice(c, "loss.propagation_normalization", PROPAGATION_NORMALIZATIONS)
+  _check(c.loss.use_classification or c.loss.use_segment or c.loss.use_sphere
+         or c.loss.use_propagation, "loss", "at least one loss term must be on")
+  t = c.train
+  _check(t.batch_size >= 1, "train.batch_size", "must be >= 1")
+  _check(c.parallel.num_devices == -1 or c.parallel.num_devices >= 1,
+         "parallel.num_devices", "must be >= 1, or -1 for all devices")
+  _check(t.batch_size % num_devices == 0, "train.batch_size",
+         f"{t.batch_size} is not divisible by the number of devices ({num_devices})")
+  _check(t.num_steps >= 1, "train.num_steps", "must be >= 1")
+  _check(0 < t.learning_rate < math.inf, "train.learning_rate", "must be finite and > 0")
+  _check(t.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+  _choice(c, "train.schedule", SCHEDULES)
+  _check(t.max_length >= 1, "train.max_length", "must be >= 1")
+  _choice(c, "train.crop_mode", CROP_MODES)
+  _choice(c, "train.device_data", DEVICE_DATA_MODES)
+  _check(len(t.length_buckets) > 0 and all(b > 0 for b in t.length_buckets),
+         "train.length_buckets", "must be a non-empty list of positive lengths")
+  for name in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
+    _check(getattr(t, name) >= 1, f"train.{name}", "must be >= 1")
+  _check(0.0 <= t.validation_fraction < 1.0, "train.validation_fraction", "must be in [0, 1)")
+  i = c.inference
+  _check(i.batch_size >= 1, "inference.batch_size", "must be >= 1")
+  _choice(c, "inference.score_source", SCORE_SOURCES)
+  _choice(c, "inference.contrast_on", CONTRAST_ON)
+  _choice(c, "inference.class_score", CLASS_SCORES)
+  _check(len(i.cas_thresholds) > 0 and all(0.0 <= x <= 1.0 for x in i.cas_thresholds),
+         "inference.cas_thresholds", "must be a non-empty list of values in [0, 1]")
+  _check(0.0 <= i.nms_iou <= 1.0, "inference.nms_iou", "must be in [0, 1]")
+  _check(i.outer_scale >= 0, "inference.outer_scale", "must be >= 0")
+  _check(i.max_proposals_per_video >= 1, "inference.max_proposals_per_video", "must be >= 1")
+  _check(0.0 <= i.class_top_ratio <= 1.0, "inference.class_top_ratio", "must be in [0, 1]")
+  _choice(c, "eval.protocol", PROTOCOLS)
+  _check(len(c.eval.tiou_thresholds) > 0
+         and all(0.0 < x <= 1.0 for x in c.eval.tiou_thresholds),
+         "eval.tiou_thresholds", "must be a non-empty list of values in (0, 1]")
+  for name, lo_, hi_ in c.eval.averages:
+    _check(lo_ <= hi_, "eval.averages", f"{name}: low {lo_} > high {hi_}")
+  for mode in c.ablation.label_modes:
+    _check(mode in LABEL_MODES, "ablation.label_modes", f"{mode!r} is not one of {LABEL_MODES}")
+  _check(c.ablation.num_seeds >= 1, "ablation.num_seeds", "must be >= 1")
+  for pair in require(c, "ablation.annotation_time"):
+    ok = (len(pair) == 2 and pair[0] in LABEL_MODES and isinstance(pair[1], (int, float))
+          and math.isfinite(pair[1]) and pair[1] > 0)
+    _check(ok, "ablation.annotation_time",
+           f"{pair!r} is not a (label mode, positive time) pair")
+  for combo in require(c, "ablation.losses"):
+    _check(combo in ABLATION_LOSSES, "ablation.losses", f"{combo!r} is not one of {ABLATION_LOSSES}")
+  _check(len(c.ablation.losses) > 0, "ablation.losses", "must name at least one combination")
+  _check(c.ablation.split != "validation" or c.train.validation_fraction > 0,
+         "ablation.split", "'validation' needs train.validation_fraction > 0")
+
+
+def check_fields(c: ml_collections.ConfigDict) -> None:
+  """Every field of ``c`` is a field of :func:`base_config`, of its type, and finite.
+
+  The generic half of :func:`validate`: an unknown field (a typo in a config
+  file), a value of another type (``"8"`` for an integer, ``1.5`` for one), a
+  NaN or inf anywhere (every float field, and floats inside lists), a negative
+  seed, sizes that cannot be, and schedules or subsets that cannot work.
+  An integer field takes an integral float (``2.0``), a float field an
+  integer; a field whose default is ``None`` takes any type.
+
+  Raises:
+    ConfigError: naming the field.
+  """
+  _check_node(c, base_config(), "")
+  for field in ("seed", "labels.seed", "data.synthetic.seed"):
+    _check(require(c, field) >= 0, field, f"must be >= 0, got {require(c, field)}")
+  for field in ("num_classes", "num_train", "num_test", "feature_dim", "max_length"):
+    v = require(c, f"data.synthetic.{field}")
+    _check(v >= 1, f"data.synthetic.{field}", f"must be >= 1, got {v}")
+  t = c.train
+  _check(t.grad_clip_norm >= 0, "train.grad_clip_norm", "must be >= 0 (0: off)")
+  _check(t.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
+  if t.schedule == "cosine":
+    _check(t.num_steps > max(t.warmup_steps, 1), "train.num_steps",
+           f"the cosine schedule needs more steps ({t.num_steps}) than its warmup "
+           f"({max(t.warmup_steps, 1)})")
+  _check(c.data.train_subset != c.data.test_subset or c.data.train_subset == SUBSET_AUTO,
+         "data.train_subset",
+         f"{c.data.train_subset!r} is also data.test_subset: a model would be tested "
+         "on its training videos")
+
+
+def _check_node(node, base, prefix: str) -> None:
+  for key in node.keys():
+    field = f"{prefix}{key}"
+    _check(key in base, field, "unknown field (every field is listed in "
+           "jaxseg/config.py base_config)")
+    value, ref = node[key], base[key]
+    if isinstance(ref, ml_collections.ConfigDict):
+      _check(isinstance(value, (ml_collections.ConfigDict, dict)), field,
+             f"expected a section, got {value!r}")
+      _check_node(value, ref, field + ".")
+    else:
+      _check_value(value, ref, field)
+
+
+def _check_value(value, ref, field: str) -> None:
+  """``value`` has the type of the default ``ref``, and every float in it is finite."""
+  def kind(v):
+    if isinstance(v, bool):
+      return "bool"
+    if isinstance(v, int):
+      return "int"
+    if isinstance(v, float):
+      return "float"
+    if isinstance(v, str):
+      return "str"
+    if isinstance(v, (tuple, list)):
+      return "list"
+    return type(v).__name__
+  want, got = kind(ref), kind(value)
+  ok = (ref is None or got == want or (want == "float" and got == "int")
+        or (want == "int" and got == "float" and math.isfinite(value)
+            and value == int(value)))
+  names = {"int": "an integer", "float": "a number", "bool": "True or False",
+           "str": "a string", "list": "a list"}
+  _check(ok, field, f"expected {names.get(want, want)}, got {value!r}")
+  _check_finite(value, field)
+  if want == "list" and ref:
+    if len({kind(r) if kind(r) != "int" else "float" for r in ref}) == 1:
+      for v in value:  # a list of one kind: each entry like the first default
+        _check_value(v, ref[0], field)
+    else:  # a record, e.g. ("avg0.1:0.5", 0.1, 0.5): entry by entry
+      _check(len(value) == len(ref), field, f"expected {len(ref)} entries like "
+             f"{ref!r}, got {value!r}")
+      for v, r in zip(value, ref):
+        _check_value(v, r, field)
+
+
+def _check_finite(value, field: str) -> None:
+  if isinstance(value, float):
+    _check(math.isfinite(value), field, f"must be finite, got {value}")
+  elif isinstance(value, (tuple, list)):
+    for v in value:
+      _check_finite(v, field)
