@@ -47,8 +47,30 @@ WORLDS = {
     "hard-snr": {"noise": 1.25},
     "easy-snr": {"noise": 0.45},
     "long-instances": {"instance_length_median": 16.0, "coverage_mean": 0.4},
-    "d2048": {"feature_dim": 2048},
+    "d2048": {"feature_dim": 2048},  # the strengths are scaled below
 }
+
+# The generator's strengths are lengths along unit directions, so at a fixed
+# strength a wider D spreads the same signal over more dimensions: at D = 2048
+# each feature carries sqrt(2048 / 64) = 5.7x less of it than in the 64-d
+# default world, and 60 training videos cannot find the direction. The 2048-d
+# world keeps the default world's per-feature statistics instead (each
+# feature's share of every signal as at D = 64), as real I3D features spread
+# their class information over many of their 2048 channels.
+_STRENGTHS = ("core_strength", "weak_class_strength", "action_strength",
+              "distractor_action_strength", "distractor_class_strength",
+              "scene_strength")
+
+
+def world_overrides(base, world: str) -> dict:
+  """``data.synthetic`` overrides of ``world`` on top of ``base``."""
+  out = dict(WORLDS[world])
+  d = out.get("feature_dim", base.data.synthetic.feature_dim)
+  if d != base.data.synthetic.feature_dim:
+    scale = (d / base.data.synthetic.feature_dim) ** 0.5
+    for k in _STRENGTHS:
+      out.setdefault(k, float(base.data.synthetic[k]) * scale)
+  return out
 
 _CL = {"labels.mode": "video-level", "loss.topk_mode": "fixed", "loss.use_segment": False,
        "loss.use_sphere": False, "loss.use_propagation": False}
@@ -64,6 +86,9 @@ ARMS = {
     "full-two-inst": {"labels.mode": "two-segment", "loss.topk_count": "instances"},
     "full-all-inst": {"labels.mode": "full", "loss.topk_count": "instances"},
     "full-clean": {"labels.mode": "one-segment", "loss.propagation_features": "clean"},
+    "full-fixed": {"labels.mode": "one-segment", "loss.topk_mode": "fixed"},
+    "CL+PSL+SL": {"labels.mode": "one-segment", "loss.use_propagation": False},
+    "CL+PSL+PL": {"labels.mode": "one-segment", "loss.use_sphere": False},
     "full-two-keep": {"labels.mode": "two-segment", "train.subsample": "keep_labeled"},
     "CL+PSL-two": {"labels.mode": "two-segment", "loss.use_sphere": False,
                    "loss.use_propagation": False},
@@ -124,10 +149,9 @@ def base_config(quick: bool):
 def world_config(base, world: str, arm: str, seed: int, overrides: dict,
                  quick: bool = False):
   c = config_lib.with_overrides(base, **{f"data.synthetic.{k}": v
-                                          for k, v in WORLDS[world].items()})
+                                          for k, v in world_overrides(base, world).items()})
   if c.data.synthetic.feature_dim != c.data.feature_dim:
-    # The 2048-d world: the same videos and steps (with 40 videos and 200 steps
-    # nothing was learnt); f 256 wide, for the 2-core CPU.
+    # The 2048-d world: the same videos and steps; f 256 wide, for the 2-core CPU.
     c.data.feature_dim = c.data.synthetic.feature_dim
     if quick:
       c.data.synthetic.num_train = min(c.data.synthetic.num_train, 40)

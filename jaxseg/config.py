@@ -105,14 +105,18 @@ def base_config() -> ml_collections.ConfigDict:
   # The world (jaxseg/data/synthetic.py SyntheticParams; benchmarks/robustness.py
   # varies them): noise scale (SNR), its temporal correlation (< 0: the [1, 2, 1]
   # kernel; rho in [0, 1): AR(1)), "softplus" or "relu" features, instance length
-  # and coverage, core and action signal strengths.
+  # and coverage, and the signal strengths (class core and rest, action, distractors, scene).
   s.noise = 0.75
   s.noise_ar = -1.0
   s.activation = "softplus"
   s.instance_length_median = 5.5
   s.coverage_mean = 0.25
   s.core_strength = 4.0
+  s.weak_class_strength = 0.5
   s.action_strength = 3.5
+  s.distractor_action_strength = 3.0
+  s.distractor_class_strength = 1.0
+  s.scene_strength = 1.0
 
   # ------------------------------------------------- segment-level labels
   c.labels = l = ml_collections.ConfigDict()

@@ -223,3 +223,34 @@ def test_knobs_and_validation(tmp_path):
       first = int(math.floor(a["segment"][0] * RATE + 1e-6))
       last = int(math.ceil(a["segment"][1] * RATE - 1e-6)) - 1
       assert a["core_segments"] == [first, last]
+
+
+def test_config_world_knobs_reach_the_generator():
+  """Every world knob of ``config.data.synthetic`` has the generator's default, and
+  only the ones that differ from it are passed (a default config regenerates the
+  same dataset)."""
+  from jaxseg import config as config_lib  # pylint: disable=g-import-not-at-top
+  s = config_lib.base_config().data.synthetic
+  defaults = synthetic.SyntheticParams()
+  assert readers.synthetic_world(s) == {}
+  knobs = set(s.keys()) - {"seed", "num_classes", "num_train", "num_test", "feature_dim",
+                           "max_length", "output_dir"}
+  for name in knobs:
+    assert s[name] == getattr(defaults, name), name
+  s.scene_strength = 2.5
+  s.weak_class_strength = 0.0
+  assert readers.synthetic_world(s) == {"scene_strength": 2.5, "weak_class_strength": 0.0}
+
+
+def test_robustness_2048_world_keeps_the_per_feature_signal():
+  from benchmarks import robustness  # pylint: disable=g-import-not-at-top
+  base = robustness.base_config(False)
+  assert robustness.world_overrides(base, "relu") == {"activation": "relu"}
+  wide = robustness.world_overrides(base, "d2048")
+  scale = math.sqrt(2048 / base.data.synthetic.feature_dim)
+  for name in ("core_strength", "weak_class_strength", "action_strength",
+               "distractor_action_strength", "distractor_class_strength", "scene_strength"):
+    assert wide[name] == pytest.approx(getattr(synthetic.SyntheticParams(), name) * scale)
+  c = robustness.world_config(base, "d2048", "full", 0, {})
+  assert c.data.feature_dim == 2048 and c.data.synthetic.core_strength == wide["core_strength"]
+  assert readers.synthetic_world(c.data.synthetic)["core_strength"] == wide["core_strength"]
