@@ -3,7 +3,8 @@
 Each *world* changes the synthetic generator (``config.data.synthetic``): the
 noise's temporal correlation (white, the default [1, 2, 1] kernel, strong
 AR(1)), softplus or ReLU features, hard to easy signal-to-noise, longer
-instances covering more of the video, and 2048-d features. Each *arm* is a way
+instances covering more of the video, and 2048-d features (alone, and with
+ReLU features and AR(0.9) noise). Each *arm* is a way
 of training on it: ``CL`` (video-level labels, fixed ``r``), ``CL+PSL`` and
 ``full`` (one-segment labels), ``full-two`` (two-segment labels) and
 ``full-all`` (``labels.mode = full``). Every run scores on the validation
@@ -48,6 +49,7 @@ WORLDS = {
     "easy-snr": {"noise": 0.45},
     "long-instances": {"instance_length_median": 16.0, "coverage_mean": 0.4},
     "d2048": {"feature_dim": 2048},  # the strengths are scaled below
+    "d2048-relu-ar0.9": {"feature_dim": 2048, "activation": "relu", "noise_ar": 0.9},
 }
 
 # The generator's strengths are lengths along unit directions, so at a fixed
