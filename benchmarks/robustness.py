@@ -91,6 +91,8 @@ ARMS = {
     "full-fixed": {"labels.mode": "one-segment", "loss.topk_mode": "fixed"},
     "CL+PSL+SL": {"labels.mode": "one-segment", "loss.use_propagation": False},
     "CL+PSL+PL": {"labels.mode": "one-segment", "loss.use_sphere": False},
+    "CL+PSL+SL-fixed": {"labels.mode": "one-segment", "loss.use_propagation": False,
+                        "loss.topk_mode": "fixed"},
     "full-two-keep": {"labels.mode": "two-segment", "train.subsample": "keep_labeled"},
     "CL+PSL-two": {"labels.mode": "two-segment", "loss.use_sphere": False,
                    "loss.use_propagation": False},
