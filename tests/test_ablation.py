@@ -10,6 +10,12 @@ from configs import test as test_config
 from jaxseg import ablation
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _cache(compilation_cache):
+  """This module's runs share one persistent XLA compilation cache."""
+  yield
+
+
 def test_combinations_are_table_1_columns():
   names = [c[0] for c in ablation.COMBINATIONS]
   assert names == ["CL", "CL+PSL", "CL+SL", "CL+PL", "CL+PSL+SL", "CL+PSL+PL", "CL+SL+PL",

@@ -19,6 +19,12 @@ from jaxseg import config_checks
 from jaxseg.data import batching
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _cache(compilation_cache):
+  """This module's runs share one persistent XLA compilation cache."""
+  yield
+
+
 # ------------------------------------------------------------- the switch
 def test_paper_configs_set_every_printed_choice():
   for c in (thumos14_i3d_paper.get_config(), activitynet12_i3d_paper.get_config(),

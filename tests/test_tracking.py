@@ -18,6 +18,12 @@ from jaxseg import metric_writers
 from jaxseg import report
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _cache(compilation_cache):
+  """This module's runs share one persistent XLA compilation cache."""
+  yield
+
+
 def _accumulator(log_dir: str):
   acc = event_accumulator.EventAccumulator(
       log_dir, size_guidance={event_accumulator.SCALARS: 0, event_accumulator.IMAGES: 0})
