@@ -91,6 +91,7 @@ ARMS = {
     "full-fixed": {"labels.mode": "one-segment", "loss.topk_mode": "fixed"},
     "CL+PSL+SL": {"labels.mode": "one-segment", "loss.use_propagation": False},
     "CL+PSL+PL": {"labels.mode": "one-segment", "loss.use_sphere": False},
+    "CL+PSL+SL-all": {"labels.mode": "full", "loss.use_propagation": False},
     "CL+PSL+SL-fixed": {"labels.mode": "one-segment", "loss.use_propagation": False,
                         "loss.topk_mode": "fixed"},
     "full-two-keep": {"labels.mode": "two-segment", "train.subsample": "keep_labeled"},
