@@ -8,13 +8,13 @@ The pipeline for one batch of padded videos:
    (``config.loss.topk_ratio``): the number of labeled segments ``Q`` that sets
    ``r = 2 Q`` during training is unknown at test time. ``p_a`` is the softmax
    of ``s_a`` over classes (eq. 3). Jitted: :func:`video_scores`.
-3. On the host, per video (:func:`generate_proposals`): keep the classes whose
+3. On the host, per video (:func:`jaxseg.proposals.generate_proposals`): keep the classes whose
    ``s_a`` exceeds ``config.inference.class_threshold`` (0 in the paper), always
    the top-1; threshold the min-max normalised ``C_a`` of each kept class at
    every value of ``config.inference.cas_thresholds`` (as BaSNet/LACP do); every
    run of consecutive segments above a threshold is a proposal, scored by the
    outer-inner contrast of ``C_a`` (AutoLoc/BaSNet) plus a weighted class score;
-   class-wise greedy NMS (:func:`temporal_nms`) removes duplicates.
+   class-wise greedy NMS (:func:`jaxseg.proposals.temporal_nms`) removes duplicates.
 4. :func:`predict` runs a model over eval batches and returns detections in the
    ActivityNet result format; :func:`write_detections` writes them to JSON.
 """
@@ -32,7 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxseg import losses
-from jaxseg.config import CLASS_SCORES, CONTRAST_ON, SCORE_SOURCES, require
+from jaxseg.config import SCORE_SOURCES, require
+from jaxseg.proposals import generate_proposals
 from jaxseg.data import io
 from jaxseg.data.video import DataError
 
@@ -113,241 +114,6 @@ def video_scores(cas_cls: jax.Array, cas_loc: jax.Array, mask: jax.Array,
   return {"cas_a": cas_a, "s_a": s_a, "p_a": p_a}
 
 
-# ------------------------------------------------------------------------ NMS
-
-
-def temporal_nms(segments: np.ndarray, scores: np.ndarray,
-                 iou_threshold: float) -> np.ndarray:
-  """Greedy temporal non-maximum suppression.
-
-  Visits the segments by decreasing score (ties: lower index first) and drops
-  every remaining one whose temporal IoU with a kept segment is strictly above
-  ``iou_threshold``. A pair with zero union has IoU 0.
-
-  Args:
-    segments: ``(K, 2) float`` ``[start, end]`` (any unit).
-    scores: ``(K,) float``.
-    iou_threshold: suppress when ``IoU > iou_threshold``.
-
-  Returns:
-    ``(M,) int64`` indices of the kept segments, by decreasing score.
-  """
-  segments = np.asarray(segments, np.float64).reshape(-1, 2)
-  scores = np.asarray(scores, np.float64).reshape(-1)
-  if segments.shape[0] != scores.shape[0]:
-    raise ValueError(f"temporal_nms: {segments.shape[0]} segments but "
-                     f"{scores.shape[0]} scores")
-  starts, ends = segments[:, 0], segments[:, 1]
-  lengths = np.maximum(ends - starts, 0.0)
-  order = np.argsort(-scores, kind="stable")
-  keep = []
-  while order.size:
-    i = order[0]
-    keep.append(i)
-    rest = order[1:]
-    inter = np.maximum(
-        np.minimum(ends[i], ends[rest]) - np.maximum(starts[i], starts[rest]), 0.0)
-    union = lengths[i] + lengths[rest] - inter
-    iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-    order = rest[iou <= iou_threshold]
-  return np.asarray(keep, np.int64)
-
-
-# ------------------------------------------------------------------ proposals
-
-
-def select_classes(s_a: np.ndarray, p_a: np.ndarray, *, class_threshold: float,
-                   class_top_ratio: float, keep_top_class: bool) -> np.ndarray:
-  """Classes to localize in one video (paper 4.7).
-
-  A class is kept when ``s_a > class_threshold`` and, if
-  ``class_top_ratio > 0``, also ``p_a >= class_top_ratio * max(p_a)``. With
-  ``keep_top_class`` the top-1 class (largest ``s_a``, equivalently ``p_a``)
-  is always kept, so every video gets detections (as BaSNet/LACP do); without
-  it (the paper's rule) a video may get none.
-
-  Args:
-    s_a: ``(N,) float`` class scores (eq. 2).
-    p_a: ``(N,) float`` class probabilities (eq. 3).
-    class_threshold: threshold on ``s_a`` (0 in the paper).
-    class_top_ratio: relative threshold on ``p_a`` in ``[0, 1]``; 0: off.
-    keep_top_class: always keep the top class.
-
-  Returns:
-    ``(C,) int64`` sorted class indices (``C >= 1`` with ``keep_top_class``).
-  """
-  s_a = np.asarray(s_a, np.float64)
-  p_a = np.asarray(p_a, np.float64)
-  keep = s_a > class_threshold
-  if class_top_ratio > 0:
-    keep &= p_a >= class_top_ratio * np.max(p_a)
-  if keep_top_class:
-    keep[int(np.argmax(s_a))] = True
-  return np.flatnonzero(keep)
-
-
-def _runs(above: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Runs of True along the last axis.
-
-  Args:
-    above: ``(R, T) bool``.
-
-  Returns:
-    ``(row, t0, t1)``, each ``(P,) int64``: run ``p`` covers ``[t0, t1)`` of
-    row ``row``; ordered by row, then time.
-  """
-  padded = np.pad(above.astype(np.int8), ((0, 0), (1, 1)))
-  edges = np.diff(padded, axis=1)  # (R, T + 1): +1 at a start, -1 after an end
-  row, t0 = np.nonzero(edges == 1)
-  row_end, t1 = np.nonzero(edges == -1)
-  assert np.array_equal(row, row_end)  # row-major order pairs them up
-  return row, t0, t1
-
-
-def _oic_scores(cas: np.ndarray, t0: np.ndarray, t1: np.ndarray,
-                outer_scale: float) -> np.ndarray:
-  """Outer-inner contrast of proposals ``[t0, t1)`` on one class's ``C_a``.
-
-  ``inner = mean(C_a[t0:t1])``; the outer region is ``w = ceil(outer_scale *
-  (t1 - t0))`` segments on each side, clipped to the video;
-  ``outer = mean(C_a[outer])`` (0 when the outer region is empty).
-
-  Args:
-    cas: ``(T,) float`` raw ``C_a`` of one class.
-    t0, t1: ``(P,) int`` proposal bounds, ``0 <= t0 < t1 <= T``.
-    outer_scale: outer width as a fraction of the proposal length.
-
-  Returns:
-    ``(P,) float64`` ``inner - outer``.
-  """
-  num_t = cas.shape[0]
-  csum = np.concatenate([[0.0], np.cumsum(cas, dtype=np.float64)])
-  length = t1 - t0
-  inner = (csum[t1] - csum[t0]) / length
-  # The epsilon keeps e.g. 0.7 * 10 = 7.000000000000001 from rounding up to 8.
-  width = np.ceil(outer_scale * length - 1e-9).astype(np.int64)
-  width = np.maximum(width, 0)
-  o0 = np.maximum(t0 - width, 0)
-  o1 = np.minimum(t1 + width, num_t)
-  outer_sum = (csum[t0] - csum[o0]) + (csum[o1] - csum[t1])
-  outer_cnt = (t0 - o0) + (o1 - t1)
-  outer = np.divide(outer_sum, outer_cnt, out=np.zeros_like(outer_sum),
-                    where=outer_cnt > 0)
-  return inner - outer
-
-
-def _field(config: Any, name: str) -> Any:
-  """``config.inference.<name>``; a missing field raises ``ConfigError`` naming it."""
-  return require(config, name, where="config.inference")
-
-
-def generate_proposals(cas_a: np.ndarray, s_a: np.ndarray, p_a: np.ndarray, *,
-                       feature_rate: float, duration: float, config: Any,
-                       video_id: str = "?") -> list[dict]:
-  """Action proposals of one video (paper 4.7), host-side NumPy.
-
-  1. Classes: :func:`select_classes` with ``config.class_threshold`` and
-     ``config.class_top_ratio`` (the top-1 class kept if ``config.keep_top_class``).
-  2. For each kept class ``c``, ``C_a[:, c]`` is min-max normalised over time
-     (a constant sequence normalises to 1, i.e. the whole video) and
-     thresholded (``>``) at each value of ``config.cas_thresholds``; each run of
-     consecutive segments ``[t0, t1)`` above a threshold is a proposal
-     ``[min(t0 / rate, duration), min(t1 / rate, duration)]`` seconds
-     (proposals that clip to zero length are dropped).
-  3. Score: ``mean(C_a[t0:t1, c]) - mean(C_a[outer, c]) + w * s_a[c]`` with the
-     outer region ``ceil(config.outer_scale * (t1 - t0))`` segments on each side,
-     clipped to the video (empty: outer mean 0), and
-     ``w = config.class_score_weight`` (AutoLoc/BaSNet outer-inner contrast).
-  4. Class-wise :func:`temporal_nms` at ``config.nms_iou`` on the segments in
-     seconds, then the ``config.max_proposals_per_video`` best overall.
-
-  Args:
-    cas_a: ``(T, N) float`` final CAS of ONE video, cut to its ``T`` segments.
-    s_a: ``(N,) float`` class scores (eq. 2).
-    p_a: ``(N,) float`` class probabilities (eq. 3).
-    feature_rate: segments per second.
-    duration: video duration in seconds.
-    config: ``config.inference`` (a ConfigDict or a mapping).
-    video_id: used in error messages only.
-
-  Returns:
-    Detections sorted by decreasing score, each
-    ``{"label": int class index, "score": float, "segment": [start, end]}``
-    (plain Python floats, seconds).
-
-  Raises:
-    ValueError: on bad shapes, a non-positive rate, a negative or non-finite
-      duration, or non-finite CAS values, naming the video.
-  """
-  cas_a = np.asarray(cas_a)
-  s_a = np.asarray(s_a, np.float64).reshape(-1)
-  p_a = np.asarray(p_a, np.float64).reshape(-1)
-  where = f"inference: video {video_id!r}"
-  if cas_a.ndim != 2:
-    raise ValueError(f"{where}: cas_a must have shape (T, N), got {cas_a.shape}")
-  num_t, num_classes = cas_a.shape
-  if s_a.shape[0] != num_classes or p_a.shape[0] != num_classes:
-    raise ValueError(f"{where}: cas_a has {num_classes} classes but s_a/p_a have "
-                     f"{s_a.shape[0]}/{p_a.shape[0]}")
-  if not (math.isfinite(feature_rate) and feature_rate > 0):
-    raise ValueError(f"{where}: field feature_rate must be > 0, got {feature_rate}")
-  if not (math.isfinite(duration) and duration >= 0):
-    raise ValueError(f"{where}: field duration must be >= 0, got {duration}")
-  if not (np.all(np.isfinite(cas_a)) and np.all(np.isfinite(s_a))):
-    raise ValueError(f"{where}: the CAS or class scores are not finite")
-  if num_t == 0 or num_classes == 0:
-    return []
-
-  thresholds = np.asarray(tuple(_field(config, "cas_thresholds")), np.float64).reshape(-1)
-  if thresholds.size == 0:
-    raise ValueError("inference config: cas_thresholds is empty")
-  outer_scale = float(_field(config, "outer_scale"))
-  weight = float(_field(config, "class_score_weight"))
-  nms_iou = float(_field(config, "nms_iou"))
-  max_props = int(_field(config, "max_proposals_per_video"))
-  contrast_on = str(_field(config, "contrast_on"))
-  if contrast_on not in CONTRAST_ON:
-    raise ValueError(f"inference config: contrast_on must be one of {CONTRAST_ON}, "
-                     f"got {contrast_on!r}")
-  class_score = str(_field(config, "class_score"))
-  if class_score not in CLASS_SCORES:
-    raise ValueError(f"inference config: class_score must be one of {CLASS_SCORES}, "
-                     f"got {class_score!r}")
-  video_score = s_a if class_score == "s_a" else p_a
-
-  classes = select_classes(s_a, p_a, class_threshold=float(_field(config, "class_threshold")),
-                           class_top_ratio=float(_field(config, "class_top_ratio")),
-                           keep_top_class=bool(_field(config, "keep_top_class")))
-  if classes.size == 0:
-    return []
-  cas = cas_a[:, classes].astype(np.float64).T  # (C, T)
-  lo = cas.min(axis=1, keepdims=True)
-  span = cas.max(axis=1, keepdims=True) - lo
-  norm = np.divide(cas - lo, span, out=np.ones_like(cas), where=span > 0)
-  above = norm[:, None, :] > thresholds[None, :, None]  # (C, L, T)
-  row, t0, t1 = _runs(above.reshape(-1, num_t))
-  cls_pos = row // thresholds.size  # position in `classes`
-
-  detections = []
-  for pos, c in enumerate(classes):
-    sel = cls_pos == pos
-    if not np.any(sel):
-      continue
-    a, b = t0[sel], t1[sel]
-    contrast = cas[pos] if contrast_on == "raw" else norm[pos]
-    scores = _oic_scores(contrast, a, b, outer_scale) + weight * video_score[c]
-    start = np.minimum(a / feature_rate, duration)
-    end = np.minimum(b / feature_rate, duration)
-    valid = end > start
-    segs = np.stack([start, end], axis=1)[valid]
-    scores = scores[valid]
-    for i in temporal_nms(segs, scores, nms_iou):
-      detections.append((float(scores[i]), int(c), float(segs[i, 0]), float(segs[i, 1])))
-  detections.sort(key=lambda d: -d[0])  # stable: ties keep class order
-  return [{"label": c, "score": s, "segment": [t_s, t_e]}
-          for s, c, t_s, t_e in detections[:max_props]]
-
-
 # -------------------------------------------------------------------- predict
 
 
@@ -421,7 +187,7 @@ def predict(apply_fn: Callable[..., Mapping[str, Any]], variables: Any,
     k = inference_topk(np.minimum(lengths, num_t), topk_ratio)
     scores = jax.device_get(video_scores(
         out["cas_cls"], out["cas_loc"], mask, k,
-        score_source=str(_field(config_inference, "score_source"))))
+        score_source=str(require(config_inference, "score_source", where="config.inference"))))
     if want_cas is None or want_cas:
       raw = jax.device_get({"cas_cls": out["cas_cls"], "cas_loc": out["cas_loc"]})
     for i, vid in enumerate(ids):

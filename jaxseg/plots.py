@@ -49,7 +49,7 @@ def _default_classes(video: Video, *arrays) -> list[int]:
 
 def _minmax(x: np.ndarray) -> np.ndarray:
   """Min-max normalises ``(T, N)`` over time per class; a constant column gives 1
-  (as :func:`jaxseg.inference.generate_proposals` does before thresholding)."""
+  (as :func:`jaxseg.proposals.generate_proposals` does before thresholding)."""
   lo = x.min(axis=0, keepdims=True)
   span = x.max(axis=0, keepdims=True) - lo
   return np.divide(x - lo, span, out=np.ones_like(x), where=span > 0)

@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jaxseg import inference
+from jaxseg import inference, proposals
 from jaxseg.data.video import DataError, Video
 
 
@@ -153,12 +153,12 @@ def test_temporal_nms_hand_built():
   scores = np.array([0.9, 0.8, 0.7, 0.95])
   # [0,5] first; IoU([0,5],[0,10]) = 0.5 is not > 0.5: kept; IoU([0,10],[1,11])
   # = 9/11: suppressed; [20,30] overlaps nothing.
-  np.testing.assert_array_equal(inference.temporal_nms(segs, scores, 0.5), [3, 0, 2])
+  np.testing.assert_array_equal(proposals.temporal_nms(segs, scores, 0.5), [3, 0, 2])
   # At 0.4 [0,10] goes, so it no longer suppresses [1,11], whose IoU with
   # [0,5] is 4/11 <= 0.4 (greedy: only kept segments suppress).
-  np.testing.assert_array_equal(inference.temporal_nms(segs, scores, 0.4), [3, 1, 2])
-  np.testing.assert_array_equal(inference.temporal_nms(segs, scores, 0.9), [3, 0, 1, 2])
-  assert inference.temporal_nms(np.zeros((0, 2)), np.zeros(0), 0.5).shape == (0,)
+  np.testing.assert_array_equal(proposals.temporal_nms(segs, scores, 0.4), [3, 1, 2])
+  np.testing.assert_array_equal(proposals.temporal_nms(segs, scores, 0.9), [3, 0, 1, 2])
+  assert proposals.temporal_nms(np.zeros((0, 2)), np.zeros(0), 0.5).shape == (0,)
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -169,7 +169,7 @@ def test_temporal_nms_vs_brute_force(seed):
   segs[5] = segs[3]  # an exact duplicate
   scores = rng.uniform(size=40)
   thr = [0.3, 0.5, 0.7][seed % 3]
-  got = inference.temporal_nms(segs, scores, thr)
+  got = proposals.temporal_nms(segs, scores, thr)
   assert got.tolist() == ref_nms(segs.tolist(), scores.tolist(), thr)
 
 
@@ -183,7 +183,7 @@ def test_proposals_hand_built():
   cas[:, 2] = 1.0  # constant: the whole video
   s_a = np.array([0.5, -0.1, 0.2])
   p_a = np.exp(s_a) / np.exp(s_a).sum()
-  dets = inference.generate_proposals(cas, s_a, p_a, feature_rate=2.0, duration=4.8,
+  dets = proposals.generate_proposals(cas, s_a, p_a, feature_rate=2.0, duration=4.8,
                                       config=make_config())
   # Class 0 at 0.4: runs [1, 3) and [6, 10) segments -> [0.5, 1.5] s and
   # [3.0, min(5.0, 4.8)] s. Outer width ceil(0.25 * 2) = 1 and ceil(0.25 * 4) = 1.
@@ -197,18 +197,18 @@ def test_proposals_hand_built():
   assert all(type(x) is float for d in dets for x in d["segment"])
   # A proposal that starts after the (shorter) duration is dropped; one that
   # straddles it is clipped.
-  dets = inference.generate_proposals(cas, s_a, p_a, feature_rate=2.0, duration=2.9,
+  dets = proposals.generate_proposals(cas, s_a, p_a, feature_rate=2.0, duration=2.9,
                                       config=make_config(class_threshold=0.3))
   assert [(d["label"], d["segment"]) for d in dets] == [(0, [0.5, 1.5])]
   # Strictly above the threshold: normalised values equal to 0.5 are out.
   # [1,2): 4 - mean{0, 2} + 0.1 = 3.1; [7,9): 4 - mean{2, 2} + 0.1 = 2.1.
-  dets = inference.generate_proposals(cas, s_a, p_a, feature_rate=2.0, duration=4.8,
+  dets = proposals.generate_proposals(cas, s_a, p_a, feature_rate=2.0, duration=4.8,
                                       config=make_config(class_threshold=0.3,
                                                          cas_thresholds=(0.5,)))
   assert [d["segment"] for d in dets] == [[0.5, 1.0], [3.5, 4.5]]
   assert [d["score"] for d in dets] == pytest.approx([3.1, 2.1], abs=1e-12)
   # The cap keeps the best proposals.
-  dets = inference.generate_proposals(cas, s_a, p_a, feature_rate=2.0, duration=4.8,
+  dets = proposals.generate_proposals(cas, s_a, p_a, feature_rate=2.0, duration=4.8,
                                       config=make_config(max_proposals_per_video=2))
   assert [d["score"] for d in dets] == pytest.approx([3.1, 2.1])
 
@@ -217,7 +217,7 @@ def test_proposals_several_thresholds_deduplicated():
   cas = np.zeros((10, 1), np.float32)
   cas[:, 0] = [0, 4, 2, 0, 0, 1, 2, 4, 4, 2]
   cfg = make_config(cas_thresholds=(0.1, 0.4, 0.6), outer_scale=0.5)
-  dets = inference.generate_proposals(cas, np.array([1.0]), np.array([1.0]),
+  dets = proposals.generate_proposals(cas, np.array([1.0]), np.array([1.0]),
                                       feature_rate=1.0, duration=10.0, config=cfg)
   # Runs: > 0.1: [1,3) [5,10); > 0.4: [1,3) [6,10); > 0.6: [1,2) [7,9).
   # Scores (outer width ceil(0.5 L)), plus 0.2 * 1:
@@ -234,21 +234,21 @@ def test_proposals_several_thresholds_deduplicated():
 def test_class_selection():
   s_a = np.array([-2.0, -0.5, -1.0])
   kw = dict(class_threshold=0.0, class_top_ratio=0.0, keep_top_class=True)
-  assert inference.select_classes(s_a, s_a, **kw).tolist() == [1]
+  assert proposals.select_classes(s_a, s_a, **kw).tolist() == [1]
   s_a = np.array([2.0, 1.9, 0.1, -3.0])
   p_a = np.exp(s_a) / np.exp(s_a).sum()
-  assert inference.select_classes(s_a, p_a, **kw).tolist() == [0, 1, 2]
+  assert proposals.select_classes(s_a, p_a, **kw).tolist() == [0, 1, 2]
   # p1 / p0 = e^-0.1 >= 0.5; p2 / p0 = e^-1.9 < 0.5.
-  assert inference.select_classes(s_a, p_a, class_threshold=0.0, class_top_ratio=0.5,
+  assert proposals.select_classes(s_a, p_a, class_threshold=0.0, class_top_ratio=0.5,
                                   keep_top_class=True).tolist() == [0, 1]
   # The paper's rule alone: no class scores above 0, no class.
-  assert inference.select_classes(-np.abs(s_a), p_a, class_threshold=0.0, class_top_ratio=0.0,
+  assert proposals.select_classes(-np.abs(s_a), p_a, class_threshold=0.0, class_top_ratio=0.0,
                                   keep_top_class=False).tolist() == []
   # Via generate_proposals: a video with all class scores negative still gets
   # detections, of its top class only.
   rng = np.random.default_rng(1)
   cas = rng.normal(size=(20, 3))
-  dets = inference.generate_proposals(cas, np.array([-2.0, -0.5, -1.0]),
+  dets = proposals.generate_proposals(cas, np.array([-2.0, -0.5, -1.0]),
                                       np.array([0.2, 0.5, 0.3]), feature_rate=1.0,
                                       duration=20.0, config=make_config())
   assert dets and {d["label"] for d in dets} == {1}
@@ -269,7 +269,7 @@ def test_proposals_vs_brute_force(seed):
                     nms_iou=[0.6, 0.3, 0.9][seed % 3],
                     max_proposals_per_video=[100, 5][seed % 2])
   rate, duration = 25 / 16, (num_t - 0.5) * 16 / 25
-  got = inference.generate_proposals(cas, s_a, p_a, feature_rate=rate, duration=duration,
+  got = proposals.generate_proposals(cas, s_a, p_a, feature_rate=rate, duration=duration,
                                      config=cfg)
   want = ref_proposals(cas.astype(np.float64), s_a, p_a, rate, duration, cfg)
   assert got
@@ -279,13 +279,13 @@ def test_proposals_vs_brute_force(seed):
 def test_proposals_bad_input():
   cfg = make_config()
   with pytest.raises(ValueError, match="'vid7'.*feature_rate"):
-    inference.generate_proposals(np.ones((3, 2)), np.ones(2), np.ones(2), feature_rate=0.0,
+    proposals.generate_proposals(np.ones((3, 2)), np.ones(2), np.ones(2), feature_rate=0.0,
                                  duration=1.0, config=cfg, video_id="vid7")
   with pytest.raises(ValueError, match="'vid7'.*classes"):
-    inference.generate_proposals(np.ones((3, 2)), np.ones(3), np.ones(3), feature_rate=1.0,
+    proposals.generate_proposals(np.ones((3, 2)), np.ones(3), np.ones(3), feature_rate=1.0,
                                  duration=1.0, config=cfg, video_id="vid7")
   with pytest.raises(ValueError, match="not finite"):
-    inference.generate_proposals(np.full((3, 2), np.nan), np.ones(2), np.ones(2),
+    proposals.generate_proposals(np.full((3, 2), np.nan), np.ones(2), np.ones(2),
                                  feature_rate=1.0, duration=1.0, config=cfg)
 
 
@@ -446,7 +446,7 @@ def test_proposals_normalized_contrast_and_probability_score():
   cas[:, 2] = 1.0
   s_a = np.array([0.5, -0.1, 0.2])
   p_a = np.exp(s_a) / np.exp(s_a).sum()
-  dets = inference.generate_proposals(
+  dets = proposals.generate_proposals(
       cas, s_a, p_a, feature_rate=2.0, duration=4.8,
       config=make_config(contrast_on="normalized", class_score="p_a",
                          class_score_weight=1.0))
@@ -457,5 +457,5 @@ def test_proposals_normalized_contrast_and_probability_score():
   np.testing.assert_allclose([d["score"] for d in dets], [w[0] for w in want], atol=1e-12)
   assert [d["label"] for d in dets] == [w[1] for w in want]
   with pytest.raises(ValueError, match="contrast_on"):
-    inference.generate_proposals(cas, s_a, p_a, feature_rate=2.0, duration=4.8,
+    proposals.generate_proposals(cas, s_a, p_a, feature_rate=2.0, duration=4.8,
                                  config=make_config(contrast_on="bogus"))

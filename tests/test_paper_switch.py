@@ -13,7 +13,7 @@ import pytest
 from configs import activitynet12_i3d_paper
 from configs import test as test_config
 from configs import thumos14_i3d_paper
-from jaxseg import ablation, inference, losses, run_data
+from jaxseg import ablation, losses, proposals, run_data
 from jaxseg import config as config_lib
 from jaxseg import config_checks
 from jaxseg.data import batching
@@ -109,9 +109,9 @@ def test_without_the_keep_top_class_rule_a_video_may_get_no_detection():
   s_a = np.array([-0.5, -0.1, -0.2])
   p_a = np.exp(s_a) / np.exp(s_a).sum()
   kw = dict(feature_rate=1.0, duration=20.0)
-  assert inference.generate_proposals(cas, s_a, p_a, config=c, **kw)
+  assert proposals.generate_proposals(cas, s_a, p_a, config=c, **kw)
   c.keep_top_class = False
-  assert inference.generate_proposals(cas, s_a, p_a, config=c, **kw) == []
+  assert proposals.generate_proposals(cas, s_a, p_a, config=c, **kw) == []
 
 
 def test_keep_labeled_subsampling_keeps_every_labeled_segment():

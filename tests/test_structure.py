@@ -20,7 +20,7 @@ import pytest
 
 import jaxseg
 from jaxseg import config as config_lib
-from jaxseg import inference
+from jaxseg import proposals
 from jaxseg import losses
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,7 +85,7 @@ def _config_fields():
 
 
 # Modules whose functions run the method from a config: no defaults for its fields.
-PIPELINE = ("jaxseg.model", "jaxseg.losses", "jaxseg.inference", "jaxseg.state", "jaxseg.train",
+PIPELINE = ("jaxseg.model", "jaxseg.losses", "jaxseg.inference", "jaxseg.proposals", "jaxseg.state", "jaxseg.train",
             "jaxseg.workdir", "jaxseg.evaluate", "jaxseg.data.batching",
             "jaxseg.data.device_data")
 
@@ -145,10 +145,10 @@ def test_an_inference_config_missing_a_field_fails_naming_it(field):
   cas = np.random.default_rng(0).normal(size=(10, 3)).astype(np.float32)
   s_a = np.array([0.5, 0.1, -0.2])
   p_a = np.exp(s_a) / np.exp(s_a).sum()
-  inference.generate_proposals(cas, s_a, p_a, feature_rate=1.0, duration=10.0, config=c)
+  proposals.generate_proposals(cas, s_a, p_a, feature_rate=1.0, duration=10.0, config=c)
   del c[field]
   with pytest.raises(config_lib.ConfigError, match=f"config.inference.{field}: missing"):
-    inference.generate_proposals(cas, s_a, p_a, feature_rate=1.0, duration=10.0, config=c)
+    proposals.generate_proposals(cas, s_a, p_a, feature_rate=1.0, duration=10.0, config=c)
 
 
 def _imports(module, path):
