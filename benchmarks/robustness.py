@@ -15,6 +15,7 @@ final checkpoint is reported (no selection: nothing is tuned per run).
   python benchmarks/robustness.py --out benchmarks/results/robustness       # the family
   python benchmarks/robustness.py --quick --out /tmp/rob                     # seconds, CI
   python benchmarks/robustness.py --set loss.topk_count=instances ...        # a candidate default
+  python benchmarks/robustness.py --jobs 8 ...                               # 8 runs at once (GPU)
 
 Writes ``robustness.csv`` (one row per world, arm, seed) and ``robustness.md``
 (mean over seeds of mAP@0.1, mAP@0.5 and avg0.1:0.5 per world and arm, and
@@ -89,6 +90,13 @@ ARMS = {
     "full-all-inst": {"labels.mode": "full", "loss.topk_count": "instances"},
     "full-clean": {"labels.mode": "one-segment", "loss.propagation_features": "clean"},
     "full-fixed": {"labels.mode": "one-segment", "loss.topk_mode": "fixed"},
+    # The f of C_loc (model.localization_embedding): its losses train its head
+    # only ("detached"), or its own embedding ("separate").
+    "full-head": {"labels.mode": "one-segment", "model.localization_embedding": "detached"},
+    "full-all-head": {"labels.mode": "full", "model.localization_embedding": "detached"},
+    "full-sep": {"labels.mode": "one-segment", "model.localization_embedding": "separate"},
+    "full-two-sep": {"labels.mode": "two-segment", "model.localization_embedding": "separate"},
+    "full-all-sep": {"labels.mode": "full", "model.localization_embedding": "separate"},
     "CL+PSL+SL": {"labels.mode": "one-segment", "loss.use_propagation": False},
     "CL+PSL+PL": {"labels.mode": "one-segment", "loss.use_sphere": False},
     "CL+PSL+SL-all": {"labels.mode": "full", "loss.use_propagation": False},
@@ -125,19 +133,39 @@ INFERENCE = {
     "average": {"score_source": "average"},
     "p_a-w4": {"class_score_weight": 4.0},
     "raw+s_a-top0.5": {"contrast_on": "raw", "class_score": "s_a", "class_top_ratio": 0.5},
+    "nms0.5": {"nms_iou": 0.5},
+    "nms0.4": {"nms_iou": 0.4},
+    "nms0.3": {"nms_iou": 0.3},
 }
 
 
 def rescore(c, run_dir: str, variants) -> dict:
-  """Validation summaries of a finished run's final state under inference ``variants``."""
+  """Validation summaries of a finished run's final state under inference ``variants``.
+
+  Each is cached in ``run_dir/validation-<variant>.json`` with its overrides
+  (recomputed when the variant's definition changed).
+  """
+  out, todo = {}, []
+  for name in variants:
+    path = os.path.join(run_dir, f"validation-{name}.json")
+    if os.path.exists(path):
+      with open(path) as f:
+        cached = json.load(f)
+      if cached.get("inference") == INFERENCE[name]:
+        out[name] = cached["summary"]
+        continue
+    todo.append(name)
+  if not todo:
+    return out
   from jaxseg import evaluate, workdir  # noqa: PLC0415 (only when re-scoring)
   run = workdir.load_run(c, run_dir, which="final")
-  out = {}
-  for name in variants:
+  for name in todo:
     cv = config_lib.with_overrides(c, **{f"inference.{k}": v
                                          for k, v in INFERENCE[name].items()})
     out[name] = evaluate.evaluate_params(cv, run.model, run.state.params,
                                          run.data.validation)["summary"]
+    io.atomic_write_text(os.path.join(run_dir, f"validation-{name}.json"), json.dumps(
+        {"inference": INFERENCE[name], "summary": out[name]}))
   return out
 
 
@@ -170,42 +198,92 @@ def world_config(base, world: str, arm: str, seed: int, overrides: dict,
   return c
 
 
+def _run_dir(out: str, world: str, arm: str, seed: int) -> str:
+  return os.path.join(out, "runs", world, arm, f"seed{seed}")
+
+
+def _job_config(base, out: str, data_root: str, world: str, arm: str, seed: int,
+                overrides: dict, quick: bool):
+  c = world_config(base, world, arm, seed, overrides, quick)
+  c.data.synthetic.output_dir = os.path.join(data_root or os.path.join(out, "data"), world)
+  if c.train.validation_fraction <= 0:
+    raise ValueError("the robustness runs score on validation: "
+                     "train.validation_fraction must be > 0")
+  return c
+
+
+def _validation_run(c, run_dir: str) -> dict:
+  """Trains ``c`` into ``run_dir`` unless done; its final validation summary."""
+  done = os.path.join(run_dir, "validation.json")
+  if not os.path.exists(done):
+    train.train_and_evaluate(c, run_dir, evaluate=False)
+    io.atomic_write_text(done, json.dumps(ablation.validation_result(run_dir)))
+  with open(done) as f:
+    return json.load(f)["final"]
+
+
+def _generate_world(c) -> str:
+  from jaxseg.data import readers  # noqa: PLC0415 (in a worker process)
+  readers.load_dataset(c.data)
+  return c.data.synthetic.output_dir
+
+
+def _job(args) -> str:
+  c, run_dir, variants = args
+  _validation_run(c, run_dir)
+  if variants:
+    rescore(c, run_dir, variants)
+  return run_dir
+
+
+def _run_parallel(jobs: int, configs: dict, runs: list, variants: list) -> None:
+  """Generates each world once, then trains ``runs`` in ``jobs`` processes at once.
+
+  Each process is a fresh interpreter (``spawn``: JAX does not survive a fork)
+  that allocates accelerator memory as it needs it, so several share one GPU.
+  """
+  import concurrent.futures as cf  # noqa: PLC0415
+  import multiprocessing as mp  # noqa: PLC0415
+  os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+  with cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+    for path in pool.map(_generate_world, configs.values()):
+      print(f"data: {path}", flush=True)
+    for run_dir in pool.map(_job, [(c, d, variants) for c, d in runs]):
+      print(f"done: {run_dir}", flush=True)
+
+
 def run(out: str, *, worlds, arms, seeds: int, quick: bool, split: str,
         overrides: dict, data_root: str = "", inference=("defaults",),
-        first_seed: int = 0) -> pd.DataFrame:
+        first_seed: int = 0, jobs: int = 1) -> pd.DataFrame:
   base = base_config(quick)
+  grid = [(w, a, s) for w in worlds for a in arms for s in range(first_seed, seeds)]
+  configs = {key: _job_config(base, out, data_root, *key, overrides, quick) for key in grid}
+  if jobs > 1:
+    if split != "validation":
+      raise ValueError("--jobs runs the validation family; the test report runs one at a time")
+    first = {}
+    for (w, _, _), c in configs.items():
+      first.setdefault(w, c)
+    _run_parallel(jobs, first, [(configs[k], _run_dir(out, *k)) for k in grid],
+                  [v for v in inference if v != "defaults"])
   rows = []
-  for world in worlds:
-    data_dir = os.path.join(data_root or os.path.join(out, "data"), world)
-    for arm in arms:
-      for seed in range(first_seed, seeds):
-        c = world_config(base, world, arm, seed, overrides, quick)
-        c.data.synthetic.output_dir = data_dir
-        if c.train.validation_fraction <= 0:
-          raise ValueError("the robustness runs score on validation: "
-                           "train.validation_fraction must be > 0")
-        run_dir = os.path.join(out, "runs", world, arm, f"seed{seed}")
-        if split == "test":
-          res = train.train_and_evaluate(c, run_dir)
-          summary = res["final"]
-        else:
-          done = os.path.join(run_dir, "validation.json")
-          if not os.path.exists(done):
-            train.train_and_evaluate(c, run_dir, evaluate=False)
-            io.atomic_write_text(done, json.dumps(ablation.validation_result(run_dir)))
-          with open(done) as f:
-            summary = json.load(f)["final"]
-        summaries = {"defaults": summary}
-        if split == "validation" and set(inference) - {"defaults"}:
-          summaries.update(rescore(c, run_dir, [v for v in inference if v != "defaults"]))
-        for name in inference:
-          s = summaries[name]
-          rows.append({"world": world, "arm": arm, "seed": seed, "split": split,
-                       "inference": name,
-                       "overrides": json.dumps(overrides, sort_keys=True), **s})
-          print(f"{world:15s} {arm:8s} seed {seed} {name:16s}: "
-                f"mAP@0.1 {s.get('mAP@0.1', 0):.1f} mAP@0.5 {s.get('mAP@0.5', 0):.1f}",
-                flush=True)
+  for (world, arm, seed), c in configs.items():
+    run_dir = _run_dir(out, world, arm, seed)
+    if split == "test":
+      summary = train.train_and_evaluate(c, run_dir)["final"]
+    else:
+      summary = _validation_run(c, run_dir)
+    summaries = {"defaults": summary}
+    if split == "validation" and set(inference) - {"defaults"}:
+      summaries.update(rescore(c, run_dir, [v for v in inference if v != "defaults"]))
+    for name in inference:
+      s = summaries[name]
+      rows.append({"world": world, "arm": arm, "seed": seed, "split": split,
+                   "inference": name,
+                   "overrides": json.dumps(overrides, sort_keys=True), **s})
+      print(f"{world:15s} {arm:8s} seed {seed} {name:16s}: "
+            f"mAP@0.1 {s.get('mAP@0.1', 0):.1f} mAP@0.5 {s.get('mAP@0.5', 0):.1f}",
+            flush=True)
   df = pd.DataFrame(rows)
   os.makedirs(out, exist_ok=True)
   io.atomic_write_text(os.path.join(out, "robustness.csv"), df.round(4).to_csv(index=False))
@@ -247,6 +325,9 @@ def main(argv=None) -> int:
                  help="run seeds first-seed .. seeds-1 only (add a seed to a finished family)")
   p.add_argument("--data-root", default="", help="where the worlds are generated "
                  "(default: OUT/data); share it between invocations")
+  p.add_argument("--jobs", type=int, default=1,
+                 help="train this many runs at once, each in its own process (a GPU "
+                 "or many cores; validation only)")
   p.add_argument("--quick", action="store_true", help="1 world, tiny runs (the test suite)")
   p.add_argument("--split", choices=config_lib.ABLATION_SPLITS, default="validation")
   p.add_argument("--inference", default="defaults",
@@ -262,7 +343,8 @@ def main(argv=None) -> int:
   overrides = dict((kv.split("=", 1)[0], _value(kv.split("=", 1)[1])) for kv in a.set)
   df = run(a.out, worlds=worlds, arms=arms, seeds=seeds, quick=a.quick, split=a.split,
            overrides=overrides, data_root=a.data_root,
-           inference=tuple(a.inference.split(",")), first_seed=a.first_seed)
+           inference=tuple(a.inference.split(",")), first_seed=a.first_seed,
+           jobs=a.jobs)
   print(markdown(df, a.split, overrides))
   return df
 

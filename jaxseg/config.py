@@ -19,6 +19,7 @@ LABEL_MODES = ("one-segment", "two-segment", "video-level", "full", "points")
 DATASET_FORMATS = ("synthetic", "activitynet", "wtalc")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 DROPOUT_RNGS = ("threefry2x32", "rbg")
+LOCALIZATION_EMBEDDINGS = ("shared", "detached", "separate")
 METRIC_BACKENDS = ("tensorboard", "wandb", "mlflow")  # metrics.jsonl is always written
 TOPK_MODES = ("labeled", "fixed")
 PROPAGATION_METHODS = ("naive", "dense", "factorized", "fused")
@@ -136,6 +137,10 @@ def base_config() -> ml_collections.ConfigDict:
   # default, the same bits on every backend) or "rbg" (XLA's RngBitGenerator:
   # much cheaper on a GPU, where the (B, T, E) mask is a visible share of the step).
   m.dropout_rng = "threefry2x32"
+  # The f of the C_loc head (and of eq. 8-13): "shared" with C_cls (paper
+  # Fig. 3), "detached" (the same f, but the losses on C_loc train only its
+  # head) or "separate" (an embedding of its own: eq. 4 alone trains C_cls's).
+  m.localization_embedding = "shared"
 
   # ----------------------------------------------------------------- loss
   c.loss = lo = ml_collections.ConfigDict()

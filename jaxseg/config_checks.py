@@ -15,6 +15,7 @@ from jaxseg.config import (ConfigError, ABLATION_LOSSES, ABLATION_NON_PSL_CELLS,
                            ABLATION_SPLITS, CLASSIFICATION_NORMALIZATIONS, CLASS_SCORES,
                            COMPUTE_DTYPES, CONTRAST_ON, CROP_MODES, DATASET_FORMATS,
                            DEVICE_DATA_MODES, DROPOUT_RNGS, LABEL_MODES,
+                           LOCALIZATION_EMBEDDINGS,
                            METRIC_BACKENDS, PROPAGATION_FEATURES, PROPAGATION_METHODS,
                            PROPAGATION_NORMALIZATIONS, PROPAGATION_SIMILARITIES,
                            PROTOCOLS, SCHEDULES, SCORE_SOURCES, SEGMENT_NORMALIZATIONS,
@@ -59,6 +60,7 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1) -> None:
   _check(0.0 <= c.model.dropout_rate < 1.0, "model.dropout_rate", "must be in [0, 1)")
   _choice(c, "model.compute_dtype", COMPUTE_DTYPES)
   _choice(c, "model.dropout_rng", DROPOUT_RNGS)
+  _choice(c, "model.localization_embedding", LOCALIZATION_EMBEDDINGS)
   for backend in require(c, "train.log_to"):
     _check(backend in METRIC_BACKENDS, "train.log_to",
            f"{backend!r} is not one of {METRIC_BACKENDS}")

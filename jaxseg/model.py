@@ -7,7 +7,8 @@
 
 Usage::
 
-  model = SegmentModel(num_classes=20, embed_dim=2048)
+  model = SegmentModel(num_classes=20, embed_dim=2048, dropout_rate=0.7,
+                       compute_dtype="float32", localization_embedding="shared")
   variables = init_params(model, jax.random.key(0), feature_dim=2048)
   out = model.apply(variables, x, mask, deterministic=False,
                     rngs={"dropout": key})
@@ -22,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxseg.config import COMPUTE_DTYPES
+from jaxseg.config import COMPUTE_DTYPES, LOCALIZATION_EMBEDDINGS
 
 Array = jax.Array
 
@@ -38,11 +39,19 @@ class SegmentModel(nn.Module):
     compute_dtype: ``"float32"`` or ``"bfloat16"``: the dtype of the FC
       layers' inputs and arithmetic (mixed precision: parameters stay
       float32, and the outputs, on which every loss is computed, are float32).
+    localization_embedding: the ``f`` the ``C_loc`` head sees: ``"shared"``
+      (Fig. 3: one embedding for both heads), ``"detached"`` (the same ``f``
+      under ``stop_gradient``, so the losses on ``C_loc`` train its head only;
+      the outputs are those of ``"shared"``) or ``"separate"`` (an embedding
+      of its own, ``"loc_embedding"``, with the same width and dropout: the
+      classification branch is then trained by eq. 4 alone, the localization
+      branch by eq. 6-13).
   """
   num_classes: int
   embed_dim: int
   dropout_rate: float
   compute_dtype: str
+  localization_embedding: str
 
   @nn.compact
   def __call__(self, features: Array, mask: Array, *,
@@ -57,7 +66,8 @@ class SegmentModel(nn.Module):
 
     Returns:
       dict with ``"features"``: ``f (B, T, E) float32`` after ReLU and dropout
-      (what the heads see, and what the sphere and propagation losses use);
+      (what the ``C_loc`` head sees, and what the sphere and propagation
+      losses use; with a shared embedding the ``C_cls`` head sees it too);
       ``"cas_cls"``, ``"cas_loc"``: ``(B, T, N) float32``. All three are zero
       on padded steps; ``"clean_features"``: ``f`` before dropout (the
       propagation loss's ``S`` with ``loss.propagation_features = "clean"``).
@@ -68,6 +78,9 @@ class SegmentModel(nn.Module):
     if self.compute_dtype not in COMPUTE_DTYPES:
       raise ValueError(f"SegmentModel: compute_dtype must be one of {COMPUTE_DTYPES}, "
                        f"got {self.compute_dtype!r}")
+    if self.localization_embedding not in LOCALIZATION_EMBEDDINGS:
+      raise ValueError(f"SegmentModel: localization_embedding must be one of "
+                       f"{LOCALIZATION_EMBEDDINGS}, got {self.localization_embedding!r}")
     dtype = jnp.dtype(self.compute_dtype)
     dense = lambda width, name: nn.Dense(width, dtype=dtype, param_dtype=jnp.float32,
                                          name=name)
@@ -78,7 +91,12 @@ class SegmentModel(nn.Module):
     clean = f.astype(jnp.float32)
     f = nn.Dropout(rate=self.dropout_rate)(f, deterministic=deterministic)
     cas_cls = dense(self.num_classes, "cls_head")(f).astype(jnp.float32)
-    cas_loc = dense(self.num_classes, "loc_head")(f).astype(jnp.float32)
+    if self.localization_embedding == "separate":
+      f = nn.relu(dense(embed_dim, "loc_embedding")(x))
+      clean = f.astype(jnp.float32)
+      f = nn.Dropout(rate=self.dropout_rate)(f, deterministic=deterministic)
+    loc_in = jax.lax.stop_gradient(f) if self.localization_embedding == "detached" else f
+    cas_loc = dense(self.num_classes, "loc_head")(loc_in).astype(jnp.float32)
     f = f.astype(jnp.float32)
     # W of eq. 9; created here so it lives in params with the rest.
     self.param("sphere_weight", nn.initializers.lecun_normal(),

@@ -47,7 +47,8 @@ def make_model(config: ml_collections.ConfigDict, feature_dim: int,
   embed = feature_dim if config.model.embed_dim == -1 else config.model.embed_dim
   return model_lib.SegmentModel(num_classes=num_classes, embed_dim=embed,
                                 dropout_rate=config.model.dropout_rate,
-                                compute_dtype=config.model.compute_dtype)
+                                compute_dtype=config.model.compute_dtype,
+                                localization_embedding=config.model.localization_embedding)
 
 
 def learning_rate(config: ml_collections.ConfigDict) -> optax.ScalarOrSchedule:

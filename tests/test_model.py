@@ -17,7 +17,7 @@ B, T, D, E, N = 3, 10, 7, 6, 5
 @pytest.fixture(scope="module")
 def setup():
   m = model_lib.SegmentModel(num_classes=N, embed_dim=E, dropout_rate=0.5,
-                             compute_dtype="float32")
+                             compute_dtype="float32", localization_embedding="shared")
   variables = model_lib.init_params(m, jax.random.key(0), D)
   rng = np.random.default_rng(0)
   x = rng.normal(size=(B, T, D)).astype(np.float32)
@@ -95,7 +95,7 @@ def test_dropout(setup):
 
 def test_embed_dim_default_and_loss_pipeline():
   m = model_lib.SegmentModel(num_classes=N, embed_dim=-1, dropout_rate=0.7,
-                             compute_dtype="float32")
+                             compute_dtype="float32", localization_embedding="shared")
   variables = model_lib.init_params(m, jax.random.key(1), D)
   assert model_lib.sphere_weight(variables).shape == (N, D)
   assert variables["params"]["embedding"]["kernel"].shape == (D, D)
@@ -127,7 +127,7 @@ def test_bfloat16_compute_matches_float32_and_keeps_float32_interfaces(setup):
   """Mixed precision: same parameters (float32), bf16 matmuls, float32 outputs."""
   _, variables, x, mask, apply = setup
   m16 = model_lib.SegmentModel(num_classes=N, embed_dim=E, dropout_rate=0.5,
-                               compute_dtype="bfloat16")
+                               compute_dtype="bfloat16", localization_embedding="shared")
   v16 = model_lib.init_params(m16, jax.random.key(0), D)
   for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(v16)):
     assert b.dtype == jnp.float32
@@ -152,7 +152,7 @@ def test_bfloat16_compute_matches_float32_and_keeps_float32_interfaces(setup):
 
 def test_bad_compute_dtype_is_rejected():
   m = model_lib.SegmentModel(num_classes=N, embed_dim=E, dropout_rate=0.5,
-                             compute_dtype="float16")
+                             compute_dtype="float16", localization_embedding="shared")
   with pytest.raises(ValueError, match="compute_dtype"):
     model_lib.init_params(m, jax.random.key(0), D)
 
@@ -161,7 +161,7 @@ def test_bad_compute_dtype_is_rejected():
 def test_dropout_rng_impls_drop_at_the_configured_rate(impl):
   """model.dropout_rng: either key impl drops about dropout_rate of f, with its own bits."""
   m = model_lib.SegmentModel(num_classes=N, embed_dim=64, dropout_rate=0.7,
-                             compute_dtype="float32")
+                             compute_dtype="float32", localization_embedding="shared")
   variables = model_lib.init_params(m, jax.random.key(0), D)
   x = np.abs(np.random.default_rng(1).normal(size=(4, 50, D))).astype(np.float32)
   mask = np.ones((4, 50), bool)
@@ -175,3 +175,62 @@ def test_dropout_rng_impls_drop_at_the_configured_rate(impl):
   np.testing.assert_allclose(np.asarray(outs[0])[np.asarray(outs[0]) != 0],
                              (np.asarray(clean) / 0.3)[np.asarray(outs[0]) != 0], rtol=1e-5)
   assert np.any((np.asarray(outs[0]) != 0) != (np.asarray(outs[1]) != 0))
+
+
+def _loc_grads(mode, x, mask):
+  m = model_lib.SegmentModel(num_classes=N, embed_dim=E, dropout_rate=0.0,
+                             compute_dtype="float32", localization_embedding=mode)
+  params = model_lib.init_params(m, jax.random.key(3), D)["params"]
+  out = m.apply({"params": params}, x, mask, deterministic=True)
+  grads = {}
+  for head in ("cas_loc", "cas_cls", "features"):
+    loss = lambda p, head=head: jnp.sum(
+        m.apply({"params": p}, x, mask, deterministic=True)[head] ** 2)
+    grads[head] = jax.tree.map(np.asarray, jax.grad(loss)(params))
+  return params, out, grads
+
+
+def test_localization_embedding_routes_the_gradients():
+  """model.localization_embedding: "detached" gives the outputs of "shared",
+  but a loss on C_loc trains the loc head only; "separate" gives C_loc (and
+  the features the localization losses use) an embedding of its own, which a
+  loss on C_cls never reaches, and C_cls is the shared model's C_cls."""
+  rng = np.random.default_rng(2)
+  x = np.abs(rng.normal(size=(2, 12, D))).astype(np.float32)
+  mask = np.ones((2, 12), bool)
+  mask[1, 7:] = False
+  p_sh, out_sh, g_sh = _loc_grads("shared", x, mask)
+  p_de, out_de, g_de = _loc_grads("detached", x, mask)
+  p_se, out_se, g_se = _loc_grads("separate", x, mask)
+  for key in ("features", "cas_cls", "cas_loc", "clean_features"):
+    np.testing.assert_array_equal(out_sh[key], out_de[key])
+  assert np.abs(g_sh["cas_loc"]["embedding"]["kernel"]).max() > 0
+  assert not g_de["cas_loc"]["embedding"]["kernel"].any()
+  np.testing.assert_allclose(g_de["cas_loc"]["loc_head"]["kernel"],
+                             g_sh["cas_loc"]["loc_head"]["kernel"], rtol=1e-6)
+  np.testing.assert_array_equal(g_de["cas_cls"]["embedding"]["kernel"],
+                                g_sh["cas_cls"]["embedding"]["kernel"])
+  # "separate": a second embedding of the same shape; C_cls as the shared model's
+  # from the same first embedding, C_loc and f from the second (NumPy reference).
+  assert set(p_se) == set(p_sh) | {"loc_embedding"}
+  relu = lambda v: np.maximum(v, 0.0)
+  dense = lambda v, p: v @ np.asarray(p["kernel"]) + np.asarray(p["bias"])
+  xm = np.where(mask[..., None], x, 0.0)
+  f_cls = relu(dense(xm, p_se["embedding"]))
+  f_loc = relu(dense(xm, p_se["loc_embedding"]))
+  np.testing.assert_allclose(out_se["cas_cls"][mask],
+                             dense(f_cls, p_se["cls_head"])[mask], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(out_se["cas_loc"][mask],
+                             dense(f_loc, p_se["loc_head"])[mask], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(out_se["features"][mask], f_loc[mask], rtol=1e-5, atol=1e-6)
+  assert not g_se["cas_cls"]["loc_embedding"]["kernel"].any()
+  assert not g_se["cas_loc"]["embedding"]["kernel"].any()
+  assert not g_se["features"]["embedding"]["kernel"].any()
+  assert np.abs(g_se["cas_loc"]["loc_embedding"]["kernel"]).max() > 0
+
+
+def test_bad_localization_embedding_is_rejected():
+  m = model_lib.SegmentModel(num_classes=N, embed_dim=E, dropout_rate=0.5,
+                             compute_dtype="float32", localization_embedding="own")
+  with pytest.raises(ValueError, match="localization_embedding"):
+    model_lib.init_params(m, jax.random.key(0), D)
