@@ -84,6 +84,7 @@ def measure(num_devices: int, batch: int, length: int, dim: int, classes: int,
   from jaxseg import train  # pylint: disable=g-import-not-at-top
 
   c = config_lib.base_config()
+  c.model.localization_embedding = "shared"  # the paper's network (Fig. 3)
   c.train.batch_size = batch
   c.parallel.num_devices = num_devices
   config_checks.validate(c, num_devices=num_devices)

@@ -60,6 +60,7 @@ def _setup(batch: int, length: int, dim: int, classes: int, method: str,
            compute_dtype: str, dropout_rng: str):
   """The base config with these choices, its model, optimizer, state and a device batch."""
   c = config_lib.base_config()
+  c.model.localization_embedding = "shared"  # the paper's network (Fig. 3), as fc_flops counts
   c.loss.propagation_method = method
   c.model.compute_dtype = compute_dtype
   c.model.dropout_rng = dropout_rng
@@ -180,6 +181,7 @@ def measure_loop(feed: str, batch: int, dim: int, classes: int, steps: int,
   copy it to the device; mean of 5 after one untimed call), timed before the loop.
   """
   c = config_lib.base_config()
+  c.model.localization_embedding = "shared"  # the paper's network (Fig. 3)
   c.model.compute_dtype = compute_dtype
   ds, labels = synthetic_train_set(num_videos, dim, classes)
   loader = batching.TrainLoader(ds, labels, batch_size=batch, max_length=c.train.max_length,

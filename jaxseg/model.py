@@ -5,6 +5,11 @@
 ``C_loc`` (localization module). The sphere loss (eq. 9) has its own weight
 ``W (N, E)``, the parameter ``"sphere_weight"``. The paper uses ``E = D``.
 
+In Fig. 3 both heads read one ``f`` (``localization_embedding="shared"``);
+jaxseg's default gives ``C_loc`` an embedding of its own (``"separate"``), so
+that the localization losses do not reshape the features video
+classification reads (docs/paper-notes.md has the measurements).
+
 Usage::
 
   model = SegmentModel(num_classes=20, embed_dim=2048, dropout_rate=0.7,

@@ -200,10 +200,14 @@ def test_evaluating_one_20k_segment_video():
 
   # The CAS of the whole video against a float64 forward pass of the same params.
   p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
-  f = np.maximum(video.features @ p["embedding"]["kernel"] + p["embedding"]["bias"], 0)
+  relu_fc = lambda name: np.maximum(video.features @ p[name]["kernel"] + p[name]["bias"], 0)
+  f = relu_fc("embedding")
+  # model.localization_embedding: C_loc reads the shared f or its own embedding's.
+  f_loc = relu_fc("loc_embedding") if config.model.localization_embedding == "separate" else f
   cas = res["predictions"]["cas"]["long"]
   assert cas["cas_cls"].shape == (T, N)
   np.testing.assert_allclose(cas["cas_cls"], f @ p["cls_head"]["kernel"] + p["cls_head"]["bias"],
                              rtol=1e-4, atol=1e-5)
-  np.testing.assert_allclose(cas["cas_loc"], f @ p["loc_head"]["kernel"] + p["loc_head"]["bias"],
+  np.testing.assert_allclose(cas["cas_loc"],
+                             f_loc @ p["loc_head"]["kernel"] + p["loc_head"]["bias"],
                              rtol=1e-4, atol=1e-5)

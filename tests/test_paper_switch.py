@@ -239,6 +239,19 @@ def test_robustness_quick_scores_on_validation_and_never_reads_test(tmp_path, mo
   assert set(df.world) == {"relu"}
   assert (tmp_path / "robustness.md").read_text().count("relu") >= 2
   assert np.all((df["mAP@0.5"] >= 0) & (df["mAP@0.5"] <= 100))
+  # A re-scored variant is cached with its definition and read back, not recomputed.
+  cached = robustness.rescore(c, str(run), ["printed"])["printed"]
+  printed = df[(df.arm == "CL") & (df.inference == "printed")].iloc[0]
+  assert cached["mAP@0.1"] == pytest.approx(printed["mAP@0.1"], abs=1e-3)
+  assert (run / "validation-printed.json").exists()
+  # The same family trained two runs at a time, each in its own process, on the
+  # same generated data: the same runs, the same numbers.
+  par = robustness.main(["--quick", "--out", str(tmp_path / "par"), "--jobs", "2",
+                         "--data-root", str(tmp_path / "data"), "--inference", "defaults"])
+  ref = df[df.inference == "defaults"].set_index("arm")
+  for _, row in par.iterrows():
+    assert row["mAP@0.1"] == pytest.approx(ref.loc[row.arm, "mAP@0.1"], abs=1e-3)
+    assert row["mAP@0.5"] == pytest.approx(ref.loc[row.arm, "mAP@0.5"], abs=1e-3)
 
 
 def test_the_paper_config_trains_end_to_end_on_synthetic_data(tmp_path, monkeypatch):
