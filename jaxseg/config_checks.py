@@ -157,6 +157,21 @@ def check_fields(c: ml_collections.ConfigDict) -> None:
   for field in ("num_classes", "num_train", "num_test", "feature_dim", "max_length"):
     v = require(c, f"data.synthetic.{field}")
     _check(v >= 1, f"data.synthetic.{field}", f"must be >= 1, got {v}")
+  # The generator's world: finite strengths and noise (a NaN would give NaN
+  # features, not an error), a correlation below 1, lengths and coverage in range.
+  for field in ("core_strength", "weak_class_strength", "action_strength",
+                "distractor_action_strength", "distractor_class_strength", "scene_strength"):
+    v = require(c, f"data.synthetic.{field}")
+    _check(0 <= v < math.inf, f"data.synthetic.{field}", f"must be finite and >= 0, got {v}")
+  v = require(c, "data.synthetic.noise")
+  _check(0 <= v < math.inf, "data.synthetic.noise", f"must be finite and >= 0, got {v}")
+  v = require(c, "data.synthetic.noise_ar")
+  _check(-math.inf < v < 1, "data.synthetic.noise_ar",
+         f"must be < 1 (< 0: the [1, 2, 1] kernel; [0, 1): AR(1)), got {v}")
+  v = require(c, "data.synthetic.instance_length_median")
+  _check(0 < v < math.inf, "data.synthetic.instance_length_median", f"must be > 0, got {v}")
+  v = require(c, "data.synthetic.coverage_mean")
+  _check(0 < v < 1, "data.synthetic.coverage_mean", f"must be in (0, 1), got {v}")
   t = c.train
   _check(t.grad_clip_norm >= 0, "train.grad_clip_norm", "must be >= 0 (0: off)")
   _check(t.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")

@@ -62,6 +62,16 @@ BAD = [
     # Unknown compute dtype and device-data mode.
     ({"model.compute_dtype": "float16"}, "model.compute_dtype"),
     ({"model.dropout_rng": "philox"}, "model.dropout_rng"),
+    ({"model.localization_embedding": "own"}, "model.localization_embedding"),
+    # The synthetic world's knobs: a NaN or negative strength, noise, correlation >= 1.
+    ({"data.synthetic.core_strength": math.nan}, "data.synthetic.core_strength"),
+    ({"data.synthetic.scene_strength": -1.0}, "data.synthetic.scene_strength"),
+    ({"data.synthetic.distractor_class_strength": math.inf},
+     "data.synthetic.distractor_class_strength"),
+    ({"data.synthetic.noise": math.nan}, "data.synthetic.noise"),
+    ({"data.synthetic.noise_ar": 1.0}, "data.synthetic.noise_ar"),
+    ({"data.synthetic.coverage_mean": 1.0}, "data.synthetic.coverage_mean"),
+    ({"data.synthetic.instance_length_median": 0.0}, "data.synthetic.instance_length_median"),
     ({"train.device_data": "gpu"}, "train.device_data"),
     # Margin below 1 (the non-integer margin has its own test).
     ({"loss.margin": 0}, "loss.margin"),

@@ -216,6 +216,12 @@ def test_knobs_and_validation(tmp_path):
     _small(tmp_path / "x", core_strenght=3.0)
   with pytest.raises(ValueError, match="core_fraction"):
     _small(tmp_path / "x", core_fraction=0.0)
+  # A NaN or negative signal strength or noise is refused, not turned into NaN features.
+  for name, value in (("core_strength", math.nan), ("scene_strength", -0.5),
+                      ("action_strength", math.inf), ("noise", math.nan)):
+    with pytest.raises(ValueError, match=name):
+      _small(tmp_path / "x", **{name: value})
+  assert not (tmp_path / "x").exists()
   _small(tmp_path / "full_core", core_fraction=1.0)
   db, _ = _read_all(tmp_path / "full_core")
   for v in db.values():

@@ -154,7 +154,11 @@ class SyntheticParams:
         (0 <= self.distractor_rate < 1, "distractor_rate must be in [0, 1)"),
         (0 <= self.distractor_action_prob <= 1,
          "distractor_action_prob must be in [0, 1]"),
-        (self.noise >= 0, "noise must be >= 0"),
+        (0 <= self.noise < math.inf, "noise must be finite and >= 0"),
+        *[(0 <= getattr(self, name) < math.inf, f"{name} must be finite and >= 0")
+          for name in ("core_strength", "weak_class_strength", "action_strength",
+                       "distractor_action_strength", "distractor_class_strength",
+                       "scene_strength")],
         (self.noise_ar < 1, "noise_ar must be < 1"),
         (self.activation == "softplus" or self.activation == "relu",
          "activation must be 'softplus' or 'relu'"),
