@@ -43,7 +43,7 @@ mkdir -p "$OUT"
 PY=${PYTHON:-python3}
 QUICK_ARGS=()
 STEP_LENGTHS=(256 750 2048)
-# QUICK: small shapes, one T for the step (tests/test_benchmarks.py sweeps two).
+# QUICK: small shapes, one T for the step.
 if [ -n "${QUICK:-}" ]; then QUICK_ARGS=(--quick); STEP_LENGTHS=(64); fi
 
 if ! $PY -c "import ml_collections, tabulate" 2>/dev/null && [ -d .device-wheels ]; then
@@ -90,9 +90,9 @@ else
   echo "PyTorch is not installed: no reference step" | tee "$OUT/torch_reference.log"
 fi
 
-# QUICK: the fused form only (tests/test_benchmarks.py runs every form with --quick).
+# QUICK: every form at small shapes (tests/test_benchmarks.py checks them there).
 LOSS_ARGS=()
-if [ -n "${QUICK:-}" ]; then LOSS_ARGS=(--quick --methods fused); fi
+if [ -n "${QUICK:-}" ]; then LOSS_ARGS=(--quick); fi
 timeout "${LOSS_LIMIT:-300}" $PY benchmarks/loss_throughput.py --out "$OUT" "${LOSS_ARGS[@]}" 2>&1 \
   | tee "$OUT/loss_throughput.log"
 echo "loss_throughput exit: ${PIPESTATUS[0]}"

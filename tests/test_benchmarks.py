@@ -9,29 +9,7 @@ from benchmarks import loss_throughput
 from benchmarks import train_step
 
 
-def test_loss_throughput_quick(tmp_path):
-  df = loss_throughput.main(["--quick", "--out", str(tmp_path)])
-  for name in ("loss_throughput.csv", "loss_throughput.md", "loss_throughput.png"):
-    assert os.path.getsize(tmp_path / name) > 0
-  saved = pd.read_csv(tmp_path / "loss_throughput.csv")
-  assert set(saved["loss"]) == {"naive", "dense", "factorized", "fused",
-                                "total (4 terms, fused)"}
-  assert np.all(saved["median_ms"] > 0)
-  assert np.all(saved["xla_bytes_gib"] > 0)
-  # Memory: the naive form's temporaries grow with T^2, the factorized forms' do not.
-  mem = df.pivot(index="T", columns="loss", values="temp_mib")
-  assert mem.loc[256, "naive"] / mem.loc[64, "naive"] > 8
-  for method in ("factorized", "fused"):
-    assert mem.loc[256, method] < mem.loc[256, "naive"] / 50
-
-
-def test_train_step_quick(tmp_path):
-  df = train_step.main(["--quick", "--out", str(tmp_path)])
-  for name in ("train_step.csv", "train_step.md", "train_step.png"):
-    assert os.path.getsize(tmp_path / name) > 0
-  assert not (tmp_path / "train_step.partial.csv").exists()
-  assert np.all(df["median_ms"] > 0)
-  assert np.all(df["ratio_to_floor"] > 0)
+def test_fc_flops_counts_the_three_layers():
   # Embedding: forward and weight gradient (the data needs no gradient); each
   # head: forward, weight and input gradients.
   expected = 2 * (2 * 2 * 64 * 32 * 32) + 2 * 3 * (2 * 2 * 64 * 32 * 20)
@@ -105,6 +83,20 @@ def test_device_check_script_quick(tmp_path):
   assert proc.returncode == 0, proc.stderr
   for part in ("train_step", "loss_throughput", "loss_throughput (dot)"):
     assert f"{part} exit: 0" in proc.stdout, part
+  # loss_throughput.py --quick: every form of eq. 13 and the four-term loss, reports written.
+  for name in ("loss_throughput.csv", "loss_throughput.md", "loss_throughput.png",
+               "train_step.csv", "train_step.md"):
+    assert os.path.getsize(tmp_path / name) > 0, name
+  saved = pd.read_csv(tmp_path / "loss_throughput.csv")
+  assert set(saved["loss"]) == {"naive", "dense", "factorized", "fused",
+                                "total (4 terms, fused)"}
+  assert np.all(saved["median_ms"] > 0)
+  assert np.all(saved["xla_bytes_gib"] > 0)
+  # Memory: the naive form's temporaries grow with T^2, the factorized forms' do not.
+  mem = saved.pivot(index="T", columns="loss", values="temp_mib")
+  assert mem.loc[256, "naive"] / mem.loc[64, "naive"] > 8
+  for method in ("factorized", "fused"):
+    assert mem.loc[256, method] < mem.loc[256, "naive"] / 50
   dot = pd.read_csv(tmp_path / "dot" / "loss_throughput.csv")
   assert set(dot["loss"]) == {"factorized", "fused"} and set(dot["similarity"]) == {"dot"}
   env_txt = (tmp_path / "env.txt").read_text()
@@ -113,6 +105,8 @@ def test_device_check_script_quick(tmp_path):
   assert set(zip(steps["method"], steps["compute_dtype"])) == {
       (m, d) for m in ("fused", "factorized") for d in ("float32", "bfloat16")}
   assert np.all(steps["median_ms"] > 0) and np.all(steps["pipelined_ms"] > 0)
+  assert np.all(steps["ratio_to_floor"] > 0)
+  assert not (tmp_path / "train_step.partial.csv").exists()
   parts = pd.read_csv(tmp_path / "train_step_breakdown.csv")
   assert {"forward", "network fwd+bwd", "sphere fwd+bwd", "step"} <= set(parts["part"])
   assert "torch_reference" in proc.stdout or "PyTorch is not installed" in proc.stdout
