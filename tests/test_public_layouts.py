@@ -87,7 +87,7 @@ def test_basnet_layout_trains_and_evaluates_with_paths_only(basnet):
 
 
 def test_predict_scores_exactly_as_mode_eval(basnet, tmp_path):
-  """The acceptance: predict on the unannotated test features, score against
+  """End to end: predict on the unannotated test features, score against
   gt.json: the numbers --mode eval reports for the same run, exactly."""
   config = predict.run_config(basnet["work"])
   reported = evaluate.evaluate_workdir(config, basnet["work"])["selected"]
