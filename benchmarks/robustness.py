@@ -38,7 +38,7 @@ from configs import synthetic_small  # noqa: E402
 from configs import test as test_config  # noqa: E402
 from jaxseg import ablation, train  # noqa: E402
 from jaxseg import config as config_lib  # noqa: E402
-from jaxseg.data import io  # noqa: E402
+from jaxseg.data import io, synthetic  # noqa: E402
 
 # name -> data.synthetic overrides (the default world is the generator's default).
 WORLDS = {
@@ -59,10 +59,8 @@ WORLDS = {
 # default world, and 60 training videos cannot find the direction. The 2048-d
 # world keeps the default world's per-feature statistics instead (each
 # feature's share of every signal as at D = 64), as real I3D features spread
-# their class information over many of their 2048 channels.
-_STRENGTHS = ("core_strength", "weak_class_strength", "action_strength",
-              "distractor_action_strength", "distractor_class_strength",
-              "scene_strength")
+# their class information over many of their 2048 channels
+# (synthetic.SIGNAL_STRENGTHS are scaled).
 
 
 def world_overrides(base, world: str) -> dict:
@@ -71,7 +69,7 @@ def world_overrides(base, world: str) -> dict:
   d = out.get("feature_dim", base.data.synthetic.feature_dim)
   if d != base.data.synthetic.feature_dim:
     scale = (d / base.data.synthetic.feature_dim) ** 0.5
-    for k in _STRENGTHS:
+    for k in synthetic.SIGNAL_STRENGTHS:
       out.setdefault(k, float(base.data.synthetic[k]) * scale)
   return out
 
@@ -138,7 +136,6 @@ INFERENCE = {
     "p_a": {"class_score": "p_a"},
     "p_a-nms0.4": {"class_score": "p_a", "nms_iou": 0.4},
     "p_a-nms0.6": {"class_score": "p_a", "nms_iou": 0.6},
-    "s_a-nms0.4": {"class_score": "s_a", "nms_iou": 0.4},
     "nms0.6": {"nms_iou": 0.6},
     "nms0.5": {"nms_iou": 0.5},
     "nms0.4": {"nms_iou": 0.4},
@@ -262,6 +259,11 @@ def _run_parallel(jobs: int, configs: dict, runs: list, variants: list) -> None:
 def run(out: str, *, worlds, arms, seeds: int, quick: bool, split: str,
         overrides: dict, data_root: str = "", inference=("defaults",),
         first_seed: int = 0, jobs: int = 1) -> pd.DataFrame:
+  for what, names, known in (("world", worlds, WORLDS), ("arm", arms, ARMS),
+                             ("inference variant", inference, {"defaults", *INFERENCE})):
+    unknown = [n for n in names if n not in known]
+    if unknown:
+      raise ValueError(f"robustness: unknown {what}(s) {unknown}; known: {sorted(known)}")
   base = base_config(quick)
   grid = [(w, a, s) for w in worlds for a in arms for s in range(first_seed, seeds)]
   configs = {key: _job_config(base, out, data_root, *key, overrides, quick) for key in grid}

@@ -21,6 +21,7 @@ from jaxseg.config import (ConfigError, ABLATION_LOSSES, ABLATION_NON_PSL_CELLS,
                            PROTOCOLS, SCHEDULES, SCORE_SOURCES, SEGMENT_NORMALIZATIONS,
                            SPHERE_CLASSES, SUBSAMPLE_MODES, SUBSET_AUTO, TOPK_COUNTS,
                            TOPK_MODES, base_config, require)
+from jaxseg.data import synthetic
 
 
 def _check(ok: bool, field: str, message: str) -> None:
@@ -159,8 +160,7 @@ def check_fields(c: ml_collections.ConfigDict) -> None:
     _check(v >= 1, f"data.synthetic.{field}", f"must be >= 1, got {v}")
   # The generator's world: finite strengths and noise (a NaN would give NaN
   # features, not an error), a correlation below 1, lengths and coverage in range.
-  for field in ("core_strength", "weak_class_strength", "action_strength",
-                "distractor_action_strength", "distractor_class_strength", "scene_strength"):
+  for field in synthetic.SIGNAL_STRENGTHS:
     v = require(c, f"data.synthetic.{field}")
     _check(0 <= v < math.inf, f"data.synthetic.{field}", f"must be finite and >= 0, got {v}")
   v = require(c, "data.synthetic.noise")

@@ -186,9 +186,7 @@ def synthetic_world(s) -> dict:
   """
   defaults = synthetic.SyntheticParams()
   out = {}
-  for name in ("noise", "noise_ar", "activation", "instance_length_median", "coverage_mean",
-               "core_strength", "weak_class_strength", "action_strength",
-               "distractor_action_strength", "distractor_class_strength", "scene_strength"):
+  for name in synthetic.CONFIG_WORLD_KNOBS:
     value = s.get(name, getattr(defaults, name))
     if value != getattr(defaults, name):
       out[name] = value

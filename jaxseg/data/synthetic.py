@@ -44,6 +44,12 @@ FEATURES_DIR = "features"
 GENERATOR_FILE = "generator.json"
 TRAIN_SUBSET = "validation"  # THUMOS14 trains on its validation split
 TEST_SUBSET = "test"
+# The signal strengths of SyntheticParams (lengths along unit directions), and
+# the knobs of the world that config.data.synthetic exposes.
+SIGNAL_STRENGTHS = ("core_strength", "weak_class_strength", "action_strength",
+                    "distractor_action_strength", "distractor_class_strength", "scene_strength")
+CONFIG_WORLD_KNOBS = ("noise", "noise_ar", "activation", "instance_length_median",
+                      "coverage_mean", *SIGNAL_STRENGTHS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,9 +162,7 @@ class SyntheticParams:
          "distractor_action_prob must be in [0, 1]"),
         (0 <= self.noise < math.inf, "noise must be finite and >= 0"),
         *[(0 <= getattr(self, name) < math.inf, f"{name} must be finite and >= 0")
-          for name in ("core_strength", "weak_class_strength", "action_strength",
-                       "distractor_action_strength", "distractor_class_strength",
-                       "scene_strength")],
+          for name in SIGNAL_STRENGTHS],
         (self.noise_ar < 1, "noise_ar must be < 1"),
         (self.activation == "softplus" or self.activation == "relu",
          "activation must be 'softplus' or 'relu'"),
