@@ -72,7 +72,7 @@ def total_fn(features, cas_cls, cas_loc, weight, batch, similarity: str = "cosin
   loss_config = config_lib.with_overrides(config_lib.base_config(), **{
       "loss.propagation_grad_through_similarity": True, "loss.propagation_method": "fused",
       "loss.propagation_similarity": similarity,
-      "loss.classification_normalization": "classes",
+      "loss.classification_normalization": "classes", "loss.loc_classification_weight": 0.0,
       "loss.propagation_normalization": "none"}).loss.to_dict()
   def loss(f, cc, cl, w):
     out = {"features": f, "cas_cls": cc, "cas_loc": cl}

@@ -85,6 +85,7 @@ def measure(num_devices: int, batch: int, length: int, dim: int, classes: int,
 
   c = config_lib.base_config()
   c.model.localization_embedding = "shared"  # the paper's network (Fig. 3)
+  c.loss.loc_classification_weight = 0.0  # and its loss: eq. 2-4 on C_cls only
   c.train.batch_size = batch
   c.parallel.num_devices = num_devices
   config_checks.validate(c, num_devices=num_devices)

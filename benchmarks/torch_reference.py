@@ -4,7 +4,9 @@ What a user would otherwise pick: the peer WTAL code bases (W-TALC, BaSNet,
 LACP) run the network on the padded batch, then loop over the videos of the
 batch in Python to compute each video's losses. Here the four terms of eq. 1
 with jaxseg's default readings (``configs``' base config): top-k MIL with
-``k = max(1, l // 2Q)`` and W-TALC's label normalization (eq. 2-4), the
+``k = max(1, l // 2Q)`` and W-TALC's label normalization (eq. 2-4, on ``C_cls``
+as in the paper's network that ``train_step.py`` times; ``--check`` adds it on
+``C_loc`` with the base config's ``loss.loc_classification_weight``), the
 partial segment loss (eq. 5-6), the A-Softmax sphere loss over the
 attention-pooled class features (eq. 7-10, ``m = 4``, median attention
 threshold), and the propagation loss (eq. 13) written as printed: the dense
@@ -70,13 +72,17 @@ def psi(cos_t: torch.Tensor, m: int) -> torch.Tensor:
   return torch.where(k % 2 == 0, 1.0, -1.0) * torch.cos(m * theta) - 2 * k
 
 
-def video_loss(f, cas_cls, cas_loc, y, u, w):
-  """The four terms of one video, unpadded: ``f (l, D)``, CAS ``(l, N)``, ``y (N,)``, ``u (l, N)``."""
+def video_loss(f, cas_cls, cas_loc, y, u, w, loc_weight):
+  """The four terms of one video, unpadded: ``f (l, D)``, CAS ``(l, N)``, ``y (N,)``, ``u (l, N)``;
+  ``loc_weight`` times eq. 2-4 on ``C_loc`` joins the classification term."""
   length = f.shape[0]
   q = int(u.any(dim=1).sum())
   k = max(1, length // (2 * q)) if q > 0 else max(1, int(length // 8))
   s = torch.topk(cas_cls, k, dim=0).values.mean(dim=0)
   cls = -(y / y.sum() * torch.log_softmax(s, dim=0)).sum()
+  if loc_weight:
+    s_loc = torch.topk(cas_loc, k, dim=0).values.mean(dim=0)
+    cls = cls - loc_weight * (y / y.sum() * torch.log_softmax(s_loc, dim=0)).sum()
   log_a = torch.log_softmax(cas_loc, dim=0)
   seg = -(u * log_a).sum()
   a = log_a.exp()
@@ -99,13 +105,13 @@ def video_loss(f, cas_cls, cas_loc, y, u, w):
   return cls + ALPHA * seg + BETA * sph + GAMMA * prop
 
 
-def batch_loss(net, x, lengths, y, u):
+def batch_loss(net, x, lengths, y, u, loc_weight=0.0):
   f, cas_cls, cas_loc = net(x)
   total = 0.0
   for i in range(x.shape[0]):  # the peers' Python loop over the videos
     n = int(lengths[i])
     total = total + video_loss(f[i, :n], cas_cls[i, :n], cas_loc[i, :n], y[i], u[i, :n],
-                               net.sphere_weight)
+                               net.sphere_weight, loc_weight)
   return total / x.shape[0]
 
 
@@ -161,10 +167,10 @@ def check(batch=3, length=40, dim=16, classes=5) -> float:
   torch.manual_seed(0)
   net = Net(dim, classes, dropout=0.0).double().eval()
   b, (x, lengths, y, u) = make_batch(batch, length, dim, classes, "cpu", torch.float64, seed=3)
-  with torch.no_grad():
-    ref = float(batch_loss(net, x, lengths, y, u))
-    f, cas_cls, cas_loc = net(x)
   c = config_lib.base_config()
+  with torch.no_grad():
+    ref = float(batch_loss(net, x, lengths, y, u, c.loss.loc_classification_weight))
+    f, cas_cls, cas_loc = net(x)
   kwargs = c.loss.to_dict()
   mask = b["mask"][..., None]
   out = {"features": np.where(mask, f.numpy(), 0.0), "cas_cls": np.where(mask, cas_cls.numpy(), 0.0),

@@ -61,6 +61,7 @@ def _setup(batch: int, length: int, dim: int, classes: int, method: str,
   """The base config with these choices, its model, optimizer, state and a device batch."""
   c = config_lib.base_config()
   c.model.localization_embedding = "shared"  # the paper's network (Fig. 3), as fc_flops counts
+  c.loss.loc_classification_weight = 0.0  # and its loss: eq. 2-4 on C_cls only
   c.loss.propagation_method = method
   c.model.compute_dtype = compute_dtype
   c.model.dropout_rng = dropout_rng
@@ -182,6 +183,7 @@ def measure_loop(feed: str, batch: int, dim: int, classes: int, steps: int,
   """
   c = config_lib.base_config()
   c.model.localization_embedding = "shared"  # the paper's network (Fig. 3)
+  c.loss.loc_classification_weight = 0.0  # and its loss: eq. 2-4 on C_cls only
   c.model.compute_dtype = compute_dtype
   ds, labels = synthetic_train_set(num_videos, dim, classes)
   loader = batching.TrainLoader(ds, labels, batch_size=batch, max_length=c.train.max_length,

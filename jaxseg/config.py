@@ -176,6 +176,13 @@ def base_config() -> ml_collections.ConfigDict:
   lo.propagation_grad_through_similarity = False
   # Eq. 4 scale: "classes" (1/N, as printed) or "labels" (y / sum y, W-TALC's loss).
   lo.classification_normalization = "labels"
+  # Eq. 2-4 on C_loc as well, with this weight (0: on C_cls only, as printed):
+  # the classification term is L_cls(C_cls) + this * L_cls(C_loc). It gives the
+  # localization branch the class evidence eq. 5-13 cannot (they are invariant
+  # to a class's offset and softmaxed over time); score videos from C_a with it
+  # (inference.score_source = "average"). Measured across synthetic worlds, not
+  # the default: docs/paper-notes.md, round 5.
+  lo.loc_classification_weight = 0.0
   # Eq. 13: S from "dot" products (as printed) or "cosine" similarities, and the
   # sum over pairs as printed ("none") or divided by l^2 ("pairs").
   lo.propagation_similarity = "cosine"
@@ -216,7 +223,8 @@ def base_config() -> ml_collections.ConfigDict:
   # ------------------------------------------------------------ inference
   c.inference = i = ml_collections.ConfigDict()
   i.batch_size = 8
-  # Video-level class scores from "average" (C_a, paper 4.7) or "classification" (C_cls).
+  # Video-level class scores from "average" (C_a, paper 4.7) or "classification"
+  # (C_cls: C_loc carries no class evidence unless loss.loc_classification_weight > 0).
   i.score_source = "classification"
   i.class_threshold = 0.0  # keep classes whose s_a exceeds this (paper 4.7)
   i.class_top_ratio = 0.2  # and p_a >= this * max p_a (0: off)
@@ -274,6 +282,7 @@ PAPER_AS_PRINTED = (
     ("labels.mode", "two-segment"),  # Table 2's headline model
     ("model.localization_embedding", "shared"),  # Fig. 3: one f for both heads
     ("loss.classification_normalization", "classes"),  # eq. 4: (1/N) sum -y log p
+    ("loss.loc_classification_weight", 0.0),  # eq. 2-4 on C_cls only
     ("loss.sphere_classes", "all"),  # eq. 10: sum over all N classes
     ("loss.propagation_similarity", "dot"),  # eq. 13: S = f f^T
     ("loss.propagation_normalization", "none"),  # eq. 13: sum over pairs

@@ -68,7 +68,7 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1) -> None:
   _check(int(require(c, "train.log_images")) >= 0, "train.log_images", "must be >= 0")
   _check(c.model.embed_dim == -1 or c.model.embed_dim > 0, "model.embed_dim",
          "must be > 0, or -1 for the feature dimension")
-  for name in ("alpha", "beta", "gamma"):
+  for name in ("alpha", "beta", "gamma", "loc_classification_weight"):
     v = getattr(c.loss, name)
     _check(0 <= v < math.inf, f"loss.{name}", f"loss weights must be finite and >= 0, got {v}")
   _check(int(c.loss.margin) == c.loss.margin and c.loss.margin >= 1, "loss.margin",

@@ -606,6 +606,7 @@ def total_loss(outputs: Mapping[str, Array], batch: Mapping[str, Any], *,
                classification_normalization: str, propagation_similarity: str,
                propagation_normalization: str, topk_count: str, sphere_classes: str,
                propagation_features: str, segment_normalization: str,
+               loc_classification_weight: float,
                weight: Array | None = None,
                log_disabled_terms: bool = False) -> tuple[Array, dict[str, Array]]:
   """Eq. 1: ``L = L_cls + alpha L_segment + beta L_sphere + gamma L_prop``.
@@ -665,8 +666,13 @@ def total_loss(outputs: Mapping[str, Array], batch: Mapping[str, Any], *,
     q = labeled_count(batch["segment_labels"], mask, batch["num_labeled"],
                       count=str(topk_count))
     k = topk_k(batch["lengths"], q, mode=str(topk_mode), ratio=float(topk_ratio))
-    return classification_loss(cas_cls, batch["video_labels"], mask, k,
+    loss = classification_loss(cas_cls, batch["video_labels"], mask, k,
                                normalization=str(classification_normalization))
+    if float(loc_classification_weight) != 0.0:
+      loss = loss + float(loc_classification_weight) * classification_loss(
+          cas_loc, batch["video_labels"], mask, k,
+          normalization=str(classification_normalization))
+    return loss
 
   def seg():
     return partial_segment_loss(cas_loc, batch["segment_labels"], mask,

@@ -102,6 +102,7 @@ BAD = [
     ({"data.feature_rate": 0.0}, "data.feature_rate"),
     ({"loss.topk_mode": "all"}, "loss.topk_mode"),
     ({"loss.classification_normalization": "videos"}, "loss.classification_normalization"),
+    ({"loss.loc_classification_weight": -1.0}, "loss.loc_classification_weight"),
     ({"loss.propagation_similarity": "l2"}, "loss.propagation_similarity"),
     ({"loss.propagation_normalization": "mean"}, "loss.propagation_normalization"),
     ({"loss.use_classification": False, "loss.use_segment": False,

@@ -56,7 +56,7 @@ def with_junk(batch, value):
 # The equations as printed: dot similarity, sums not averaged, 1/N in eq. 4.
 PRINTED = dict(classification_normalization="classes", propagation_similarity="dot",
                propagation_normalization="none", segment_normalization="none",
-               topk_count="segments")
+               topk_count="segments", loc_classification_weight=0.0)
 
 
 def prop(features, cas, mask, method, *, grad_through_similarity=False, similarity="dot",
@@ -457,6 +457,35 @@ def test_total_loss_weights_and_switches():
   assert np.abs(g["cas_cls"]).max() > 0
   with pytest.raises(ValueError, match="sphere"):
     losses.total_loss(out, b, **printed)
+
+
+def test_classification_on_both_heads():
+  """``loc_classification_weight = w``: eq. 2-4 on ``C_cls`` plus ``w`` times eq.
+  2-4 on ``C_loc``, each against the float64 reference; its gradient reaches both."""
+  b = random_batch(4)
+  rng = np.random.default_rng(7)
+  out = {"features": b["features"], "cas_cls": b["cas"],
+         "cas_loc": (rng.normal(size=b["cas"].shape) * b["mask"][..., None]).astype(np.float32)}
+  k = ref.topk_k(b["lengths"], b["num_labeled"])
+  w = 0.3
+  want = (ref.classification_loss(b["cas"], b["video_labels"], b["lengths"], k)
+          + w * ref.classification_loss(out["cas_loc"], b["video_labels"], b["lengths"], k))
+  only_cls = {**PRINTED, "use_segment": False, "use_sphere": False, "use_propagation": False}
+  fn = lambda o, weight: losses.total_loss(o, b, **loss_kwargs(
+      **{**only_cls, "loc_classification_weight": weight}))
+  total, terms = jax.jit(lambda o: fn(o, w))(out)
+  np.testing.assert_allclose(terms["classification"], want, rtol=RTOL)
+  np.testing.assert_allclose(total, want, rtol=RTOL)
+  g = jax.jit(jax.grad(lambda o: fn(o, w)[0]))(out)
+  # The C_loc gradient is w times that of eq. 4 on C_loc alone.
+  g_loc = jax.grad(lambda c: losses.classification_loss(
+      c, b["video_labels"], b["mask"], k, normalization="classes"))(out["cas_loc"])
+  np.testing.assert_allclose(g["cas_loc"], w * g_loc, rtol=1e-5, atol=1e-9)
+  assert np.abs(np.asarray(g["cas_loc"])).max() > 0
+  # Weight 0: eq. 4 on C_cls alone, and C_loc gets no gradient from it.
+  _, terms0 = fn(out, 0.0)
+  np.testing.assert_allclose(terms0["classification"], want - w * ref.classification_loss(
+      out["cas_loc"], b["video_labels"], b["lengths"], k), rtol=RTOL)
 
 
 def test_total_loss_takes_the_loss_config_by_its_field_names():

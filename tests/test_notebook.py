@@ -66,14 +66,16 @@ for table in (terms_init, terms_trained):
     assert g(term, "cls_head") == 0.0, term
   for term in ("classification", "segment", "propagation"):
     assert g(term, "sphere_weight") == 0.0, term
-  assert g("classification", "loc_head") == 0.0
+  # Eq. 2-4 reaches C_loc's head when loss.loc_classification_weight > 0.
+  reaches_loc = config.loss.loc_classification_weight > 0
+  assert (g("classification", "loc_head") > 0) == reaches_loc
   assert g("classification", "cls_head") > 0 and g("classification", "embedding") > 0
   assert g("segment", "loc_head") > 0
   # model.localization_embedding: C_loc's losses reach the shared embedding
   # (Fig. 3) or, with "separate", only the localization branch's own.
   if config.model.localization_embedding == "separate":
     assert g("segment", "loc_embedding") > 0 and g("segment", "embedding") == 0.0
-    assert g("classification", "loc_embedding") == 0.0
+    assert (g("classification", "loc_embedding") > 0) == reaches_loc
     assert g("propagation", "embedding") == 0.0
   else:
     assert g("segment", "embedding") > 0
