@@ -97,11 +97,13 @@ ARMS = {
     "full-all-sep": {"labels.mode": "full", "model.localization_embedding": "separate"},
     "full-shared": {"labels.mode": "one-segment", "model.localization_embedding": "shared"},
     "full-all-shared": {"labels.mode": "full", "model.localization_embedding": "shared"},
-    # Eq. 2-4 on C_loc as well, weight 1 and 0.3 (loss.loc_classification_weight).
-    **{f"{arm}-clsloc{suffix}": {**over, "loss.loc_classification_weight": w}
+    # Eq. 2-4 on C_loc as well, weight 1 and 0.3 (loss.loc_classification_weight),
+    # and weight 1 on the top half of C_loc (loss.loc_classification_topk_ratio 2).
+    **{f"{arm}-clsloc{suffix}": {**over, "loss.loc_classification_weight": w,
+                                 "loss.loc_classification_topk_ratio": r}
        for arm, over in (("CL", _CL), ("full", {"labels.mode": "one-segment"}),
                          ("full-all", {"labels.mode": "full"}))
-       for suffix, w in (("", 1.0), ("0.3", 0.3))},
+       for suffix, w, r in (("", 1.0, 0.0), ("0.3", 0.3, 0.0), ("-r2", 1.0, 2.0))},
     "CL+PSL+SL": {"labels.mode": "one-segment", "loss.use_propagation": False},
     "CL+PSL+PL": {"labels.mode": "one-segment", "loss.use_sphere": False},
     "CL+PSL+SL-all": {"labels.mode": "full", "loss.use_propagation": False},

@@ -183,6 +183,9 @@ def base_config() -> ml_collections.ConfigDict:
   # (inference.score_source = "average"). Measured across synthetic worlds, not
   # the default: docs/paper-notes.md, round 5.
   lo.loc_classification_weight = 0.0
+  # The r of that term's top-k on C_loc: 0 uses C_cls's k (r = 2Q, or
+  # topk_ratio); > 0 a fixed k = floor(l / r) (2: the top half of the video).
+  lo.loc_classification_topk_ratio = 0.0
   # Eq. 13: S from "dot" products (as printed) or "cosine" similarities, and the
   # sum over pairs as printed ("none") or divided by l^2 ("pairs").
   lo.propagation_similarity = "cosine"

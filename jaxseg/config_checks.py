@@ -76,6 +76,9 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1) -> None:
   _choice(c, "loss.topk_mode", TOPK_MODES)
   _check(c.loss.topk_ratio >= 1, "loss.topk_ratio",
          f"the top-k ratio r must be >= 1, got {c.loss.topk_ratio}")
+  r_loc = c.loss.loc_classification_topk_ratio
+  _check(r_loc == 0 or 1 <= r_loc < math.inf, "loss.loc_classification_topk_ratio",
+         f"must be 0 (C_cls's k) or a finite r >= 1, got {r_loc}")
   _choice(c, "loss.propagation_method", PROPAGATION_METHODS)
   _choice(c, "loss.topk_count", TOPK_COUNTS)
   _choice(c, "loss.sphere_classes", SPHERE_CLASSES)

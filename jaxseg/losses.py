@@ -606,7 +606,7 @@ def total_loss(outputs: Mapping[str, Array], batch: Mapping[str, Any], *,
                classification_normalization: str, propagation_similarity: str,
                propagation_normalization: str, topk_count: str, sphere_classes: str,
                propagation_features: str, segment_normalization: str,
-               loc_classification_weight: float,
+               loc_classification_weight: float, loc_classification_topk_ratio: float,
                weight: Array | None = None,
                log_disabled_terms: bool = False) -> tuple[Array, dict[str, Array]]:
   """Eq. 1: ``L = L_cls + alpha L_segment + beta L_sphere + gamma L_prop``.
@@ -638,6 +638,10 @@ def total_loss(outputs: Mapping[str, Array], batch: Mapping[str, Any], *,
     topk_count: ``count`` of :func:`labeled_count` (``Q`` of ``r = 2Q``).
     sphere_classes: ``classes`` of :func:`sphere_loss`.
     segment_normalization: ``normalization`` of :func:`partial_segment_loss`.
+    loc_classification_weight: ``w``: the classification term is eq. 2-4 on
+      ``C_cls`` plus ``w`` times eq. 2-4 on ``C_loc`` (0: ``C_cls`` only, as printed).
+    loc_classification_topk_ratio: the ``r`` of the top-k on ``C_loc`` in that
+      term: 0 uses ``C_cls``'s ``k``; ``> 0`` a fixed ``k = max(1, floor(l / r))``.
     propagation_features: ``"dropout"``: ``S`` from ``outputs["features"]``
       (post-dropout ``f``); ``"clean"``: from ``outputs["clean_features"]``
       (pre-dropout ``f``; the same at evaluation).
@@ -669,8 +673,10 @@ def total_loss(outputs: Mapping[str, Array], batch: Mapping[str, Any], *,
     loss = classification_loss(cas_cls, batch["video_labels"], mask, k,
                                normalization=str(classification_normalization))
     if float(loc_classification_weight) != 0.0:
+      r_loc = float(loc_classification_topk_ratio)
+      k_loc = topk_k(batch["lengths"], q, mode="fixed", ratio=r_loc) if r_loc > 0 else k
       loss = loss + float(loc_classification_weight) * classification_loss(
-          cas_loc, batch["video_labels"], mask, k,
+          cas_loc, batch["video_labels"], mask, k_loc,
           normalization=str(classification_normalization))
     return loss
 

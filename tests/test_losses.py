@@ -482,6 +482,14 @@ def test_classification_on_both_heads():
       c, b["video_labels"], b["mask"], k, normalization="classes"))(out["cas_loc"])
   np.testing.assert_allclose(g["cas_loc"], w * g_loc, rtol=1e-5, atol=1e-9)
   assert np.abs(np.asarray(g["cas_loc"])).max() > 0
+  # loc_classification_topk_ratio = r: C_loc's top-k takes k = max(1, floor(l / r)).
+  k_half = ref.topk_k(b["lengths"], b["num_labeled"], mode="fixed", ratio=2.0)
+  assert np.any(k_half != k)  # the two k differ on this batch
+  _, terms_r = losses.total_loss(out, b, **loss_kwargs(
+      **{**only_cls, "loc_classification_weight": w, "loc_classification_topk_ratio": 2.0}))
+  np.testing.assert_allclose(terms_r["classification"], ref.classification_loss(
+      b["cas"], b["video_labels"], b["lengths"], k) + w * ref.classification_loss(
+          out["cas_loc"], b["video_labels"], b["lengths"], k_half), rtol=RTOL)
   # Weight 0: eq. 4 on C_cls alone, and C_loc gets no gradient from it.
   _, terms0 = fn(out, 0.0)
   np.testing.assert_allclose(terms0["classification"], want - w * ref.classification_loss(
