@@ -6,7 +6,9 @@ batch in Python to compute each video's losses. Here the four terms of eq. 1
 with jaxseg's default readings (``configs``' base config): top-k MIL with
 ``k = max(1, l // 2Q)`` and W-TALC's label normalization (eq. 2-4, on ``C_cls``
 as in the paper's network that ``train_step.py`` times; ``--check`` adds it on
-``C_loc`` with the base config's ``loss.loc_classification_weight``), the
+``C_loc`` with the base config's ``loss.loc_classification_weight``, over
+``C_cls``'s ``k``: a base config with ``loss.loc_classification_topk_ratio > 0``
+is not mirrored here), the
 partial segment loss (eq. 5-6), the A-Softmax sphere loss over the
 attention-pooled class features (eq. 7-10, ``m = 4``, median attention
 threshold), and the propagation loss (eq. 13) written as printed: the dense
