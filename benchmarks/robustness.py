@@ -98,12 +98,14 @@ ARMS = {
     "full-shared": {"labels.mode": "one-segment", "model.localization_embedding": "shared"},
     "full-all-shared": {"labels.mode": "full", "model.localization_embedding": "shared"},
     # Eq. 2-4 on C_loc as well, weight 1 and 0.3 (loss.loc_classification_weight),
-    # and weight 1 on the top half of C_loc (loss.loc_classification_topk_ratio 2).
+    # and weight 1 on the top half, quarter or whole of C_loc
+    # (loss.loc_classification_topk_ratio 2, 4, 1).
     **{f"{arm}-clsloc{suffix}": {**over, "loss.loc_classification_weight": w,
                                  "loss.loc_classification_topk_ratio": r}
        for arm, over in (("CL", _CL), ("full", {"labels.mode": "one-segment"}),
                          ("full-all", {"labels.mode": "full"}))
-       for suffix, w, r in (("", 1.0, 0.0), ("0.3", 0.3, 0.0), ("-r2", 1.0, 2.0))},
+       for suffix, w, r in (("", 1.0, 0.0), ("0.3", 0.3, 0.0), ("-r2", 1.0, 2.0),
+                            ("-r4", 1.0, 4.0), ("-r1", 1.0, 1.0))},
     "CL+PSL+SL": {"labels.mode": "one-segment", "loss.use_propagation": False},
     "CL+PSL+PL": {"labels.mode": "one-segment", "loss.use_sphere": False},
     "CL+PSL+SL-all": {"labels.mode": "full", "loss.use_propagation": False},
@@ -147,6 +149,10 @@ INFERENCE = {
     "nms0.5": {"nms_iou": 0.5},
     "nms0.4": {"nms_iou": 0.4},
     "nms0.3": {"nms_iou": 0.3},
+    # The CAS of the proposals' contrast: (1 - w) C_cls + w C_loc (0.5: C_a).
+    "loc0": {"contrast_loc_weight": 0.0},
+    "loc0.8": {"contrast_loc_weight": 0.8},
+    "loc1": {"contrast_loc_weight": 1.0},
 }
 
 

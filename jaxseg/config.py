@@ -233,7 +233,10 @@ def base_config() -> ml_collections.ConfigDict:
   i.class_top_ratio = 0.2  # and p_a >= this * max p_a (0: off)
   i.keep_top_class = True  # always keep the top class (jaxseg); False: the paper's rule only
   i.cas_thresholds = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)  # on min-max normalised C_a
-  i.contrast_on = "raw"  # outer-inner contrast on "raw" C_a (4.7) or its per-class "normalized" form
+  i.contrast_on = "raw"  # outer-inner contrast on the "raw" CAS or its per-class "normalized" form
+  # The CAS of that contrast: (1 - w) C_cls + w C_loc; 0.5 is C_a, the CAS the
+  # proposals are cut from (4.7 prints no proposal score; docs/paper-notes.md).
+  i.contrast_loc_weight = 0.5
   i.class_score = "s_a"  # the video score added to a proposal's: "s_a" (eq. 2, 4.7) or "p_a" (eq. 3)
   i.outer_scale = 0.25  # outer region = this fraction of the proposal on each side
   i.class_score_weight = 1.0  # proposal score = inner-outer + w * class score
@@ -294,7 +297,8 @@ PAPER_AS_PRINTED = (
     ("loss.topk_count", "segments"),  # 5.1: Q = labeled segments
     ("loss.segment_normalization", "none"),  # eq. 6: sum over labeled segments
     ("inference.score_source", "average"),  # 4.7: s_a, p_a from C_a
-    ("inference.contrast_on", "raw"),  # 4.7: contrast on C_a
+    ("inference.contrast_on", "raw"),  # 4.7 prints no score: the contrast on raw C_a,
+    ("inference.contrast_loc_weight", 0.5),  # the CAS the proposals are cut from
     ("inference.class_score", "s_a"),  # 4.7: + s_a
     ("inference.class_top_ratio", 0.0),  # 4.7: only s_a > 0 keeps a class
     ("inference.keep_top_class", False),

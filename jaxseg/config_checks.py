@@ -119,6 +119,8 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1) -> None:
          "inference.cas_thresholds", "must be a non-empty list of values in [0, 1]")
   _check(0.0 <= i.nms_iou <= 1.0, "inference.nms_iou", "must be in [0, 1]")
   _check(i.outer_scale >= 0, "inference.outer_scale", "must be >= 0")
+  _check(0.0 <= i.contrast_loc_weight <= 1.0, "inference.contrast_loc_weight",
+         "must be in [0, 1]")
   _check(i.max_proposals_per_video >= 1, "inference.max_proposals_per_video", "must be >= 1")
   _check(0.0 <= i.class_top_ratio <= 1.0, "inference.class_top_ratio", "must be in [0, 1]")
   _choice(c, "eval.protocol", PROTOCOLS)

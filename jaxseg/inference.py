@@ -78,9 +78,10 @@ def inference_topk(lengths: np.ndarray, ratio: float) -> np.ndarray:
   return np.minimum(k, np.maximum(lengths, 1)).astype(np.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("score_source",))
+@functools.partial(jax.jit, static_argnames=("score_source", "contrast_loc_weight"))
 def video_scores(cas_cls: jax.Array, cas_loc: jax.Array, mask: jax.Array,
-                 k: jax.Array, *, score_source: str) -> dict[str, jax.Array]:
+                 k: jax.Array, *, score_source: str,
+                 contrast_loc_weight: float) -> dict[str, jax.Array]:
   """Final CAS and video-level scores of a padded batch (paper 4.7, eq. 2-3).
 
   Args:
@@ -94,16 +95,24 @@ def video_scores(cas_cls: jax.Array, cas_loc: jax.Array, mask: jax.Array,
       (the localization head is trained only by losses that are invariant to a
       per-class offset of ``C_loc``, eq. 5-6 and 13, so its class offsets carry
       no class evidence; see docs/paper-notes.md).
+    contrast_loc_weight: ``w`` of the CAS the proposals' outer-inner contrast
+      is taken on, ``(1 - w) C_cls + w C_loc`` (0.5: ``C_a``).
 
   Returns:
     ``{"cas_a": (B, T, N) float32`` ``C_a = (C_cls + C_loc) / 2``, zero on
-    padding; ``"s_a": (B, N) float32`` top-k mean of ``C_a`` (eq. 2), 0 for a
-    row without real segments; ``"p_a": (B, N) float32`` softmax of ``s_a`` over
-    classes (eq. 3), uniform for such a row``}``.
+    padding; ``"cas_contrast": (B, T, N) float32`` ``(1 - w) C_cls + w C_loc``,
+    zero on padding; ``"s_a": (B, N) float32`` top-k mean of ``C_a`` (eq. 2), 0
+    for a row without real segments; ``"p_a": (B, N) float32`` softmax of
+    ``s_a`` over classes (eq. 3), uniform for such a row``}``.
   """
+  w = float(contrast_loc_weight)
+  if not 0.0 <= w <= 1.0:
+    raise ValueError(f"contrast_loc_weight: expected a value in [0, 1], got {contrast_loc_weight!r}")
   mask = mask.astype(bool)
   # The masked top-k mean of eq. 2 is shared with the classification loss.
   cas_a = jnp.where(mask[..., None], (cas_cls + cas_loc) / 2, 0.0)
+  cas_contrast = cas_a if w == 0.5 else jnp.where(
+      mask[..., None], (1.0 - w) * cas_cls + w * cas_loc, 0.0)
   if score_source == "average":
     s_a = losses.topk_mean(cas_a, mask, k)
   elif score_source == "classification":
@@ -111,7 +120,7 @@ def video_scores(cas_cls: jax.Array, cas_loc: jax.Array, mask: jax.Array,
   else:
     raise ValueError(f"score_source: expected one of {SCORE_SOURCES}, got {score_source!r}")
   p_a = jax.nn.softmax(s_a, axis=-1)
-  return {"cas_a": cas_a, "s_a": s_a, "p_a": p_a}
+  return {"cas_a": cas_a, "cas_contrast": cas_contrast, "s_a": s_a, "p_a": p_a}
 
 
 # -------------------------------------------------------------------- predict
@@ -187,7 +196,9 @@ def predict(apply_fn: Callable[..., Mapping[str, Any]], variables: Any,
     k = inference_topk(np.minimum(lengths, num_t), topk_ratio)
     scores = jax.device_get(video_scores(
         out["cas_cls"], out["cas_loc"], mask, k,
-        score_source=str(require(config_inference, "score_source", where="config.inference"))))
+        score_source=str(require(config_inference, "score_source", where="config.inference")),
+        contrast_loc_weight=float(require(config_inference, "contrast_loc_weight",
+                                          where="config.inference"))))
     if want_cas is None or want_cas:
       raw = jax.device_get({"cas_cls": out["cas_cls"], "cas_loc": out["cas_loc"]})
     for i, vid in enumerate(ids):
@@ -200,6 +211,7 @@ def predict(apply_fn: Callable[..., Mapping[str, Any]], variables: Any,
       n = int(min(lengths[i], num_t))
       dets = generate_proposals(
           scores["cas_a"][i, :n], scores["s_a"][i], scores["p_a"][i],
+          cas_contrast=scores["cas_contrast"][i, :n],
           feature_rate=float(video.feature_rate), duration=float(video.duration),
           config=config_inference, video_id=vid)
       results[vid] = [{"label": class_names[d["label"]], "score": d["score"],

@@ -135,6 +135,13 @@ def _oic_scores(cas: np.ndarray, t0: np.ndarray, t1: np.ndarray,
   return inner - outer
 
 
+def _minmax_rows(x: np.ndarray) -> np.ndarray:
+  """Each row of ``x (C, T)`` min-max normalised to [0, 1]; a constant row to 1."""
+  lo = x.min(axis=1, keepdims=True)
+  span = x.max(axis=1, keepdims=True) - lo
+  return np.divide(x - lo, span, out=np.ones_like(x), where=span > 0)
+
+
 def _field(config: Any, name: str) -> Any:
   """``config.inference.<name>``; a missing field raises ``ConfigError`` naming it."""
   return require(config, name, where="config.inference")
@@ -142,6 +149,7 @@ def _field(config: Any, name: str) -> Any:
 
 def generate_proposals(cas_a: np.ndarray, s_a: np.ndarray, p_a: np.ndarray, *,
                        feature_rate: float, duration: float, config: Any,
+                       cas_contrast: np.ndarray | None = None,
                        video_id: str = "?") -> list[dict]:
   """Action proposals of one video (paper 4.7), host-side NumPy.
 
@@ -153,15 +161,20 @@ def generate_proposals(cas_a: np.ndarray, s_a: np.ndarray, p_a: np.ndarray, *,
      consecutive segments ``[t0, t1)`` above a threshold is a proposal
      ``[min(t0 / rate, duration), min(t1 / rate, duration)]`` seconds
      (proposals that clip to zero length are dropped).
-  3. Score: ``mean(C_a[t0:t1, c]) - mean(C_a[outer, c]) + w * s_a[c]`` with the
+  3. Score: ``mean(X[t0:t1, c]) - mean(X[outer, c]) + w * s_a[c]`` with the
      outer region ``ceil(config.outer_scale * (t1 - t0))`` segments on each side,
      clipped to the video (empty: outer mean 0), and
      ``w = config.class_score_weight`` (AutoLoc/BaSNet outer-inner contrast).
+     ``X`` is ``cas_contrast`` (``C_a`` when it is None), raw or min-max
+     normalised per class (``config.contrast_on``).
   4. Class-wise :func:`temporal_nms` at ``config.nms_iou`` on the segments in
      seconds, then the ``config.max_proposals_per_video`` best overall.
 
   Args:
     cas_a: ``(T, N) float`` final CAS of ONE video, cut to its ``T`` segments.
+    cas_contrast: ``(T, N) float`` the CAS the contrast is taken on
+      (:func:`jaxseg.inference.video_scores` gives ``(1 - w) C_cls + w C_loc``
+      for ``w = config.contrast_loc_weight``); None takes it on ``cas_a``.
     s_a: ``(N,) float`` class scores (eq. 2).
     p_a: ``(N,) float`` class probabilities (eq. 3).
     feature_rate: segments per second.
@@ -192,7 +205,12 @@ def generate_proposals(cas_a: np.ndarray, s_a: np.ndarray, p_a: np.ndarray, *,
     raise ValueError(f"{where}: field feature_rate must be > 0, got {feature_rate}")
   if not (math.isfinite(duration) and duration >= 0):
     raise ValueError(f"{where}: field duration must be >= 0, got {duration}")
-  if not (np.all(np.isfinite(cas_a)) and np.all(np.isfinite(s_a))):
+  cas_contrast = cas_a if cas_contrast is None else np.asarray(cas_contrast)
+  if cas_contrast.shape != cas_a.shape:
+    raise ValueError(f"{where}: cas_contrast has shape {cas_contrast.shape}, "
+                     f"cas_a {cas_a.shape}")
+  if not (np.all(np.isfinite(cas_a)) and np.all(np.isfinite(s_a))
+          and np.all(np.isfinite(cas_contrast))):
     raise ValueError(f"{where}: the CAS or class scores are not finite")
   if num_t == 0 or num_classes == 0:
     return []
@@ -219,10 +237,10 @@ def generate_proposals(cas_a: np.ndarray, s_a: np.ndarray, p_a: np.ndarray, *,
                            keep_top_class=bool(_field(config, "keep_top_class")))
   if classes.size == 0:
     return []
-  cas = cas_a[:, classes].astype(np.float64).T  # (C, T)
-  lo = cas.min(axis=1, keepdims=True)
-  span = cas.max(axis=1, keepdims=True) - lo
-  norm = np.divide(cas - lo, span, out=np.ones_like(cas), where=span > 0)
+  norm = _minmax_rows(cas_a[:, classes].astype(np.float64).T)  # (C, T)
+  contrast_cas = cas_contrast[:, classes].astype(np.float64).T
+  if contrast_on == "normalized":
+    contrast_cas = _minmax_rows(contrast_cas)
   above = norm[:, None, :] > thresholds[None, :, None]  # (C, L, T)
   row, t0, t1 = _runs(above.reshape(-1, num_t))
   cls_pos = row // thresholds.size  # position in `classes`
@@ -233,8 +251,7 @@ def generate_proposals(cas_a: np.ndarray, s_a: np.ndarray, p_a: np.ndarray, *,
     if not np.any(sel):
       continue
     a, b = t0[sel], t1[sel]
-    contrast = cas[pos] if contrast_on == "raw" else norm[pos]
-    scores = _oic_scores(contrast, a, b, outer_scale) + weight * video_score[c]
+    scores = _oic_scores(contrast_cas[pos], a, b, outer_scale) + weight * video_score[c]
     start = np.minimum(a / feature_rate, duration)
     end = np.minimum(b / feature_rate, duration)
     valid = end > start

@@ -104,6 +104,7 @@ BAD = [
     ({"loss.classification_normalization": "videos"}, "loss.classification_normalization"),
     ({"loss.loc_classification_weight": -1.0}, "loss.loc_classification_weight"),
     ({"loss.loc_classification_topk_ratio": 0.5}, "loss.loc_classification_topk_ratio"),
+    ({"inference.contrast_loc_weight": 1.5}, "inference.contrast_loc_weight"),
     ({"loss.propagation_similarity": "l2"}, "loss.propagation_similarity"),
     ({"loss.propagation_normalization": "mean"}, "loss.propagation_normalization"),
     ({"loss.use_classification": False, "loss.use_segment": False,

@@ -21,7 +21,7 @@ def make_config(**overrides) -> ml_collections.ConfigDict:
       class_threshold=0.0, class_top_ratio=0.0, cas_thresholds=(0.4,),
       outer_scale=0.25, class_score_weight=0.2, nms_iou=0.6,
       max_proposals_per_video=100, contrast_on="raw", class_score="s_a",
-      score_source="average", keep_top_class=True))
+      score_source="average", keep_top_class=True, contrast_loc_weight=0.5))
   c.update(overrides)
   return c
 
@@ -60,8 +60,13 @@ def ref_nms(segments, scores, thr):
   return kept
 
 
-def ref_proposals(cas, s, p, rate, duration, cfg):
-  """Paper 4.7 proposals with plain Python loops over segments."""
+def ref_proposals(cas, s, p, rate, duration, cfg, contrast=None):
+  """Paper 4.7 proposals with plain Python loops over segments.
+
+  ``contrast``: the CAS of the outer-inner contrast (``cas`` when None), raw or
+  min-max normalised per class as ``cfg.contrast_on`` says.
+  """
+  contrast = cas if contrast is None else contrast
   num_t, num_n = cas.shape
   keep = [n for n in range(num_n) if s[n] > cfg.class_threshold
           and (cfg.class_top_ratio <= 0 or p[n] >= cfg.class_top_ratio * max(p))]
@@ -73,6 +78,10 @@ def ref_proposals(cas, s, p, rate, duration, cfg):
     x = [float(v) for v in cas[:, c]]
     lo, hi = min(x), max(x)
     norm = [(v - lo) / (hi - lo) if hi > lo else 1.0 for v in x]
+    x = [float(v) for v in contrast[:, c]]
+    if cfg.contrast_on == "normalized":
+      lo, hi = min(x), max(x)
+      x = [(v - lo) / (hi - lo) if hi > lo else 1.0 for v in x]
     segs, scores = [], []
     for th in cfg.cas_thresholds:
       t = 0
@@ -133,7 +142,8 @@ def test_video_scores_matches_float64_reference():
   # Other padded steps hold garbage that must be ignored.
   cas_cls[:4][~mask[:4]] = 1e3
   k = np.array([3, 10, 1, 1, 2], np.int32)  # 10 > length 5: clipped to 5
-  out = jax.device_get(inference.video_scores(cas_cls, cas_loc, mask, k, score_source="average"))
+  out = jax.device_get(inference.video_scores(cas_cls, cas_loc, mask, k, score_source="average",
+                                                     contrast_loc_weight=0.5))
   s_ref, p_ref = ref_scores(cas_cls, cas_loc, lengths, k)
   np.testing.assert_allclose(out["s_a"], s_ref, rtol=1e-6, atol=1e-6)
   np.testing.assert_allclose(out["p_a"], p_ref, rtol=1e-6, atol=1e-7)
@@ -274,6 +284,35 @@ def test_proposals_vs_brute_force(seed):
   want = ref_proposals(cas.astype(np.float64), s_a, p_a, rate, duration, cfg)
   assert got
   assert_same_detections(got, want)
+
+
+@pytest.mark.parametrize("contrast_on", ["raw", "normalized"])
+def test_proposals_contrast_on_another_cas(contrast_on):
+  # Proposals are cut from cas_a; their contrast is taken on cas_contrast.
+  rng = np.random.default_rng(11)
+  num_t, num_n = 30, 3
+  cas = rng.normal(size=(num_t, num_n)).astype(np.float32)
+  other = (3.0 * rng.normal(size=(num_t, num_n))).astype(np.float32)
+  s_a = rng.normal(size=num_n)
+  p_a = np.exp(s_a) / np.exp(s_a).sum()
+  cfg = make_config(cas_thresholds=(0.2, 0.5, 0.8), contrast_on=contrast_on, nms_iou=0.5)
+  rate, duration = 1.5, num_t / 1.5
+  got = proposals.generate_proposals(cas, s_a, p_a, feature_rate=rate, duration=duration,
+                                     config=cfg, cas_contrast=other)
+  want = ref_proposals(cas.astype(np.float64), s_a, p_a, rate, duration, cfg,
+                       contrast=other.astype(np.float64))
+  assert got
+  assert_same_detections(got, want)
+  # The segments are those cut from cas_a; the scores differ from cas_a's own.
+  on_a = proposals.generate_proposals(cas, s_a, p_a, feature_rate=rate, duration=duration,
+                                      config=cfg)
+  assert sorted(d["score"] for d in got) != sorted(d["score"] for d in on_a)
+  with pytest.raises(ValueError, match="cas_contrast"):
+    proposals.generate_proposals(cas, s_a, p_a, feature_rate=rate, duration=duration,
+                                 config=cfg, cas_contrast=other[:-1])
+  with pytest.raises(ValueError, match="not finite"):
+    proposals.generate_proposals(cas, s_a, p_a, feature_rate=rate, duration=duration,
+                                 config=cfg, cas_contrast=np.full_like(other, np.nan))
 
 
 def test_proposals_bad_input():
@@ -429,14 +468,70 @@ def test_video_scores_from_classification_cas():
   cas_loc = 50.0 + rng.normal(size=(2, 7, 3)).astype(np.float32)  # must not matter
   k = np.array([2, 1], np.int32)
   out = jax.device_get(inference.video_scores(cas_cls, cas_loc, mask, k,
-                                              score_source="classification"))
+                                              score_source="classification",
+                                              contrast_loc_weight=0.5))
   s_ref, p_ref = ref_scores(cas_cls, cas_cls, lengths, k)  # (C_cls + C_cls) / 2 = C_cls
   np.testing.assert_allclose(out["s_a"], s_ref, rtol=1e-6, atol=1e-6)
   np.testing.assert_allclose(out["p_a"], p_ref, rtol=1e-6, atol=1e-7)
   # C_a is still the average of the two CAS.
   np.testing.assert_allclose(out["cas_a"][mask], ((cas_cls + cas_loc) / 2)[mask], rtol=1e-6)
   with pytest.raises(ValueError, match="score_source"):
-    inference.video_scores(cas_cls, cas_loc, mask, k, score_source="bogus")
+    inference.video_scores(cas_cls, cas_loc, mask, k, score_source="bogus",
+                           contrast_loc_weight=0.5)
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.3, 1.0])
+def test_video_scores_contrast_cas(weight):
+  rng = np.random.default_rng(5)
+  lengths = np.array([6, 4])
+  mask = np.arange(6)[None] < lengths[:, None]
+  cas_cls = rng.normal(size=(2, 6, 3)).astype(np.float32)
+  cas_loc = rng.normal(size=(2, 6, 3)).astype(np.float32)
+  cas_cls[1, 4:] = cas_loc[1, 4:] = 1e3  # padding garbage
+  k = np.array([2, 1], np.int32)
+  out = jax.device_get(inference.video_scores(cas_cls, cas_loc, mask, k,
+                                              score_source="average",
+                                              contrast_loc_weight=weight))
+  want = (1 - weight) * cas_cls.astype(np.float64) + weight * cas_loc.astype(np.float64)
+  np.testing.assert_allclose(out["cas_contrast"][mask], want[mask], rtol=1e-6, atol=1e-6)
+  np.testing.assert_array_equal(out["cas_contrast"][~mask], 0.0)
+  # The video scores and C_a do not depend on it.
+  half = jax.device_get(inference.video_scores(cas_cls, cas_loc, mask, k,
+                                               score_source="average",
+                                               contrast_loc_weight=0.5))
+  np.testing.assert_array_equal(half["cas_contrast"], half["cas_a"])
+  np.testing.assert_array_equal(out["s_a"], half["s_a"])
+  np.testing.assert_array_equal(out["cas_a"], half["cas_a"])
+  with pytest.raises(ValueError, match="contrast_loc_weight"):
+    inference.video_scores(cas_cls, cas_loc, mask, k, score_source="average",
+                           contrast_loc_weight=1.5)
+
+
+def test_predict_contrast_on_the_localization_cas(predict_setup):
+  # contrast_loc_weight = 1: proposals cut from C_a, scored on C_loc.
+  st = predict_setup
+  cfg = make_config(cas_thresholds=(0.2, 0.5, 0.8), contrast_loc_weight=1.0)
+  out = inference.predict(fake_apply, st["variables"], st["batches"], videos=st["videos"],
+                          class_names=CLASS_NAMES, config_inference=cfg, topk_ratio=4.0)
+  w = st["variables"]["w"].astype(np.float64)
+  for vid, feat in st["feats"].items():
+    n = feat.shape[0]
+    cas_cls = feat.astype(np.float64) @ w
+    cas_loc = 0.5 * cas_cls + 0.25
+    s_ref, p_ref = ref_scores(cas_cls[None], cas_loc[None], [n], [max(1, n // 4)])
+    video = st["videos"][vid]
+    want = ref_proposals((cas_cls + cas_loc) / 2, s_ref[0], p_ref[0], video.feature_rate,
+                         video.duration, cfg, contrast=cas_loc)
+    got = out["results"][vid]
+    assert got
+    assert [d["label"] for d in got] == [CLASS_NAMES[c] for _, c, _ in want]
+    np.testing.assert_allclose([d["segment"] for d in got], [seg for _, _, seg in want],
+                               atol=1e-12)
+    np.testing.assert_allclose([d["score"] for d in got], [s for s, _, _ in want], atol=1e-5)
+    # Not the scores of the contrast on C_a.
+    on_a = st["out"]["results"][vid]
+    assert not np.allclose([d["score"] for d in got][:len(on_a)],
+                           [d["score"] for d in on_a][:len(got)], atol=1e-3)
 
 
 def test_proposals_normalized_contrast_and_probability_score():

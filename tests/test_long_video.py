@@ -184,7 +184,8 @@ def test_evaluating_one_20k_segment_video():
   out = jax.eval_shape(apply_fn, {"params": params}, x, m)
   scores = inference.video_scores.lower(
       out["cas_cls"], out["cas_loc"], m, jnp.ones((1,), jnp.int32),
-      score_source=config.inference.score_source).compile().memory_analysis()
+      score_source=config.inference.score_source,
+      contrast_loc_weight=config.inference.contrast_loc_weight).compile().memory_analysis()
   for mem in (fwd, scores):
     assert mem.temp_size_in_bytes < 16 * t_pad * (E + 3 * N) * 4
 

@@ -43,13 +43,15 @@ def test_paper_configs_set_every_printed_choice():
 
 def test_every_printed_choice_is_a_departure_of_the_defaults_or_says_why():
   # A field of PAPER_AS_PRINTED that equals the default documents a printed
-  # choice jaxseg follows (r = 2Q; eq. 2-4 on C_cls only; the outer-inner contrast
+  # choice jaxseg follows or the reading it keeps where 4.7 prints none (r = 2Q;
+  # eq. 2-4 on C_cls only; the outer-inner contrast
   # on raw C_a plus s_a).
   base = config_lib.base_config()
   same = {k for k, v in config_lib.PAPER_AS_PRINTED
           if base[k.split(".")[0]][k.split(".")[1]] == v}
   assert same == {"loss.topk_mode", "loss.loc_classification_weight",
-                  "inference.contrast_on", "inference.class_score"}
+                  "inference.contrast_on", "inference.class_score",
+                  "inference.contrast_loc_weight"}
 
 
 # ------------------------------------------------------- the new loss fields
