@@ -73,8 +73,10 @@ def world_overrides(base, world: str) -> dict:
       out.setdefault(k, float(base.data.synthetic[k]) * scale)
   return out
 
+# CL alone trains no C_loc: its detections keep the extent of their proposal.
 _CL = {"labels.mode": "video-level", "loss.topk_mode": "fixed", "loss.use_segment": False,
-       "loss.use_sphere": False, "loss.use_propagation": False}
+       "loss.use_sphere": False, "loss.use_propagation": False,
+       "inference.extent": "proposal"}
 ARMS = {
     "CL": _CL,
     "CL+PSL": {"labels.mode": "one-segment", "loss.use_sphere": False,
@@ -153,6 +155,9 @@ INFERENCE = {
     "loc0": {"contrast_loc_weight": 0.0},
     "loc0.8": {"contrast_loc_weight": 0.8},
     "loc1": {"contrast_loc_weight": 1.0},
+    # Ranked by the contrast on C_cls (or C_a), extent from C_loc.
+    "extent-loc": {"extent": "localization", "contrast_loc_weight": 0.0},
+    "extent-loc0.5": {"extent": "localization"},
 }
 
 

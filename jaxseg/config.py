@@ -31,6 +31,9 @@ CROP_MODES = ("uniform", "crop")
 DEVICE_DATA_MODES = ("auto", "on", "off")
 SCORE_SOURCES = ("average", "classification")
 CONTRAST_ON = ("raw", "normalized")
+# Where a detection's segment comes from: its own proposal, or the proposal of
+# best C_loc contrast that contains it (jaxseg.proposals.generate_proposals).
+EXTENTS = ("proposal", "localization")
 CLASS_SCORES = ("s_a", "p_a")
 PROTOCOLS = ("activitynet", "wtalc")
 # data.train_subset / data.test_subset = SUBSET_AUTO: the first (train, test)
@@ -234,9 +237,14 @@ def base_config() -> ml_collections.ConfigDict:
   i.keep_top_class = True  # always keep the top class (jaxseg); False: the paper's rule only
   i.cas_thresholds = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)  # on min-max normalised C_a
   i.contrast_on = "raw"  # outer-inner contrast on the "raw" CAS or its per-class "normalized" form
-  # The CAS of that contrast: (1 - w) C_cls + w C_loc; 0.5 is C_a, the CAS the
-  # proposals are cut from (4.7 prints no proposal score; docs/paper-notes.md).
-  i.contrast_loc_weight = 0.5
+  # The CAS of that contrast: (1 - w) C_cls + w C_loc (0.5: C_a, the CAS the
+  # proposals are cut from; 4.7 prints no proposal score). 0: detections are
+  # ranked by the classification module's evidence (docs/paper-notes.md, round 6).
+  i.contrast_loc_weight = 0.0
+  # "localization": a kept proposal takes the extent of the proposal containing
+  # it with the best contrast on C_loc, and keeps its score; "proposal": its own.
+  # "localization" needs a trained C_loc (a localization loss on).
+  i.extent = "localization"
   i.class_score = "s_a"  # the video score added to a proposal's: "s_a" (eq. 2, 4.7) or "p_a" (eq. 3)
   i.outer_scale = 0.25  # outer region = this fraction of the proposal on each side
   i.class_score_weight = 1.0  # proposal score = inner-outer + w * class score
@@ -299,6 +307,7 @@ PAPER_AS_PRINTED = (
     ("inference.score_source", "average"),  # 4.7: s_a, p_a from C_a
     ("inference.contrast_on", "raw"),  # 4.7 prints no score: the contrast on raw C_a,
     ("inference.contrast_loc_weight", 0.5),  # the CAS the proposals are cut from
+    ("inference.extent", "proposal"),  # 4.7: a proposal is a run of C_a above a threshold
     ("inference.class_score", "s_a"),  # 4.7: + s_a
     ("inference.class_top_ratio", 0.0),  # 4.7: only s_a > 0 keeps a class
     ("inference.keep_top_class", False),

@@ -13,7 +13,7 @@ import ml_collections
 
 from jaxseg.config import (ConfigError, ABLATION_LOSSES, ABLATION_NON_PSL_CELLS,
                            ABLATION_SPLITS, CLASSIFICATION_NORMALIZATIONS, CLASS_SCORES,
-                           COMPUTE_DTYPES, CONTRAST_ON, CROP_MODES, DATASET_FORMATS,
+                           COMPUTE_DTYPES, CONTRAST_ON, EXTENTS, CROP_MODES, DATASET_FORMATS,
                            DEVICE_DATA_MODES, DROPOUT_RNGS, LABEL_MODES,
                            LOCALIZATION_EMBEDDINGS,
                            METRIC_BACKENDS, PROPAGATION_FEATURES, PROPAGATION_METHODS,
@@ -114,6 +114,13 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1) -> None:
   _check(i.batch_size >= 1, "inference.batch_size", "must be >= 1")
   _choice(c, "inference.score_source", SCORE_SOURCES)
   _choice(c, "inference.contrast_on", CONTRAST_ON)
+  _choice(c, "inference.extent", EXTENTS)
+  lo = c.loss
+  trains_loc = (lo.use_segment or lo.use_sphere or lo.use_propagation
+                or lo.loc_classification_weight > 0)
+  _check(i.extent != "localization" or trains_loc, "inference.extent",
+         "'localization' needs a trained C_loc (loss.use_segment, use_sphere, "
+         "use_propagation or loc_classification_weight > 0); use 'proposal'")
   _choice(c, "inference.class_score", CLASS_SCORES)
   _check(len(i.cas_thresholds) > 0 and all(0.0 <= x <= 1.0 for x in i.cas_thresholds),
          "inference.cas_thresholds", "must be a non-empty list of values in [0, 1]")

@@ -101,7 +101,7 @@ def video_scores(cas_cls: jax.Array, cas_loc: jax.Array, mask: jax.Array,
   Returns:
     ``{"cas_a": (B, T, N) float32`` ``C_a = (C_cls + C_loc) / 2``, zero on
     padding; ``"cas_contrast": (B, T, N) float32`` ``(1 - w) C_cls + w C_loc``,
-    zero on padding; ``"s_a": (B, N) float32`` top-k mean of ``C_a`` (eq. 2), 0
+    zero on padding; ``"cas_loc": (B, T, N) float32`` ``C_loc``, zero on padding; ``"s_a": (B, N) float32`` top-k mean of ``C_a`` (eq. 2), 0
     for a row without real segments; ``"p_a": (B, N) float32`` softmax of
     ``s_a`` over classes (eq. 3), uniform for such a row``}``.
   """
@@ -120,7 +120,8 @@ def video_scores(cas_cls: jax.Array, cas_loc: jax.Array, mask: jax.Array,
   else:
     raise ValueError(f"score_source: expected one of {SCORE_SOURCES}, got {score_source!r}")
   p_a = jax.nn.softmax(s_a, axis=-1)
-  return {"cas_a": cas_a, "cas_contrast": cas_contrast, "s_a": s_a, "p_a": p_a}
+  return {"cas_a": cas_a, "cas_contrast": cas_contrast,
+          "cas_loc": jnp.where(mask[..., None], cas_loc, 0.0), "s_a": s_a, "p_a": p_a}
 
 
 # -------------------------------------------------------------------- predict
@@ -211,7 +212,7 @@ def predict(apply_fn: Callable[..., Mapping[str, Any]], variables: Any,
       n = int(min(lengths[i], num_t))
       dets = generate_proposals(
           scores["cas_a"][i, :n], scores["s_a"][i], scores["p_a"][i],
-          cas_contrast=scores["cas_contrast"][i, :n],
+          cas_contrast=scores["cas_contrast"][i, :n], cas_extent=scores["cas_loc"][i, :n],
           feature_rate=float(video.feature_rate), duration=float(video.duration),
           config=config_inference, video_id=vid)
       results[vid] = [{"label": class_names[d["label"]], "score": d["score"],

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxseg.config import CLASS_SCORES, CONTRAST_ON, require
+from jaxseg.config import CLASS_SCORES, CONTRAST_ON, EXTENTS, require
 
 
 # ------------------------------------------------------------------------ NMS
@@ -135,6 +135,30 @@ def _oic_scores(cas: np.ndarray, t0: np.ndarray, t1: np.ndarray,
   return inner - outer
 
 
+def _widest_fit(t0: np.ndarray, t1: np.ndarray, fit: np.ndarray,
+                keep: np.ndarray) -> np.ndarray:
+  """For each kept proposal, the proposal of best ``fit`` that contains it.
+
+  Args:
+    t0, t1: ``(P,) int`` bounds of one class's proposals.
+    fit: ``(P,) float`` their contrast on the extent CAS.
+    keep: ``(K,) int`` indices of the kept proposals.
+
+  Returns:
+    ``(K,) int`` for each kept ``i``, the ``j`` with ``t0[j] <= t0[i]``,
+    ``t1[j] >= t1[i]`` and the largest ``fit[j]``; ``i`` itself unless some
+    container fits strictly better (the first such ``j`` on ties).
+  """
+  keep = np.asarray(keep, np.int64)
+  if keep.size == 0:
+    return keep
+  inside = (t0[None, :] <= t0[keep, None]) & (t1[None, :] >= t1[keep, None])  # (K, P)
+  floor = fit.min() - 1.0
+  best = np.argmax(np.where(inside, fit[None, :], floor), axis=1)
+  better = fit[best] > fit[keep]
+  return np.where(better, best, keep)
+
+
 def _minmax_rows(x: np.ndarray) -> np.ndarray:
   """Each row of ``x (C, T)`` min-max normalised to [0, 1]; a constant row to 1."""
   lo = x.min(axis=1, keepdims=True)
@@ -150,6 +174,7 @@ def _field(config: Any, name: str) -> Any:
 def generate_proposals(cas_a: np.ndarray, s_a: np.ndarray, p_a: np.ndarray, *,
                        feature_rate: float, duration: float, config: Any,
                        cas_contrast: np.ndarray | None = None,
+                       cas_extent: np.ndarray | None = None,
                        video_id: str = "?") -> list[dict]:
   """Action proposals of one video (paper 4.7), host-side NumPy.
 
@@ -168,13 +193,21 @@ def generate_proposals(cas_a: np.ndarray, s_a: np.ndarray, p_a: np.ndarray, *,
      ``X`` is ``cas_contrast`` (``C_a`` when it is None), raw or min-max
      normalised per class (``config.contrast_on``).
   4. Class-wise :func:`temporal_nms` at ``config.nms_iou`` on the segments in
-     seconds, then the ``config.max_proposals_per_video`` best overall.
+     seconds.
+  5. With ``config.extent = "localization"``, each kept proposal takes the
+     segment of the proposal of its class that contains it and has the best
+     outer-inner contrast on ``cas_extent`` (``C_loc``), when one is strictly
+     better than its own, and keeps its score; NMS runs again on the new
+     segments. ``"proposal"`` skips this step.
+  6. The ``config.max_proposals_per_video`` best overall.
 
   Args:
     cas_a: ``(T, N) float`` final CAS of ONE video, cut to its ``T`` segments.
     cas_contrast: ``(T, N) float`` the CAS the contrast is taken on
       (:func:`jaxseg.inference.video_scores` gives ``(1 - w) C_cls + w C_loc``
       for ``w = config.contrast_loc_weight``); None takes it on ``cas_a``.
+    cas_extent: ``(T, N) float`` ``C_loc``, needed with
+      ``config.extent = "localization"``.
     s_a: ``(N,) float`` class scores (eq. 2).
     p_a: ``(N,) float`` class probabilities (eq. 3).
     feature_rate: segments per second.
@@ -205,12 +238,17 @@ def generate_proposals(cas_a: np.ndarray, s_a: np.ndarray, p_a: np.ndarray, *,
     raise ValueError(f"{where}: field feature_rate must be > 0, got {feature_rate}")
   if not (math.isfinite(duration) and duration >= 0):
     raise ValueError(f"{where}: field duration must be >= 0, got {duration}")
+  extent = str(_field(config, "extent"))
+  if extent not in EXTENTS:
+    raise ValueError(f"inference config: extent must be one of {EXTENTS}, got {extent!r}")
   cas_contrast = cas_a if cas_contrast is None else np.asarray(cas_contrast)
-  if cas_contrast.shape != cas_a.shape:
-    raise ValueError(f"{where}: cas_contrast has shape {cas_contrast.shape}, "
-                     f"cas_a {cas_a.shape}")
-  if not (np.all(np.isfinite(cas_a)) and np.all(np.isfinite(s_a))
-          and np.all(np.isfinite(cas_contrast))):
+  if extent == "localization" and cas_extent is None:
+    raise ValueError(f"{where}: inference.extent = 'localization' needs cas_extent (C_loc)")
+  cas_extent = cas_a if cas_extent is None else np.asarray(cas_extent)
+  for name, x in (("cas_contrast", cas_contrast), ("cas_extent", cas_extent)):
+    if x.shape != cas_a.shape:
+      raise ValueError(f"{where}: {name} has shape {x.shape}, cas_a {cas_a.shape}")
+  if not all(np.all(np.isfinite(x)) for x in (cas_a, s_a, cas_contrast, cas_extent)):
     raise ValueError(f"{where}: the CAS or class scores are not finite")
   if num_t == 0 or num_classes == 0:
     return []
@@ -239,8 +277,10 @@ def generate_proposals(cas_a: np.ndarray, s_a: np.ndarray, p_a: np.ndarray, *,
     return []
   norm = _minmax_rows(cas_a[:, classes].astype(np.float64).T)  # (C, T)
   contrast_cas = cas_contrast[:, classes].astype(np.float64).T
+  extent_cas = cas_extent[:, classes].astype(np.float64).T
   if contrast_on == "normalized":
     contrast_cas = _minmax_rows(contrast_cas)
+    extent_cas = _minmax_rows(extent_cas)
   above = norm[:, None, :] > thresholds[None, :, None]  # (C, L, T)
   row, t0, t1 = _runs(above.reshape(-1, num_t))
   cls_pos = row // thresholds.size  # position in `classes`
@@ -257,7 +297,13 @@ def generate_proposals(cas_a: np.ndarray, s_a: np.ndarray, p_a: np.ndarray, *,
     valid = end > start
     segs = np.stack([start, end], axis=1)[valid]
     scores = scores[valid]
-    for i in temporal_nms(segs, scores, nms_iou):
+    keep = temporal_nms(segs, scores, nms_iou)
+    if extent == "localization":
+      fit = _oic_scores(extent_cas[pos], a[valid], b[valid], outer_scale)
+      segs = segs[_widest_fit(a[valid], b[valid], fit, keep)]
+      scores = scores[keep]
+      keep = temporal_nms(segs, scores, nms_iou)
+    for i in keep:
       detections.append((float(scores[i]), int(c), float(segs[i, 0]), float(segs[i, 1])))
   detections.sort(key=lambda d: -d[0])  # stable: ties keep class order
   return [{"label": c, "score": s, "segment": [t_s, t_e]}

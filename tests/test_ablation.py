@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from configs import test as test_config
-from jaxseg import ablation
+from jaxseg import ablation, config_checks
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -33,6 +33,18 @@ def test_run_config_switches_losses_and_seeds():
   assert c.labels.mode == "two-segment"
   assert c.seed == base.seed + 2 and c.labels.seed == base.labels.seed + 2
   assert base.labels.mode == "one-segment"  # the base config is not modified
+  assert c.inference.extent == base.inference.extent == "localization"
+
+
+def test_cells_without_a_localization_loss_keep_their_proposals_extent():
+  # CL alone trains no C_loc, so it cannot choose an extent on it; every cell
+  # with PSL, SL or PL keeps the configured extent.
+  base = test_config.get_config()
+  for combo in ablation.COMBINATIONS:
+    c = ablation.run_config(base, "one-segment", combo, 0)
+    want = "localization" if any(combo[1:]) else "proposal"
+    assert c.inference.extent == want, combo[0]
+    config_checks.validate(c)
 
 
 def test_table_mean_and_std_over_seeds():

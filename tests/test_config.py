@@ -369,9 +369,22 @@ def test_cli_refuses_a_workdir_of_another_config(tmp_path):
 @pytest.mark.parametrize("overrides,field", [
     ({"inference.contrast_on": "norm"}, "inference.contrast_on"),
     ({"inference.class_score": "q_a"}, "inference.class_score"),
+    ({"inference.extent": "Localization"}, "inference.extent"),
 ])
 def test_validate_rejects_unknown_inference_options(overrides, field):
   _rejects(make_config(**overrides), field)
+
+
+def test_extent_from_localization_needs_a_trained_c_loc():
+  c = make_config(**{"loss.use_segment": False, "loss.use_sphere": False,
+                     "loss.use_propagation": False})
+  msg = _rejects(c, "inference.extent")
+  assert "'proposal'" in msg
+  c.inference.extent = "proposal"
+  config_checks.validate(c)
+  c.inference.extent = "localization"
+  c.loss.loc_classification_weight = 1.0  # eq. 2-4 on C_loc trains it
+  config_checks.validate(c)
 
 
 @pytest.mark.parametrize("overrides,field", [

@@ -21,7 +21,8 @@ def make_config(**overrides) -> ml_collections.ConfigDict:
       class_threshold=0.0, class_top_ratio=0.0, cas_thresholds=(0.4,),
       outer_scale=0.25, class_score_weight=0.2, nms_iou=0.6,
       max_proposals_per_video=100, contrast_on="raw", class_score="s_a",
-      score_source="average", keep_top_class=True, contrast_loc_weight=0.5))
+      score_source="average", keep_top_class=True, contrast_loc_weight=0.5,
+      extent="proposal"))
   c.update(overrides)
   return c
 
@@ -60,11 +61,19 @@ def ref_nms(segments, scores, thr):
   return kept
 
 
-def ref_proposals(cas, s, p, rate, duration, cfg, contrast=None):
+def ref_contrast(x, t, u, outer_scale):
+  w = math.ceil(outer_scale * (u - t) - 1e-9)
+  outer = x[max(0, t - w):t] + x[u:min(len(x), u + w)]
+  return sum(x[t:u]) / (u - t) - (sum(outer) / len(outer) if outer else 0.0)
+
+
+def ref_proposals(cas, s, p, rate, duration, cfg, contrast=None, extent=None):
   """Paper 4.7 proposals with plain Python loops over segments.
 
   ``contrast``: the CAS of the outer-inner contrast (``cas`` when None), raw or
-  min-max normalised per class as ``cfg.contrast_on`` says.
+  min-max normalised per class as ``cfg.contrast_on`` says. ``extent``: with
+  ``cfg.extent == "localization"``, the CAS a kept proposal's container is
+  chosen on (the same normalisation).
   """
   contrast = cas if contrast is None else contrast
   num_t, num_n = cas.shape
@@ -78,11 +87,14 @@ def ref_proposals(cas, s, p, rate, duration, cfg, contrast=None):
     x = [float(v) for v in cas[:, c]]
     lo, hi = min(x), max(x)
     norm = [(v - lo) / (hi - lo) if hi > lo else 1.0 for v in x]
-    x = [float(v) for v in contrast[:, c]]
-    if cfg.contrast_on == "normalized":
-      lo, hi = min(x), max(x)
-      x = [(v - lo) / (hi - lo) if hi > lo else 1.0 for v in x]
-    segs, scores = [], []
+    def column(a):
+      x = [float(v) for v in a[:, c]]
+      if cfg.contrast_on == "normalized":
+        lo, hi = min(x), max(x)
+        x = [(v - lo) / (hi - lo) if hi > lo else 1.0 for v in x]
+      return x
+    x = column(contrast)
+    segs, scores, bounds = [], [], []
     for th in cfg.cas_thresholds:
       t = 0
       while t < num_t:
@@ -92,16 +104,28 @@ def ref_proposals(cas, s, p, rate, duration, cfg, contrast=None):
         u = t
         while u < num_t and norm[u] > th:
           u += 1
-        w = math.ceil(cfg.outer_scale * (u - t) - 1e-9)
-        outer = x[max(0, t - w):t] + x[u:min(num_t, u + w)]
-        score = (sum(x[t:u]) / (u - t) - (sum(outer) / len(outer) if outer else 0.0)
-                 + cfg.class_score_weight * s[c])
+        score = ref_contrast(x, t, u, cfg.outer_scale) + cfg.class_score_weight * s[c]
         start, end = min(t / rate, duration), min(u / rate, duration)
         if end > start:
           segs.append((start, end))
           scores.append(score)
+          bounds.append((t, u))
         t = u
-    for i in ref_nms(segs, scores, cfg.nms_iou):
+    kept = ref_nms(segs, scores, cfg.nms_iou)
+    if cfg.get("extent", "proposal") == "localization":
+      e = column(extent)
+      fit = [ref_contrast(e, t, u, cfg.outer_scale) for t, u in bounds]
+      grown, grown_scores = [], []
+      for i in kept:
+        best = i
+        for j, (t, u) in enumerate(bounds):  # the first of the best containers
+          if t <= bounds[i][0] and u >= bounds[i][1] and fit[j] > fit[best]:
+            best = j
+        grown.append(segs[best])
+        grown_scores.append(scores[i])
+      segs, scores = grown, grown_scores
+      kept = ref_nms(segs, scores, cfg.nms_iou)
+    for i in kept:
       dets.append((scores[i], c, segs[i]))
   dets.sort(key=lambda d: -d[0])
   return dets[:cfg.max_proposals_per_video]
@@ -313,6 +337,42 @@ def test_proposals_contrast_on_another_cas(contrast_on):
   with pytest.raises(ValueError, match="not finite"):
     proposals.generate_proposals(cas, s_a, p_a, feature_rate=rate, duration=duration,
                                  config=cfg, cas_contrast=np.full_like(other, np.nan))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_proposals_extent_from_localization(seed):
+  # Kept proposals take the extent of their best-fitting container on C_loc.
+  rng = np.random.default_rng(100 + seed)
+  num_t, num_n = 40, 3
+  cas = rng.normal(size=(num_t, num_n)).astype(np.float32)
+  cas_loc = np.cumsum(rng.normal(size=(num_t, num_n)), axis=0).astype(np.float32)
+  s_a = rng.normal(size=num_n)
+  p_a = np.exp(s_a) / np.exp(s_a).sum()
+  cfg = make_config(cas_thresholds=(0.2, 0.4, 0.6, 0.8), extent="localization",
+                    contrast_on=["raw", "normalized"][seed % 2], nms_iou=[0.3, 0.6][seed // 2],
+                    outer_scale=0.25)
+  rate, duration = 1.5, num_t / 1.5
+  kw = dict(feature_rate=rate, duration=duration, config=cfg)
+  got = proposals.generate_proposals(cas, s_a, p_a, cas_extent=cas_loc, **kw)
+  want = ref_proposals(cas.astype(np.float64), s_a, p_a, rate, duration, cfg,
+                       extent=cas_loc.astype(np.float64))
+  assert got
+  assert_same_detections(got, want)
+  own = proposals.generate_proposals(cas, s_a, p_a, **{**kw, "config": make_config(
+      **{**cfg.to_dict(), "extent": "proposal"})})
+  assert {tuple(d["segment"]) for d in got} != {tuple(d["segment"]) for d in own}
+  # Every detection's segment contains the kept proposal's (same scores).
+  assert set(d["score"] for d in got) <= set(d["score"] for d in own)
+  # A flat C_loc (CL's untrained head) moves nothing.
+  flat = proposals.generate_proposals(cas, s_a, p_a, cas_extent=np.zeros_like(cas), **kw)
+  assert flat == own
+  with pytest.raises(ValueError, match="cas_extent"):
+    proposals.generate_proposals(cas, s_a, p_a, **kw)
+  with pytest.raises(ValueError, match="cas_extent"):
+    proposals.generate_proposals(cas, s_a, p_a, cas_extent=cas_loc[:-1], **kw)
+  with pytest.raises(ValueError, match="extent"):
+    proposals.generate_proposals(cas, s_a, p_a, cas_extent=cas_loc, **{
+        **kw, "config": make_config(extent="bogus")})
 
 
 def test_proposals_bad_input():
@@ -532,6 +592,29 @@ def test_predict_contrast_on_the_localization_cas(predict_setup):
     on_a = st["out"]["results"][vid]
     assert not np.allclose([d["score"] for d in got][:len(on_a)],
                            [d["score"] for d in on_a][:len(got)], atol=1e-3)
+
+
+def test_predict_extent_from_localization(predict_setup):
+  st = predict_setup
+  cfg = make_config(cas_thresholds=(0.2, 0.5, 0.8), extent="localization",
+                    contrast_loc_weight=0.0)
+  out = inference.predict(fake_apply, st["variables"], st["batches"], videos=st["videos"],
+                          class_names=CLASS_NAMES, config_inference=cfg, topk_ratio=4.0)
+  w = st["variables"]["w"].astype(np.float64)
+  for vid, feat in st["feats"].items():
+    n = feat.shape[0]
+    cas_cls = feat.astype(np.float64) @ w
+    cas_loc = 0.5 * cas_cls + 0.25
+    s_ref, p_ref = ref_scores(cas_cls[None], cas_loc[None], [n], [max(1, n // 4)])
+    video = st["videos"][vid]
+    want = ref_proposals((cas_cls + cas_loc) / 2, s_ref[0], p_ref[0], video.feature_rate,
+                         video.duration, cfg, contrast=cas_cls, extent=cas_loc)
+    got = out["results"][vid]
+    assert got
+    assert [d["label"] for d in got] == [CLASS_NAMES[c] for _, c, _ in want]
+    np.testing.assert_allclose([d["segment"] for d in got], [seg for _, _, seg in want],
+                               atol=1e-12)
+    np.testing.assert_allclose([d["score"] for d in got], [s for s, _, _ in want], atol=1e-5)
 
 
 def test_proposals_normalized_contrast_and_probability_score():

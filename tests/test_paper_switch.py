@@ -44,14 +44,12 @@ def test_paper_configs_set_every_printed_choice():
 def test_every_printed_choice_is_a_departure_of_the_defaults_or_says_why():
   # A field of PAPER_AS_PRINTED that equals the default documents a printed
   # choice jaxseg follows or the reading it keeps where 4.7 prints none (r = 2Q;
-  # eq. 2-4 on C_cls only; the outer-inner contrast
-  # on raw C_a plus s_a).
+  # eq. 2-4 on C_cls only; the outer-inner contrast on the raw CAS plus s_a).
   base = config_lib.base_config()
   same = {k for k, v in config_lib.PAPER_AS_PRINTED
           if base[k.split(".")[0]][k.split(".")[1]] == v}
   assert same == {"loss.topk_mode", "loss.loc_classification_weight",
-                  "inference.contrast_on", "inference.class_score",
-                  "inference.contrast_loc_weight"}
+                  "inference.contrast_on", "inference.class_score"}
 
 
 # ------------------------------------------------------- the new loss fields
@@ -112,7 +110,7 @@ def test_without_the_keep_top_class_rule_a_video_may_get_no_detection():
   cas = np.random.default_rng(0).normal(size=(20, 3)).astype(np.float32)
   s_a = np.array([-0.5, -0.1, -0.2])
   p_a = np.exp(s_a) / np.exp(s_a).sum()
-  kw = dict(feature_rate=1.0, duration=20.0)
+  kw = dict(feature_rate=1.0, duration=20.0, cas_extent=cas[::-1].copy())
   assert proposals.generate_proposals(cas, s_a, p_a, config=c, **kw)
   c.keep_top_class = False
   assert proposals.generate_proposals(cas, s_a, p_a, config=c, **kw) == []

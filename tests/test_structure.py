@@ -139,16 +139,18 @@ def test_a_loss_config_missing_a_field_fails_naming_it():
     losses.total_loss(out, batch, **c.loss)
 
 
-@pytest.mark.parametrize("field", ["contrast_on", "class_score", "nms_iou", "cas_thresholds"])
+@pytest.mark.parametrize("field", ["contrast_on", "class_score", "nms_iou", "cas_thresholds",
+                                   "extent"])
 def test_an_inference_config_missing_a_field_fails_naming_it(field):
   c = config_lib.base_config().inference
   cas = np.random.default_rng(0).normal(size=(10, 3)).astype(np.float32)
   s_a = np.array([0.5, 0.1, -0.2])
   p_a = np.exp(s_a) / np.exp(s_a).sum()
-  proposals.generate_proposals(cas, s_a, p_a, feature_rate=1.0, duration=10.0, config=c)
+  kw = dict(feature_rate=1.0, duration=10.0, cas_extent=cas[::-1].copy())
+  proposals.generate_proposals(cas, s_a, p_a, config=c, **kw)
   del c[field]
   with pytest.raises(config_lib.ConfigError, match=f"config.inference.{field}: missing"):
-    proposals.generate_proposals(cas, s_a, p_a, feature_rate=1.0, duration=10.0, config=c)
+    proposals.generate_proposals(cas, s_a, p_a, config=c, **kw)
 
 
 def _imports(module, path):
