@@ -8,6 +8,7 @@ override what differs; the command line overrides further
 
 from __future__ import annotations
 
+import json
 from typing import Any, Mapping
 
 import ml_collections
@@ -323,6 +324,29 @@ def paper_as_printed(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       node = node[name]
     node[leaf] = value
   return c
+
+
+# Fields added after runs were made, each with the value that does what a run
+# made before it did. A run's config.json without one is read with that value
+# (jaxseg.workdir.config_diff, jaxseg.predict.run_config), so an older run is
+# re-evaluated and predicts as it was trained and scored.
+ADDED_FIELDS = (
+    ("loss.loc_classification_weight", 0.0),  # eq. 2-4 on C_cls only
+    ("loss.loc_classification_topk_ratio", 0.0),
+    ("inference.contrast_loc_weight", 0.5),  # the contrast on C_a
+    ("inference.extent", "proposal"),  # each proposal's own segment
+)
+
+
+def with_added_fields(d: Mapping[str, Any]) -> dict[str, Any]:
+  """A copy of a run's config dict with each missing field of
+  :data:`ADDED_FIELDS` set to its earlier behaviour (its section must exist)."""
+  out = json.loads(json.dumps(d))
+  for key, value in ADDED_FIELDS:
+    section, name = key.split(".")
+    if isinstance(out.get(section), dict):
+      out[section].setdefault(name, value)
+  return out
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

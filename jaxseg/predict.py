@@ -58,7 +58,8 @@ def run_config(workdir: str) -> ml_collections.ConfigDict:
   if not os.path.isfile(path):
     raise config_lib.ConfigError(f"{workdir} holds no run (no config.json); train first")
   try:
-    return ml_collections.ConfigDict(io.load_json(path, "run config"))
+    return ml_collections.ConfigDict(
+        config_lib.with_added_fields(io.load_json(path, "run config")))
   except DataError as e:
     raise config_lib.ConfigError(str(e)) from None
 

@@ -77,7 +77,8 @@ def config_diff(config, workdir: str) -> list[str] | None:
       old = json.load(f)
   except json.JSONDecodeError as e:
     raise ConfigError(f"{path}: unreadable ({e}); move it away or pass --overwrite") from e
-  a, b = config_lib.flatten(old), config_lib.flatten(config_to_dict(config))
+  a = config_lib.flatten(config_lib.with_added_fields(old))
+  b = config_lib.flatten(config_to_dict(config))
   free = set(RERUN_FREE_FIELDS)
   if "cosine" in (a.get("train.schedule"), b.get("train.schedule")):
     free -= set(SCHEDULE_FIELDS)  # the learning rate of every step depends on them

@@ -232,3 +232,32 @@ def test_no_private_name_is_used_across_modules():
           and not str(node.args[1].value).startswith("__")):
         bad.append(f"{path}:{node.lineno}: setattr of {node.args[1].value}")
   assert not bad, "\n".join(bad)
+
+
+def test_a_run_from_before_an_added_field_is_read_with_its_earlier_behaviour(tmp_path):
+  # A config.json written before loss.loc_classification_* and the proposal
+  # scoring fields existed: re-evaluating it with those fields at their earlier
+  # behaviour is no config change; with today's scoring defaults it is one, and
+  # predict reads the run with the scoring it had.
+  import json
+  from jaxseg import predict
+  from jaxseg import workdir as workdir_lib
+  from configs import test as test_config
+  c = test_config.get_config()
+  old = workdir_lib.config_to_dict(c)
+  for key, _ in config_lib.ADDED_FIELDS:
+    section, name = key.split(".")
+    del old[section][name]
+  (tmp_path / "config.json").write_text(json.dumps(old))
+  diff = workdir_lib.config_diff(c, str(tmp_path))
+  assert diff == ["inference.contrast_loc_weight: 0.5 -> 0.0",
+                  "inference.extent: 'proposal' -> 'localization'"]
+  earlier = config_lib.with_overrides(c, **{k: v for k, v in config_lib.ADDED_FIELDS})
+  assert workdir_lib.config_diff(earlier, str(tmp_path)) == []
+  run = predict.run_config(str(tmp_path))
+  assert run.inference.contrast_loc_weight == 0.5 and run.inference.extent == "proposal"
+  assert run.loss.loc_classification_weight == 0.0
+  # A field the run has is never replaced.
+  old["inference"]["extent"] = "localization"
+  (tmp_path / "config.json").write_text(json.dumps(old))
+  assert predict.run_config(str(tmp_path)).inference.extent == "localization"
