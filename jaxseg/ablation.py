@@ -68,9 +68,8 @@ def run_config(base: ml_collections.ConfigDict, label_mode: str, combo: tuple,
     psl = False  # eq. 6 is 0 without segment labels; the run is its CL+... twin
   c.loss.use_classification = True
   c.loss.use_segment, c.loss.use_sphere, c.loss.use_propagation = psl, sl, pl
-  if not (psl or sl or pl or c.loss.loc_classification_weight > 0):
-    # CL alone trains no C_loc: its detections keep the extent of their proposal.
-    c.inference.extent = "proposal"
+  if not config_lib.trains_localization(c.loss):
+    c.inference.extent = "proposal"  # CL alone: no C_loc to choose an extent on
   c.labels.mode = label_mode
   if label_mode == VIDEO_LEVEL:
     c.loss.topk_mode = "fixed"  # no Q: r = loss.topk_ratio, as W-TALC

@@ -8,7 +8,7 @@ override what differs; the command line overrides further
 
 from __future__ import annotations
 
-import json
+import copy
 from typing import Any, Mapping
 
 import ml_collections
@@ -338,10 +338,20 @@ ADDED_FIELDS = (
 )
 
 
+def trains_localization(loss: Mapping[str, Any]) -> bool:
+  """Whether a ``config.loss`` trains ``C_loc``: PSL, SL or PL on, or eq. 2-4 on it.
+
+  Without one (CL alone) ``C_loc`` is an untrained head, and a detection's
+  extent cannot be chosen on it (``inference.extent = "proposal"``).
+  """
+  return bool(loss["use_segment"] or loss["use_sphere"] or loss["use_propagation"]
+              or loss["loc_classification_weight"] > 0)
+
+
 def with_added_fields(d: Mapping[str, Any]) -> dict[str, Any]:
   """A copy of a run's config dict with each missing field of
   :data:`ADDED_FIELDS` set to its earlier behaviour (its section must exist)."""
-  out = json.loads(json.dumps(d))
+  out = copy.deepcopy(dict(d))
   for key, value in ADDED_FIELDS:
     section, name = key.split(".")
     if isinstance(out.get(section), dict):

@@ -20,7 +20,8 @@ from jaxseg.config import (ConfigError, ABLATION_LOSSES, ABLATION_NON_PSL_CELLS,
                            PROPAGATION_NORMALIZATIONS, PROPAGATION_SIMILARITIES,
                            PROTOCOLS, SCHEDULES, SCORE_SOURCES, SEGMENT_NORMALIZATIONS,
                            SPHERE_CLASSES, SUBSAMPLE_MODES, SUBSET_AUTO, TOPK_COUNTS,
-                           TOPK_MODES, base_config, require)
+                           TOPK_MODES, base_config, require,
+                           trains_localization)
 from jaxseg.data import synthetic
 
 
@@ -115,10 +116,8 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1) -> None:
   _choice(c, "inference.score_source", SCORE_SOURCES)
   _choice(c, "inference.contrast_on", CONTRAST_ON)
   _choice(c, "inference.extent", EXTENTS)
-  lo = c.loss
-  trains_loc = (lo.use_segment or lo.use_sphere or lo.use_propagation
-                or lo.loc_classification_weight > 0)
-  _check(i.extent != "localization" or trains_loc, "inference.extent",
+  _check(i.extent != "localization" or trains_localization(c.loss),
+         "inference.extent",
          "'localization' needs a trained C_loc (loss.use_segment, use_sphere, "
          "use_propagation or loc_classification_weight > 0); use 'proposal'")
   _choice(c, "inference.class_score", CLASS_SCORES)

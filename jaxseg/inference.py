@@ -101,13 +101,15 @@ def video_scores(cas_cls: jax.Array, cas_loc: jax.Array, mask: jax.Array,
   Returns:
     ``{"cas_a": (B, T, N) float32`` ``C_a = (C_cls + C_loc) / 2``, zero on
     padding; ``"cas_contrast": (B, T, N) float32`` ``(1 - w) C_cls + w C_loc``,
-    zero on padding; ``"cas_loc": (B, T, N) float32`` ``C_loc``, zero on padding; ``"s_a": (B, N) float32`` top-k mean of ``C_a`` (eq. 2), 0
+    zero on padding; ``"cas_loc": (B, T, N) float32`` ``C_loc``, zero on
+    padding; ``"s_a": (B, N) float32`` top-k mean of ``C_a`` (eq. 2), 0
     for a row without real segments; ``"p_a": (B, N) float32`` softmax of
     ``s_a`` over classes (eq. 3), uniform for such a row``}``.
   """
   w = float(contrast_loc_weight)
   if not 0.0 <= w <= 1.0:
-    raise ValueError(f"contrast_loc_weight: expected a value in [0, 1], got {contrast_loc_weight!r}")
+    raise ValueError(f"contrast_loc_weight: expected a value in [0, 1], "
+                     f"got {contrast_loc_weight!r}")
   mask = mask.astype(bool)
   # The masked top-k mean of eq. 2 is shared with the classification loss.
   cas_a = jnp.where(mask[..., None], (cas_cls + cas_loc) / 2, 0.0)

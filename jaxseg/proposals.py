@@ -135,7 +135,7 @@ def _oic_scores(cas: np.ndarray, t0: np.ndarray, t1: np.ndarray,
   return inner - outer
 
 
-def _widest_fit(t0: np.ndarray, t1: np.ndarray, fit: np.ndarray,
+def _best_container(t0: np.ndarray, t1: np.ndarray, fit: np.ndarray,
                 keep: np.ndarray) -> np.ndarray:
   """For each kept proposal, the proposal of best ``fit`` that contains it.
 
@@ -277,10 +277,11 @@ def generate_proposals(cas_a: np.ndarray, s_a: np.ndarray, p_a: np.ndarray, *,
     return []
   norm = _minmax_rows(cas_a[:, classes].astype(np.float64).T)  # (C, T)
   contrast_cas = cas_contrast[:, classes].astype(np.float64).T
-  extent_cas = cas_extent[:, classes].astype(np.float64).T
+  extent_cas = cas_extent[:, classes].astype(np.float64).T if extent == "localization" else None
   if contrast_on == "normalized":
     contrast_cas = _minmax_rows(contrast_cas)
-    extent_cas = _minmax_rows(extent_cas)
+    if extent_cas is not None:
+      extent_cas = _minmax_rows(extent_cas)
   above = norm[:, None, :] > thresholds[None, :, None]  # (C, L, T)
   row, t0, t1 = _runs(above.reshape(-1, num_t))
   cls_pos = row // thresholds.size  # position in `classes`
@@ -300,7 +301,7 @@ def generate_proposals(cas_a: np.ndarray, s_a: np.ndarray, p_a: np.ndarray, *,
     keep = temporal_nms(segs, scores, nms_iou)
     if extent == "localization":
       fit = _oic_scores(extent_cas[pos], a[valid], b[valid], outer_scale)
-      segs = segs[_widest_fit(a[valid], b[valid], fit, keep)]
+      segs = segs[_best_container(a[valid], b[valid], fit, keep)]
       scores = scores[keep]
       keep = temporal_nms(segs, scores, nms_iou)
     for i in keep:

@@ -429,29 +429,43 @@ def predict_setup():
               out=out, batch=batch)
 
 
+def predict_reference(st, vid, cfg, *, contrast=None, extent=None):
+  """Float64 ``(s_a, p_a, detections)`` of one ``predict_setup`` video under
+  ``cfg``; ``contrast`` / ``extent``: ``"cls"`` or ``"loc"``, the CAS of the
+  proposal contrast and of the extent step (None: ``C_a`` / none)."""
+  w = st["variables"]["w"].astype(np.float64)
+  feat = st["feats"][vid]
+  n = feat.shape[0]
+  cas = {"cls": feat.astype(np.float64) @ w}
+  cas["loc"] = 0.5 * cas["cls"] + 0.25
+  s_ref, p_ref = ref_scores(cas["cls"][None], cas["loc"][None], [n], [max(1, n // 4)])
+  video = st["videos"][vid]
+  want = ref_proposals((cas["cls"] + cas["loc"]) / 2, s_ref[0], p_ref[0], video.feature_rate,
+                       video.duration, cfg, contrast=cas.get(contrast), extent=cas.get(extent))
+  return s_ref[0], p_ref[0], want
+
+
+def assert_predicted(got, want):
+  """``predict``'s detections of a video (class names) equal the reference's."""
+  assert got
+  assert [d["label"] for d in got] == [CLASS_NAMES[c] for _, c, _ in want]
+  np.testing.assert_allclose([d["segment"] for d in got], [seg for _, _, seg in want],
+                             atol=1e-12)
+  np.testing.assert_allclose([d["score"] for d in got], [s for s, _, _ in want], atol=1e-5)
+
+
 def test_predict_end_to_end(predict_setup):
   st = predict_setup
   out = st["out"]
   assert list(out["results"]) == ["v0", "v1", "v2"]
   w = st["variables"]["w"].astype(np.float64)
-  for vid, feat in st["feats"].items():
-    n = feat.shape[0]
-    cas_cls = feat.astype(np.float64) @ w
-    cas_loc = 0.5 * cas_cls + 0.25
-    k = max(1, n // 4)
-    s_ref, p_ref = ref_scores(cas_cls[None], cas_loc[None], [n], [k])
-    np.testing.assert_allclose(out["s_a"][vid], s_ref[0], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(out["p_a"][vid], p_ref[0], rtol=1e-5, atol=1e-6)
+  for vid in st["feats"]:
+    s_ref, p_ref, want = predict_reference(st, vid, st["cfg"])
+    np.testing.assert_allclose(out["s_a"][vid], s_ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["p_a"][vid], p_ref, rtol=1e-5, atol=1e-6)
     video = st["videos"][vid]
-    want = ref_proposals((cas_cls + cas_loc) / 2, s_ref[0], p_ref[0], video.feature_rate,
-                         video.duration, st["cfg"])
     got = out["results"][vid]
-    assert got
-    assert [d["label"] for d in got] == [CLASS_NAMES[c] for _, c, _ in want]
-    np.testing.assert_allclose([d["segment"] for d in got], [seg for _, _, seg in want],
-                               atol=1e-12)
-    np.testing.assert_allclose([d["score"] for d in got], [s for s, _, _ in want],
-                               atol=1e-5)
+    assert_predicted(got, want)
     assert all(0 <= d["segment"][0] < d["segment"][1] <= video.duration for d in got)
   # CAS only for the requested video, cut to its length.
   assert list(out["cas"]) == ["v1"]
@@ -573,21 +587,9 @@ def test_predict_contrast_on_the_localization_cas(predict_setup):
   cfg = make_config(cas_thresholds=(0.2, 0.5, 0.8), contrast_loc_weight=1.0)
   out = inference.predict(fake_apply, st["variables"], st["batches"], videos=st["videos"],
                           class_names=CLASS_NAMES, config_inference=cfg, topk_ratio=4.0)
-  w = st["variables"]["w"].astype(np.float64)
-  for vid, feat in st["feats"].items():
-    n = feat.shape[0]
-    cas_cls = feat.astype(np.float64) @ w
-    cas_loc = 0.5 * cas_cls + 0.25
-    s_ref, p_ref = ref_scores(cas_cls[None], cas_loc[None], [n], [max(1, n // 4)])
-    video = st["videos"][vid]
-    want = ref_proposals((cas_cls + cas_loc) / 2, s_ref[0], p_ref[0], video.feature_rate,
-                         video.duration, cfg, contrast=cas_loc)
+  for vid in st["feats"]:
     got = out["results"][vid]
-    assert got
-    assert [d["label"] for d in got] == [CLASS_NAMES[c] for _, c, _ in want]
-    np.testing.assert_allclose([d["segment"] for d in got], [seg for _, _, seg in want],
-                               atol=1e-12)
-    np.testing.assert_allclose([d["score"] for d in got], [s for s, _, _ in want], atol=1e-5)
+    assert_predicted(got, predict_reference(st, vid, cfg, contrast="loc")[2])
     # Not the scores of the contrast on C_a.
     on_a = st["out"]["results"][vid]
     assert not np.allclose([d["score"] for d in got][:len(on_a)],
@@ -600,21 +602,9 @@ def test_predict_extent_from_localization(predict_setup):
                     contrast_loc_weight=0.0)
   out = inference.predict(fake_apply, st["variables"], st["batches"], videos=st["videos"],
                           class_names=CLASS_NAMES, config_inference=cfg, topk_ratio=4.0)
-  w = st["variables"]["w"].astype(np.float64)
-  for vid, feat in st["feats"].items():
-    n = feat.shape[0]
-    cas_cls = feat.astype(np.float64) @ w
-    cas_loc = 0.5 * cas_cls + 0.25
-    s_ref, p_ref = ref_scores(cas_cls[None], cas_loc[None], [n], [max(1, n // 4)])
-    video = st["videos"][vid]
-    want = ref_proposals((cas_cls + cas_loc) / 2, s_ref[0], p_ref[0], video.feature_rate,
-                         video.duration, cfg, contrast=cas_cls, extent=cas_loc)
-    got = out["results"][vid]
-    assert got
-    assert [d["label"] for d in got] == [CLASS_NAMES[c] for _, c, _ in want]
-    np.testing.assert_allclose([d["segment"] for d in got], [seg for _, _, seg in want],
-                               atol=1e-12)
-    np.testing.assert_allclose([d["score"] for d in got], [s for s, _, _ in want], atol=1e-5)
+  for vid in st["feats"]:
+    assert_predicted(out["results"][vid],
+                     predict_reference(st, vid, cfg, contrast="cls", extent="loc")[2])
 
 
 def test_proposals_normalized_contrast_and_probability_score():
