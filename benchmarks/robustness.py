@@ -138,7 +138,7 @@ INFERENCE = {
     "defaults": {},
     "printed": {"score_source": "average", "contrast_on": "raw", "class_score": "s_a",
                 "class_top_ratio": 0.0, "keep_top_class": False,
-                "contrast_loc_weight": 0.5, "extent": "proposal"},
+                "contrast_loc_weight": 0.5, "extent": "proposal", "proposal_cas": "average"},
     "raw-contrast": {"contrast_on": "raw"},
     "s_a": {"class_score": "s_a"},
     "raw-contrast+s_a": {"contrast_on": "raw", "class_score": "s_a"},
@@ -156,11 +156,19 @@ INFERENCE = {
     "loc0": {"contrast_loc_weight": 0.0},
     "loc0.8": {"contrast_loc_weight": 0.8},
     "loc1": {"contrast_loc_weight": 1.0},
-    # Ranked by the contrast on C_cls (or C_a), extent from C_loc (the defaults
-    # since round 6 of docs/paper-notes.md), and the scoring before them.
-    "extent-loc": {"extent": "localization", "contrast_loc_weight": 0.0},
-    "extent-loc0.5": {"extent": "localization", "contrast_loc_weight": 0.5},
-    "own-extent0.5": {"extent": "proposal", "contrast_loc_weight": 0.5},
+    # Proposals cut from C_a, ranked by the contrast on C_cls (or C_a), extent
+    # from C_loc (the defaults of round 6 of docs/paper-notes.md), and the
+    # scoring before them.
+    "extent-loc": {"extent": "localization", "contrast_loc_weight": 0.0,
+                   "proposal_cas": "average", "extent_fallback": False},
+    "extent-loc0.5": {"extent": "localization", "contrast_loc_weight": 0.5,
+                      "proposal_cas": "average", "extent_fallback": False},
+    "own-extent0.5": {"extent": "proposal", "contrast_loc_weight": 0.5,
+                      "proposal_cas": "average"},
+    # Cut from C_cls (the defaults of round 7), without the fallback, and with
+    # each proposal's own segment (CL's scoring).
+    "cut-cls-nofallback": {"proposal_cas": "classification", "extent_fallback": False},
+    "cut-cls-own": {"proposal_cas": "classification", "extent": "proposal"},
 }
 
 

@@ -35,6 +35,14 @@ CONTRAST_ON = ("raw", "normalized")
 # Where a detection's segment comes from: its own proposal, or the proposal of
 # best C_loc contrast that contains it (jaxseg.proposals.generate_proposals).
 EXTENTS = ("proposal", "localization")
+# The CAS whose thresholded runs are the ranked proposals: "average" C_a (4.7)
+# or "classification" C_cls (jaxseg.proposals.generate_proposals).
+PROPOSAL_CAS = ("average", "classification")
+# With inference.extent_fallback, a detection whose grown segment is suppressed
+# keeps its own segment with its score lowered by this: more than the spread of
+# detection scores (contrasts and class scores are CAS values), so these rank
+# after every detection that kept its grown segment.
+EXTENT_FALLBACK_OFFSET = 1000.0
 CLASS_SCORES = ("s_a", "p_a")
 PROTOCOLS = ("activitynet", "wtalc")
 # data.train_subset / data.test_subset = SUBSET_AUTO: the first (train, test)
@@ -236,7 +244,11 @@ def base_config() -> ml_collections.ConfigDict:
   i.class_threshold = 0.0  # keep classes whose s_a exceeds this (paper 4.7)
   i.class_top_ratio = 0.2  # and p_a >= this * max p_a (0: off)
   i.keep_top_class = True  # always keep the top class (jaxseg); False: the paper's rule only
-  i.cas_thresholds = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)  # on min-max normalised C_a
+  i.cas_thresholds = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)  # on the min-max normalised CAS
+  # The CAS the ranked proposals are cut from: "average" (C_a, 4.7) or
+  # "classification" (C_cls). The containers of extent = "localization" are
+  # always cut from C_a.
+  i.proposal_cas = "classification"
   i.contrast_on = "raw"  # outer-inner contrast on the "raw" CAS or its per-class "normalized" form
   # The CAS of that contrast: (1 - w) C_cls + w C_loc (0.5: C_a, the CAS the
   # proposals are cut from; 4.7 prints no proposal score). 0: detections are
@@ -246,6 +258,10 @@ def base_config() -> ml_collections.ConfigDict:
   # it with the best contrast on C_loc, and keeps its score; "proposal": its own.
   # "localization" needs a trained C_loc (a localization loss on).
   i.extent = "localization"
+  # With "localization": a detection whose grown segment NMS suppresses falls
+  # back to its own segment (unless that overlaps a kept one), ranked after the
+  # others (config.EXTENT_FALLBACK_OFFSET); False drops it.
+  i.extent_fallback = True
   i.class_score = "s_a"  # the video score added to a proposal's: "s_a" (eq. 2, 4.7) or "p_a" (eq. 3)
   i.outer_scale = 0.25  # outer region = this fraction of the proposal on each side
   i.class_score_weight = 1.0  # proposal score = inner-outer + w * class score
@@ -309,6 +325,7 @@ PAPER_AS_PRINTED = (
     ("inference.contrast_on", "raw"),  # 4.7 prints no score: the contrast on raw C_a,
     ("inference.contrast_loc_weight", 0.5),  # the CAS the proposals are cut from
     ("inference.extent", "proposal"),  # 4.7: a proposal is a run of C_a above a threshold
+    ("inference.proposal_cas", "average"),
     ("inference.class_score", "s_a"),  # 4.7: + s_a
     ("inference.class_top_ratio", 0.0),  # 4.7: only s_a > 0 keeps a class
     ("inference.keep_top_class", False),
@@ -335,6 +352,8 @@ ADDED_FIELDS = (
     ("loss.loc_classification_topk_ratio", 0.0),
     ("inference.contrast_loc_weight", 0.5),  # the contrast on C_a
     ("inference.extent", "proposal"),  # each proposal's own segment
+    ("inference.proposal_cas", "average"),  # proposals cut from C_a
+    ("inference.extent_fallback", False),
 )
 
 

@@ -10,11 +10,14 @@ The pipeline for one batch of padded videos:
    of ``s_a`` over classes (eq. 3). Jitted: :func:`video_scores`.
 3. On the host, per video (:func:`jaxseg.proposals.generate_proposals`): keep the classes whose
    ``s_a`` exceeds ``config.inference.class_threshold`` (0 in the paper), always
-   the top-1; threshold the min-max normalised ``C_a`` of each kept class at
-   every value of ``config.inference.cas_thresholds`` (as BaSNet/LACP do); every
-   run of consecutive segments above a threshold is a proposal, scored by the
-   outer-inner contrast of ``C_a`` (AutoLoc/BaSNet) plus a weighted class score;
-   class-wise greedy NMS (:func:`jaxseg.proposals.temporal_nms`) removes duplicates.
+   the top-1; threshold the min-max normalised CAS of each kept class (``C_a``
+   in the paper, ``config.inference.proposal_cas``) at every value of
+   ``config.inference.cas_thresholds`` (as BaSNet/LACP do); every run of
+   consecutive segments above a threshold is a proposal, scored by an
+   outer-inner contrast (AutoLoc/BaSNet) plus a weighted class score;
+   class-wise greedy NMS (:func:`jaxseg.proposals.temporal_nms`) removes
+   duplicates; with ``config.inference.extent = "localization"`` each kept
+   proposal may grow to a container that fits ``C_loc`` better.
 4. :func:`predict` runs a model over eval batches and returns detections in the
    ActivityNet result format; :func:`write_detections` writes them to JSON.
 """
@@ -101,8 +104,8 @@ def video_scores(cas_cls: jax.Array, cas_loc: jax.Array, mask: jax.Array,
   Returns:
     ``{"cas_a": (B, T, N) float32`` ``C_a = (C_cls + C_loc) / 2``, zero on
     padding; ``"cas_contrast": (B, T, N) float32`` ``(1 - w) C_cls + w C_loc``,
-    zero on padding; ``"cas_loc": (B, T, N) float32`` ``C_loc``, zero on
-    padding; ``"s_a": (B, N) float32`` top-k mean of ``C_a`` (eq. 2), 0
+    zero on padding; ``"cas_cls"``, ``"cas_loc": (B, T, N) float32``
+    ``C_cls`` and ``C_loc``, zero on padding; ``"s_a": (B, N) float32`` top-k mean of ``C_a`` (eq. 2), 0
     for a row without real segments; ``"p_a": (B, N) float32`` softmax of
     ``s_a`` over classes (eq. 3), uniform for such a row``}``.
   """
@@ -123,6 +126,7 @@ def video_scores(cas_cls: jax.Array, cas_loc: jax.Array, mask: jax.Array,
     raise ValueError(f"score_source: expected one of {SCORE_SOURCES}, got {score_source!r}")
   p_a = jax.nn.softmax(s_a, axis=-1)
   return {"cas_a": cas_a, "cas_contrast": cas_contrast,
+          "cas_cls": jnp.where(mask[..., None], cas_cls, 0.0),
           "cas_loc": jnp.where(mask[..., None], cas_loc, 0.0), "s_a": s_a, "p_a": p_a}
 
 
@@ -214,7 +218,7 @@ def predict(apply_fn: Callable[..., Mapping[str, Any]], variables: Any,
       n = int(min(lengths[i], num_t))
       dets = generate_proposals(
           scores["cas_a"][i, :n], scores["s_a"][i], scores["p_a"][i],
-          cas_contrast=scores["cas_contrast"][i, :n], cas_extent=scores["cas_loc"][i, :n],
+          cas_cls=scores["cas_cls"][i, :n], cas_contrast=scores["cas_contrast"][i, :n], cas_extent=scores["cas_loc"][i, :n],
           feature_rate=float(video.feature_rate), duration=float(video.duration),
           config=config_inference, video_id=vid)
       results[vid] = [{"label": class_names[d["label"]], "score": d["score"],

@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from jaxseg.config import CLASS_SCORES, CONTRAST_ON, EXTENTS, require
+from jaxseg.config import (CLASS_SCORES, CONTRAST_ON, EXTENT_FALLBACK_OFFSET, EXTENTS,
+                           PROPOSAL_CAS, require)
 
 
 # ------------------------------------------------------------------------ NMS
@@ -135,28 +136,30 @@ def _oic_scores(cas: np.ndarray, t0: np.ndarray, t1: np.ndarray,
   return inner - outer
 
 
-def _best_container(t0: np.ndarray, t1: np.ndarray, fit: np.ndarray,
-                keep: np.ndarray) -> np.ndarray:
-  """For each kept proposal, the proposal of best ``fit`` that contains it.
+def _best_container(q0: np.ndarray, q1: np.ndarray, q_fit: np.ndarray,
+                    c0: np.ndarray, c1: np.ndarray, c_fit: np.ndarray) -> np.ndarray:
+  """For each query proposal, the container proposal of best ``fit`` holding it.
 
   Args:
-    t0, t1: ``(P,) int`` bounds of one class's proposals.
-    fit: ``(P,) float`` their contrast on the extent CAS.
-    keep: ``(K,) int`` indices of the kept proposals.
+    q0, q1: ``(K,) int`` bounds of the queries (the kept proposals).
+    q_fit: ``(K,) float`` their own contrast on the extent CAS.
+    c0, c1: ``(P,) int`` bounds of the candidate containers (of one class).
+    c_fit: ``(P,) float`` their contrast on the extent CAS.
 
   Returns:
-    ``(K,) int`` for each kept ``i``, the ``j`` with ``t0[j] <= t0[i]``,
-    ``t1[j] >= t1[i]`` and the largest ``fit[j]``; ``i`` itself unless some
-    container fits strictly better (the first such ``j`` on ties).
+    ``(K,) int``: for query ``i``, the ``j`` with ``c0[j] <= q0[i]``,
+    ``c1[j] >= q1[i]`` and the largest ``c_fit[j]`` (the first on ties) when
+    that fit is strictly above ``q_fit[i]``; ``-1`` (keep its own segment)
+    otherwise.
   """
-  keep = np.asarray(keep, np.int64)
-  if keep.size == 0:
-    return keep
-  inside = (t0[None, :] <= t0[keep, None]) & (t1[None, :] >= t1[keep, None])  # (K, P)
-  floor = fit.min() - 1.0
-  best = np.argmax(np.where(inside, fit[None, :], floor), axis=1)
-  better = fit[best] > fit[keep]
-  return np.where(better, best, keep)
+  if q0.size == 0 or c0.size == 0:
+    return np.full(q0.shape, -1, np.int64)
+  inside = (c0[None, :] <= q0[:, None]) & (c1[None, :] >= q1[:, None])  # (K, P)
+  floor = min(c_fit.min(), q_fit.min()) - 1.0
+  masked = np.where(inside, c_fit[None, :], floor)
+  best = np.argmax(masked, axis=1)
+  better = masked[np.arange(q0.size), best] > q_fit
+  return np.where(better, best, -1).astype(np.int64)
 
 
 def _minmax_rows(x: np.ndarray) -> np.ndarray:
@@ -166,6 +169,58 @@ def _minmax_rows(x: np.ndarray) -> np.ndarray:
   return np.divide(x - lo, span, out=np.ones_like(x), where=span > 0)
 
 
+def _class_runs(cas: np.ndarray, thresholds: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+  """Proposals of each class: runs of its min-max normalised CAS above each threshold.
+
+  Args:
+    cas: ``(T, C) float`` the CAS of the kept classes.
+    thresholds: ``(L,) float``.
+
+  Returns:
+    ``C`` pairs ``(t0, t1)`` of ``(P_c,) int64``: run ``[t0, t1)``, by
+    threshold, then time.
+  """
+  num_t, num_c = cas.shape
+  norm = _minmax_rows(cas.astype(np.float64).T)  # (C, T)
+  above = norm[:, None, :] > thresholds[None, :, None]  # (C, L, T)
+  row, t0, t1 = _runs(above.reshape(-1, num_t))
+  pos = row // thresholds.size
+  return [(t0[pos == p], t1[pos == p]) for p in range(num_c)]
+
+
+def _seconds(t0: np.ndarray, t1: np.ndarray, rate: float, duration: float) -> np.ndarray:
+  """``(P, 2) float64`` segments ``[t0, t1)`` in seconds, clipped to ``duration``."""
+  return np.stack([np.minimum(t0 / rate, duration), np.minimum(t1 / rate, duration)], axis=1)
+
+
+def _fall_back(segs: np.ndarray, scores: np.ndarray, keep: np.ndarray, own: np.ndarray,
+               iou_threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Detections whose grown segment NMS suppressed fall back to their own.
+
+  Visits the kept detections first, then the suppressed ones by decreasing
+  score, each with its own segment, and keeps a visited one unless its IoU with
+  a kept segment is above ``iou_threshold`` (greedy NMS over both tiers).
+
+  Args:
+    segs: ``(K, 2)`` grown segments; ``scores``: ``(K,)`` their scores.
+    keep: ``(M,) int`` indices NMS kept, by decreasing score.
+    own: ``(K, 2)`` each detection's own segment.
+    iou_threshold: the NMS threshold.
+
+  Returns:
+    ``(segs, scores, keep)`` over the ``M`` kept and the suppressed ones
+    (own segments, scores lowered by ``EXTENT_FALLBACK_OFFSET``).
+  """
+  lost = np.setdiff1d(np.arange(scores.size), keep)
+  if lost.size == 0:
+    return segs, scores, keep
+  all_segs = np.concatenate([segs[keep], own[lost]])
+  all_scores = np.concatenate([scores[keep], scores[lost] - EXTENT_FALLBACK_OFFSET])
+  # Visit order: the kept tier first (any order: they do not overlap), then the rest.
+  tier = np.concatenate([np.ones(keep.size), scores[lost] - scores[lost].max() - 1.0])
+  return all_segs, all_scores, temporal_nms(all_segs, tier, iou_threshold)
+
+
 def _field(config: Any, name: str) -> Any:
   """``config.inference.<name>``; a missing field raises ``ConfigError`` naming it."""
   return require(config, name, where="config.inference")
@@ -173,6 +228,7 @@ def _field(config: Any, name: str) -> Any:
 
 def generate_proposals(cas_a: np.ndarray, s_a: np.ndarray, p_a: np.ndarray, *,
                        feature_rate: float, duration: float, config: Any,
+                       cas_cls: np.ndarray | None = None,
                        cas_contrast: np.ndarray | None = None,
                        cas_extent: np.ndarray | None = None,
                        video_id: str = "?") -> list[dict]:
@@ -180,12 +236,14 @@ def generate_proposals(cas_a: np.ndarray, s_a: np.ndarray, p_a: np.ndarray, *,
 
   1. Classes: :func:`select_classes` with ``config.class_threshold`` and
      ``config.class_top_ratio`` (the top-1 class kept if ``config.keep_top_class``).
-  2. For each kept class ``c``, ``C_a[:, c]`` is min-max normalised over time
-     (a constant sequence normalises to 1, i.e. the whole video) and
-     thresholded (``>``) at each value of ``config.cas_thresholds``; each run of
-     consecutive segments ``[t0, t1)`` above a threshold is a proposal
-     ``[min(t0 / rate, duration), min(t1 / rate, duration)]`` seconds
-     (proposals that clip to zero length are dropped).
+  2. For each kept class ``c``, the CAS of ``config.proposal_cas``
+     (``"average"``: ``C_a[:, c]``; ``"classification"``: ``cas_cls[:, c]``) is
+     min-max normalised over time (a constant sequence normalises to 1, i.e.
+     the whole video) and thresholded (``>``) at each value of
+     ``config.cas_thresholds``; each run of consecutive segments ``[t0, t1)``
+     above a threshold is a proposal ``[min(t0 / rate, duration), min(t1 /
+     rate, duration)]`` seconds (proposals that clip to zero length are
+     dropped).
   3. Score: ``mean(X[t0:t1, c]) - mean(X[outer, c]) + w * s_a[c]`` with the
      outer region ``ceil(config.outer_scale * (t1 - t0))`` segments on each side,
      clipped to the video (empty: outer mean 0), and
@@ -195,14 +253,21 @@ def generate_proposals(cas_a: np.ndarray, s_a: np.ndarray, p_a: np.ndarray, *,
   4. Class-wise :func:`temporal_nms` at ``config.nms_iou`` on the segments in
      seconds.
   5. With ``config.extent = "localization"``, each kept proposal takes the
-     segment of the proposal of its class that contains it and has the best
-     outer-inner contrast on ``cas_extent`` (``C_loc``), when one is strictly
-     better than its own, and keeps its score; NMS runs again on the new
-     segments. ``"proposal"`` skips this step.
+     segment of the container of its class that contains it and has the best
+     outer-inner contrast on ``cas_extent`` (``C_loc``), when that contrast is
+     strictly above the proposal's own, and keeps its score; NMS runs again on
+     the new segments. The containers are the runs of step 2 cut from ``C_a``
+     (the proposals themselves when ``config.proposal_cas = "average"``).
+     With ``config.extent_fallback``, a proposal whose new segment this NMS
+     suppresses keeps its own segment instead, unless that overlaps a kept one
+     (the same NMS), with its score lowered by ``EXTENT_FALLBACK_OFFSET`` so
+     that it ranks after the others. ``"proposal"`` skips this step.
   6. The ``config.max_proposals_per_video`` best overall.
 
   Args:
     cas_a: ``(T, N) float`` final CAS of ONE video, cut to its ``T`` segments.
+    cas_cls: ``(T, N) float`` ``C_cls``, needed with
+      ``config.proposal_cas = "classification"``.
     cas_contrast: ``(T, N) float`` the CAS the contrast is taken on
       (:func:`jaxseg.inference.video_scores` gives ``(1 - w) C_cls + w C_loc``
       for ``w = config.contrast_loc_weight``); None takes it on ``cas_a``.
@@ -241,14 +306,24 @@ def generate_proposals(cas_a: np.ndarray, s_a: np.ndarray, p_a: np.ndarray, *,
   extent = str(_field(config, "extent"))
   if extent not in EXTENTS:
     raise ValueError(f"inference config: extent must be one of {EXTENTS}, got {extent!r}")
+  fallback = extent == "localization" and bool(_field(config, "extent_fallback"))
+  proposal_cas = str(_field(config, "proposal_cas"))
+  if proposal_cas not in PROPOSAL_CAS:
+    raise ValueError(f"inference config: proposal_cas must be one of {PROPOSAL_CAS}, "
+                     f"got {proposal_cas!r}")
   cas_contrast = cas_a if cas_contrast is None else np.asarray(cas_contrast)
   if extent == "localization" and cas_extent is None:
     raise ValueError(f"{where}: inference.extent = 'localization' needs cas_extent (C_loc)")
   cas_extent = cas_a if cas_extent is None else np.asarray(cas_extent)
-  for name, x in (("cas_contrast", cas_contrast), ("cas_extent", cas_extent)):
+  if proposal_cas == "classification" and cas_cls is None:
+    raise ValueError(f"{where}: inference.proposal_cas = 'classification' needs cas_cls")
+  cas_cut = cas_a if proposal_cas == "average" else np.asarray(cas_cls)
+  for name, x in (("cas_contrast", cas_contrast), ("cas_extent", cas_extent),
+                  ("cas_cls", cas_cut)):
     if x.shape != cas_a.shape:
       raise ValueError(f"{where}: {name} has shape {x.shape}, cas_a {cas_a.shape}")
-  if not all(np.all(np.isfinite(x)) for x in (cas_a, s_a, cas_contrast, cas_extent)):
+  if not all(np.all(np.isfinite(x))
+             for x in (cas_a, s_a, cas_contrast, cas_extent, cas_cut)):
     raise ValueError(f"{where}: the CAS or class scores are not finite")
   if num_t == 0 or num_classes == 0:
     return []
@@ -275,35 +350,41 @@ def generate_proposals(cas_a: np.ndarray, s_a: np.ndarray, p_a: np.ndarray, *,
                            keep_top_class=bool(_field(config, "keep_top_class")))
   if classes.size == 0:
     return []
-  norm = _minmax_rows(cas_a[:, classes].astype(np.float64).T)  # (C, T)
-  contrast_cas = cas_contrast[:, classes].astype(np.float64).T
+  contrast_cas = cas_contrast[:, classes].astype(np.float64).T  # (C, T)
   extent_cas = cas_extent[:, classes].astype(np.float64).T if extent == "localization" else None
   if contrast_on == "normalized":
     contrast_cas = _minmax_rows(contrast_cas)
     if extent_cas is not None:
       extent_cas = _minmax_rows(extent_cas)
-  above = norm[:, None, :] > thresholds[None, :, None]  # (C, L, T)
-  row, t0, t1 = _runs(above.reshape(-1, num_t))
-  cls_pos = row // thresholds.size  # position in `classes`
+  runs = _class_runs(cas_cut[:, classes], thresholds)
+  # The containers of the extent step: the proposals themselves, or C_a's.
+  containers = runs if proposal_cas == "average" or extent != "localization" else (
+      _class_runs(cas_a[:, classes], thresholds))
 
   detections = []
   for pos, c in enumerate(classes):
-    sel = cls_pos == pos
-    if not np.any(sel):
+    a, b = runs[pos]
+    if a.size == 0:
       continue
-    a, b = t0[sel], t1[sel]
     scores = _oic_scores(contrast_cas[pos], a, b, outer_scale) + weight * video_score[c]
-    start = np.minimum(a / feature_rate, duration)
-    end = np.minimum(b / feature_rate, duration)
-    valid = end > start
-    segs = np.stack([start, end], axis=1)[valid]
-    scores = scores[valid]
+    segs = _seconds(a, b, feature_rate, duration)
+    valid = segs[:, 1] > segs[:, 0]
+    a, b, segs, scores = a[valid], b[valid], segs[valid], scores[valid]
     keep = temporal_nms(segs, scores, nms_iou)
     if extent == "localization":
-      fit = _oic_scores(extent_cas[pos], a[valid], b[valid], outer_scale)
-      segs = segs[_best_container(a[valid], b[valid], fit, keep)]
-      scores = scores[keep]
+      ca, cb = containers[pos]
+      c_segs = _seconds(ca, cb, feature_rate, duration)
+      c_valid = c_segs[:, 1] > c_segs[:, 0]
+      ca, cb, c_segs = ca[c_valid], cb[c_valid], c_segs[c_valid]
+      pick = _best_container(a[keep], b[keep],
+                             _oic_scores(extent_cas[pos], a[keep], b[keep], outer_scale),
+                             ca, cb, _oic_scores(extent_cas[pos], ca, cb, outer_scale))
+      own, segs, scores = segs[keep], segs[keep].copy(), scores[keep]
+      moved = pick >= 0
+      segs[moved] = c_segs[pick[moved]]
       keep = temporal_nms(segs, scores, nms_iou)
+      if fallback:
+        segs, scores, keep = _fall_back(segs, scores, keep, own, nms_iou)
     for i in keep:
       detections.append((float(scores[i]), int(c), float(segs[i, 0]), float(segs[i, 1])))
   detections.sort(key=lambda d: -d[0])  # stable: ties keep class order

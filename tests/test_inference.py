@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from jaxseg import inference, proposals
+from jaxseg.config import EXTENT_FALLBACK_OFFSET
 from jaxseg.data.video import DataError, Video
 
 
@@ -22,7 +23,7 @@ def make_config(**overrides) -> ml_collections.ConfigDict:
       outer_scale=0.25, class_score_weight=0.2, nms_iou=0.6,
       max_proposals_per_video=100, contrast_on="raw", class_score="s_a",
       score_source="average", keep_top_class=True, contrast_loc_weight=0.5,
-      extent="proposal"))
+      extent="proposal", proposal_cas="average", extent_fallback=False))
   c.update(overrides)
   return c
 
@@ -67,15 +68,41 @@ def ref_contrast(x, t, u, outer_scale):
   return sum(x[t:u]) / (u - t) - (sum(outer) / len(outer) if outer else 0.0)
 
 
-def ref_proposals(cas, s, p, rate, duration, cfg, contrast=None, extent=None):
+def ref_runs(column, thresholds, rate, duration):
+  """Runs ``(t, u, start, end)`` of one min-max normalised CAS column above
+  each threshold (by threshold, then time), zero-length ones dropped."""
+  x = [float(v) for v in column]
+  lo, hi = min(x), max(x)
+  norm = [(v - lo) / (hi - lo) if hi > lo else 1.0 for v in x]
+  out = []
+  for th in thresholds:
+    t = 0
+    while t < len(x):
+      if norm[t] <= th:
+        t += 1
+        continue
+      u = t
+      while u < len(x) and norm[u] > th:
+        u += 1
+      start, end = min(t / rate, duration), min(u / rate, duration)
+      if end > start:
+        out.append((t, u, start, end))
+      t = u
+  return out
+
+
+def ref_proposals(cas, s, p, rate, duration, cfg, contrast=None, extent=None, cls=None):
   """Paper 4.7 proposals with plain Python loops over segments.
 
   ``contrast``: the CAS of the outer-inner contrast (``cas`` when None), raw or
   min-max normalised per class as ``cfg.contrast_on`` says. ``extent``: with
   ``cfg.extent == "localization"``, the CAS a kept proposal's container is
-  chosen on (the same normalisation).
+  chosen on (the same normalisation); the containers are the runs of ``cas``.
+  ``cls``: the CAS the proposals are cut from when ``cfg.proposal_cas ==
+  "classification"`` (else ``cas``).
   """
   contrast = cas if contrast is None else contrast
+  cut = cls if cfg.get("proposal_cas", "average") == "classification" else cas
   num_t, num_n = cas.shape
   keep = [n for n in range(num_n) if s[n] > cfg.class_threshold
           and (cfg.class_top_ratio <= 0 or p[n] >= cfg.class_top_ratio * max(p))]
@@ -84,9 +111,6 @@ def ref_proposals(cas, s, p, rate, duration, cfg, contrast=None, extent=None):
     keep = sorted(keep + [top])
   dets = []
   for c in keep:
-    x = [float(v) for v in cas[:, c]]
-    lo, hi = min(x), max(x)
-    norm = [(v - lo) / (hi - lo) if hi > lo else 1.0 for v in x]
     def column(a):
       x = [float(v) for v in a[:, c]]
       if cfg.contrast_on == "normalized":
@@ -94,37 +118,36 @@ def ref_proposals(cas, s, p, rate, duration, cfg, contrast=None, extent=None):
         x = [(v - lo) / (hi - lo) if hi > lo else 1.0 for v in x]
       return x
     x = column(contrast)
-    segs, scores, bounds = [], [], []
-    for th in cfg.cas_thresholds:
-      t = 0
-      while t < num_t:
-        if norm[t] <= th:
-          t += 1
-          continue
-        u = t
-        while u < num_t and norm[u] > th:
-          u += 1
-        score = ref_contrast(x, t, u, cfg.outer_scale) + cfg.class_score_weight * s[c]
-        start, end = min(t / rate, duration), min(u / rate, duration)
-        if end > start:
-          segs.append((start, end))
-          scores.append(score)
-          bounds.append((t, u))
-        t = u
+    runs = ref_runs(cut[:, c], cfg.cas_thresholds, rate, duration)
+    segs = [(start, end) for _, _, start, end in runs]
+    scores = [ref_contrast(x, t, u, cfg.outer_scale) + cfg.class_score_weight * s[c]
+              for t, u, _, _ in runs]
     kept = ref_nms(segs, scores, cfg.nms_iou)
+    segs_before, scores_before = segs, scores
     if cfg.get("extent", "proposal") == "localization":
       e = column(extent)
-      fit = [ref_contrast(e, t, u, cfg.outer_scale) for t, u in bounds]
+      containers = ref_runs(cas[:, c], cfg.cas_thresholds, rate, duration)
       grown, grown_scores = [], []
       for i in kept:
-        best = i
-        for j, (t, u) in enumerate(bounds):  # the first of the best containers
-          if t <= bounds[i][0] and u >= bounds[i][1] and fit[j] > fit[best]:
-            best = j
-        grown.append(segs[best])
+        t0, u0 = runs[i][:2]
+        seg, best = segs[i], ref_contrast(e, t0, u0, cfg.outer_scale)
+        for t, u, start, end in containers:  # the first of the best containers
+          fit = ref_contrast(e, t, u, cfg.outer_scale)
+          if t <= t0 and u >= u0 and fit > best:
+            seg, best = (start, end), fit
+        grown.append(seg)
         grown_scores.append(scores[i])
-      segs, scores = grown, grown_scores
-      kept = ref_nms(segs, scores, cfg.nms_iou)
+      survivors = ref_nms(grown, grown_scores, cfg.nms_iou)  # positions in `kept`
+      lost = [i for j, i in enumerate(kept) if j not in survivors]
+      segs = [grown[j] for j in survivors]
+      scores = [grown_scores[j] for j in survivors]
+      kept = list(range(len(segs)))
+      if cfg.get("extent_fallback", False):  # the suppressed keep their own segment
+        for i in sorted(lost, key=lambda i: -scores_before[i]):
+          if all(ref_iou(segs_before[i], segs[j]) <= cfg.nms_iou for j in kept):
+            segs.append(segs_before[i])
+            scores.append(scores_before[i] - EXTENT_FALLBACK_OFFSET)
+            kept.append(len(segs) - 1)
     for i in kept:
       dets.append((scores[i], c, segs[i]))
   dets.sort(key=lambda d: -d[0])
@@ -350,7 +373,7 @@ def test_proposals_extent_from_localization(seed):
   p_a = np.exp(s_a) / np.exp(s_a).sum()
   cfg = make_config(cas_thresholds=(0.2, 0.4, 0.6, 0.8), extent="localization",
                     contrast_on=["raw", "normalized"][seed % 2], nms_iou=[0.3, 0.6][seed // 2],
-                    outer_scale=0.25)
+                    outer_scale=0.25, extent_fallback=seed in (1, 2))
   rate, duration = 1.5, num_t / 1.5
   kw = dict(feature_rate=rate, duration=duration, config=cfg)
   got = proposals.generate_proposals(cas, s_a, p_a, cas_extent=cas_loc, **kw)
@@ -361,8 +384,12 @@ def test_proposals_extent_from_localization(seed):
   own = proposals.generate_proposals(cas, s_a, p_a, **{**kw, "config": make_config(
       **{**cfg.to_dict(), "extent": "proposal"})})
   assert {tuple(d["segment"]) for d in got} != {tuple(d["segment"]) for d in own}
-  # Every detection's segment contains the kept proposal's (same scores).
-  assert set(d["score"] for d in got) <= set(d["score"] for d in own)
+  # Every detection keeps the score of a kept proposal (a fallback's lowered).
+  own_scores = np.array([d["score"] for d in own])
+  fell_back = [d["score"] < -EXTENT_FALLBACK_OFFSET / 2 for d in got]
+  for d, low in zip(got, fell_back):
+    assert np.min(np.abs(own_scores - d["score"] - low * EXTENT_FALLBACK_OFFSET)) < 1e-9
+  assert any(fell_back) == cfg.extent_fallback  # these videos have some
   # A flat C_loc (CL's untrained head) moves nothing.
   flat = proposals.generate_proposals(cas, s_a, p_a, cas_extent=np.zeros_like(cas), **kw)
   assert flat == own
@@ -373,6 +400,75 @@ def test_proposals_extent_from_localization(seed):
   with pytest.raises(ValueError, match="extent"):
     proposals.generate_proposals(cas, s_a, p_a, cas_extent=cas_loc, **{
         **kw, "config": make_config(extent="bogus")})
+
+
+def test_proposals_extent_fallback_hand_built():
+  # Two cores [2, 4) and [8, 10) of C_a; C_loc fits the run [2, 10) around both
+  # better, so both grow to it and the second is suppressed after growing.
+  cas = np.array([0, 0, 5, 5, 1, 1, 1, 1, 4.8, 4.8, 0, 0], np.float32)[:, None]
+  cas_loc = np.array([0, 0, 3, 3, 3, 3, 3, 3, 3, 3, 0, 0], np.float32)[:, None]
+  s_a = p_a = np.array([1.0])
+  kw = dict(feature_rate=1.0, duration=12.0, cas_extent=cas_loc)
+  cfg = make_config(cas_thresholds=(0.1, 0.5), nms_iou=0.3, extent="localization")
+  # Contrasts: [2, 4): 5 - (0 + 1) / 2 = 4.5; [8, 10): 4.8 - (1 + 0) / 2 = 4.3;
+  # [2, 10): 3 - 0, IoU 0.25 with [2, 4) and [8, 10), so not suppressed by them.
+  dropped = proposals.generate_proposals(cas, s_a, p_a, config=cfg, **kw)
+  assert [d["segment"] for d in dropped] == [[2.0, 10.0]]
+  np.testing.assert_allclose([d["score"] for d in dropped], [4.5 + 0.2], atol=1e-6)
+  kept = proposals.generate_proposals(cas, s_a, p_a, **kw, config=make_config(
+      **{**cfg.to_dict(), "extent_fallback": True}))
+  # [8, 10) falls back to its own segment (IoU 0.25 with [2, 10)), ranked last.
+  assert [d["segment"] for d in kept] == [[2.0, 10.0], [8.0, 10.0]]
+  np.testing.assert_allclose([d["score"] for d in kept],
+                             [4.5 + 0.2, 4.3 + 0.2 - EXTENT_FALLBACK_OFFSET], atol=1e-4)
+  # At NMS 0.2 the fallback overlaps the kept [2, 10) too much: dropped as well.
+  strict = proposals.generate_proposals(cas, s_a, p_a, **kw, config=make_config(
+      **{**cfg.to_dict(), "extent_fallback": True, "nms_iou": 0.2}))
+  assert [d["segment"] for d in strict] == [[2.0, 10.0]]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_proposals_cut_from_classification(seed):
+  # Ranked proposals cut from C_cls; with the C_loc extent, containers cut from C_a.
+  rng = np.random.default_rng(200 + seed)
+  num_t, num_n = 48, 3
+  cas = rng.normal(size=(num_t, num_n)).astype(np.float32)
+  cas_cls = (cas + rng.normal(size=(num_t, num_n))).astype(np.float32)
+  cas_loc = np.cumsum(rng.normal(size=(num_t, num_n)), axis=0).astype(np.float32)
+  s_a = rng.normal(size=num_n)
+  p_a = np.exp(s_a) / np.exp(s_a).sum()
+  rate = 2.0
+  duration = [num_t / rate, 0.8 * num_t / rate][seed % 2]  # the last segments clip
+  for extent, fallback in (("proposal", False), ("localization", False),
+                           ("localization", True)):
+    cfg = make_config(cas_thresholds=(0.2, 0.45, 0.7), extent=extent,
+                      proposal_cas="classification", extent_fallback=fallback,
+                      contrast_on=["raw", "normalized"][seed // 2], nms_iou=0.4)
+    kw = dict(feature_rate=rate, duration=duration, config=cfg, cas_contrast=cas_cls)
+    got = proposals.generate_proposals(cas, s_a, p_a, cas_cls=cas_cls, cas_extent=cas_loc,
+                                       **kw)
+    want = ref_proposals(cas.astype(np.float64), s_a, p_a, rate, duration, cfg,
+                         contrast=cas_cls.astype(np.float64),
+                         extent=cas_loc.astype(np.float64), cls=cas_cls.astype(np.float64))
+    assert got
+    assert_same_detections(got, want)
+    on_a = proposals.generate_proposals(cas, s_a, p_a, cas_extent=cas_loc, **{
+        **kw, "config": make_config(**{**cfg.to_dict(), "proposal_cas": "average"})})
+    assert got != on_a
+    # Cut from a C_cls equal to C_a, the proposals are C_a's.
+    same = proposals.generate_proposals(cas, s_a, p_a, cas_cls=cas.copy(), cas_extent=cas_loc,
+                                        **kw)
+    assert same == on_a
+  with pytest.raises(ValueError, match="'v'.*needs cas_cls"):
+    proposals.generate_proposals(cas, s_a, p_a, cas_extent=cas_loc, video_id="v", **kw)
+  with pytest.raises(ValueError, match="cas_cls has shape"):
+    proposals.generate_proposals(cas, s_a, p_a, cas_cls=cas_cls[1:], cas_extent=cas_loc, **kw)
+  with pytest.raises(ValueError, match="not finite"):
+    proposals.generate_proposals(cas, s_a, p_a, cas_cls=np.full_like(cas, np.inf),
+                                 cas_extent=cas_loc, **kw)
+  with pytest.raises(ValueError, match="proposal_cas must be one of"):
+    proposals.generate_proposals(cas, s_a, p_a, cas_cls=cas_cls, cas_extent=cas_loc, **{
+        **kw, "config": make_config(proposal_cas="loc")})
 
 
 def test_proposals_bad_input():
@@ -429,19 +525,21 @@ def predict_setup():
               out=out, batch=batch)
 
 
-def predict_reference(st, vid, cfg, *, contrast=None, extent=None):
+def predict_reference(st, vid, cfg, *, contrast=None, extent=None, loc=lambda x: 0.5 * x + 0.25):
   """Float64 ``(s_a, p_a, detections)`` of one ``predict_setup`` video under
   ``cfg``; ``contrast`` / ``extent``: ``"cls"`` or ``"loc"``, the CAS of the
-  proposal contrast and of the extent step (None: ``C_a`` / none)."""
+  proposal contrast and of the extent step (None: ``C_a`` / none); ``loc``:
+  ``C_loc`` as a function of ``C_cls`` (as the fake model makes it)."""
   w = st["variables"]["w"].astype(np.float64)
   feat = st["feats"][vid]
   n = feat.shape[0]
   cas = {"cls": feat.astype(np.float64) @ w}
-  cas["loc"] = 0.5 * cas["cls"] + 0.25
+  cas["loc"] = loc(cas["cls"])
   s_ref, p_ref = ref_scores(cas["cls"][None], cas["loc"][None], [n], [max(1, n // 4)])
   video = st["videos"][vid]
   want = ref_proposals((cas["cls"] + cas["loc"]) / 2, s_ref[0], p_ref[0], video.feature_rate,
-                       video.duration, cfg, contrast=cas.get(contrast), extent=cas.get(extent))
+                       video.duration, cfg, contrast=cas.get(contrast), extent=cas.get(extent),
+                       cls=cas["cls"])
   return s_ref[0], p_ref[0], want
 
 
@@ -605,6 +703,31 @@ def test_predict_extent_from_localization(predict_setup):
   for vid in st["feats"]:
     assert_predicted(out["results"][vid],
                      predict_reference(st, vid, cfg, contrast="cls", extent="loc")[2])
+
+
+def test_predict_proposals_cut_from_classification(predict_setup):
+  # C_loc not an affine map of C_cls, so that C_a's runs differ from C_cls's.
+  def apply_sq(variables, features, mask):
+    cas = jnp.einsum("btd,dn->btn", features, variables["w"])
+    return {"features": features, "cas_cls": cas, "cas_loc": 0.3 * cas ** 2 - cas}
+
+  st = predict_setup
+  moved = 0
+  for extent in ("proposal", "localization"):
+    cfg = make_config(cas_thresholds=(0.2, 0.5, 0.8), extent=extent, contrast_loc_weight=0.0,
+                      proposal_cas="classification", extent_fallback=True)
+    out = inference.predict(apply_sq, st["variables"], st["batches"], videos=st["videos"],
+                            class_names=CLASS_NAMES, config_inference=cfg, topk_ratio=4.0)
+    on_a = inference.predict(apply_sq, st["variables"], st["batches"], videos=st["videos"],
+                             class_names=CLASS_NAMES, topk_ratio=4.0,
+                             config_inference=make_config(**{**cfg.to_dict(),
+                                                             "proposal_cas": "average"}))
+    for vid in st["feats"]:
+      assert_predicted(out["results"][vid], predict_reference(
+          st, vid, cfg, contrast="cls", extent="loc" if extent == "localization" else None,
+          loc=lambda x: 0.3 * x ** 2 - x)[2])
+      moved += out["results"][vid] != on_a["results"][vid]
+  assert moved
 
 
 def test_proposals_normalized_contrast_and_probability_score():

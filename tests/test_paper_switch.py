@@ -110,7 +110,7 @@ def test_without_the_keep_top_class_rule_a_video_may_get_no_detection():
   cas = np.random.default_rng(0).normal(size=(20, 3)).astype(np.float32)
   s_a = np.array([-0.5, -0.1, -0.2])
   p_a = np.exp(s_a) / np.exp(s_a).sum()
-  kw = dict(feature_rate=1.0, duration=20.0, cas_extent=cas[::-1].copy())
+  kw = dict(feature_rate=1.0, duration=20.0, cas_extent=cas[::-1].copy(), cas_cls=cas + 0.1)
   assert proposals.generate_proposals(cas, s_a, p_a, config=c, **kw)
   c.keep_top_class = False
   assert proposals.generate_proposals(cas, s_a, p_a, config=c, **kw) == []

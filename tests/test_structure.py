@@ -140,13 +140,13 @@ def test_a_loss_config_missing_a_field_fails_naming_it():
 
 
 @pytest.mark.parametrize("field", ["contrast_on", "class_score", "nms_iou", "cas_thresholds",
-                                   "extent"])
+                                   "extent", "proposal_cas", "extent_fallback"])
 def test_an_inference_config_missing_a_field_fails_naming_it(field):
   c = config_lib.base_config().inference
   cas = np.random.default_rng(0).normal(size=(10, 3)).astype(np.float32)
   s_a = np.array([0.5, 0.1, -0.2])
   p_a = np.exp(s_a) / np.exp(s_a).sum()
-  kw = dict(feature_rate=1.0, duration=10.0, cas_extent=cas[::-1].copy())
+  kw = dict(feature_rate=1.0, duration=10.0, cas_extent=cas[::-1].copy(), cas_cls=cas + 0.1)
   proposals.generate_proposals(cas, s_a, p_a, config=c, **kw)
   del c[field]
   with pytest.raises(config_lib.ConfigError, match=f"config.inference.{field}: missing"):
@@ -251,13 +251,22 @@ def test_a_run_from_before_an_added_field_is_read_with_its_earlier_behaviour(tmp
   (tmp_path / "config.json").write_text(json.dumps(old))
   diff = workdir_lib.config_diff(c, str(tmp_path))
   assert diff == ["inference.contrast_loc_weight: 0.5 -> 0.0",
-                  "inference.extent: 'proposal' -> 'localization'"]
+                  "inference.extent: 'proposal' -> 'localization'",
+                  "inference.extent_fallback: False -> True",
+                  "inference.proposal_cas: 'average' -> 'classification'"]
   earlier = config_lib.with_overrides(c, **{k: v for k, v in config_lib.ADDED_FIELDS})
   assert workdir_lib.config_diff(earlier, str(tmp_path)) == []
   run = predict.run_config(str(tmp_path))
   assert run.inference.contrast_loc_weight == 0.5 and run.inference.extent == "proposal"
+  assert run.inference.proposal_cas == "average" and run.inference.extent_fallback is False
   assert run.loss.loc_classification_weight == 0.0
   # A field the run has is never replaced.
   old["inference"]["extent"] = "localization"
   (tmp_path / "config.json").write_text(json.dumps(old))
   assert predict.run_config(str(tmp_path)).inference.extent == "localization"
+  # A run with the C_loc extent but made before proposals were cut from C_cls.
+  old["inference"]["contrast_loc_weight"] = 0.0
+  (tmp_path / "config.json").write_text(json.dumps(old))
+  assert workdir_lib.config_diff(c, str(tmp_path)) == [
+      "inference.extent_fallback: False -> True",
+      "inference.proposal_cas: 'average' -> 'classification'"]
