@@ -1,6 +1,7 @@
 """Proposals of one video (paper 4.7, step 3 of :mod:`jaxseg.inference`): class
-selection, thresholded runs of the CAS, their outer-inner contrast scores and
-class-wise temporal NMS. Host-side NumPy, per video."""
+selection, thresholded runs of the CAS, their outer-inner contrast scores,
+class-wise temporal NMS and each detection's extent from ``C_loc``. Host-side
+NumPy, per video."""
 
 from __future__ import annotations
 
