@@ -32,8 +32,8 @@ CROP_MODES = ("uniform", "crop")
 DEVICE_DATA_MODES = ("auto", "on", "off")
 SCORE_SOURCES = ("average", "classification")
 CONTRAST_ON = ("raw", "normalized")
-# Where a detection's segment comes from: its own proposal, or the proposal of
-# best C_loc contrast that contains it (jaxseg.proposals.generate_proposals).
+# Where a detection's segment comes from: its own proposal, or the run of C_a
+# of best C_loc contrast that contains it (jaxseg.proposals.generate_proposals).
 EXTENTS = ("proposal", "localization")
 # The CAS whose thresholded runs are the ranked proposals: "average" C_a (4.7)
 # or "classification" C_cls (jaxseg.proposals.generate_proposals).
@@ -250,12 +250,13 @@ def base_config() -> ml_collections.ConfigDict:
   # always cut from C_a.
   i.proposal_cas = "classification"
   i.contrast_on = "raw"  # outer-inner contrast on the "raw" CAS or its per-class "normalized" form
-  # The CAS of that contrast: (1 - w) C_cls + w C_loc (0.5: C_a, the CAS the
-  # proposals are cut from; 4.7 prints no proposal score). 0: detections are
-  # ranked by the classification module's evidence (docs/paper-notes.md, round 6).
+  # The CAS of that contrast: (1 - w) C_cls + w C_loc (0.5: C_a; 4.7 prints no
+  # proposal score). 0: detections are ranked by the classification module's
+  # evidence (docs/paper-notes.md, round 6).
   i.contrast_loc_weight = 0.0
-  # "localization": a kept proposal takes the extent of the proposal containing
-  # it with the best contrast on C_loc, and keeps its score; "proposal": its own.
+  # "localization": a kept proposal takes the extent of the run of C_a containing
+  # it with the best contrast on C_loc (if better than its own), and keeps its
+  # score; "proposal": its own.
   # "localization" needs a trained C_loc (a localization loss on).
   i.extent = "localization"
   # With "localization": a detection whose grown segment NMS suppresses falls
@@ -325,7 +326,7 @@ PAPER_AS_PRINTED = (
     ("inference.contrast_on", "raw"),  # 4.7 prints no score: the contrast on raw C_a,
     ("inference.contrast_loc_weight", 0.5),  # the CAS the proposals are cut from
     ("inference.extent", "proposal"),  # 4.7: a proposal is a run of C_a above a threshold
-    ("inference.proposal_cas", "average"),
+    ("inference.proposal_cas", "average"),  # 4.7: proposals cut from C_a
     ("inference.class_score", "s_a"),  # 4.7: + s_a
     ("inference.class_top_ratio", 0.0),  # 4.7: only s_a > 0 keeps a class
     ("inference.keep_top_class", False),

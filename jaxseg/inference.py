@@ -105,9 +105,10 @@ def video_scores(cas_cls: jax.Array, cas_loc: jax.Array, mask: jax.Array,
     ``{"cas_a": (B, T, N) float32`` ``C_a = (C_cls + C_loc) / 2``, zero on
     padding; ``"cas_contrast": (B, T, N) float32`` ``(1 - w) C_cls + w C_loc``,
     zero on padding; ``"cas_cls"``, ``"cas_loc": (B, T, N) float32``
-    ``C_cls`` and ``C_loc``, zero on padding; ``"s_a": (B, N) float32`` top-k mean of ``C_a`` (eq. 2), 0
-    for a row without real segments; ``"p_a": (B, N) float32`` softmax of
-    ``s_a`` over classes (eq. 3), uniform for such a row``}``.
+    ``C_cls`` and ``C_loc``, zero on padding; ``"s_a": (B, N) float32``
+    top-k mean of ``C_a`` (eq. 2), 0 for a row without real segments;
+    ``"p_a": (B, N) float32`` softmax of ``s_a`` over classes (eq. 3),
+    uniform for such a row``}``.
   """
   w = float(contrast_loc_weight)
   if not 0.0 <= w <= 1.0:
@@ -218,7 +219,8 @@ def predict(apply_fn: Callable[..., Mapping[str, Any]], variables: Any,
       n = int(min(lengths[i], num_t))
       dets = generate_proposals(
           scores["cas_a"][i, :n], scores["s_a"][i], scores["p_a"][i],
-          cas_cls=scores["cas_cls"][i, :n], cas_contrast=scores["cas_contrast"][i, :n], cas_extent=scores["cas_loc"][i, :n],
+          cas_cls=scores["cas_cls"][i, :n], cas_contrast=scores["cas_contrast"][i, :n],
+          cas_extent=scores["cas_loc"][i, :n],
           feature_rate=float(video.feature_rate), duration=float(video.duration),
           config=config_inference, video_id=vid)
       results[vid] = [{"label": class_names[d["label"]], "score": d["score"],

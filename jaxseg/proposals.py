@@ -189,9 +189,18 @@ def _class_runs(cas: np.ndarray, thresholds: np.ndarray) -> list[tuple[np.ndarra
   return [(t0[pos == p], t1[pos == p]) for p in range(num_c)]
 
 
-def _seconds(t0: np.ndarray, t1: np.ndarray, rate: float, duration: float) -> np.ndarray:
-  """``(P, 2) float64`` segments ``[t0, t1)`` in seconds, clipped to ``duration``."""
-  return np.stack([np.minimum(t0 / rate, duration), np.minimum(t1 / rate, duration)], axis=1)
+def _in_seconds(t0: np.ndarray, t1: np.ndarray, rate: float,
+                duration: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Runs ``[t0, t1)`` as segments in seconds, clipped to ``duration``.
+
+  Returns:
+    ``(t0, t1, segs)``: the runs that keep a positive length after clipping
+    (those past the annotated duration are dropped), and their ``(P, 2)
+    float64`` segments ``[min(t0 / rate, duration), min(t1 / rate, duration)]``.
+  """
+  segs = np.stack([np.minimum(t0 / rate, duration), np.minimum(t1 / rate, duration)], axis=1)
+  valid = segs[:, 1] > segs[:, 0]
+  return t0[valid], t1[valid], segs[valid]
 
 
 def _fall_back(segs: np.ndarray, scores: np.ndarray, keep: np.ndarray, own: np.ndarray,
@@ -367,16 +376,11 @@ def generate_proposals(cas_a: np.ndarray, s_a: np.ndarray, p_a: np.ndarray, *,
     a, b = runs[pos]
     if a.size == 0:
       continue
+    a, b, segs = _in_seconds(a, b, feature_rate, duration)
     scores = _oic_scores(contrast_cas[pos], a, b, outer_scale) + weight * video_score[c]
-    segs = _seconds(a, b, feature_rate, duration)
-    valid = segs[:, 1] > segs[:, 0]
-    a, b, segs, scores = a[valid], b[valid], segs[valid], scores[valid]
     keep = temporal_nms(segs, scores, nms_iou)
     if extent == "localization":
-      ca, cb = containers[pos]
-      c_segs = _seconds(ca, cb, feature_rate, duration)
-      c_valid = c_segs[:, 1] > c_segs[:, 0]
-      ca, cb, c_segs = ca[c_valid], cb[c_valid], c_segs[c_valid]
+      ca, cb, c_segs = _in_seconds(*containers[pos], feature_rate, duration)
       pick = _best_container(a[keep], b[keep],
                              _oic_scores(extent_cas[pos], a[keep], b[keep], outer_scale),
                              ca, cb, _oic_scores(extent_cas[pos], ca, cb, outer_scale))
