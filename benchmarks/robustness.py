@@ -138,7 +138,8 @@ INFERENCE = {
     "defaults": {},
     "printed": {"score_source": "average", "contrast_on": "raw", "class_score": "s_a",
                 "class_top_ratio": 0.0, "keep_top_class": False,
-                "contrast_loc_weight": 0.5, "extent": "proposal", "proposal_cas": "average"},
+                "contrast_loc_weight": 0.5, "extent": "proposal", "proposal_cas": "average",
+                "outer_outside": "ignored"},
     "raw-contrast": {"contrast_on": "raw"},
     "s_a": {"class_score": "s_a"},
     "raw-contrast+s_a": {"contrast_on": "raw", "class_score": "s_a"},
@@ -160,15 +161,23 @@ INFERENCE = {
     # from C_loc (the defaults of round 6 of docs/paper-notes.md), and the
     # scoring before them.
     "extent-loc": {"extent": "localization", "contrast_loc_weight": 0.0,
-                   "proposal_cas": "average", "extent_fallback": False},
+                   "proposal_cas": "average", "extent_fallback": False,
+                   "outer_outside": "ignored"},
     "extent-loc0.5": {"extent": "localization", "contrast_loc_weight": 0.5,
-                      "proposal_cas": "average", "extent_fallback": False},
+                      "proposal_cas": "average", "extent_fallback": False,
+                      "outer_outside": "ignored"},
     "own-extent0.5": {"extent": "proposal", "contrast_loc_weight": 0.5,
-                      "proposal_cas": "average"},
-    # Cut from C_cls (the defaults of round 7), without the fallback, and with
-    # each proposal's own segment (CL's scoring).
-    "cut-cls-nofallback": {"proposal_cas": "classification", "extent_fallback": False},
-    "cut-cls-own": {"proposal_cas": "classification", "extent": "proposal"},
+                      "proposal_cas": "average", "outer_outside": "ignored"},
+    # Cut from C_cls (round 7), without the fallback, and with each proposal's
+    # own segment (CL's scoring), all with the outer region's part past the
+    # video's ends left out, as then.
+    "cut-cls": {"proposal_cas": "classification", "outer_outside": "ignored"},
+    "cut-cls-nofallback": {"proposal_cas": "classification", "extent_fallback": False,
+                           "outer_outside": "ignored"},
+    "cut-cls-own": {"proposal_cas": "classification", "extent": "proposal",
+                    "outer_outside": "ignored"},
+    # Round 8's defaults with each proposal's own segment.
+    "own-extent": {"extent": "proposal"},
 }
 
 

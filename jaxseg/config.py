@@ -43,6 +43,10 @@ PROPOSAL_CAS = ("average", "classification")
 # detection scores (contrasts and class scores are CAS values), so these rank
 # after every detection that kept its grown segment.
 EXTENT_FALLBACK_OFFSET = 1000.0
+# How the outer-inner contrast of a proposal near a video's end treats the part
+# of its outer region past the end: "ignored" (the outer mean over the part
+# inside) or "neutral" (it counts as the inner mean: no contrast either way).
+OUTER_OUTSIDE = ("ignored", "neutral")
 CLASS_SCORES = ("s_a", "p_a")
 PROTOCOLS = ("activitynet", "wtalc")
 # data.train_subset / data.test_subset = SUBSET_AUTO: the first (train, test)
@@ -265,6 +269,11 @@ def base_config() -> ml_collections.ConfigDict:
   i.extent_fallback = True
   i.class_score = "s_a"  # the video score added to a proposal's: "s_a" (eq. 2, 4.7) or "p_a" (eq. 3)
   i.outer_scale = 0.25  # outer region = this fraction of the proposal on each side
+  # The outer region's part past the video's ends: "neutral" (counts as the
+  # inner mean, so a run reaching an end is not judged on a few outer segments)
+  # or "ignored" (the outer mean over the rest). Chosen on validation across
+  # worlds: docs/paper-notes.md, round 8.
+  i.outer_outside = "neutral"
   i.class_score_weight = 1.0  # proposal score = inner-outer + w * class score
   # Class-wise NMS: drop a proposal whose tIoU with a better one of its class is
   # above this (not printed; chosen on validation across worlds: docs/paper-notes.md).
@@ -355,6 +364,7 @@ ADDED_FIELDS = (
     ("inference.extent", "proposal"),  # each proposal's own segment
     ("inference.proposal_cas", "average"),  # proposals cut from C_a
     ("inference.extent_fallback", False),
+    ("inference.outer_outside", "ignored"),  # the outer mean over its part inside
 )
 
 

@@ -17,7 +17,7 @@ from jaxseg.config import (ConfigError, ABLATION_LOSSES, ABLATION_NON_PSL_CELLS,
                            DEVICE_DATA_MODES, DROPOUT_RNGS, LABEL_MODES,
                            LOCALIZATION_EMBEDDINGS,
                            METRIC_BACKENDS, PROPAGATION_FEATURES, PROPAGATION_METHODS,
-                           PROPOSAL_CAS,
+                           OUTER_OUTSIDE, PROPOSAL_CAS,
                            PROPAGATION_NORMALIZATIONS, PROPAGATION_SIMILARITIES,
                            PROTOCOLS, SCHEDULES, SCORE_SOURCES, SEGMENT_NORMALIZATIONS,
                            SPHERE_CLASSES, SUBSAMPLE_MODES, SUBSET_AUTO, TOPK_COUNTS,
@@ -118,6 +118,7 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1) -> None:
   _choice(c, "inference.contrast_on", CONTRAST_ON)
   _choice(c, "inference.extent", EXTENTS)
   _choice(c, "inference.proposal_cas", PROPOSAL_CAS)
+  _choice(c, "inference.outer_outside", OUTER_OUTSIDE)
   _check(isinstance(i.extent_fallback, bool), "inference.extent_fallback", "must be true or false")
   _check(i.extent != "localization" or trains_localization(c.loss),
          "inference.extent",

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from jaxseg.config import (CLASS_SCORES, CONTRAST_ON, EXTENT_FALLBACK_OFFSET, EXTENTS,
-                           PROPOSAL_CAS, require)
+                           OUTER_OUTSIDE, PROPOSAL_CAS, require)
 
 
 # ------------------------------------------------------------------------ NMS
@@ -106,20 +106,24 @@ def _runs(above: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _oic_scores(cas: np.ndarray, t0: np.ndarray, t1: np.ndarray,
-                outer_scale: float) -> np.ndarray:
-  """Outer-inner contrast of proposals ``[t0, t1)`` on one class's ``C_a``.
+                outer_scale: float, outside: str) -> np.ndarray:
+  """Outer-inner contrast of proposals ``[t0, t1)`` on one class's CAS.
 
-  ``inner = mean(C_a[t0:t1])``; the outer region is ``w = ceil(outer_scale *
-  (t1 - t0))`` segments on each side, clipped to the video;
-  ``outer = mean(C_a[outer])`` (0 when the outer region is empty).
+  ``inner = mean(X[t0:t1])``; the outer region is ``w = ceil(outer_scale *
+  (t1 - t0))`` segments on each side, of which the ``m`` inside the video are
+  ``outer``. ``outside = "ignored"``: ``inner - mean(X[outer])`` (``inner``
+  when ``m = 0``). ``"neutral"``: the ``2w - m`` segments past the video's
+  ends count as ``inner`` (no contrast either way), i.e. ``m / (2w) *
+  (inner - mean(X[outer]))``, 0 when ``m = 0`` (``w = 0``: ``inner``).
 
   Args:
-    cas: ``(T,) float`` raw ``C_a`` of one class.
+    cas: ``(T,) float`` one class's CAS.
     t0, t1: ``(P,) int`` proposal bounds, ``0 <= t0 < t1 <= T``.
     outer_scale: outer width as a fraction of the proposal length.
+    outside: one of ``config.OUTER_OUTSIDE``.
 
   Returns:
-    ``(P,) float64`` ``inner - outer``.
+    ``(P,) float64`` the contrast.
   """
   num_t = cas.shape[0]
   csum = np.concatenate([[0.0], np.cumsum(cas, dtype=np.float64)])
@@ -134,7 +138,11 @@ def _oic_scores(cas: np.ndarray, t0: np.ndarray, t1: np.ndarray,
   outer_cnt = (t0 - o0) + (o1 - t1)
   outer = np.divide(outer_sum, outer_cnt, out=np.zeros_like(outer_sum),
                     where=outer_cnt > 0)
-  return inner - outer
+  if outside == "ignored" or outer_scale == 0:
+    return inner - outer
+  # Past the video's ends the outer region counts as the inner mean.
+  inside = np.divide(outer_cnt, 2 * width, out=np.ones(length.shape), where=width > 0)
+  return np.where(outer_cnt > 0, inside * (inner - outer), 0.0)
 
 
 def _best_container(q0: np.ndarray, q1: np.ndarray, q_fit: np.ndarray,
@@ -255,8 +263,11 @@ def generate_proposals(cas_a: np.ndarray, s_a: np.ndarray, p_a: np.ndarray, *,
      rate, duration)]`` seconds (proposals that clip to zero length are
      dropped).
   3. Score: ``mean(X[t0:t1, c]) - mean(X[outer, c]) + w * s_a[c]`` with the
-     outer region ``ceil(config.outer_scale * (t1 - t0))`` segments on each side,
-     clipped to the video (empty: outer mean 0), and
+     outer region ``ceil(config.outer_scale * (t1 - t0))`` segments on each side;
+     its part past the video's ends is left out (``config.outer_outside =
+     "ignored"``; none left: outer mean 0) or counts as the inner mean
+     (``"neutral"``: the contrast is scaled by the share of the outer region
+     inside the video), and
      ``w = config.class_score_weight`` (AutoLoc/BaSNet outer-inner contrast).
      ``X`` is ``cas_contrast`` (``C_a`` when it is None), raw or min-max
      normalised per class (``config.contrast_on``).
@@ -342,6 +353,10 @@ def generate_proposals(cas_a: np.ndarray, s_a: np.ndarray, p_a: np.ndarray, *,
   if thresholds.size == 0:
     raise ValueError("inference config: cas_thresholds is empty")
   outer_scale = float(_field(config, "outer_scale"))
+  outside = str(_field(config, "outer_outside"))
+  if outside not in OUTER_OUTSIDE:
+    raise ValueError(f"inference config: outer_outside must be one of {OUTER_OUTSIDE}, "
+                     f"got {outside!r}")
   weight = float(_field(config, "class_score_weight"))
   nms_iou = float(_field(config, "nms_iou"))
   max_props = int(_field(config, "max_proposals_per_video"))
@@ -377,13 +392,13 @@ def generate_proposals(cas_a: np.ndarray, s_a: np.ndarray, p_a: np.ndarray, *,
     if a.size == 0:
       continue
     a, b, segs = _in_seconds(a, b, feature_rate, duration)
-    scores = _oic_scores(contrast_cas[pos], a, b, outer_scale) + weight * video_score[c]
+    scores = _oic_scores(contrast_cas[pos], a, b, outer_scale, outside) + weight * video_score[c]
     keep = temporal_nms(segs, scores, nms_iou)
     if extent == "localization":
       ca, cb, c_segs = _in_seconds(*containers[pos], feature_rate, duration)
       pick = _best_container(a[keep], b[keep],
-                             _oic_scores(extent_cas[pos], a[keep], b[keep], outer_scale),
-                             ca, cb, _oic_scores(extent_cas[pos], ca, cb, outer_scale))
+                             _oic_scores(extent_cas[pos], a[keep], b[keep], outer_scale, outside),
+                             ca, cb, _oic_scores(extent_cas[pos], ca, cb, outer_scale, outside))
       own, segs, scores = segs[keep], segs[keep].copy(), scores[keep]
       moved = pick >= 0
       segs[moved] = c_segs[pick[moved]]

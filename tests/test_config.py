@@ -371,6 +371,7 @@ def test_cli_refuses_a_workdir_of_another_config(tmp_path):
     ({"inference.class_score": "q_a"}, "inference.class_score"),
     ({"inference.extent": "Localization"}, "inference.extent"),
     ({"inference.proposal_cas": "C_cls"}, "inference.proposal_cas"),
+    ({"inference.outer_outside": "zero"}, "inference.outer_outside"),
 ])
 def test_validate_rejects_unknown_inference_options(overrides, field):
   _rejects(make_config(**overrides), field)

@@ -23,7 +23,8 @@ def make_config(**overrides) -> ml_collections.ConfigDict:
       outer_scale=0.25, class_score_weight=0.2, nms_iou=0.6,
       max_proposals_per_video=100, contrast_on="raw", class_score="s_a",
       score_source="average", keep_top_class=True, contrast_loc_weight=0.5,
-      extent="proposal", proposal_cas="average", extent_fallback=False))
+      extent="proposal", proposal_cas="average", extent_fallback=False,
+      outer_outside="ignored"))
   c.update(overrides)
   return c
 
@@ -62,10 +63,17 @@ def ref_nms(segments, scores, thr):
   return kept
 
 
-def ref_contrast(x, t, u, outer_scale):
+def ref_contrast(x, t, u, outer_scale, outside="ignored"):
+  """Outer-inner contrast of ``x[t:u]``; ``outside``: the outer region's part
+  past the ends of ``x`` is left out ("ignored") or taken as the inner mean
+  ("neutral")."""
   w = math.ceil(outer_scale * (u - t) - 1e-9)
   outer = x[max(0, t - w):t] + x[u:min(len(x), u + w)]
-  return sum(x[t:u]) / (u - t) - (sum(outer) / len(outer) if outer else 0.0)
+  inner = sum(x[t:u]) / (u - t)
+  if outside == "neutral" and w > 0:
+    padded = outer + [inner] * (2 * w - len(outer))
+    return inner - sum(padded) / len(padded)
+  return inner - (sum(outer) / len(outer) if outer else 0.0)
 
 
 def ref_runs(column, thresholds, rate, duration):
@@ -120,7 +128,8 @@ def ref_proposals(cas, s, p, rate, duration, cfg, contrast=None, extent=None, cl
     x = column(contrast)
     runs = ref_runs(cut[:, c], cfg.cas_thresholds, rate, duration)
     segs = [(start, end) for _, _, start, end in runs]
-    scores = [ref_contrast(x, t, u, cfg.outer_scale) + cfg.class_score_weight * s[c]
+    outside = cfg.get("outer_outside", "ignored")
+    scores = [ref_contrast(x, t, u, cfg.outer_scale, outside) + cfg.class_score_weight * s[c]
               for t, u, _, _ in runs]
     kept = ref_nms(segs, scores, cfg.nms_iou)
     segs_before, scores_before = segs, scores
@@ -130,9 +139,9 @@ def ref_proposals(cas, s, p, rate, duration, cfg, contrast=None, extent=None, cl
       grown, grown_scores = [], []
       for i in kept:
         t0, u0 = runs[i][:2]
-        seg, best = segs[i], ref_contrast(e, t0, u0, cfg.outer_scale)
+        seg, best = segs[i], ref_contrast(e, t0, u0, cfg.outer_scale, outside)
         for t, u, start, end in containers:  # the first of the best containers
-          fit = ref_contrast(e, t, u, cfg.outer_scale)
+          fit = ref_contrast(e, t, u, cfg.outer_scale, outside)
           if t <= t0 and u >= u0 and fit > best:
             seg, best = (start, end), fit
         grown.append(seg)
@@ -324,7 +333,8 @@ def test_proposals_vs_brute_force(seed):
                     class_top_ratio=[0.0, 0.3][seed % 2],
                     class_threshold=[0.0, -0.5][seed % 2],
                     nms_iou=[0.6, 0.3, 0.9][seed % 3],
-                    max_proposals_per_video=[100, 5][seed % 2])
+                    max_proposals_per_video=[100, 5][seed % 2],
+                    outer_outside=["ignored", "neutral"][seed % 2])
   rate, duration = 25 / 16, (num_t - 0.5) * 16 / 25
   got = proposals.generate_proposals(cas, s_a, p_a, feature_rate=rate, duration=duration,
                                      config=cfg)
@@ -373,7 +383,8 @@ def test_proposals_extent_from_localization(seed):
   p_a = np.exp(s_a) / np.exp(s_a).sum()
   cfg = make_config(cas_thresholds=(0.2, 0.4, 0.6, 0.8), extent="localization",
                     contrast_on=["raw", "normalized"][seed % 2], nms_iou=[0.3, 0.6][seed // 2],
-                    outer_scale=0.25, extent_fallback=seed in (1, 2))
+                    outer_scale=0.25, extent_fallback=seed in (1, 2),
+                    outer_outside=["neutral", "ignored"][seed in (1, 2)])
   rate, duration = 1.5, num_t / 1.5
   kw = dict(feature_rate=rate, duration=duration, config=cfg)
   got = proposals.generate_proposals(cas, s_a, p_a, cas_extent=cas_loc, **kw)
@@ -427,6 +438,45 @@ def test_proposals_extent_fallback_hand_built():
   assert [d["segment"] for d in strict] == [[2.0, 10.0]]
 
 
+def test_outer_region_past_the_video_ends_hand_built():
+  # C_loc: three instances, [0, 3), [4, 7), [8, 9), the last segment far below.
+  # C_a's runs: > 0.1 is [0, 9) (everything but the last segment), > 0.6 is
+  # [4, 7); C_cls has one core, [5, 6).
+  cas_a = np.array([0.5, 0.5, 0.5, 0.3, 1, 1, 1, 0.3, 0.5, 0], np.float32)[:, None]
+  cas_loc = np.array([1, 1, 1, 0, 1, 1, 1, 0, 1, -3], np.float32)[:, None]
+  cas_cls = np.zeros((10, 1), np.float32)
+  cas_cls[5] = 1.0
+  s_a = p_a = np.array([1.0])
+  kw = dict(feature_rate=1.0, duration=10.0, cas_cls=cas_cls, cas_contrast=cas_cls,
+            cas_extent=cas_loc)
+  cfg = make_config(cas_thresholds=(0.1, 0.6), nms_iou=0.3, extent="localization",
+                    proposal_cas="classification")
+  # Fits on C_loc: [5, 6): 1 - mean(1, 1) = 0; [4, 7): 1 - mean(0, 0) = 1;
+  # [0, 9): 7/9 - (-3) = 3.78 on one outer segment of w = 3 a side ("ignored"),
+  # 1/6 of that, 0.63, when the other five count as the inner mean ("neutral").
+  ignored = proposals.generate_proposals(cas_a, s_a, p_a, config=cfg, **kw)
+  assert [d["segment"] for d in ignored] == [[0.0, 9.0]]
+  neutral = proposals.generate_proposals(cas_a, s_a, p_a, **kw, config=make_config(
+      **{**cfg.to_dict(), "outer_outside": "neutral"}))
+  assert [d["segment"] for d in neutral] == [[4.0, 7.0]]
+  # The core's score is its contrast on C_cls (all its outer region inside) + 0.2 s_a.
+  assert neutral[0]["score"] == pytest.approx(ignored[0]["score"]) == pytest.approx(1.2)
+  # A run that is the whole video (a constant CAS) has no contrast under
+  # "neutral", its inner mean under "ignored"; with no outer region
+  # (outer_scale 0) both give the inner mean.
+  flat = np.full((3, 1), 3.0, np.float32)
+  for outside, outer_scale, contrast in (("neutral", 0.25, 0.0), ("ignored", 0.25, 3.0),
+                                         ("neutral", 0.0, 3.0), ("ignored", 0.0, 3.0)):
+    dets = proposals.generate_proposals(flat, s_a, p_a, feature_rate=1.0, duration=3.0,
+                                        config=make_config(outer_outside=outside,
+                                                           outer_scale=outer_scale))
+    assert [d["segment"] for d in dets] == [[0.0, 3.0]]
+    assert dets[0]["score"] == pytest.approx(contrast + 0.2)
+  with pytest.raises(ValueError, match="outer_outside must be one of"):
+    proposals.generate_proposals(cas_a, s_a, p_a, **kw, config=make_config(
+        **{**cfg.to_dict(), "outer_outside": "zero"}))
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_proposals_cut_from_classification(seed):
   # Ranked proposals cut from C_cls; with the C_loc extent, containers cut from C_a.
@@ -443,7 +493,8 @@ def test_proposals_cut_from_classification(seed):
                            ("localization", True)):
     cfg = make_config(cas_thresholds=(0.2, 0.45, 0.7), extent=extent,
                       proposal_cas="classification", extent_fallback=fallback,
-                      contrast_on=["raw", "normalized"][seed // 2], nms_iou=0.4)
+                      contrast_on=["raw", "normalized"][seed // 2], nms_iou=0.4,
+                      outer_outside=["ignored", "neutral"][seed % 2])
     kw = dict(feature_rate=rate, duration=duration, config=cfg, cas_contrast=cas_cls)
     got = proposals.generate_proposals(cas, s_a, p_a, cas_cls=cas_cls, cas_extent=cas_loc,
                                        **kw)

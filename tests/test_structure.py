@@ -140,7 +140,8 @@ def test_a_loss_config_missing_a_field_fails_naming_it():
 
 
 @pytest.mark.parametrize("field", ["contrast_on", "class_score", "nms_iou", "cas_thresholds",
-                                   "extent", "proposal_cas", "extent_fallback"])
+                                   "extent", "proposal_cas", "extent_fallback",
+                                   "outer_outside"])
 def test_an_inference_config_missing_a_field_fails_naming_it(field):
   c = config_lib.base_config().inference
   cas = np.random.default_rng(0).normal(size=(10, 3)).astype(np.float32)
@@ -253,12 +254,14 @@ def test_a_run_from_before_an_added_field_is_read_with_its_earlier_behaviour(tmp
   assert diff == ["inference.contrast_loc_weight: 0.5 -> 0.0",
                   "inference.extent: 'proposal' -> 'localization'",
                   "inference.extent_fallback: False -> True",
+                  "inference.outer_outside: 'ignored' -> 'neutral'",
                   "inference.proposal_cas: 'average' -> 'classification'"]
   earlier = config_lib.with_overrides(c, **{k: v for k, v in config_lib.ADDED_FIELDS})
   assert workdir_lib.config_diff(earlier, str(tmp_path)) == []
   run = predict.run_config(str(tmp_path))
   assert run.inference.contrast_loc_weight == 0.5 and run.inference.extent == "proposal"
   assert run.inference.proposal_cas == "average" and run.inference.extent_fallback is False
+  assert run.inference.outer_outside == "ignored"
   assert run.loss.loc_classification_weight == 0.0
   # A field the run has is never replaced.
   old["inference"]["extent"] = "localization"
@@ -269,4 +272,5 @@ def test_a_run_from_before_an_added_field_is_read_with_its_earlier_behaviour(tmp
   (tmp_path / "config.json").write_text(json.dumps(old))
   assert workdir_lib.config_diff(c, str(tmp_path)) == [
       "inference.extent_fallback: False -> True",
+      "inference.outer_outside: 'ignored' -> 'neutral'",
       "inference.proposal_cas: 'average' -> 'classification'"]
