@@ -240,12 +240,14 @@ def world_config(base, world: str, arm: str, seed: int, overrides: dict,
   return c
 
 
-def _run_dir(out: str, world: str, arm: str, seed: int) -> str:
+def run_path(out: str, world: str, arm: str, seed: int) -> str:
+  """The run directory of one (world, arm, seed) under ``out``."""
   return os.path.join(out, "runs", world, arm, f"seed{seed}")
 
 
-def _job_config(base, out: str, data_root: str, world: str, arm: str, seed: int,
-                overrides: dict, quick: bool):
+def job_config(base, out: str, data_root: str, world: str, arm: str, seed: int,
+               overrides: dict, quick: bool):
+  """The config of one run, its world generated under ``data_root`` (or ``out/data``)."""
   c = world_config(base, world, arm, seed, overrides, quick)
   c.data.synthetic.output_dir = os.path.join(data_root or os.path.join(out, "data"), world)
   if c.train.validation_fraction <= 0:
@@ -254,7 +256,7 @@ def _job_config(base, out: str, data_root: str, world: str, arm: str, seed: int,
   return c
 
 
-def _validation_run(c, run_dir: str) -> dict:
+def validation_run(c, run_dir: str) -> dict:
   """Trains ``c`` into ``run_dir`` unless done; its final validation summary."""
   done = os.path.join(run_dir, "validation.json")
   if not os.path.exists(done):
@@ -264,7 +266,8 @@ def _validation_run(c, run_dir: str) -> dict:
     return json.load(f)["final"]
 
 
-def _generate_world(c) -> str:
+def generate_world(c) -> str:
+  """Generates (or finds) the synthetic world of ``c``; its folder."""
   from jaxseg.data import readers  # noqa: PLC0415 (in a worker process)
   readers.load_dataset(c.data)
   return c.data.synthetic.output_dir
@@ -272,7 +275,7 @@ def _generate_world(c) -> str:
 
 def _job(args) -> str:
   c, run_dir, variants = args
-  _validation_run(c, run_dir)
+  validation_run(c, run_dir)
   if variants:
     rescore(c, run_dir, variants)
   return run_dir
@@ -288,7 +291,7 @@ def _run_parallel(jobs: int, configs: dict, runs: list, variants: list) -> None:
   import multiprocessing as mp  # noqa: PLC0415
   os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
   with cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
-    for path in pool.map(_generate_world, configs.values()):
+    for path in pool.map(generate_world, configs.values()):
       print(f"data: {path}", flush=True)
     for run_dir in pool.map(_job, [(c, d, variants) for c, d in runs]):
       print(f"done: {run_dir}", flush=True)
@@ -304,22 +307,22 @@ def run(out: str, *, worlds, arms, seeds: int, quick: bool, split: str,
       raise ValueError(f"robustness: unknown {what}(s) {unknown}; known: {sorted(known)}")
   base = base_config(quick)
   grid = [(w, a, s) for w in worlds for a in arms for s in range(first_seed, seeds)]
-  configs = {key: _job_config(base, out, data_root, *key, overrides, quick) for key in grid}
+  configs = {key: job_config(base, out, data_root, *key, overrides, quick) for key in grid}
   if jobs > 1:
     if split != "validation":
       raise ValueError("--jobs runs the validation family; the test report runs one at a time")
     first = {}
     for (w, _, _), c in configs.items():
       first.setdefault(w, c)
-    _run_parallel(jobs, first, [(configs[k], _run_dir(out, *k)) for k in grid],
+    _run_parallel(jobs, first, [(configs[k], run_path(out, *k)) for k in grid],
                   [v for v in inference if v != "defaults"])
   rows = []
   for (world, arm, seed), c in configs.items():
-    run_dir = _run_dir(out, world, arm, seed)
+    run_dir = run_path(out, world, arm, seed)
     if split == "test":
       summary = train.train_and_evaluate(c, run_dir)["final"]
     else:
-      summary = _validation_run(c, run_dir)
+      summary = validation_run(c, run_dir)
     summaries = {"defaults": summary}
     if split == "validation" and set(inference) - {"defaults"}:
       summaries.update(rescore(c, run_dir, [v for v in inference if v != "defaults"]))

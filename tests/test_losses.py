@@ -392,7 +392,10 @@ def test_padding_invariance_jit_and_vmap(padding_fns, junk):
     # vmap over a stack of (clean, junk) copies of the batch.
     vv, vgr = vmapped(stack("features"), stack("cas"), stack("segment_labels"),
                       np.stack([b["mask"], b["mask"]]))
-    np.testing.assert_allclose(vv, [v_clean, v_clean], rtol=1e-6, err_msg=name)
+    # The junk copy gives the clean copy's value; against the unbatched value
+    # only the order of a float32 sum differs (vmap reduces in another order).
+    np.testing.assert_allclose(vv[1], vv[0], rtol=1e-6, err_msg=name)
+    np.testing.assert_allclose(vv, [v_clean, v_clean], rtol=1e-5, err_msg=name)
     for g, gc in zip(vgr, g_clean):
       g = np.asarray(g)
       assert np.all(g[:, ~b["mask"]] == 0), name

@@ -80,7 +80,7 @@ def dump_run(c, run_dir: str, path: str) -> None:
 
 def _train_job(args) -> str:
   c, run_dir, path = args
-  robustness._validation_run(c, run_dir)  # noqa: SLF001 (the benchmark's own runner)
+  robustness.validation_run(c, run_dir)
   dump_run(c, run_dir, path)
   return path
 
@@ -93,15 +93,15 @@ def train(out: str, dump: str, specs, jobs: int) -> None:
   for spec in specs:  # world:arm,arm:first_seed:end_seed
     world, arms, first, end = spec.split(":")
     grid += [(world, arm, s) for arm in arms.split(",") for s in range(int(first), int(end))]
-  configs = {k: robustness._job_config(base, out, "", *k, {}, False) for k in grid}  # noqa: SLF001
+  configs = {k: robustness.job_config(base, out, "", *k, {}, False) for k in grid}
   first_of = {}
   for (w, _, _), c in configs.items():
     first_of.setdefault(w, c)
   os.makedirs(dump, exist_ok=True)
   os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
   with cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
-    list(pool.map(robustness._generate_world, first_of.values()))  # noqa: SLF001
-    todo = [(configs[k], robustness._run_dir(out, *k),  # noqa: SLF001
+    list(pool.map(robustness.generate_world, first_of.values()))
+    todo = [(configs[k], robustness.run_path(out, *k),
              os.path.join(dump, _name(*k))) for k in grid]
     for path in pool.map(_train_job, todo):
       print(path, flush=True)
