@@ -138,11 +138,12 @@ def _oic_scores(cas: np.ndarray, t0: np.ndarray, t1: np.ndarray,
   outer_cnt = (t0 - o0) + (o1 - t1)
   outer = np.divide(outer_sum, outer_cnt, out=np.zeros_like(outer_sum),
                     where=outer_cnt > 0)
-  if outside == "ignored" or outer_scale == 0:
+  if outside == "ignored":
     return inner - outer
-  # Past the video's ends the outer region counts as the inner mean.
-  inside = np.divide(outer_cnt, 2 * width, out=np.ones(length.shape), where=width > 0)
-  return np.where(outer_cnt > 0, inside * (inner - outer), 0.0)
+  # Past the video's ends the outer region counts as the inner mean, which
+  # scales the contrast by the share of the outer region inside the video.
+  inside = np.divide(outer_cnt, 2 * width, out=np.zeros(length.shape), where=width > 0)
+  return np.where(width > 0, inside * (inner - outer), inner)
 
 
 def _best_container(q0: np.ndarray, q1: np.ndarray, q_fit: np.ndarray,

@@ -107,12 +107,18 @@ def train(out: str, dump: str, specs, jobs: int) -> None:
       print(path, flush=True)
 
 
-def score_dump(path: str, inference) -> dict:
-  """mAP of one dump with ``generate_proposals`` under ``inference``."""
+def score_dump(path: str, c) -> dict:
+  """mAP of one dump with ``generate_proposals`` under the run config ``c``.
+
+  ``C_a`` and the contrast CAS are formed as :func:`jaxseg.inference.video_scores`
+  forms them (host-side here: each video has its own length); ``s_a`` and
+  ``p_a`` are the dumped ones, taken over all classes.
+  """
   with open(path + ".json") as f:
     meta = json.load(f)
   arrays = np.load(path + ".npz")
   names = meta["class_names"]
+  w = float(c.inference.contrast_loc_weight)
   results = {}
   for vid, v in meta["videos"].items():
     cas_cls = arrays[f"{vid}|cls"].astype(np.float32)
@@ -120,20 +126,18 @@ def score_dump(path: str, inference) -> dict:
     if cas_cls.shape[1] == 0:
       results[vid] = []
       continue
-    w = float(inference.contrast_loc_weight)
     dets = proposals.generate_proposals(
         (cas_cls + cas_loc) / 2, arrays[f"{vid}|s"], arrays[f"{vid}|p"],
-        feature_rate=v["rate"], duration=v["duration"], config=inference,
+        feature_rate=v["rate"], duration=v["duration"], config=c.inference,
         cas_cls=cas_cls, cas_contrast=(1 - w) * cas_cls + w * cas_loc,
         cas_extent=cas_loc, video_id=vid)
     results[vid] = [{"label": names[v["classes"][d["label"]]], "score": d["score"],
                      "segment": d["segment"]} for d in dets]
-  base = robustness.base_config(False)
   table = metrics.detection_map(meta["ground_truth"], {"results": results},
-                                tuple(base.eval.tiou_thresholds), protocol=base.eval.protocol,
-                                class_names=names, feature_rate=base.data.feature_rate,
+                                tuple(c.eval.tiou_thresholds), protocol=c.eval.protocol,
+                                class_names=names, feature_rate=c.data.feature_rate,
                                 ambiguous=meta["ambiguous"])
-  return map_summary.summarize(table, base.eval.averages, lenient=True).iloc[0].to_dict()
+  return map_summary.summarize(table, c.eval.averages, lenient=True).iloc[0].to_dict()
 
 
 def _score_job(path: str) -> list[dict]:
@@ -141,8 +145,7 @@ def _score_job(path: str) -> list[dict]:
   c = robustness.world_config(robustness.base_config(False), world, arm, int(seed), {})
   rows = []
   for value in VALUES:
-    inference = config_lib.with_overrides(c, **{"inference.outer_outside": value}).inference
-    s = score_dump(path, inference)
+    s = score_dump(path, config_lib.with_overrides(c, **{"inference.outer_outside": value}))
     rows.append({"world": world, "arm": arm, "seed": int(seed), "outer_outside": value,
                  **{m: round(s[m], 4) for m in METRICS}})
   return rows
@@ -167,9 +170,10 @@ def summary(csv: str) -> None:
   df = pd.read_csv(csv)
   worlds = [w for w in robustness.WORLDS if w in set(df.world)]
 
-  def col(arm, value, metric):
-    x = df[(df.arm == arm) & (df.outer_outside == value)]
-    return x.set_index(["world", "seed"])[metric]
+  def col(arm, value, metric, world):
+    """Per-seed ``metric`` of one arm on one world under one value."""
+    x = df[(df.arm == arm) & (df.outer_outside == value) & (df.world == world)]
+    return x.set_index("seed")[metric]
 
   print("# Validation, final checkpoint: mean over seeds, and paired differences "
         "± their standard error (number of seeds)\n")
@@ -182,17 +186,14 @@ def summary(csv: str) -> None:
     print("|" + " --- |" + " ---: |" * 10)
     for w in worlds:
       cells = [w]
-      series = {}
       for arm in ("CL", "full", "full-all"):
         for value in VALUES[::-1]:
-          s = col(arm, value, metric)
-          s = s[s.index.get_level_values(0) == w].droplevel(0) if len(s) else s
-          series[arm, value] = s
+          s = col(arm, value, metric, w)
           cells.append(f"{s.mean():.1f}" if len(s) else "")
       for value in VALUES[::-1]:
-        cells.append(_paired(series["full", value], series["full-all", value]))
-      cells.append(_paired(series["CL", "neutral"], series["full", "neutral"]))
-      cells.append(_paired(series["CL", "neutral"], series["full-all", "neutral"]))
+        cells.append(_paired(col("full", value, metric, w), col("full-all", value, metric, w)))
+      for arm in ("full", "full-all"):
+        cells.append(_paired(col("CL", "neutral", metric, w), col(arm, "neutral", metric, w)))
       print("| " + " | ".join(cells) + " |")
     print()
   print("## Neutral minus ignored on the same runs (mAP@0.1 / mAP@0.5)\n")
@@ -202,10 +203,7 @@ def summary(csv: str) -> None:
   for w in worlds:
     cells = [w]
     for arm in arms:
-      pair = [_paired(col(arm, "ignored", m).loc[w] if (w in col(arm, "ignored", m).index
-                                                         .get_level_values(0)) else pd.Series(),
-                      col(arm, "neutral", m).loc[w] if (w in col(arm, "neutral", m).index
-                                                        .get_level_values(0)) else pd.Series())
+      pair = [_paired(col(arm, "ignored", m, w), col(arm, "neutral", m, w))
               for m in ("mAP@0.1", "mAP@0.5")]
       cells.append(" / ".join(pair) if all(pair) else "")
     print("| " + " | ".join(cells) + " |")
