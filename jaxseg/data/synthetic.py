@@ -21,6 +21,15 @@ random segments of each instance (eq. 5-6) teach the whole extent.
 Every annotation also carries ``"core_segments": [first, last]``, the
 (inclusive) segment indices of its discriminative core: readers ignore it;
 tests and plots may use it.
+
+Other worlds move the class evidence (``class_evidence``: one short core, a
+smooth bump over the whole instance, or several short cores), put the
+instance's class on the background around it (``context_strength``), add
+action-like background runs of a class the video is not labeled with
+(``foreign_action_rate``), or make classes co-occur (``two_class_fraction``);
+``docs/synthetic-data.md`` describes them. At their defaults these knobs draw no
+random number and write nothing, so the default world is the same, byte for
+byte, as before they existed.
 """
 
 from __future__ import annotations
@@ -49,7 +58,15 @@ TEST_SUBSET = "test"
 SIGNAL_STRENGTHS = ("core_strength", "weak_class_strength", "action_strength",
                     "distractor_action_strength", "distractor_class_strength", "scene_strength")
 CONFIG_WORLD_KNOBS = ("noise", "noise_ar", "activation", "instance_length_median",
-                      "coverage_mean", *SIGNAL_STRENGTHS)
+                      "coverage_mean", *SIGNAL_STRENGTHS, "class_evidence", "core_fraction",
+                      "num_cores", "context_strength", "foreign_action_rate",
+                      "foreign_action_strength", "two_class_fraction")
+# Fields added after datasets of GENERATOR_VERSION 1 were generated. At its
+# default each draws no random number and generator.json leaves it out, so a
+# dataset generated before them with the same parameters is the same record
+# (and is reused, not regenerated).
+ADDED_PARAMS = {"class_evidence": "core", "num_cores": 2, "context_strength": 0.0,
+                "foreign_action_rate": 0.0, "foreign_action_strength": 3.0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +101,8 @@ class SyntheticParams:
     long_instance_factor: (low, high) of the uniform factor a very long
       instance's length is multiplied by.
     core_fraction: the discriminative core's share of an instance (at least
-      one segment).
+      one segment); with ``class_evidence="cores"`` the share of all its cores
+      together.
     core_strength: class signal in the core.
     weak_class_strength: class signal in the rest of the instance.
     action_strength: class-agnostic action pattern, in the whole instance.
@@ -103,6 +121,29 @@ class SyntheticParams:
       ``[0, 1)``: unit-variance AR(1) noise with coefficient ``rho`` (0: white).
     activation: ``"softplus"`` (smooth, every feature > 0) or ``"relu"``
       (exact zeros, as I3D's post-ReLU features).
+    class_evidence: where an instance's class signal sits (the choices of
+      ``jaxseg.config.CLASS_EVIDENCE``). ``"core"``: ``core_strength`` on one core of
+      ``core_fraction`` of the instance at a uniform place, ``weak_class_strength``
+      on the rest. ``"spread"``: no core; a raised-cosine (Hann) bump over the
+      whole instance, ``weak + (core - weak) * sin^2(pi (k + 0.5) / L)``
+      divided by its largest value, so it peaks at ``core_strength`` in the
+      middle and never falls below ``weak_class_strength``. ``"cores"``:
+      ``num_cores`` cores of ``max(1, round(core_fraction / num_cores * L))``
+      segments each at uniform places, at least one segment apart (fewer where
+      the instance is too short for that). The layout, noise, scene and
+      distractors of a video are the same in the three worlds.
+    num_cores: cores per instance with ``class_evidence="cores"`` (>= 1).
+    context_strength: signal of an instance's class on the background segments
+      within one instance length before and after it (0: none). Overlapping
+      bands of one class count once.
+    foreign_action_rate: share of the background covered by runs that look
+      like an instance of a class the video is not labeled with: the action
+      pattern at ``action_strength`` plus that class's signal at
+      ``foreign_action_strength``, as long as the class's median instance
+      (0: none). The runs lie on background segments outside distractor runs
+      (and outside the context bands when ``context_strength > 0``), one
+      segment apart from each other.
+    foreign_action_strength: the class signal in those runs.
   """
   seed: int = 0
   num_classes: int = 20
@@ -135,6 +176,11 @@ class SyntheticParams:
   bias: float = -0.5
   noise_ar: float = -1.0
   activation: str = "softplus"
+  class_evidence: str = "core"
+  num_cores: int = 2
+  context_strength: float = 0.0
+  foreign_action_rate: float = 0.0
+  foreign_action_strength: float = 3.0
 
   def validate(self) -> None:
     """Raises ValueError on an impossible setting."""
@@ -166,6 +212,18 @@ class SyntheticParams:
         (self.noise_ar < 1, "noise_ar must be < 1"),
         (self.activation == "softplus" or self.activation == "relu",
          "activation must be 'softplus' or 'relu'"),
+        # The choices are config.CLASS_EVIDENCE (the data layer does not import
+        # jaxseg.config; tests/test_synthetic.py keeps the two the same).
+        (self.class_evidence == "core" or self.class_evidence == "spread"
+         or self.class_evidence == "cores",
+         f"class_evidence must be 'core', 'spread' or 'cores', got {self.class_evidence!r}"),
+        (isinstance(self.num_cores, (int, np.integer)) and not isinstance(self.num_cores, bool)
+         and self.num_cores >= 1, f"num_cores must be an integer >= 1, got {self.num_cores!r}"),
+        *[(0 <= getattr(self, name) < math.inf, f"{name} must be finite and >= 0")
+          for name in ("context_strength", "foreign_action_strength")],
+        (0 <= self.foreign_action_rate < 1, "foreign_action_rate must be in [0, 1)"),
+        (self.num_classes >= 2 or self.foreign_action_rate == 0,
+         "foreign_action_rate > 0 needs num_classes >= 2"),
     ]
     for ok, msg in checks:
       if not ok:
@@ -174,6 +232,9 @@ class SyntheticParams:
   def to_json(self) -> dict[str, Any]:
     d = dataclasses.asdict(self)
     d["long_instance_factor"] = list(self.long_instance_factor)
+    for name, default in ADDED_PARAMS.items():
+      if d[name] == default:
+        del d[name]  # the record of a dataset generated before the field existed
     return d
 
 
@@ -196,8 +257,11 @@ class _SynthInstance:
   first: int  # inclusive segment range of the instance
   last: int
   label: int
-  core_first: int  # inclusive segment range of its discriminative core
+  core_first: int  # inclusive segment range of its (first) discriminative core
   core_last: int
+  # Every core as (first, last), the first one above (several with
+  # class_evidence "cores"; the bump's middle with "spread"); () : that one.
+  cores: tuple[tuple[int, int], ...] = ()
 
 
 def _sample_length(rng: np.random.Generator, p: SyntheticParams) -> int:
@@ -205,11 +269,28 @@ def _sample_length(rng: np.random.Generator, p: SyntheticParams) -> int:
   return int(np.clip(round(t), p.min_length, p.max_length))
 
 
+def _place_cores(rng: np.random.Generator, first: int, ell: int,
+                 p: SyntheticParams) -> tuple[tuple[int, int], ...]:
+  """``class_evidence="cores"``: the cores of the instance ``first .. first +
+  ell - 1``: up to ``num_cores`` runs of ``max(1, round(core_fraction /
+  num_cores * ell))`` segments, at least one segment apart, the gaps uniform
+  (each arrangement equally likely)."""
+  core_len = max(1, int(round(p.core_fraction / p.num_cores * ell)))
+  m = max(1, min(p.num_cores, (ell + 1) // (core_len + 1)))
+  free = ell - m * core_len - (m - 1)
+  slots = np.sort(rng.choice(free + m, size=m, replace=False))
+  starts = [first + int(c) + j * core_len for j, c in enumerate(slots)]
+  return tuple((a, a + core_len - 1) for a in starts)
+
+
 def _sample_layout(rng: np.random.Generator, num_segments: int,
-                   class_medians: np.ndarray,
-                   p: SyntheticParams) -> list[_SynthInstance]:
+                   class_medians: np.ndarray, p: SyntheticParams,
+                   extra_rng: np.random.Generator | None = None) -> list[_SynthInstance]:
   """Non-overlapping instances (with at least one background segment between
-  two instances) covering about ``coverage`` of the video."""
+  two instances) covering about ``coverage`` of the video.
+
+  The cores of ``class_evidence="cores"`` are drawn from ``extra_rng``, so
+  ``rng`` makes the same draws in every class_evidence world."""
   t_len = num_segments
   a = p.coverage_mean * p.coverage_concentration
   b = (1.0 - p.coverage_mean) * p.coverage_concentration
@@ -253,8 +334,15 @@ def _sample_layout(rng: np.random.Generator, num_segments: int,
     ell = lengths[i]
     core_len = max(1, int(round(p.core_fraction * ell)))
     core_first = pos + int(rng.integers(ell - core_len + 1))
-    out.append(_SynthInstance(pos, pos + ell - 1, labels[i], core_first,
-                              core_first + core_len - 1))
+    cores = ((core_first, core_first + core_len - 1),)
+    if p.class_evidence == "spread":  # no core: its record is the bump's middle
+      cores = ((pos + (ell - 1) // 2, pos + ell // 2),)
+    elif p.class_evidence == "cores":
+      if extra_rng is None:
+        raise ValueError("class_evidence='cores' needs extra_rng")
+      cores = _place_cores(extra_rng, pos, ell, p)
+    out.append(_SynthInstance(pos, pos + ell - 1, labels[i], cores[0][0], cores[0][1],
+                              cores))
     pos += ell + int(gaps[i + 1])
   assert pos == t_len, (pos, t_len)
   return out
@@ -286,10 +374,68 @@ def _ar1_noise(rng: np.random.Generator, t_len: int, d: int, rho: float) -> np.n
   return out
 
 
+def spread_profile(ell: int, p: SyntheticParams) -> np.ndarray:
+  """``(ell,)`` class strength over an instance with ``class_evidence="spread"``:
+  a raised-cosine bump peaking at ``core_strength``, never below
+  ``weak_class_strength``."""
+  h = np.sin(math.pi * (np.arange(ell) + 0.5) / ell) ** 2
+  return p.weak_class_strength + (p.core_strength - p.weak_class_strength) * (h / h.max())
+
+
+def _context_bands(t_len: int, instances: list[_SynthInstance]) -> dict[int, np.ndarray]:
+  """Per class: the segments within one instance length before or after one
+  of its instances (instance segments included; callers mask them)."""
+  bands: dict[int, np.ndarray] = {}
+  for inst in instances:
+    ell = inst.last - inst.first + 1
+    band = bands.setdefault(inst.label, np.zeros((t_len,), bool))
+    band[max(0, inst.first - ell):inst.first] = True
+    band[inst.last + 1:inst.last + 1 + ell] = True
+  return bands
+
+
+def _foreign_actions(rng: np.random.Generator, free: np.ndarray, labels: set[int],
+                     class_medians: np.ndarray,
+                     p: SyntheticParams) -> list[tuple[int, int, int]]:
+  """``(first, last, class)`` of the foreign action runs: a Poisson number
+  (mean ``foreign_action_rate * free / mean run length``) of runs of a uniform
+  class outside ``labels``, each as long as its class's median instance, at a
+  uniform place where all its segments are ``free``, one segment apart."""
+  foreign = [c for c in range(p.num_classes) if c not in labels]
+  num_free = int(free.sum())
+  if not foreign or not num_free:
+    return []
+  free = free.copy()
+  lengths = {c: max(1, int(round(class_medians[c]))) for c in foreign}
+  mean_len = float(np.mean(list(lengths.values())))
+  out = []
+  for _ in range(int(rng.poisson(p.foreign_action_rate * num_free / mean_len))):
+    c = foreign[int(rng.integers(len(foreign)))]
+    ell = lengths[c]
+    if ell > len(free):
+      continue
+    fits = np.convolve(free.astype(np.int64), np.ones(ell, np.int64), "valid") == ell
+    starts = np.flatnonzero(fits)
+    if not len(starts):
+      continue
+    a = int(starts[int(rng.integers(len(starts)))])
+    out.append((a, a + ell - 1, c))
+    free[max(0, a - 1):a + ell + 1] = False
+  return out
+
+
 def video_features(rng: np.random.Generator, t_len: int,
                    instances: list[_SynthInstance], class_dirs: np.ndarray,
-                   action_dir: np.ndarray, p: SyntheticParams) -> np.ndarray:
-  """``(T, D) float32`` features: ``softplus(bias + scene + signal + noise)``."""
+                   action_dir: np.ndarray, p: SyntheticParams, *,
+                   extra_rng: np.random.Generator | None = None,
+                   class_medians: np.ndarray | None = None,
+                   foreign_runs: list | None = None) -> np.ndarray:
+  """``(T, D) float32`` features: ``softplus(bias + scene + signal + noise)``.
+
+  With ``foreign_action_rate > 0`` the foreign action runs are drawn from
+  ``extra_rng`` (so ``rng`` makes the same draws as without them), need
+  ``class_medians``, and are appended to ``foreign_runs`` as ``(first, last,
+  class)``."""
   d = class_dirs.shape[1]
   if p.noise_ar < 0:
     z = p.noise * _smooth_noise(rng, t_len, d)
@@ -302,20 +448,42 @@ def video_features(rng: np.random.Generator, t_len: int,
     sl = slice(inst.first, inst.last + 1)
     background[sl] = False
     z[sl] += p.action_strength * action_dir
+    if p.class_evidence == "spread":
+      z[sl] += np.outer(spread_profile(inst.last - inst.first + 1, p), class_dirs[inst.label])
+      continue
     z[sl] += p.weak_class_strength * class_dirs[inst.label]
-    core = slice(inst.core_first, inst.core_last + 1)
-    z[core] += (p.core_strength - p.weak_class_strength) * class_dirs[inst.label]
+    for core_first, core_last in inst.cores or ((inst.core_first, inst.core_last),):
+      core = slice(core_first, core_last + 1)
+      z[core] += (p.core_strength - p.weak_class_strength) * class_dirs[inst.label]
+  context = np.zeros((t_len,), bool)
+  if p.context_strength > 0:
+    for c, band in sorted(_context_bands(t_len, instances).items()):
+      z[band & background] += p.context_strength * class_dirs[c]
+      context |= band
   # Distractor runs of 1-3 segments, only on background segments.
+  distracted = np.zeros((t_len,), bool)
   num_bg = int(background.sum())
   num_runs = rng.poisson(p.distractor_rate * num_bg / 2.0) if num_bg else 0
   for _ in range(num_runs):
     start = int(rng.integers(t_len))
     run = np.arange(start, min(t_len, start + int(rng.integers(1, 4))))
     run = run[background[run]]
+    distracted[run] = True
     if rng.random() < p.distractor_action_prob:
       z[run] += p.distractor_action_strength * action_dir
     else:
       z[run] += p.distractor_class_strength * class_dirs[int(rng.integers(p.num_classes))]
+  if p.foreign_action_rate > 0:
+    if extra_rng is None or class_medians is None:
+      raise ValueError("foreign_action_rate > 0 needs extra_rng and class_medians")
+    free = background & ~distracted & ~context
+    runs = _foreign_actions(extra_rng, free, {inst.label for inst in instances},
+                            class_medians, p)
+    for first, last, c in runs:
+      z[first:last + 1] += (p.action_strength * action_dir
+                            + p.foreign_action_strength * class_dirs[c])
+    if foreign_runs is not None:
+      foreign_runs.extend(runs)
   if p.activation == "relu":
     return np.maximum(z, 0.0).astype(np.float32)
   return np.logaddexp(0.0, z).astype(np.float32)  # softplus: non-negative
@@ -341,9 +509,15 @@ def _generate_into(directory: str, p: SyntheticParams) -> None:
     for i in range(count):
       # One stream per video: a video does not depend on the number of others.
       rng = np.random.default_rng([p.seed, 0x5E6, subset_code + 1, i])
+      # A second stream for the draws of the structure knobs (ADDED_PARAMS),
+      # so that ``rng`` makes the same draws whatever they are.
+      extra_rng = np.random.default_rng([p.seed, 0x5E6, subset_code + 1, i, 1])
       t_len = _sample_length(rng, p)
-      instances = _sample_layout(rng, t_len, class_medians, p)
-      feats = video_features(rng, t_len, instances, class_dirs, action_dir, p)
+      instances = _sample_layout(rng, t_len, class_medians, p, extra_rng)
+      foreign_runs: list[tuple[int, int, int]] = []
+      feats = video_features(rng, t_len, instances, class_dirs, action_dir, p,
+                             extra_rng=extra_rng, class_medians=class_medians,
+                             foreign_runs=foreign_runs)
       vid = video_id(subset, i)
       np.save(os.path.join(feat_dir, vid + ".npy"), feats)
       rate = p.feature_rate
@@ -357,11 +531,16 @@ def _generate_into(directory: str, p: SyntheticParams) -> None:
             "label": names[inst.label],
             "core_segments": [inst.core_first, inst.core_last],
         })
+        if p.class_evidence == "cores":
+          annotations[-1]["core_segments_all"] = [list(c) for c in inst.cores]
       database[vid] = {
           "subset": subset,
           "duration": round((t_len + rng.uniform(0.0, 0.99)) / rate, 3),
           "annotations": annotations,
       }
+      if p.foreign_action_rate > 0:  # not actions of the video's classes: no annotation
+        database[vid]["foreign_actions"] = [
+            {"segments": [first, last], "label": names[c]} for first, last, c in foreign_runs]
   with open(os.path.join(directory, ANNOTATION_FILE), "w") as f:
     json.dump({"version": f"{GENERATOR_NAME}-{GENERATOR_VERSION}",
                "database": database}, f)
@@ -436,6 +615,9 @@ def generate_synthetic(output_dir: str, *, seed: int = 0, num_classes: int = 20,
                      f"known: {sorted(fields)}")
   if "long_instance_factor" in knobs:
     knobs["long_instance_factor"] = tuple(float(x) for x in knobs["long_instance_factor"])
+  n = knobs.get("num_cores")
+  if isinstance(n, float) and n.is_integer():
+    knobs["num_cores"] = int(n)  # a config's integral float (2.0)
   params = SyntheticParams(
       seed=int(seed), num_classes=int(num_classes), num_train=int(num_train),
       num_test=int(num_test), feature_dim=int(feature_dim),
