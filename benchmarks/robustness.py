@@ -4,7 +4,13 @@ Each *world* changes the synthetic generator (``config.data.synthetic``): the
 noise's temporal correlation (white, the default [1, 2, 1] kernel, strong
 AR(1)), softplus or ReLU features, hard to easy signal-to-noise, longer
 instances covering more of the video, and 2048-d features (alone, and with
-ReLU features and AR(0.9) noise). Each *arm* is a way
+ReLU features and AR(0.9) noise). Other worlds move the class evidence or
+what surrounds it: spread as a smooth bump over the whole instance instead of
+a short core (``spread``), the same with the instance's class on the
+background around it (``spread-context``), that context around the default
+cores (``core-context``), three short cores per instance (``cores``), action-like
+background runs of a class the video is not labeled with (``foreign-actions``),
+and two classes in most videos (``co-occurring``). Each *arm* is a way
 of training on it: ``CL`` (video-level labels, fixed ``r``), ``CL+PSL`` and
 ``full`` (one-segment labels), ``full-two`` (two-segment labels) and
 ``full-all`` (``labels.mode = full``). Every run scores on the validation
@@ -51,6 +57,14 @@ WORLDS = {
     "long-instances": {"instance_length_median": 16.0, "coverage_mean": 0.4},
     "d2048": {"feature_dim": 2048},  # the strengths are scaled below
     "d2048-relu-ar0.9": {"feature_dim": 2048, "activation": "relu", "noise_ar": 0.9},
+    # Where the class evidence sits and what surrounds the instances
+    # (docs/synthetic-data.md, "World structure").
+    "spread": {"class_evidence": "spread"},
+    "spread-context": {"class_evidence": "spread", "context_strength": 0.75},
+    "core-context": {"context_strength": 0.75},
+    "cores": {"class_evidence": "cores", "num_cores": 3},
+    "foreign-actions": {"foreign_action_rate": 0.08},
+    "co-occurring": {"two_class_fraction": 0.6},
 }
 
 # The generator's strengths are lengths along unit directions, so at a fixed
@@ -60,7 +74,8 @@ WORLDS = {
 # world keeps the default world's per-feature statistics instead (each
 # feature's share of every signal as at D = 64), as real I3D features spread
 # their class information over many of their 2048 channels
-# (synthetic.SIGNAL_STRENGTHS are scaled).
+# (synthetic.SIGNAL_STRENGTHS are scaled; context_strength and
+# foreign_action_strength are not: no 2048-d world sets them).
 
 
 def world_overrides(base, world: str) -> dict:
@@ -127,13 +142,17 @@ ARMS = {
                   "loss.propagation_normalization": "none"},
     "full-gradS": {"labels.mode": "one-segment", "loss.propagation_grad_through_similarity": True},
     "full-gamma0.02": {"labels.mode": "one-segment", "loss.gamma": 0.02},
-    # The paper as printed (config.paper_as_printed, two-segment labels).
-    "paper": {**dict(config_lib.PAPER_AS_PRINTED), "loss.gamma": 0.02},
+    # The presets: "paper" (config.PAPER_PRESET, one-segment labels) and the
+    # paper as printed (config.paper_as_printed, two-segment labels, gamma 0.02).
+    "paper": {**dict(config_lib.PAPER_PRESET), "labels.mode": "one-segment"},
+    "printed": {**dict(config_lib.PAPER_AS_PRINTED), "inference.rules": "printed",
+                "loss.gamma": 0.02},
 }
 
 
 # Inference variants re-scored on every trained run (no retraining): name ->
-# config.inference overrides. "defaults" is the config as is.
+# config.inference overrides, scored as the "jaxseg" rules of the config so
+# changed. "defaults" is the run's own rules (inference.rules as configured).
 INFERENCE = {
     "defaults": {},
     "printed": {"score_source": "average", "contrast_on": "raw", "class_score": "s_a",
@@ -203,9 +222,13 @@ def rescore(c, run_dir: str, variants) -> dict:
   run = workdir.load_run(c, run_dir, which="final")
   for name in todo:
     cv = config_lib.with_overrides(c, **{f"inference.{k}": v
-                                         for k, v in INFERENCE[name].items()})
-    out[name] = evaluate.evaluate_params(cv, run.model, run.state.params,
-                                         run.data.validation)["summary"]
+                                         for k, v in INFERENCE[name].items()},
+                                   **{"inference.rules": "jaxseg"})
+    # A variant's overrides are rules of their own ("jaxseg": the fields as set);
+    # no overrides is the run's own rules, as its training chose them.
+    _, res, _ = evaluate.choose_rules(
+        cv if INFERENCE[name] else c, run.model, run.state.params, run.data.validation)
+    out[name] = res["summary"]
     io.atomic_write_text(os.path.join(run_dir, f"validation-{name}.json"), json.dumps(
         {"inference": INFERENCE[name], "summary": out[name]}))
   return out
@@ -273,15 +296,31 @@ def generate_world(c) -> str:
   return c.data.synthetic.output_dir
 
 
+def reported_run(c, run_dir: str) -> dict:
+  """Trains and evaluates ``c`` into ``run_dir`` unless done: the run's
+  ``results.json`` (test split, final checkpoint, under the rules chosen on
+  validation) and ``rules.json`` (every candidate's validation summary)."""
+  if not os.path.exists(os.path.join(run_dir, "results.json")):
+    train.train_and_evaluate(c, run_dir)
+  out = {}
+  for name in ("results", "rules"):
+    with open(os.path.join(run_dir, f"{name}.json")) as f:
+      out[name] = json.load(f)
+  return out
+
+
 def _job(args) -> str:
-  c, run_dir, variants = args
+  c, run_dir, variants, split = args
+  if split == "test":
+    reported_run(c, run_dir)
+    return run_dir
   validation_run(c, run_dir)
   if variants:
     rescore(c, run_dir, variants)
   return run_dir
 
 
-def _run_parallel(jobs: int, configs: dict, runs: list, variants: list) -> None:
+def _run_parallel(jobs: int, configs: dict, runs: list, variants: list, split: str) -> None:
   """Generates each world once, then trains ``runs`` in ``jobs`` processes at once.
 
   Each process is a fresh interpreter (``spawn``: JAX does not survive a fork)
@@ -293,7 +332,7 @@ def _run_parallel(jobs: int, configs: dict, runs: list, variants: list) -> None:
   with cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
     for path in pool.map(generate_world, configs.values()):
       print(f"data: {path}", flush=True)
-    for run_dir in pool.map(_job, [(c, d, variants) for c, d in runs]):
+    for run_dir in pool.map(_job, [(c, d, variants, split) for c, d in runs]):
       print(f"done: {run_dir}", flush=True)
 
 
@@ -309,20 +348,19 @@ def run(out: str, *, worlds, arms, seeds: int, quick: bool, split: str,
   grid = [(w, a, s) for w in worlds for a in arms for s in range(first_seed, seeds)]
   configs = {key: job_config(base, out, data_root, *key, overrides, quick) for key in grid}
   if jobs > 1:
-    if split != "validation":
-      raise ValueError("--jobs runs the validation family; the test report runs one at a time")
     first = {}
     for (w, _, _), c in configs.items():
       first.setdefault(w, c)
     _run_parallel(jobs, first, [(configs[k], run_path(out, *k)) for k in grid],
-                  [v for v in inference if v != "defaults"])
+                  [v for v in inference if v != "defaults"], split)
   rows = []
   for (world, arm, seed), c in configs.items():
     run_dir = run_path(out, world, arm, seed)
     if split == "test":
-      summary = train.train_and_evaluate(c, run_dir)["final"]
-    else:
-      summary = validation_run(c, run_dir)
+      rows += report_rows(reported_run(c, run_dir), world=world, arm=arm, seed=seed,
+                          overrides=overrides)
+      continue
+    summary = validation_run(c, run_dir)
     summaries = {"defaults": summary}
     if split == "validation" and set(inference) - {"defaults"}:
       summaries.update(rescore(c, run_dir, [v for v in inference if v != "defaults"]))
@@ -341,21 +379,67 @@ def run(out: str, *, worlds, arms, seeds: int, quick: bool, split: str,
   return df
 
 
+def report_rows(record: dict, *, world: str, arm: str, seed: int, overrides: dict) -> list:
+  """Rows of one reported run: each rule candidate's validation score (final
+  checkpoint), the chosen one's as ``auto``, and the test score under the
+  chosen rules as ``auto`` on split ``test``."""
+  base = {"world": world, "arm": arm, "seed": seed,
+          "overrides": json.dumps(overrides, sort_keys=True)}
+  choice = record["rules"]["final"]
+  rows = [{**base, "split": "validation", "inference": name, **summary}
+          for name, summary in choice["candidates"].items()]
+  if choice["candidates"]:
+    rows.append({**base, "split": "validation", "inference": "auto", "chosen": choice["chosen"],
+                 **choice["candidates"][choice["chosen"]]})
+  test = {k: v for k, v in record["results"]["final"].items() if k != "step"}
+  rows.append({**base, "split": "test", "inference": "auto", "chosen": choice["chosen"], **test})
+  for r in rows:
+    print(f"{world:15s} {arm:8s} seed {seed} {r['split']:10s} {r['inference']:8s}: "
+          f"mAP@0.1 {r.get('mAP@0.1', 0):.1f} mAP@0.5 {r.get('mAP@0.5', 0):.1f}", flush=True)
+  return rows
+
+
 def markdown(df: pd.DataFrame, split: str, overrides: dict) -> str:
   metrics = [m for m in ("mAP@0.1", "mAP@0.5", "avg0.1:0.5") if m in df.columns]
   keys = ["world", "arm", "inference"]
+  if "split" in df.columns and df.split.nunique() > 1:
+    keys = ["split", *keys]
   mean = df.groupby(keys, sort=False)[metrics].mean().round(1)
   lines = [f"# Robustness: {split} split, final checkpoint, mean over "
            f"{df.seed.nunique()} seed(s); overrides {overrides or 'none'}", ""]
   lines += [mean.reset_index().to_markdown(index=False), ""]
+  index = [k for k in keys if k != "arm"]
   for arm in [a for a in df.arm.unique() if a != "CL"]:
     if "CL" not in set(df.arm):
       break
-    per_world = mean.reset_index().set_index(["world", "inference"])
+    per_world = mean.reset_index().set_index(index)
     gain = (per_world[per_world.arm == arm][metrics]
             - per_world[per_world.arm == "CL"][metrics]).dropna().round(1)
     lines += [f"{arm} minus CL, same inference (points):", "", gain.to_markdown(), ""]
+  if "CL" in set(df.arm) and "split" in df.columns and "test" in set(df.split):
+    lines += paired_markdown(df)
   return "\n".join(lines)
+
+
+def paired_markdown(df: pd.DataFrame) -> list:
+  """Each arm minus CL on the same world and seed (test split, rules as chosen on
+  validation): mean ± standard error over seeds, at tIoU 0.1 and 0.5."""
+  test = df[(df.split == "test") & (df.inference == "auto")]
+  cl = test[test.arm == "CL"].set_index(["world", "seed"])
+  rows = []
+  for (world, arm), g in test[test.arm != "CL"].groupby(["world", "arm"], sort=False):
+    g = g.set_index(["world", "seed"])
+    row = {"world": world, "arm": arm, "seeds": len(g)}
+    for m in ("mAP@0.1", "mAP@0.5"):
+      d = (g[m] - cl[m]).dropna()
+      se = d.std(ddof=1) / len(d) ** 0.5 if len(d) > 1 else float("nan")
+      row[f"{m} - CL"] = f"{d.mean():+.1f} ± {se:.1f}"
+    if "chosen" in g.columns:
+      row["chosen"] = ", ".join(f"{k} {v}" for k, v in g.chosen.value_counts().items())
+    rows.append(row)
+  return ["Paired with CL (same world and seed), test split under the rules chosen on "
+          "validation; mean ± standard error over seeds:", "",
+          pd.DataFrame(rows).to_markdown(index=False), ""]
 
 
 def _value(text: str):

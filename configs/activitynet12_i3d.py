@@ -1,5 +1,5 @@
 """ActivityNet 1.2 with I3D features (2048-d): the paper's data and schedule with
-jaxseg's defaults; the paper as printed: ``activitynet12_i3d_paper.py``.
+jaxseg's defaults.
 
 Expects an ActivityNet-format annotation JSON (``activity_net.v1-2.min.json``
 or the BaSNet copy) and ``features/<video_id>.npy`` of shape ``(T, 2048)``;
@@ -8,12 +8,19 @@ trains on "training" and tests on "validation" (the test labels are withheld)::
   python -m jaxseg.main --config configs/activitynet12_i3d.py --workdir runs/anet12 \
       --config.data.annotation_path=/data/anet12/gt.json \
       --config.data.features_dir=/data/anet12/features
+
+Presets (``config.PRESETS``), chosen after the file name: ``:jaxseg`` (the
+default: jaxseg's method, inference rules chosen on the validation hold-out),
+``:paper`` (Fig. 3's network and section 4.7's inference, with only the
+readings the printed losses need to train) and ``:printed`` (the paper as
+printed, a diagnostic); docs/presets.md lists every field where each departs
+from the print.
 """
 
 from jaxseg import config as config_lib
 
 
-def get_config():
+def get_config(preset=None):
   c = config_lib.base_config()
   c.data.format = "activitynet"
   c.data.feature_dim = 2048
@@ -29,4 +36,4 @@ def get_config():
   c.eval.tiou_thresholds = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
   c.eval.averages = (("avg0.5:0.95", 0.5, 0.95),)
   c.ablation.annotation_time = config_lib.ACTIVITYNET_ANNOTATION_TIME
-  return c
+  return config_lib.apply_preset(c, preset)

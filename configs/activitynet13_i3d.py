@@ -11,10 +11,12 @@ at tIoU 0.5:0.05:0.95, as ``configs/activitynet12_i3d.py``::
   python -m jaxseg.main --config configs/activitynet13_i3d.py --workdir runs/anet13 \
       --config.data.annotation_path=/data/anet13/activity_net.v1-3.min.json \
       --config.data.features_dir=/data/anet13/features
+
+Presets as ``configs/activitynet12_i3d.py`` (``:jaxseg``, ``:paper``, ``:printed``).
 """
 
 from configs import activitynet12_i3d
 
 
-def get_config():
-  return activitynet12_i3d.get_config()
+def get_config(preset=None):
+  return activitynet12_i3d.get_config(preset)

@@ -1,6 +1,6 @@
 """THUMOS14 with I3D features (2048-d, RGB + flow): the paper's data, training
 schedule and loss weights with jaxseg's defaults (which depart from the printed
-equations; docs/paper-notes.md). The paper as printed: ``thumos14_i3d_paper.py``.
+equations; docs/presets.md).
 
 Reads an ActivityNet-style annotation JSON and two-stream features of shape
 ``(T, 1024)`` each in any public layout, detected: BaSNet's / LACP's
@@ -15,12 +15,21 @@ the test split::
 
 From section 5.1: alpha 0.1, beta 1e-4, gamma 0.02, r = 2Q;
 Adam lr 1e-4 with weight decay 5e-4 as in W-TALC / BaSNet.
+
+Presets (``config.PRESETS``), chosen after the file name: ``:jaxseg`` (the
+default: jaxseg's method, inference rules chosen on the validation hold-out),
+``:paper`` (Fig. 3's network and section 4.7's inference, with only the
+readings the printed losses need to train) and ``:printed`` (the paper as
+printed, a diagnostic); docs/presets.md lists every field where each departs
+from the print.
+
+  python -m jaxseg.main --config configs/thumos14_i3d.py:paper --workdir runs/thumos14_paper ...
 """
 
 from jaxseg import config as config_lib
 
 
-def get_config():
+def get_config(preset=None):
   c = config_lib.base_config()
   c.data.format = "activitynet"
   c.data.feature_streams = ("rgb", "flow")
@@ -38,4 +47,4 @@ def get_config():
   c.train.validation_fraction = 0.1
   c.eval.tiou_thresholds = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
   c.eval.averages = (("avg0.1:0.5", 0.1, 0.5), ("avg0.1:0.7", 0.1, 0.7))
-  return c
+  return config_lib.apply_preset(c, preset)

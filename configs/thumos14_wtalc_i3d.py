@@ -11,13 +11,15 @@ ignores). Trains on ``validation``, tests on ``test``; the rest as
 
 The full 101-class bundle: ``--config.data.wtalc_dir=.../Thumos14-Annotations
 --config.data.wtalc_features_file=Thumos14-I3D-JOINTFeatures.npy``.
+
+Presets as ``configs/thumos14_i3d.py`` (``:jaxseg``, ``:paper``, ``:printed``).
 """
 
 from configs import thumos14_i3d
 
 
-def get_config():
-  c = thumos14_i3d.get_config()
+def get_config(preset=None):
+  c = thumos14_i3d.get_config(preset)
   c.data.format = "wtalc"
   c.data.feature_streams = ()
   c.data.wtalc_features_file = "Thumos14reduced-I3D-JOINTFeatures.npy"

@@ -90,11 +90,15 @@ def validation_result(run_dir: str) -> dict:
   if not recs:
     raise RuntimeError(f"{run_dir}/metrics.jsonl: no validation record "
                        "(ablation.split='validation' needs train.validation_fraction > 0)")
-  drop = ("step", "kind", "selection")
+  drop = ("step", "kind", "selection", "candidates")
   summary = lambda r: {k: v for k, v in r.items() if k not in drop}  # noqa: E731
   best = max(recs, key=lambda r: r["selection"])  # first of equal scores
   return {"final": summary(recs[-1]), "selected": summary(best),
-          "selected_step": best["step"], "provenance": {"git_commit": provenance.git_commit()}}
+          "selected_step": best["step"],
+          # Every candidate's validation summary under inference.rules = "auto".
+          "candidates": {"final": recs[-1].get("candidates", {}),
+                         "selected": best.get("candidates", {})},
+          "provenance": {"git_commit": provenance.git_commit()}}
 
 
 def _train_cell(c: ml_collections.ConfigDict, run_dir: str, split: str, *,

@@ -48,6 +48,15 @@ EXTENT_FALLBACK_OFFSET = 1000.0
 # inside) or "neutral" (it counts as the inner mean: no contrast either way).
 OUTER_OUTSIDE = ("ignored", "neutral")
 CLASS_SCORES = ("s_a", "p_a")
+# The named presets of every dataset config (``configs/<data>.py:<preset>``,
+# :func:`apply_preset`): "jaxseg" (jaxseg's defaults), "paper" (Fig. 3's one
+# embedding, section 4.7's inference, and only the readings the printed losses
+# need to train: PAPER_PRESET) and "printed" (the paper as printed, a
+# diagnostic: PAPER_AS_PRINTED).
+PRESETS = ("jaxseg", "paper", "printed")
+# inference.rules: one preset's inference rules (PRESET_RULES), or "auto": the
+# candidate with the best validation score, chosen after training (jaxseg.rules).
+RULES = ("auto", *PRESETS)
 PROTOCOLS = ("activitynet", "wtalc")
 # data.train_subset / data.test_subset = SUBSET_AUTO: the first (train, test)
 # pair of these present in the annotations: THUMOS14 as W-TALC and the official
@@ -65,6 +74,10 @@ ABLATION_SPLITS = ("validation", "test")
 # Table 1's loss combinations, in its column order (CL is always on).
 ABLATION_LOSSES = ("CL", "CL+PSL", "CL+SL", "CL+PL", "CL+PSL+SL", "CL+PSL+PL", "CL+SL+PL",
                    "CL+PSL+SL+PL")
+# Where the synthetic generator puts an instance's class evidence
+# (data.synthetic.class_evidence; jaxseg/data/synthetic.py): one short "core",
+# a smooth bump "spread" over the whole instance, or several short "cores".
+CLASS_EVIDENCE = ("core", "spread", "cores")
 
 # Detection thresholds and the averages papers report (THUMOS14: Table 2 of the
 # paper; ActivityNet: Tables 3-4).
@@ -134,6 +147,14 @@ def base_config() -> ml_collections.ConfigDict:
   s.distractor_action_strength = 3.0
   s.distractor_class_strength = 1.0
   s.scene_strength = 1.0
+  # Where the class evidence sits and what surrounds the instances:
+  s.class_evidence = "core"  # one of CLASS_EVIDENCE: one core, a smooth "spread" bump, "cores"
+  s.core_fraction = 0.25  # the core's share of an instance ("cores": all cores together)
+  s.num_cores = 2  # cores per instance with class_evidence "cores" (fewer where they do not fit)
+  s.context_strength = 0.0  # the instance's class on background within one instance length
+  s.foreign_action_rate = 0.0  # share of background in action-like runs of a non-label class
+  s.foreign_action_strength = 3.0  # that class's signal in those runs
+  s.two_class_fraction = 0.15  # share of videos holding two classes (co-occurring classes)
 
   # ------------------------------------------------- segment-level labels
   c.labels = l = ml_collections.ConfigDict()
@@ -226,7 +247,9 @@ def base_config() -> ml_collections.ConfigDict:
   t.eval_every = 500
   t.checkpoint_every = 500
   t.keep_checkpoints = 3
-  t.validation_fraction = 0.0  # held out of training for model selection
+  # Held out of training for checkpoint selection and the choice of the
+  # inference rules (inference.rules = "auto" needs it > 0).
+  t.validation_fraction = 0.1
   t.skip_nonfinite = False  # skip a batch with non-finite gradients instead of stopping
   t.progress = True
   # Keep the training features on the accelerator and send each step only row
@@ -275,6 +298,14 @@ def base_config() -> ml_collections.ConfigDict:
   # worlds: docs/paper-notes.md, round 8.
   i.outer_outside = "neutral"
   i.class_score_weight = 1.0  # proposal score = inner-outer + w * class score
+  # The rules detections are made with (jaxseg/rules.py): "auto" (after
+  # training, the validation hold-out is scored under each preset of
+  # rule_candidates, from the same CAS, and the best is used for the test split
+  # and predict; needs train.validation_fraction > 0), or one of PRESETS:
+  # "jaxseg" (the fields of this section as they are), "paper" or "printed"
+  # (these fields with PRESET_RULES applied).
+  i.rules = "auto"
+  i.rule_candidates = PRESETS
   # Class-wise NMS: drop a proposal whose tIoU with a better one of its class is
   # above this (not printed; chosen on validation across worlds: docs/paper-notes.md).
   i.nms_iou = 0.3
@@ -342,15 +373,63 @@ PAPER_AS_PRINTED = (
 )
 
 
-def paper_as_printed(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """``c`` with every choice of ``PAPER_AS_PRINTED`` (in place; returned)."""
-  for key, value in PAPER_AS_PRINTED:
+# Each preset's inference rules, as overrides of config.inference: "jaxseg" is
+# the section as configured; "paper" and "printed" are section 4.7 as printed
+# (proposals cut from C_a, scored on C_a plus s_a, classes kept by s_a > 0, each
+# proposal's own extent). The outer-inner score of a proposal is not printed;
+# both take it on C_a.
+PRESET_RULES = {
+    "jaxseg": {},
+    "paper": {k.split(".", 1)[1]: v for k, v in PAPER_AS_PRINTED if k.startswith("inference.")},
+    "printed": {k.split(".", 1)[1]: v for k, v in PAPER_AS_PRINTED
+                if k.startswith("inference.")},
+}
+
+# The "paper" preset: the printed network and inference, with jaxseg's readings
+# only where the printed losses do not train without them (docs/presets.md):
+# eq. 4 over the video's labels, eq. 6 averaged per labeled instance, Q of
+# r = 2Q counting labeled instances, eq. 13 on cosine similarities averaged
+# over pairs without a gradient through S. Those are the base config's values;
+# these are the fields where jaxseg's defaults depart from the print otherwise.
+PAPER_PRESET = (
+    ("model.localization_embedding", "shared"),  # Fig. 3: one f for both heads
+    ("loss.sphere_classes", "all"),  # eq. 10: sum over all N classes
+    ("loss.loc_classification_weight", 0.0),  # eq. 2-4 on C_cls only
+    ("inference.rules", "paper"),  # section 4.7
+)
+
+
+def _set(c: ml_collections.ConfigDict, pairs) -> ml_collections.ConfigDict:
+  for key, value in pairs:
     node = c
     *path, leaf = key.split(".")
     for name in path:
       node = node[name]
     node[leaf] = value
   return c
+
+
+def paper_as_printed(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """``c`` with every choice of ``PAPER_AS_PRINTED`` (in place; returned)."""
+  return _set(c, (*PAPER_AS_PRINTED, ("inference.rules", "printed")))
+
+
+def apply_preset(c: ml_collections.ConfigDict, preset: str | None) -> ml_collections.ConfigDict:
+  """``c`` (a dataset config) under a preset of :data:`PRESETS` (in place; returned).
+
+  ``None`` or ``"jaxseg"``: unchanged. ``"paper"``: :data:`PAPER_PRESET`.
+  ``"printed"``: :func:`paper_as_printed`.
+
+  Raises:
+    ConfigError: an unknown preset.
+  """
+  if preset in (None, "", "jaxseg"):
+    return c
+  if preset == "paper":
+    return _set(c, PAPER_PRESET)
+  if preset == "printed":
+    return paper_as_printed(c)
+  raise ConfigError(f"unknown preset {preset!r}; the presets are {PRESETS}")
 
 
 # Fields added after runs were made, each with the value that does what a run
@@ -365,6 +444,16 @@ ADDED_FIELDS = (
     ("inference.proposal_cas", "average"),  # proposals cut from C_a
     ("inference.extent_fallback", False),
     ("inference.outer_outside", "ignored"),  # the outer mean over its part inside
+    ("inference.rules", "jaxseg"),  # the inference fields as they are
+    ("inference.rule_candidates", PRESETS),
+    # The synthetic world's structure knobs: the world generated before them.
+    ("data.synthetic.class_evidence", "core"),
+    ("data.synthetic.core_fraction", 0.25),
+    ("data.synthetic.num_cores", 2),
+    ("data.synthetic.context_strength", 0.0),
+    ("data.synthetic.foreign_action_rate", 0.0),
+    ("data.synthetic.foreign_action_strength", 3.0),
+    ("data.synthetic.two_class_fraction", 0.15),
 )
 
 
@@ -383,9 +472,12 @@ def with_added_fields(d: Mapping[str, Any]) -> dict[str, Any]:
   :data:`ADDED_FIELDS` set to its earlier behaviour (its section must exist)."""
   out = copy.deepcopy(dict(d))
   for key, value in ADDED_FIELDS:
-    section, name = key.split(".")
-    if isinstance(out.get(section), dict):
-      out[section].setdefault(name, value)
+    *path, name = key.split(".")
+    node = out
+    for section in path:
+      node = node.get(section) if isinstance(node, dict) else None
+    if isinstance(node, dict):
+      node.setdefault(name, value)
   return out
 
 

@@ -12,17 +12,19 @@ import math
 import ml_collections
 
 from jaxseg.config import (ConfigError, ABLATION_LOSSES, ABLATION_NON_PSL_CELLS,
-                           ABLATION_SPLITS, CLASSIFICATION_NORMALIZATIONS, CLASS_SCORES,
+                           ABLATION_SPLITS, CLASS_EVIDENCE, CLASSIFICATION_NORMALIZATIONS,
+                           CLASS_SCORES,
                            COMPUTE_DTYPES, CONTRAST_ON, EXTENTS, CROP_MODES, DATASET_FORMATS,
                            DEVICE_DATA_MODES, DROPOUT_RNGS, LABEL_MODES,
                            LOCALIZATION_EMBEDDINGS,
                            METRIC_BACKENDS, PROPAGATION_FEATURES, PROPAGATION_METHODS,
                            OUTER_OUTSIDE, PROPOSAL_CAS,
                            PROPAGATION_NORMALIZATIONS, PROPAGATION_SIMILARITIES,
-                           PROTOCOLS, SCHEDULES, SCORE_SOURCES, SEGMENT_NORMALIZATIONS,
+                           PRESETS, PROTOCOLS, SCHEDULES, SCORE_SOURCES, SEGMENT_NORMALIZATIONS,
                            SPHERE_CLASSES, SUBSAMPLE_MODES, SUBSET_AUTO, TOPK_COUNTS,
                            TOPK_MODES, base_config, require,
                            trains_localization)
+from jaxseg import rules as rules_lib
 from jaxseg.data import synthetic
 
 
@@ -114,25 +116,17 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1) -> None:
   _check(0.0 <= t.validation_fraction < 1.0, "train.validation_fraction", "must be in [0, 1)")
   i = c.inference
   _check(i.batch_size >= 1, "inference.batch_size", "must be >= 1")
-  _choice(c, "inference.score_source", SCORE_SOURCES)
-  _choice(c, "inference.contrast_on", CONTRAST_ON)
-  _choice(c, "inference.extent", EXTENTS)
-  _choice(c, "inference.proposal_cas", PROPOSAL_CAS)
-  _choice(c, "inference.outer_outside", OUTER_OUTSIDE)
-  _check(isinstance(i.extent_fallback, bool), "inference.extent_fallback", "must be true or false")
-  _check(i.extent != "localization" or trains_localization(c.loss),
-         "inference.extent",
-         "'localization' needs a trained C_loc (loss.use_segment, use_sphere, "
-         "use_propagation or loc_classification_weight > 0); use 'proposal'")
-  _choice(c, "inference.class_score", CLASS_SCORES)
-  _check(len(i.cas_thresholds) > 0 and all(0.0 <= x <= 1.0 for x in i.cas_thresholds),
-         "inference.cas_thresholds", "must be a non-empty list of values in [0, 1]")
-  _check(0.0 <= i.nms_iou <= 1.0, "inference.nms_iou", "must be in [0, 1]")
-  _check(i.outer_scale >= 0, "inference.outer_scale", "must be >= 0")
-  _check(0.0 <= i.contrast_loc_weight <= 1.0, "inference.contrast_loc_weight",
-         "must be in [0, 1]")
-  _check(i.max_proposals_per_video >= 1, "inference.max_proposals_per_video", "must be >= 1")
-  _check(0.0 <= i.class_top_ratio <= 1.0, "inference.class_top_ratio", "must be in [0, 1]")
+  # Every rule set the run may detect with, checked as jaxseg.rules builds it.
+  for name, r in rules_lib.candidates(i).items():
+    _check(r.extent != "localization" or trains_localization(c.loss),
+           "inference.extent" if name == "jaxseg" else "inference.rule_candidates",
+           f"the {name!r} rules take extent 'localization', which needs a trained C_loc "
+           "(loss.use_segment, use_sphere, use_propagation or loc_classification_weight > 0)"
+           + ("; use 'proposal'" if name == "jaxseg" else ""))
+  _check(i.rules != "auto" or t.validation_fraction > 0, "inference.rules",
+         "'auto' chooses the rules on the validation hold-out: it needs "
+         "train.validation_fraction > 0 (or name a preset of "
+         f"{PRESETS})")
   _choice(c, "eval.protocol", PROTOCOLS)
   _check(len(c.eval.tiou_thresholds) > 0
          and all(0.0 < x <= 1.0 for x in c.eval.tiou_thresholds),
@@ -187,6 +181,25 @@ def check_fields(c: ml_collections.ConfigDict) -> None:
   _check(0 < v < math.inf, "data.synthetic.instance_length_median", f"must be > 0, got {v}")
   v = require(c, "data.synthetic.coverage_mean")
   _check(0 < v < 1, "data.synthetic.coverage_mean", f"must be in (0, 1), got {v}")
+  # Where the class evidence sits and what surrounds the instances.
+  v = require(c, "data.synthetic.class_evidence")
+  _check(v in CLASS_EVIDENCE, "data.synthetic.class_evidence",
+         f"{v!r} is not one of {CLASS_EVIDENCE}")
+  v = require(c, "data.synthetic.core_fraction")
+  _check(0 < v <= 1, "data.synthetic.core_fraction", f"must be in (0, 1], got {v}")
+  v = require(c, "data.synthetic.num_cores")
+  _check(v >= 1, "data.synthetic.num_cores", f"must be an integer >= 1, got {v}")
+  for field in ("context_strength", "foreign_action_strength"):
+    v = require(c, f"data.synthetic.{field}")
+    _check(0 <= v < math.inf, f"data.synthetic.{field}", f"must be finite and >= 0, got {v}")
+  v = require(c, "data.synthetic.foreign_action_rate")
+  _check(0 <= v < 1, "data.synthetic.foreign_action_rate", f"must be in [0, 1), got {v}")
+  _check(v == 0 or require(c, "data.synthetic.num_classes") >= 2,
+         "data.synthetic.foreign_action_rate", "> 0 needs data.synthetic.num_classes >= 2")
+  v = require(c, "data.synthetic.two_class_fraction")
+  _check(0 <= v <= 1, "data.synthetic.two_class_fraction", f"must be in [0, 1], got {v}")
+  _check(v == 0 or require(c, "data.synthetic.num_classes") >= 2,
+         "data.synthetic.two_class_fraction", "> 0 needs data.synthetic.num_classes >= 2")
   t = c.train
   _check(t.grad_clip_norm >= 0, "train.grad_clip_norm", "must be >= 0 (0: off)")
   _check(t.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")

@@ -20,12 +20,14 @@ import pandas as pd
 from absl import logging
 
 from jaxseg import checkpoints as checkpoints_lib
+from jaxseg import config as config_lib
 from jaxseg import classification_metrics
 from jaxseg import inference
 from jaxseg import map_summary
 from jaxseg import metrics
 from jaxseg import parallel
 from jaxseg import provenance
+from jaxseg import rules as rules_lib
 from jaxseg import run_data
 from jaxseg import workdir as workdir_lib
 from jaxseg.data import batching
@@ -37,9 +39,9 @@ def make_apply_fn(model) -> Callable:
   return jax.jit(functools.partial(model.apply, deterministic=True))
 
 
-def evaluate_params(config, model, params, split: Dataset, *, apply_fn=None,
-                    with_cas: bool = False) -> dict:
-  """Detections and metrics of ``params`` on ``split``.
+def evaluate_params(config, model, params, split: Dataset, *, rules: rules_lib.InferenceRules,
+                    apply_fn=None, with_cas: bool = False) -> dict:
+  """Detections and metrics of ``params`` on ``split`` under ``rules``.
 
   Returns:
     dict with ``predictions`` (ActivityNet results dict, see
@@ -53,7 +55,7 @@ def evaluate_params(config, model, params, split: Dataset, *, apply_fn=None,
   pred = inference.predict(
       apply_fn, {"params": params}, batches,
       videos={v.video_id: v for v in split.videos}, class_names=split.class_names,
-      config_inference=config.inference, topk_ratio=config.loss.topk_ratio,
+      rules=rules, topk_ratio=config.loss.topk_ratio,
       return_cas=with_cas)
   table = metrics.detection_map(split.ground_truth(), pred,
                                 tuple(config.eval.tiou_thresholds),
@@ -70,48 +72,109 @@ def evaluate_params(config, model, params, split: Dataset, *, apply_fn=None,
 
 
 def selection_score(summary: dict) -> float:
-  """The validation number checkpoints are selected by: the mean mAP over thresholds."""
+  """The validation number checkpoints (and rules) are selected by: the mean mAP over thresholds."""
   vals = [v for k, v in summary.items() if k.startswith("mAP@")]
   return float(np.mean(vals))
+
+
+def choose_rules(config, model, params, validation: Dataset | None, *,
+                 apply_fn=None) -> tuple[rules_lib.InferenceRules, dict | None, dict]:
+  """The rules ``params`` detect with, chosen on ``validation`` alone.
+
+  Under ``config.inference.rules = "auto"`` the validation split is scored
+  under every candidate of ``config.inference.rule_candidates`` (one model
+  output, re-scored; candidates with the same rules are scored once) and the
+  best :func:`selection_score` wins (the earlier candidate on ties). Under a
+  named preset, that preset (scored on ``validation`` when there is one).
+  The test split is not an argument: it cannot take part.
+
+  Returns:
+    ``(rules, result, scores)``: the chosen rules, their
+    :func:`evaluate_params` result on ``validation`` (None without one) and
+    ``{candidate: validation summary}`` (empty without one).
+
+  Raises:
+    ConfigError: ``"auto"`` without a validation split.
+  """
+  options = rules_lib.candidates(config.inference)
+  if validation is None:
+    if len(options) > 1:
+      raise config_lib.ConfigError(
+          "config.inference.rules: 'auto' chooses on the validation hold-out, and this "
+          "run has none (train.validation_fraction = 0)")
+    return next(iter(options.values())), None, {}
+  apply_fn = apply_fn or make_apply_fn(model)
+  results: dict[str, dict] = {}
+  for name, r in options.items():
+    same = next((n for n in results if options[n].same_detections(r)), None)
+    results[name] = results[same] if same is not None else evaluate_params(
+        config, model, params, validation, rules=r, apply_fn=apply_fn)
+  chosen = max(options, key=lambda n: selection_score(results[n]["summary"]))
+  return options[chosen], results[chosen], {n: res["summary"] for n, res in results.items()}
 
 
 def evaluate_and_report(config, workdir: str, model, data: run_data.RunData, state,
                         best_mngr, *, apply_fn=None) -> dict:
   """Evaluates the final and the selected checkpoint on test and writes the results.
 
+  Each checkpoint detects with the rules :func:`choose_rules` picks for it on
+  the validation split; the choice is written first (``rules.json``), then the
+  test split is scored under it.
+
   Returns:
-    ``{"final": summary, "selected": summary, "selected_step": int}``.
+    ``{"final": summary, "selected": summary, "selected_step": int,
+    "rules": {"final": record, "selected": record}}``.
   """
   apply_fn = apply_fn or make_apply_fn(model)  # one compile per bucket for both
-  final = evaluate_params(config, model, state.params, data.test, apply_fn=apply_fn)
-  selected_step = int(state.step)
-  selected = final
+  checkpoints = {"final": (int(state.step), state.params)}
   best_step = best_mngr.best_step()
-  if best_step is not None and int(best_step) != selected_step:
+  if best_step is not None and int(best_step) != int(state.step):
     best_state = checkpoints_lib.restore(best_mngr, int(best_step), state)
-    selected = evaluate_params(config, model, best_state.params, data.test,
-                               apply_fn=apply_fn)
-    selected_step = int(best_step)
-  write_results(config, workdir, data, final, selected, int(state.step), selected_step)
-  return {"final": final["summary"], "selected": selected["summary"],
-          "selected_step": selected_step}
+    checkpoints["selected"] = (int(best_step), best_state.params)
+  chosen, choices = {}, {}
+  for which, (step, params) in checkpoints.items():
+    chosen[which], _, scores = choose_rules(config, model, params, data.validation,
+                                            apply_fn=apply_fn)
+    choices[which] = rules_lib.choice_record(step, chosen[which].name, scores,
+                                             config.inference.rules, "validation")
+  if "selected" not in checkpoints:
+    checkpoints["selected"], chosen["selected"] = checkpoints["final"], chosen["final"]
+    choices["selected"] = choices["final"]
+  if parallel.is_main_process():
+    rules_lib.write_choice(workdir, choices)
+  results = {}
+  for which, (step, params) in checkpoints.items():
+    same = which == "selected" and step == checkpoints["final"][0]
+    results[which] = results["final"] if same else evaluate_params(
+        config, model, params, data.test, rules=chosen[which], apply_fn=apply_fn)
+  write_results(config, workdir, data, results["final"], results["selected"],
+                checkpoints["final"][0], checkpoints["selected"][0], choices)
+  return {"final": results["final"]["summary"], "selected": results["selected"]["summary"],
+          "selected_step": checkpoints["selected"][0], "rules": choices}
 
 
 def write_results(config, workdir: str, data: run_data.RunData, final: dict,
-                  selected: dict, final_step: int, selected_step: int) -> None:
-  """Writes detections, ``results.csv``, ``results.md`` and ``results.json``."""
+                  selected: dict, final_step: int, selected_step: int,
+                  choices: dict) -> None:
+  """Writes detections, ``results.csv``, ``results.md`` and ``results.json``.
+
+  ``choices``: ``{"final": record, "selected": record}`` of
+  :func:`jaxseg.rules.choice_record`, the rules each checkpoint detected with.
+  """
   if not parallel.is_main_process():
     return
   prov = provenance.collect(config, data.dataset, data.segment_labels, workdir)
-  inference.write_detections(os.path.join(workdir, "detections.json"), final["predictions"],
-                             provenance={**prov, "checkpoint": "final", "step": final_step})
-  inference.write_detections(os.path.join(workdir, "detections_selected.json"),
-                             selected["predictions"],
-                             provenance={**prov, "checkpoint": "selected",
-                                         "step": selected_step})
+  for name, which, res, step in (("detections.json", "final", final, final_step),
+                                 ("detections_selected.json", "selected", selected,
+                                  selected_step)):
+    inference.write_detections(os.path.join(workdir, name), res["predictions"],
+                               provenance={**prov, "checkpoint": which, "step": step,
+                                           "rules": choices[which]["chosen"]})
   rows = pd.DataFrame(
-      [{"checkpoint": "final", "step": final_step, **final["summary"]},
-       {"checkpoint": "selected", "step": selected_step, **selected["summary"]}]
+      [{"checkpoint": "final", "step": final_step, "rules": choices["final"]["chosen"],
+        **final["summary"]},
+       {"checkpoint": "selected", "step": selected_step,
+        "rules": choices["selected"]["chosen"], **selected["summary"]}]
   ).set_index("checkpoint")
   table = rows.copy()  # the metrics alone, for the markdown and the log
   for key, value in provenance.flat_columns(prov).items():
@@ -119,10 +182,11 @@ def write_results(config, workdir: str, data: run_data.RunData, final: dict,
   protocol = metrics.PROTOCOL_LABELS[config.eval.protocol]
   io.atomic_write_text(os.path.join(workdir, "results.csv"), rows.round(4).to_csv())
   io.atomic_write_text(os.path.join(workdir, "results.md"),
-                       results_markdown(config, data, table, prov))
+                       results_markdown(config, data, table, prov, choices))
   io.atomic_write_text(os.path.join(workdir, "results.json"), json.dumps(
       {"final": {"step": final_step, **final["summary"]},
        "selected": {"step": selected_step, **selected["summary"]},
+       "rules": choices,
        "per_class_ap_final": final["table"].rename(columns=lambda c: f"{float(c):g}")
        .to_dict(orient="index"),
        "provenance": prov}, indent=2, sort_keys=True) + "\n")
@@ -130,8 +194,32 @@ def write_results(config, workdir: str, data: run_data.RunData, final: dict,
                protocol, workdir)
 
 
+def rules_markdown(choices: dict) -> list[str]:
+  """The ``results.md`` section on the inference rules: each checkpoint's choice
+  and every candidate's validation score."""
+  md = ["## Inference rules", ""]
+  first = choices["final"]
+  how = ("chosen on the validation hold-out (`inference.rules = \"auto\"`): the best mean "
+         "mAP over thresholds; the test split took no part" if first["rules"] == "auto"
+         else f"`inference.rules = \"{first['rules']}\"`")
+  md += [f"Rules {how}.", ""]
+  rows = []
+  for which in ("final", "selected"):
+    rec = choices[which]
+    for name, summary in rec["candidates"].items():
+      rows.append({"checkpoint": which, "step": rec["step"], "candidate": name,
+                   "chosen": "yes" if name == rec["chosen"] else "",
+                   **{k: v for k, v in summary.items() if k.startswith(("mAP@", "avg"))}})
+  if rows:
+    md += [f"Validation (`{first['split']}`) mAP (%) per candidate:", "",
+           pd.DataFrame(rows).round(2).to_markdown(index=False), ""]
+  else:
+    md += [f"Used: {choices['final']['chosen']} (no validation split to score it on).", ""]
+  return md
+
+
 def results_markdown(config, data: run_data.RunData, table: pd.DataFrame,
-                     prov: dict) -> str:
+                     prov: dict, choices: dict) -> str:
   """``results.md``: the metrics table of both checkpoints and the provenance."""
   protocol = metrics.PROTOCOL_LABELS[config.eval.protocol]
   md = [f"# Results on `{data.test_subset}` ({len(data.test.videos)} videos)", "",
@@ -139,7 +227,7 @@ def results_markdown(config, data: run_data.RunData, table: pd.DataFrame,
         "from the video-level scores. `selected` is the checkpoint with the best mean "
         "mAP on the validation split held out of the training videos "
         "(the test split is never looked at for selection).", "",
-        table.round(2).to_markdown(), "",
+        table.round(2).to_markdown(), "", *rules_markdown(choices),
         "## Provenance", "", "```json", json.dumps(prov, indent=2, sort_keys=True), "```", ""]
   return "\n".join(md)
 
@@ -160,12 +248,12 @@ def evaluate_workdir(config, workdir: str) -> dict:
                             apply_fn=apply_fn)
   if config.eval.num_plot_videos > 0 and parallel.is_main_process():
     write_timelines(run, os.path.join(workdir, "plots"), config.eval.num_plot_videos,
-                    apply_fn=apply_fn)
+                    rules=rules_lib.read_choice(config, workdir, "final"), apply_fn=apply_fn)
   return out
 
 
 def timeline_figures(config, model, params, split: Dataset, num_videos: int, *,
-                     apply_fn=None):
+                     rules: rules_lib.InferenceRules, apply_fn=None):
   """CAS timelines (paper Fig. 4/6) of the first ``num_videos`` videos of ``split``.
 
   Yields ``(video, figure)``; the caller closes each figure.
@@ -173,7 +261,8 @@ def timeline_figures(config, model, params, split: Dataset, num_videos: int, *,
   from jaxseg import plots  # pylint: disable=g-import-not-at-top
   videos = split.videos[:num_videos]
   sub = Dataset(split.class_names, videos)
-  res = evaluate_params(config, model, params, sub, with_cas=True, apply_fn=apply_fn)
+  res = evaluate_params(config, model, params, sub, rules=rules, with_cas=True,
+                        apply_fn=apply_fn)
   for v in videos:
     cas = res["predictions"]["cas"][v.video_id]
     yield v, plots.plot_cas_timeline(v, sub.class_names, cas_cls=cas["cas_cls"],
@@ -181,12 +270,12 @@ def timeline_figures(config, model, params, split: Dataset, num_videos: int, *,
 
 
 def write_timelines(run: workdir_lib.LoadedRun, out_dir: str, num_videos: int, *,
-                    apply_fn=None) -> list[str]:
+                    rules: rules_lib.InferenceRules, apply_fn=None) -> list[str]:
   """CAS timelines of the first ``num_videos`` test videos, as PNGs in ``out_dir``."""
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   paths = []
   for v, fig in timeline_figures(run.config, run.model, run.state.params, run.data.test,
-                                 num_videos, apply_fn=apply_fn):
+                                 num_videos, rules=rules, apply_fn=apply_fn):
     path = io.child_path(out_dir, v.video_id, ".png")  # an id never writes outside out_dir
     os.makedirs(out_dir, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
@@ -196,11 +285,11 @@ def write_timelines(run: workdir_lib.LoadedRun, out_dir: str, num_videos: int, *
 
 
 def timeline_images(config, model, params, split: Dataset, num_videos: int, *,
-                    apply_fn=None) -> dict[str, np.ndarray]:
+                    rules: rules_lib.InferenceRules, apply_fn=None) -> dict[str, np.ndarray]:
   """``{"cas/<video id>": (H, W, 3) uint8}``: the timelines as images for a metric writer."""
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   images = {}
-  for v, fig in timeline_figures(config, model, params, split, num_videos,
+  for v, fig in timeline_figures(config, model, params, split, num_videos, rules=rules,
                                  apply_fn=apply_fn):
     fig.canvas.draw()
     images[f"cas/{v.video_id}"] = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()

@@ -35,8 +35,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxseg import losses
-from jaxseg.config import SCORE_SOURCES, require
+from jaxseg.config import SCORE_SOURCES
 from jaxseg.proposals import generate_proposals
+from jaxseg.rules import InferenceRules
 from jaxseg.data import io
 from jaxseg.data.video import DataError
 
@@ -136,7 +137,7 @@ def video_scores(cas_cls: jax.Array, cas_loc: jax.Array, mask: jax.Array,
 
 def predict(apply_fn: Callable[..., Mapping[str, Any]], variables: Any,
             batches: Iterable[Mapping[str, Any]], *, videos: Any,
-            class_names: Sequence[str], config_inference: Any, topk_ratio: float,
+            class_names: Sequence[str], rules: InferenceRules, topk_ratio: float,
             return_cas: bool | Collection[str] = False) -> dict:
   """Runs a model over eval batches; detections in ActivityNet result format.
 
@@ -153,7 +154,7 @@ def predict(apply_fn: Callable[..., Mapping[str, Any]], variables: Any,
     videos: ``{video_id: Video}`` (or a :class:`~jaxseg.data.video.Dataset`);
       gives each video's ``feature_rate`` and ``duration``.
     class_names: the ``N`` class names; detections carry the name as label.
-    config_inference: ``config.inference``.
+    rules: the :class:`jaxseg.rules.InferenceRules` to detect with.
     topk_ratio: fixed ``r`` for the top-k of eq. 2 (``config.loss.topk_ratio``).
     return_cas: True to also return every video's CAS, or a collection of
       video ids to return only theirs (for plots).
@@ -204,9 +205,7 @@ def predict(apply_fn: Callable[..., Mapping[str, Any]], variables: Any,
     k = inference_topk(np.minimum(lengths, num_t), topk_ratio)
     scores = jax.device_get(video_scores(
         out["cas_cls"], out["cas_loc"], mask, k,
-        score_source=str(require(config_inference, "score_source", where="config.inference")),
-        contrast_loc_weight=float(require(config_inference, "contrast_loc_weight",
-                                          where="config.inference"))))
+        score_source=rules.score_source, contrast_loc_weight=rules.contrast_loc_weight))
     if want_cas is None or want_cas:
       raw = jax.device_get({"cas_cls": out["cas_cls"], "cas_loc": out["cas_loc"]})
     for i, vid in enumerate(ids):
@@ -222,7 +221,7 @@ def predict(apply_fn: Callable[..., Mapping[str, Any]], variables: Any,
           cas_cls=scores["cas_cls"][i, :n], cas_contrast=scores["cas_contrast"][i, :n],
           cas_extent=scores["cas_loc"][i, :n],
           feature_rate=float(video.feature_rate), duration=float(video.duration),
-          config=config_inference, video_id=vid)
+          rules=rules, video_id=vid)
       results[vid] = [{"label": class_names[d["label"]], "score": d["score"],
                        "segment": d["segment"]} for d in dets]
       s_out[vid] = np.asarray(scores["s_a"][i], np.float32)

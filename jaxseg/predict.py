@@ -34,8 +34,10 @@ import numpy as np
 
 from jaxseg import checkpoints as checkpoints_lib
 from jaxseg import config as config_lib
+from jaxseg import config_checks
 from jaxseg import evaluate as evaluate_lib
 from jaxseg import inference
+from jaxseg import rules as rules_lib
 from jaxseg import run_data
 from jaxseg import workdir as workdir_lib
 from jaxseg.data import batching
@@ -49,19 +51,31 @@ PREDICT_SUBSET = "predict"  # the subset of videos of a flat or stream layout
 
 
 def run_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a run was trained with, from ``workdir/config.json``.
+  """The config a run was trained with, from ``workdir/config.json``, validated
+  as a config file is (fields added since the run read with their earlier
+  behaviour: ``config.ADDED_FIELDS``).
 
   Raises:
-    ConfigError: no run there, or the file is unreadable.
+    ConfigError: no run there, the file is unreadable, or a field is invalid
+      (naming the file and the field).
   """
   path = os.path.join(workdir, "config.json")
   if not os.path.isfile(path):
     raise config_lib.ConfigError(f"{workdir} holds no run (no config.json); train first")
   try:
-    return ml_collections.ConfigDict(
-        config_lib.with_added_fields(io.load_json(path, "run config")))
+    raw = io.load_json(path, "run config")
   except DataError as e:
     raise config_lib.ConfigError(str(e)) from None
+  if not isinstance(raw, dict):
+    raise config_lib.ConfigError(f"{path}: expected a JSON object of config sections, got "
+                                 f"{type(raw).__name__}")
+  try:
+    config = ml_collections.ConfigDict(config_lib.with_added_fields(raw))
+    config_checks.check_fields(config)
+    config_checks.validate(config)
+  except config_lib.ConfigError as e:
+    raise config_lib.ConfigError(f"{path}: {e}") from None
+  return config
 
 
 def run_classes(config, workdir: str) -> tuple[list[str], int]:
@@ -158,6 +172,7 @@ def predict_folder(workdir: str, features_dir: str, out_dir: str, *,
   out_dir = os.path.abspath(out_dir)
   _check_out(out_dir, overwrite)
   config = run_config(workdir)
+  rules = rules_lib.read_choice(config, workdir, which)  # as the run's evaluation chose
   class_names, feature_dim = run_classes(config, workdir)
   streams = _streams(config, features_dir)
   ds = read_folder(features_dir, class_names, feature_dim,
@@ -170,7 +185,7 @@ def predict_folder(workdir: str, features_dir: str, out_dir: str, *,
                                   buckets=config.train.length_buckets)
   pred = inference.predict(
       evaluate_lib.make_apply_fn(model), {"params": state.params}, batches,
-      videos=ds, class_names=class_names, config_inference=config.inference,
+      videos=ds, class_names=class_names, rules=rules,
       topk_ratio=config.loss.topk_ratio, return_cas=True)
   os.makedirs(os.path.dirname(out_dir), exist_ok=True)
   tmp = tempfile.mkdtemp(dir=os.path.dirname(out_dir),
@@ -178,6 +193,7 @@ def predict_folder(workdir: str, features_dir: str, out_dir: str, *,
   try:
     _write(tmp, ds, pred, plots=plots, provenance={
         "workdir": os.path.abspath(workdir), "checkpoint": which, "step": step,
+        "rules": rules.name,
         "features_dir": os.path.abspath(features_dir), "features": ds.notes[0],
         "config": json.loads(config.to_json_best_effort())})
     _check_out(out_dir, overwrite)  # nothing appeared meanwhile

@@ -6,12 +6,10 @@ NumPy, per video."""
 from __future__ import annotations
 
 import math
-from typing import Any
-
 import numpy as np
 
-from jaxseg.config import (CLASS_SCORES, CONTRAST_ON, EXTENT_FALLBACK_OFFSET, EXTENTS,
-                           OUTER_OUTSIDE, PROPOSAL_CAS, require)
+from jaxseg.config import EXTENT_FALLBACK_OFFSET
+from jaxseg.rules import InferenceRules
 
 
 # ------------------------------------------------------------------------ NMS
@@ -240,66 +238,61 @@ def _fall_back(segs: np.ndarray, scores: np.ndarray, keep: np.ndarray, own: np.n
   return all_segs, all_scores, temporal_nms(all_segs, tier, iou_threshold)
 
 
-def _field(config: Any, name: str) -> Any:
-  """``config.inference.<name>``; a missing field raises ``ConfigError`` naming it."""
-  return require(config, name, where="config.inference")
-
-
 def generate_proposals(cas_a: np.ndarray, s_a: np.ndarray, p_a: np.ndarray, *,
-                       feature_rate: float, duration: float, config: Any,
+                       feature_rate: float, duration: float, rules: InferenceRules,
                        cas_cls: np.ndarray | None = None,
                        cas_contrast: np.ndarray | None = None,
                        cas_extent: np.ndarray | None = None,
                        video_id: str = "?") -> list[dict]:
   """Action proposals of one video (paper 4.7), host-side NumPy.
 
-  1. Classes: :func:`select_classes` with ``config.class_threshold`` and
-     ``config.class_top_ratio`` (the top-1 class kept if ``config.keep_top_class``).
-  2. For each kept class ``c``, the CAS of ``config.proposal_cas``
+  1. Classes: :func:`select_classes` with ``rules.class_threshold`` and
+     ``rules.class_top_ratio`` (the top-1 class kept if ``rules.keep_top_class``).
+  2. For each kept class ``c``, the CAS of ``rules.proposal_cas``
      (``"average"``: ``C_a[:, c]``; ``"classification"``: ``cas_cls[:, c]``) is
      min-max normalised over time (a constant sequence normalises to 1, i.e.
      the whole video) and thresholded (``>``) at each value of
-     ``config.cas_thresholds``; each run of consecutive segments ``[t0, t1)``
+     ``rules.cas_thresholds``; each run of consecutive segments ``[t0, t1)``
      above a threshold is a proposal ``[min(t0 / rate, duration), min(t1 /
      rate, duration)]`` seconds (proposals that clip to zero length are
      dropped).
   3. Score: ``mean(X[t0:t1, c]) - mean(X[outer, c]) + w * s_a[c]`` with the
-     outer region ``ceil(config.outer_scale * (t1 - t0))`` segments on each side;
-     its part past the video's ends is left out (``config.outer_outside =
+     outer region ``ceil(rules.outer_scale * (t1 - t0))`` segments on each side;
+     its part past the video's ends is left out (``rules.outer_outside =
      "ignored"``; none left: outer mean 0) or counts as the inner mean
      (``"neutral"``: the contrast is scaled by the share of the outer region
      inside the video), and
-     ``w = config.class_score_weight`` (AutoLoc/BaSNet outer-inner contrast).
+     ``w = rules.class_score_weight`` (AutoLoc/BaSNet outer-inner contrast).
      ``X`` is ``cas_contrast`` (``C_a`` when it is None), raw or min-max
-     normalised per class (``config.contrast_on``).
-  4. Class-wise :func:`temporal_nms` at ``config.nms_iou`` on the segments in
+     normalised per class (``rules.contrast_on``).
+  4. Class-wise :func:`temporal_nms` at ``rules.nms_iou`` on the segments in
      seconds.
-  5. With ``config.extent = "localization"``, each kept proposal takes the
+  5. With ``rules.extent = "localization"``, each kept proposal takes the
      segment of the container of its class that contains it and has the best
      outer-inner contrast on ``cas_extent`` (``C_loc``), when that contrast is
      strictly above the proposal's own, and keeps its score; NMS runs again on
      the new segments. The containers are the runs of step 2 cut from ``C_a``
-     (the proposals themselves when ``config.proposal_cas = "average"``).
-     With ``config.extent_fallback``, a proposal whose new segment this NMS
+     (the proposals themselves when ``rules.proposal_cas = "average"``).
+     With ``rules.extent_fallback``, a proposal whose new segment this NMS
      suppresses keeps its own segment instead, unless that overlaps a kept one
      (the same NMS), with its score lowered by ``EXTENT_FALLBACK_OFFSET`` so
      that it ranks after the others. ``"proposal"`` skips this step.
-  6. The ``config.max_proposals_per_video`` best overall.
+  6. The ``rules.max_proposals_per_video`` best overall.
 
   Args:
     cas_a: ``(T, N) float`` final CAS of ONE video, cut to its ``T`` segments.
     cas_cls: ``(T, N) float`` ``C_cls``, needed with
-      ``config.proposal_cas = "classification"``.
+      ``rules.proposal_cas = "classification"``.
     cas_contrast: ``(T, N) float`` the CAS the contrast is taken on
       (:func:`jaxseg.inference.video_scores` gives ``(1 - w) C_cls + w C_loc``
-      for ``w = config.contrast_loc_weight``); None takes it on ``cas_a``.
+      for ``w = rules.contrast_loc_weight``); None takes it on ``cas_a``.
     cas_extent: ``(T, N) float`` ``C_loc``, needed with
-      ``config.extent = "localization"``.
+      ``rules.extent = "localization"``.
     s_a: ``(N,) float`` class scores (eq. 2).
     p_a: ``(N,) float`` class probabilities (eq. 3).
     feature_rate: segments per second.
     duration: video duration in seconds.
-    config: ``config.inference`` (a ConfigDict or a mapping).
+    rules: the :class:`jaxseg.rules.InferenceRules` to detect with (built once).
     video_id: used in error messages only.
 
   Returns:
@@ -311,6 +304,9 @@ def generate_proposals(cas_a: np.ndarray, s_a: np.ndarray, p_a: np.ndarray, *,
     ValueError: on bad shapes, a non-positive rate, a negative or non-finite
       duration, or non-finite CAS values, naming the video.
   """
+  if not isinstance(rules, InferenceRules):
+    raise TypeError("generate_proposals: rules must be a jaxseg.rules.InferenceRules "
+                    f"(jaxseg.rules.from_config), got {type(rules).__name__}")
   cas_a = np.asarray(cas_a)
   s_a = np.asarray(s_a, np.float64).reshape(-1)
   p_a = np.asarray(p_a, np.float64).reshape(-1)
@@ -325,14 +321,9 @@ def generate_proposals(cas_a: np.ndarray, s_a: np.ndarray, p_a: np.ndarray, *,
     raise ValueError(f"{where}: field feature_rate must be > 0, got {feature_rate}")
   if not (math.isfinite(duration) and duration >= 0):
     raise ValueError(f"{where}: field duration must be >= 0, got {duration}")
-  extent = str(_field(config, "extent"))
-  if extent not in EXTENTS:
-    raise ValueError(f"inference config: extent must be one of {EXTENTS}, got {extent!r}")
-  fallback = extent == "localization" and bool(_field(config, "extent_fallback"))
-  proposal_cas = str(_field(config, "proposal_cas"))
-  if proposal_cas not in PROPOSAL_CAS:
-    raise ValueError(f"inference config: proposal_cas must be one of {PROPOSAL_CAS}, "
-                     f"got {proposal_cas!r}")
+  extent = rules.extent
+  fallback = extent == "localization" and rules.extent_fallback
+  proposal_cas = rules.proposal_cas
   cas_contrast = cas_a if cas_contrast is None else np.asarray(cas_contrast)
   if extent == "localization" and cas_extent is None:
     raise ValueError(f"{where}: inference.extent = 'localization' needs cas_extent (C_loc)")
@@ -350,30 +341,16 @@ def generate_proposals(cas_a: np.ndarray, s_a: np.ndarray, p_a: np.ndarray, *,
   if num_t == 0 or num_classes == 0:
     return []
 
-  thresholds = np.asarray(tuple(_field(config, "cas_thresholds")), np.float64).reshape(-1)
-  if thresholds.size == 0:
-    raise ValueError("inference config: cas_thresholds is empty")
-  outer_scale = float(_field(config, "outer_scale"))
-  outside = str(_field(config, "outer_outside"))
-  if outside not in OUTER_OUTSIDE:
-    raise ValueError(f"inference config: outer_outside must be one of {OUTER_OUTSIDE}, "
-                     f"got {outside!r}")
-  weight = float(_field(config, "class_score_weight"))
-  nms_iou = float(_field(config, "nms_iou"))
-  max_props = int(_field(config, "max_proposals_per_video"))
-  contrast_on = str(_field(config, "contrast_on"))
-  if contrast_on not in CONTRAST_ON:
-    raise ValueError(f"inference config: contrast_on must be one of {CONTRAST_ON}, "
-                     f"got {contrast_on!r}")
-  class_score = str(_field(config, "class_score"))
-  if class_score not in CLASS_SCORES:
-    raise ValueError(f"inference config: class_score must be one of {CLASS_SCORES}, "
-                     f"got {class_score!r}")
+  thresholds = np.asarray(rules.cas_thresholds, np.float64).reshape(-1)
+  outer_scale, outside = rules.outer_scale, rules.outer_outside
+  weight, nms_iou = rules.class_score_weight, rules.nms_iou
+  max_props, contrast_on, class_score = (rules.max_proposals_per_video, rules.contrast_on,
+                                         rules.class_score)
   video_score = s_a if class_score == "s_a" else p_a
 
-  classes = select_classes(s_a, p_a, class_threshold=float(_field(config, "class_threshold")),
-                           class_top_ratio=float(_field(config, "class_top_ratio")),
-                           keep_top_class=bool(_field(config, "keep_top_class")))
+  classes = select_classes(s_a, p_a, class_threshold=rules.class_threshold,
+                           class_top_ratio=rules.class_top_ratio,
+                           keep_top_class=rules.keep_top_class)
   if classes.size == 0:
     return []
   contrast_cas = cas_contrast[:, classes].astype(np.float64).T  # (C, T)

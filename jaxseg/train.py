@@ -237,12 +237,15 @@ def _train_and_evaluate(config, workdir: str, mesh, *, overwrite: bool,
   validate = None
   if data.validation is not None:
     def validate(st):
-      res = evaluate_lib.evaluate_params(config, model, st.params, data.validation,
-                                         apply_fn=apply_fn)
+      # Scored under the rules that would be chosen now (every candidate under
+      # inference.rules = "auto"): a checkpoint is selected with its best rules.
+      rules, res, scores = evaluate_lib.choose_rules(config, model, st.params,
+                                                     data.validation, apply_fn=apply_fn)
+      res = {**res, "rules": rules.name, "candidates": scores}
       if main and config.train.log_images > 0:
         res["images"] = evaluate_lib.timeline_images(
             config, model, st.params, data.validation, config.train.log_images,
-            apply_fn=apply_fn)
+            rules=rules, apply_fn=apply_fn)
       return res
   try:
     with checkpoint_errors(os.path.join(workdir, "checkpoints")):
@@ -343,7 +346,8 @@ def _loop(config, workdir, state, start, feeder, train_step, logs, validate,
     if validate is not None and validate_now:
       res = validate(state)
       score = evaluate_lib.selection_score(res["summary"])
-      log.write({"step": done, "kind": "validation", "selection": score, **res["summary"]})
+      log.write({"step": done, "kind": "validation", "selection": score, "rules": res["rules"],
+                 "candidates": res["candidates"], **res["summary"]})
       writer.write_scalars(done, metric_writers.validation_scalars(res["summary"], score))
       if res.get("images"):
         writer.write_images(done, res["images"])

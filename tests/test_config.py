@@ -72,6 +72,21 @@ BAD = [
     ({"data.synthetic.noise_ar": 1.0}, "data.synthetic.noise_ar"),
     ({"data.synthetic.coverage_mean": 1.0}, "data.synthetic.coverage_mean"),
     ({"data.synthetic.instance_length_median": 0.0}, "data.synthetic.instance_length_median"),
+    # The world's structure: evidence layout, cores, context, foreign actions, co-occurrence.
+    ({"data.synthetic.class_evidence": "cloud"}, "data.synthetic.class_evidence"),
+    ({"data.synthetic.core_fraction": 0.0}, "data.synthetic.core_fraction"),
+    ({"data.synthetic.core_fraction": 1.5}, "data.synthetic.core_fraction"),
+    ({"data.synthetic.num_cores": 0}, "data.synthetic.num_cores"),
+    ({"data.synthetic.context_strength": -0.5}, "data.synthetic.context_strength"),
+    ({"data.synthetic.context_strength": math.nan}, "data.synthetic.context_strength"),
+    ({"data.synthetic.foreign_action_rate": 1.0}, "data.synthetic.foreign_action_rate"),
+    ({"data.synthetic.foreign_action_rate": -0.1}, "data.synthetic.foreign_action_rate"),
+    ({"data.synthetic.num_classes": 1, "data.synthetic.two_class_fraction": 0.0,
+      "data.synthetic.foreign_action_rate": 0.1}, "data.synthetic.foreign_action_rate"),
+    ({"data.synthetic.foreign_action_strength": math.inf},
+     "data.synthetic.foreign_action_strength"),
+    ({"data.synthetic.two_class_fraction": 1.5}, "data.synthetic.two_class_fraction"),
+    ({"data.synthetic.num_classes": 1}, "data.synthetic.two_class_fraction"),
     ({"train.device_data": "gpu"}, "train.device_data"),
     # Margin below 1 (the non-integer margin has its own test).
     ({"loss.margin": 0}, "loss.margin"),
@@ -158,6 +173,19 @@ def test_non_integer_margin_is_rejected():
   config_checks.validate(c)
 
 
+def test_synthetic_world_fields_of_another_type_are_rejected():
+  # As the margin: a wrong type only arrives by replacing the field.
+  for field, value in (("class_evidence", 1), ("num_cores", 1.5), ("context_strength", "0.5")):
+    c = make_config()
+    del c.data.synthetic[field]
+    c.data.synthetic[field] = value
+    _rejects(c, f"data.synthetic.{field}")
+  c = make_config()
+  del c.data.synthetic["num_cores"]
+  c.data.synthetic.num_cores = 3.0  # an integral float is a valid count
+  config_checks.check_fields(c)
+
+
 def test_batch_size_must_divide_the_device_count():
   c = make_config(**{"train.batch_size": 4})
   msg = _rejects(c, "train.batch_size", num_devices=3)
@@ -179,7 +207,7 @@ def test_batch_size_must_divide_the_device_count():
     {"eval.tiou_thresholds": (1.0,)},
     {"inference.class_top_ratio": 0.0},
     {"model.dropout_rate": 0.0},
-    {"train.validation_fraction": 0.0},
+    {"train.validation_fraction": 0.0, "inference.rules": "jaxseg"},
     {"parallel.num_devices": 1},
 ], ids=lambda o: ",".join(f"{k}={v!r}" for k, v in o.items()))
 def test_boundary_values_are_accepted(overrides):

@@ -24,6 +24,7 @@ import pytest
 from jaxseg import config as config_lib
 from jaxseg import config_checks
 from jaxseg import evaluate
+from jaxseg import rules as rules_lib
 from jaxseg import score
 from jaxseg import train
 from jaxseg import run_data
@@ -81,7 +82,8 @@ def _db(n_train=4, n_test=2, train_annotated=True):
 def _anet_config(ann, fdir, **overrides):
   return make_config(**{"data.format": "activitynet", "data.annotation_path": ann,
                         "data.features_dir": fdir, "data.feature_dim": 4,
-                        "train.validation_fraction": 0.0, **overrides})
+                        "train.validation_fraction": 0.0, "inference.rules": "jaxseg",
+                        **overrides})
 
 
 def _obj(items):
@@ -185,7 +187,8 @@ def test_timelines_never_write_outside_the_workdir(trained, tmp_path):
   run = workdir_lib.load_run(config, str(workdir))
   run.data.test.videos[0].video_id = "../../escape"
   with pytest.raises(DataError, match="'../../escape'"):
-    evaluate.write_timelines(run, str(workdir / "plots2"), 2)
+    evaluate.write_timelines(run, str(workdir / "plots2"), 2,
+                            rules=rules_lib.read_choice(run.config, str(workdir), "final"))
   assert not (tmp_path.parent / "escape.png").exists()
   assert not os.path.exists(os.path.join(workdir, "..", "..", "escape.png"))
 

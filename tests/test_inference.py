@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from jaxseg import inference, proposals
+from jaxseg import rules as rules_lib
 from jaxseg.config import EXTENT_FALLBACK_OFFSET
 from jaxseg.data.video import DataError, Video
 
@@ -27,6 +28,11 @@ def make_config(**overrides) -> ml_collections.ConfigDict:
       outer_outside="ignored"))
   c.update(overrides)
   return c
+
+
+def make_rules(**overrides) -> rules_lib.InferenceRules:
+  """The validated rules of :func:`make_config` with ``overrides``."""
+  return rules_lib.from_config(make_config(**overrides), "jaxseg")
 
 
 # ------------------------------------------------------------ references
@@ -250,7 +256,7 @@ def test_proposals_hand_built():
   s_a = np.array([0.5, -0.1, 0.2])
   p_a = np.exp(s_a) / np.exp(s_a).sum()
   dets = proposals.generate_proposals(cas, s_a, p_a, feature_rate=2.0, duration=4.8,
-                                      config=make_config())
+                                      rules=make_rules())
   # Class 0 at 0.4: runs [1, 3) and [6, 10) segments -> [0.5, 1.5] s and
   # [3.0, min(5.0, 4.8)] s. Outer width ceil(0.25 * 2) = 1 and ceil(0.25 * 4) = 1.
   # [1, 3): inner (4 + 2) / 2 = 3, outer {0, 0} -> 0: 3 + 0.2 * 0.5 = 3.1.
@@ -264,18 +270,18 @@ def test_proposals_hand_built():
   # A proposal that starts after the (shorter) duration is dropped; one that
   # straddles it is clipped.
   dets = proposals.generate_proposals(cas, s_a, p_a, feature_rate=2.0, duration=2.9,
-                                      config=make_config(class_threshold=0.3))
+                                      rules=make_rules(class_threshold=0.3))
   assert [(d["label"], d["segment"]) for d in dets] == [(0, [0.5, 1.5])]
   # Strictly above the threshold: normalised values equal to 0.5 are out.
   # [1,2): 4 - mean{0, 2} + 0.1 = 3.1; [7,9): 4 - mean{2, 2} + 0.1 = 2.1.
   dets = proposals.generate_proposals(cas, s_a, p_a, feature_rate=2.0, duration=4.8,
-                                      config=make_config(class_threshold=0.3,
+                                      rules=make_rules(class_threshold=0.3,
                                                          cas_thresholds=(0.5,)))
   assert [d["segment"] for d in dets] == [[0.5, 1.0], [3.5, 4.5]]
   assert [d["score"] for d in dets] == pytest.approx([3.1, 2.1], abs=1e-12)
   # The cap keeps the best proposals.
   dets = proposals.generate_proposals(cas, s_a, p_a, feature_rate=2.0, duration=4.8,
-                                      config=make_config(max_proposals_per_video=2))
+                                      rules=make_rules(max_proposals_per_video=2))
   assert [d["score"] for d in dets] == pytest.approx([3.1, 2.1])
 
 
@@ -284,7 +290,7 @@ def test_proposals_several_thresholds_deduplicated():
   cas[:, 0] = [0, 4, 2, 0, 0, 1, 2, 4, 4, 2]
   cfg = make_config(cas_thresholds=(0.1, 0.4, 0.6), outer_scale=0.5)
   dets = proposals.generate_proposals(cas, np.array([1.0]), np.array([1.0]),
-                                      feature_rate=1.0, duration=10.0, config=cfg)
+                                      feature_rate=1.0, duration=10.0, rules=make_rules(**cfg))
   # Runs: > 0.1: [1,3) [5,10); > 0.4: [1,3) [6,10); > 0.6: [1,2) [7,9).
   # Scores (outer width ceil(0.5 L)), plus 0.2 * 1:
   #   [1,3): 3 - mean{0, 0} = 3;      [5,10): 13/5 - mean{2, 0, 0} = 1.933;
@@ -316,7 +322,7 @@ def test_class_selection():
   cas = rng.normal(size=(20, 3))
   dets = proposals.generate_proposals(cas, np.array([-2.0, -0.5, -1.0]),
                                       np.array([0.2, 0.5, 0.3]), feature_rate=1.0,
-                                      duration=20.0, config=make_config())
+                                      duration=20.0, rules=make_rules())
   assert dets and {d["label"] for d in dets} == {1}
 
 
@@ -337,7 +343,7 @@ def test_proposals_vs_brute_force(seed):
                     outer_outside=["ignored", "neutral"][seed % 2])
   rate, duration = 25 / 16, (num_t - 0.5) * 16 / 25
   got = proposals.generate_proposals(cas, s_a, p_a, feature_rate=rate, duration=duration,
-                                     config=cfg)
+                                     rules=make_rules(**cfg))
   want = ref_proposals(cas.astype(np.float64), s_a, p_a, rate, duration, cfg)
   assert got
   assert_same_detections(got, want)
@@ -355,21 +361,21 @@ def test_proposals_contrast_on_another_cas(contrast_on):
   cfg = make_config(cas_thresholds=(0.2, 0.5, 0.8), contrast_on=contrast_on, nms_iou=0.5)
   rate, duration = 1.5, num_t / 1.5
   got = proposals.generate_proposals(cas, s_a, p_a, feature_rate=rate, duration=duration,
-                                     config=cfg, cas_contrast=other)
+                                     rules=make_rules(**cfg), cas_contrast=other)
   want = ref_proposals(cas.astype(np.float64), s_a, p_a, rate, duration, cfg,
                        contrast=other.astype(np.float64))
   assert got
   assert_same_detections(got, want)
   # The segments are those cut from cas_a; the scores differ from cas_a's own.
   on_a = proposals.generate_proposals(cas, s_a, p_a, feature_rate=rate, duration=duration,
-                                      config=cfg)
+                                      rules=make_rules(**cfg))
   assert sorted(d["score"] for d in got) != sorted(d["score"] for d in on_a)
   with pytest.raises(ValueError, match="cas_contrast"):
     proposals.generate_proposals(cas, s_a, p_a, feature_rate=rate, duration=duration,
-                                 config=cfg, cas_contrast=other[:-1])
+                                 rules=make_rules(**cfg), cas_contrast=other[:-1])
   with pytest.raises(ValueError, match="not finite"):
     proposals.generate_proposals(cas, s_a, p_a, feature_rate=rate, duration=duration,
-                                 config=cfg, cas_contrast=np.full_like(other, np.nan))
+                                 rules=make_rules(**cfg), cas_contrast=np.full_like(other, np.nan))
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -386,13 +392,13 @@ def test_proposals_extent_from_localization(seed):
                     outer_scale=0.25, extent_fallback=seed in (1, 2),
                     outer_outside=["neutral", "ignored"][seed in (1, 2)])
   rate, duration = 1.5, num_t / 1.5
-  kw = dict(feature_rate=rate, duration=duration, config=cfg)
+  kw = dict(feature_rate=rate, duration=duration, rules=make_rules(**cfg))
   got = proposals.generate_proposals(cas, s_a, p_a, cas_extent=cas_loc, **kw)
   want = ref_proposals(cas.astype(np.float64), s_a, p_a, rate, duration, cfg,
                        extent=cas_loc.astype(np.float64))
   assert got
   assert_same_detections(got, want)
-  own = proposals.generate_proposals(cas, s_a, p_a, **{**kw, "config": make_config(
+  own = proposals.generate_proposals(cas, s_a, p_a, **{**kw, "rules": make_rules(
       **{**cfg.to_dict(), "extent": "proposal"})})
   assert {tuple(d["segment"]) for d in got} != {tuple(d["segment"]) for d in own}
   # Every detection keeps the score of a kept proposal (a fallback's lowered).
@@ -410,7 +416,7 @@ def test_proposals_extent_from_localization(seed):
     proposals.generate_proposals(cas, s_a, p_a, cas_extent=cas_loc[:-1], **kw)
   with pytest.raises(ValueError, match="extent"):
     proposals.generate_proposals(cas, s_a, p_a, cas_extent=cas_loc, **{
-        **kw, "config": make_config(extent="bogus")})
+        **kw, "rules": make_rules(extent="bogus")})
 
 
 def test_proposals_extent_fallback_hand_built():
@@ -423,17 +429,17 @@ def test_proposals_extent_fallback_hand_built():
   cfg = make_config(cas_thresholds=(0.1, 0.5), nms_iou=0.3, extent="localization")
   # Contrasts: [2, 4): 5 - (0 + 1) / 2 = 4.5; [8, 10): 4.8 - (1 + 0) / 2 = 4.3;
   # [2, 10): 3 - 0, IoU 0.25 with [2, 4) and [8, 10), so not suppressed by them.
-  dropped = proposals.generate_proposals(cas, s_a, p_a, config=cfg, **kw)
+  dropped = proposals.generate_proposals(cas, s_a, p_a, rules=make_rules(**cfg), **kw)
   assert [d["segment"] for d in dropped] == [[2.0, 10.0]]
   np.testing.assert_allclose([d["score"] for d in dropped], [4.5 + 0.2], atol=1e-6)
-  kept = proposals.generate_proposals(cas, s_a, p_a, **kw, config=make_config(
+  kept = proposals.generate_proposals(cas, s_a, p_a, **kw, rules=make_rules(
       **{**cfg.to_dict(), "extent_fallback": True}))
   # [8, 10) falls back to its own segment (IoU 0.25 with [2, 10)), ranked last.
   assert [d["segment"] for d in kept] == [[2.0, 10.0], [8.0, 10.0]]
   np.testing.assert_allclose([d["score"] for d in kept],
                              [4.5 + 0.2, 4.3 + 0.2 - EXTENT_FALLBACK_OFFSET], atol=1e-4)
   # At NMS 0.2 the fallback overlaps the kept [2, 10) too much: dropped as well.
-  strict = proposals.generate_proposals(cas, s_a, p_a, **kw, config=make_config(
+  strict = proposals.generate_proposals(cas, s_a, p_a, **kw, rules=make_rules(
       **{**cfg.to_dict(), "extent_fallback": True, "nms_iou": 0.2}))
   assert [d["segment"] for d in strict] == [[2.0, 10.0]]
 
@@ -454,9 +460,9 @@ def test_outer_region_past_the_video_ends_hand_built():
   # Fits on C_loc: [5, 6): 1 - mean(1, 1) = 0; [4, 7): 1 - mean(0, 0) = 1;
   # [0, 9): 7/9 - (-3) = 3.78 on one outer segment of w = 3 a side ("ignored"),
   # 1/6 of that, 0.63, when the other five count as the inner mean ("neutral").
-  ignored = proposals.generate_proposals(cas_a, s_a, p_a, config=cfg, **kw)
+  ignored = proposals.generate_proposals(cas_a, s_a, p_a, rules=make_rules(**cfg), **kw)
   assert [d["segment"] for d in ignored] == [[0.0, 9.0]]
-  neutral = proposals.generate_proposals(cas_a, s_a, p_a, **kw, config=make_config(
+  neutral = proposals.generate_proposals(cas_a, s_a, p_a, **kw, rules=make_rules(
       **{**cfg.to_dict(), "outer_outside": "neutral"}))
   assert [d["segment"] for d in neutral] == [[4.0, 7.0]]
   # The core's score is its contrast on C_cls (all its outer region inside) + 0.2 s_a.
@@ -468,12 +474,12 @@ def test_outer_region_past_the_video_ends_hand_built():
   for outside, outer_scale, contrast in (("neutral", 0.25, 0.0), ("ignored", 0.25, 3.0),
                                          ("neutral", 0.0, 3.0), ("ignored", 0.0, 3.0)):
     dets = proposals.generate_proposals(flat, s_a, p_a, feature_rate=1.0, duration=3.0,
-                                        config=make_config(outer_outside=outside,
+                                        rules=make_rules(outer_outside=outside,
                                                            outer_scale=outer_scale))
     assert [d["segment"] for d in dets] == [[0.0, 3.0]]
     assert dets[0]["score"] == pytest.approx(contrast + 0.2)
-  with pytest.raises(ValueError, match="outer_outside must be one of"):
-    proposals.generate_proposals(cas_a, s_a, p_a, **kw, config=make_config(
+  with pytest.raises(ValueError, match="config.inference.outer_outside: .zero. is not one of"):
+    proposals.generate_proposals(cas_a, s_a, p_a, **kw, rules=make_rules(
         **{**cfg.to_dict(), "outer_outside": "zero"}))
 
 
@@ -495,7 +501,7 @@ def test_proposals_cut_from_classification(seed):
                       proposal_cas="classification", extent_fallback=fallback,
                       contrast_on=["raw", "normalized"][seed // 2], nms_iou=0.4,
                       outer_outside=["ignored", "neutral"][seed % 2])
-    kw = dict(feature_rate=rate, duration=duration, config=cfg, cas_contrast=cas_cls)
+    kw = dict(feature_rate=rate, duration=duration, rules=make_rules(**cfg), cas_contrast=cas_cls)
     got = proposals.generate_proposals(cas, s_a, p_a, cas_cls=cas_cls, cas_extent=cas_loc,
                                        **kw)
     want = ref_proposals(cas.astype(np.float64), s_a, p_a, rate, duration, cfg,
@@ -504,7 +510,7 @@ def test_proposals_cut_from_classification(seed):
     assert got
     assert_same_detections(got, want)
     on_a = proposals.generate_proposals(cas, s_a, p_a, cas_extent=cas_loc, **{
-        **kw, "config": make_config(**{**cfg.to_dict(), "proposal_cas": "average"})})
+        **kw, "rules": make_rules(**{**cfg.to_dict(), "proposal_cas": "average"})})
     assert got != on_a
     # Cut from a C_cls equal to C_a, the proposals are C_a's.
     same = proposals.generate_proposals(cas, s_a, p_a, cas_cls=cas.copy(), cas_extent=cas_loc,
@@ -517,22 +523,22 @@ def test_proposals_cut_from_classification(seed):
   with pytest.raises(ValueError, match="not finite"):
     proposals.generate_proposals(cas, s_a, p_a, cas_cls=np.full_like(cas, np.inf),
                                  cas_extent=cas_loc, **kw)
-  with pytest.raises(ValueError, match="proposal_cas must be one of"):
+  with pytest.raises(ValueError, match="config.inference.proposal_cas: .loc. is not one of"):
     proposals.generate_proposals(cas, s_a, p_a, cas_cls=cas_cls, cas_extent=cas_loc, **{
-        **kw, "config": make_config(proposal_cas="loc")})
+        **kw, "rules": make_rules(proposal_cas="loc")})
 
 
 def test_proposals_bad_input():
   cfg = make_config()
   with pytest.raises(ValueError, match="'vid7'.*feature_rate"):
     proposals.generate_proposals(np.ones((3, 2)), np.ones(2), np.ones(2), feature_rate=0.0,
-                                 duration=1.0, config=cfg, video_id="vid7")
+                                 duration=1.0, rules=make_rules(**cfg), video_id="vid7")
   with pytest.raises(ValueError, match="'vid7'.*classes"):
     proposals.generate_proposals(np.ones((3, 2)), np.ones(3), np.ones(3), feature_rate=1.0,
-                                 duration=1.0, config=cfg, video_id="vid7")
+                                 duration=1.0, rules=make_rules(**cfg), video_id="vid7")
   with pytest.raises(ValueError, match="not finite"):
     proposals.generate_proposals(np.full((3, 2), np.nan), np.ones(2), np.ones(2),
-                                 feature_rate=1.0, duration=1.0, config=cfg)
+                                 feature_rate=1.0, duration=1.0, rules=make_rules(**cfg))
 
 
 # --------------------------------------------------------------- predict
@@ -570,7 +576,7 @@ def predict_setup():
   batches = [batch(["v0", "v1"]), batch(["v2"])]  # the second has a padded row
   cfg = make_config(cas_thresholds=(0.2, 0.5, 0.8))
   out = inference.predict(fake_apply, variables, batches, videos=videos,
-                          class_names=CLASS_NAMES, config_inference=cfg, topk_ratio=4.0,
+                          class_names=CLASS_NAMES, rules=make_rules(**cfg), topk_ratio=4.0,
                           return_cas=["v1"])
   return dict(variables=variables, feats=feats, videos=videos, batches=batches, cfg=cfg,
               out=out, batch=batch)
@@ -629,7 +635,7 @@ def test_predict_end_to_end(predict_setup):
 
 def test_predict_errors(predict_setup):
   st = predict_setup
-  kw = dict(videos=st["videos"], class_names=CLASS_NAMES, config_inference=st["cfg"],
+  kw = dict(videos=st["videos"], class_names=CLASS_NAMES, rules=make_rules(**st["cfg"]),
             topk_ratio=4.0)
   with pytest.raises(ValueError, match="'v0' appears twice"):
     inference.predict(fake_apply, st["variables"], [st["batch"](["v0"]), st["batch"](["v0"])],
@@ -735,7 +741,7 @@ def test_predict_contrast_on_the_localization_cas(predict_setup):
   st = predict_setup
   cfg = make_config(cas_thresholds=(0.2, 0.5, 0.8), contrast_loc_weight=1.0)
   out = inference.predict(fake_apply, st["variables"], st["batches"], videos=st["videos"],
-                          class_names=CLASS_NAMES, config_inference=cfg, topk_ratio=4.0)
+                          class_names=CLASS_NAMES, rules=make_rules(**cfg), topk_ratio=4.0)
   for vid in st["feats"]:
     got = out["results"][vid]
     assert_predicted(got, predict_reference(st, vid, cfg, contrast="loc")[2])
@@ -750,7 +756,7 @@ def test_predict_extent_from_localization(predict_setup):
   cfg = make_config(cas_thresholds=(0.2, 0.5, 0.8), extent="localization",
                     contrast_loc_weight=0.0)
   out = inference.predict(fake_apply, st["variables"], st["batches"], videos=st["videos"],
-                          class_names=CLASS_NAMES, config_inference=cfg, topk_ratio=4.0)
+                          class_names=CLASS_NAMES, rules=make_rules(**cfg), topk_ratio=4.0)
   for vid in st["feats"]:
     assert_predicted(out["results"][vid],
                      predict_reference(st, vid, cfg, contrast="cls", extent="loc")[2])
@@ -768,10 +774,10 @@ def test_predict_proposals_cut_from_classification(predict_setup):
     cfg = make_config(cas_thresholds=(0.2, 0.5, 0.8), extent=extent, contrast_loc_weight=0.0,
                       proposal_cas="classification", extent_fallback=True)
     out = inference.predict(apply_sq, st["variables"], st["batches"], videos=st["videos"],
-                            class_names=CLASS_NAMES, config_inference=cfg, topk_ratio=4.0)
+                            class_names=CLASS_NAMES, rules=make_rules(**cfg), topk_ratio=4.0)
     on_a = inference.predict(apply_sq, st["variables"], st["batches"], videos=st["videos"],
                              class_names=CLASS_NAMES, topk_ratio=4.0,
-                             config_inference=make_config(**{**cfg.to_dict(),
+                             rules=make_rules(**{**cfg.to_dict(),
                                                              "proposal_cas": "average"}))
     for vid in st["feats"]:
       assert_predicted(out["results"][vid], predict_reference(
@@ -790,7 +796,7 @@ def test_proposals_normalized_contrast_and_probability_score():
   p_a = np.exp(s_a) / np.exp(s_a).sum()
   dets = proposals.generate_proposals(
       cas, s_a, p_a, feature_rate=2.0, duration=4.8,
-      config=make_config(contrast_on="normalized", class_score="p_a",
+      rules=make_rules(contrast_on="normalized", class_score="p_a",
                          class_score_weight=1.0))
   # Class 0, normalised [0, 1, .5, 0, 0, .25, .5, 1, 1, .5] > 0.4:
   # [1, 3): inner .75, outer {0, 0} -> .75 + p0;  [6, 10): inner .75, outer {.25} -> .5 + p0.
@@ -800,4 +806,4 @@ def test_proposals_normalized_contrast_and_probability_score():
   assert [d["label"] for d in dets] == [w[1] for w in want]
   with pytest.raises(ValueError, match="contrast_on"):
     proposals.generate_proposals(cas, s_a, p_a, feature_rate=2.0, duration=4.8,
-                                 config=make_config(contrast_on="bogus"))
+                                 rules=make_rules(contrast_on="bogus"))

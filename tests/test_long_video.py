@@ -17,6 +17,7 @@ import pytest
 
 from configs import test as test_config
 from jaxseg import evaluate
+from jaxseg import rules as rules_lib
 from jaxseg import inference
 from jaxseg import losses
 from jaxseg import state as state_lib
@@ -190,6 +191,7 @@ def test_evaluating_one_20k_segment_video():
     assert mem.temp_size_in_bytes < 16 * t_pad * (E + 3 * N) * 4
 
   res = evaluate.evaluate_params(config, model, params, dataset, apply_fn=apply_fn,
+                                rules=rules_lib.from_config(config.inference, "jaxseg"),
                               with_cas=True)
   dets = res["predictions"]["results"]["long"]
   assert 0 < len(dets) <= config.inference.max_proposals_per_video

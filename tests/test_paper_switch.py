@@ -10,10 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from configs import activitynet12_i3d_paper
+from configs import activitynet12_i3d
+from configs import synthetic
 from configs import test as test_config
-from configs import thumos14_i3d_paper
+from configs import thumos14_i3d
 from jaxseg import ablation, losses, proposals, run_data
+from jaxseg import rules as rules_lib
 from jaxseg import config as config_lib
 from jaxseg import config_checks
 from jaxseg.data import batching
@@ -27,8 +29,8 @@ def _cache(compilation_cache):
 
 # ------------------------------------------------------------- the switch
 def test_paper_configs_set_every_printed_choice():
-  for c in (thumos14_i3d_paper.get_config(), activitynet12_i3d_paper.get_config(),
-            thumos14_i3d_paper.get_config("synthetic")):
+  for c in (thumos14_i3d.get_config("printed"), activitynet12_i3d.get_config("printed"),
+            synthetic.get_config("printed")):
     if c.data.format == "activitynet":
       c.data.annotation_path, c.data.features_dir = "gt.json", "features"
     config_checks.validate(c)
@@ -37,8 +39,9 @@ def test_paper_configs_set_every_printed_choice():
       assert c[section][name] == value, key
     assert c.labels.mode == "two-segment"
     assert (c.loss.alpha, c.loss.beta, c.loss.gamma, c.loss.margin) == (0.1, 1e-4, 0.02, 4)
-  assert thumos14_i3d_paper.get_config().data.feature_dim == 2048
-  assert thumos14_i3d_paper.get_config("synthetic").data.format == "synthetic"
+    assert c.inference.rules == "printed"
+  assert thumos14_i3d.get_config("printed").data.feature_dim == 2048
+  assert synthetic.get_config("printed").data.format == "synthetic"
 
 
 def test_every_printed_choice_is_a_departure_of_the_defaults_or_says_why():
@@ -111,9 +114,9 @@ def test_without_the_keep_top_class_rule_a_video_may_get_no_detection():
   s_a = np.array([-0.5, -0.1, -0.2])
   p_a = np.exp(s_a) / np.exp(s_a).sum()
   kw = dict(feature_rate=1.0, duration=20.0, cas_extent=cas[::-1].copy(), cas_cls=cas + 0.1)
-  assert proposals.generate_proposals(cas, s_a, p_a, config=c, **kw)
+  assert proposals.generate_proposals(cas, s_a, p_a, rules=rules_lib.from_config(c, "jaxseg"), **kw)
   c.keep_top_class = False
-  assert proposals.generate_proposals(cas, s_a, p_a, config=c, **kw) == []
+  assert proposals.generate_proposals(cas, s_a, p_a, rules=rules_lib.from_config(c, "jaxseg"), **kw) == []
 
 
 def test_keep_labeled_subsampling_keeps_every_labeled_segment():
@@ -216,6 +219,7 @@ def test_the_validation_ablation_needs_a_hold_out():
   c = test_config.get_config()
   c.ablation.split = "validation"
   c.train.validation_fraction = 0.0
+  c.inference.rules = "jaxseg"  # "auto" needs the hold-out too (tests/test_rules.py)
   with pytest.raises(config_lib.ConfigError, match="ablation.split"):
     config_checks.validate(c)
   assert isinstance(c, ml_collections.ConfigDict)
@@ -259,7 +263,7 @@ def test_robustness_quick_scores_on_validation_and_never_reads_test(tmp_path, mo
 
 def test_the_paper_config_trains_end_to_end_on_synthetic_data(tmp_path, monkeypatch):
   from jaxseg import train
-  c = thumos14_i3d_paper.get_config("synthetic")
+  c = synthetic.get_config("printed")
   small = test_config.get_config()
   c.data.synthetic = small.data.synthetic
   c.data.feature_dim = small.data.feature_dim

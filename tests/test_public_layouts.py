@@ -19,6 +19,7 @@ from configs import activitynet13_i3d, thumos14_i3d, thumos14_wtalc_i3d
 from jaxseg import config as config_lib
 from jaxseg import config_checks
 from jaxseg import evaluate
+from jaxseg import rules as rules_lib
 from jaxseg import metrics
 from jaxseg import predict
 from jaxseg import score
@@ -222,7 +223,8 @@ def test_wtalc_ambiguous_used_by_evaluation_and_score(wtalc, tmp_path, protocol)
   if protocol != config.eval.protocol:
     config = config_lib.with_overrides(config, **{"eval.protocol": protocol})
   run = workdir_lib.load_run(wtalc["config"], wtalc["work"], which="selected")
-  res = evaluate.evaluate_params(config, run.model, run.state.params, run.data.test)
+  res = evaluate.evaluate_params(config, run.model, run.state.params, run.data.test,
+                                rules=rules_lib.read_choice(config, wtalc["work"], "selected"))
   if protocol == wtalc["config"].eval.protocol:
     reported = json.load(open(os.path.join(wtalc["work"], "results.json")))["selected"]
     for k, v in res["summary"].items():

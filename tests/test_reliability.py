@@ -30,6 +30,7 @@ from configs import test as test_config
 from jaxseg import checkpoints as checkpoints_lib
 from jaxseg import config as config_lib
 from jaxseg import evaluate
+from jaxseg import rules as rules_lib
 from jaxseg import train
 from jaxseg import run_data
 from jaxseg import workdir as workdir_lib
@@ -356,7 +357,10 @@ def test_crash_while_writing_results_leaves_previous_files_intact(tmp_path, monk
 
   monkeypatch.setattr(os, "replace", crashing_replace)
   with pytest.raises(OSError, match="No space left"):
-    evaluate.write_results(config, str(tmp_path), data, final, final, 12, 12)
+    choice = rules_lib.choice_record(12, "jaxseg", {"jaxseg": final["summary"]}, "auto",
+                                     "validation")
+    evaluate.write_results(config, str(tmp_path), data, final, final, 12, 12,
+                           {"final": choice, "selected": choice})
   monkeypatch.setattr(os, "replace", real_replace)
   assert calls[-1] == RESULT_FILES[crash_at]
   for i, name in enumerate(RESULT_FILES):
@@ -447,7 +451,7 @@ def test_skip_nonfinite_skips_the_batch_and_counts_it(base, reference, tmp_path,
   made = _spy_managers(monkeypatch)
   c = make_config(base["data"], **{"train.skip_nonfinite": True, "train.num_steps": 8,
                        "train.checkpoint_every": 1, "train.keep_checkpoints": 3,
-                       "train.validation_fraction": 0.0})
+                       "train.validation_fraction": 0.0, "inference.rules": "jaxseg"})
   train.train_and_evaluate(c, str(workdir), evaluate=False)
   latest = made[0]
   assert latest.all_steps() == [6, 7, 8]

@@ -21,6 +21,7 @@ import pytest
 import jaxseg
 from jaxseg import config as config_lib
 from jaxseg import proposals
+from jaxseg import rules as rules_lib
 from jaxseg import losses
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -86,7 +87,7 @@ def _config_fields():
 
 # Modules whose functions run the method from a config: no defaults for its fields.
 PIPELINE = ("jaxseg.model", "jaxseg.losses", "jaxseg.inference", "jaxseg.proposals", "jaxseg.state", "jaxseg.train",
-            "jaxseg.workdir", "jaxseg.evaluate", "jaxseg.data.batching",
+            "jaxseg.workdir", "jaxseg.evaluate", "jaxseg.rules", "jaxseg.data.batching",
             "jaxseg.data.device_data")
 
 
@@ -148,10 +149,10 @@ def test_an_inference_config_missing_a_field_fails_naming_it(field):
   s_a = np.array([0.5, 0.1, -0.2])
   p_a = np.exp(s_a) / np.exp(s_a).sum()
   kw = dict(feature_rate=1.0, duration=10.0, cas_extent=cas[::-1].copy(), cas_cls=cas + 0.1)
-  proposals.generate_proposals(cas, s_a, p_a, config=c, **kw)
+  proposals.generate_proposals(cas, s_a, p_a, rules=rules_lib.from_config(c, "jaxseg"), **kw)
   del c[field]
   with pytest.raises(config_lib.ConfigError, match=f"config.inference.{field}: missing"):
-    proposals.generate_proposals(cas, s_a, p_a, config=c, **kw)
+    rules_lib.from_config(c, "jaxseg")
 
 
 def _imports(module, path):
@@ -247,15 +248,19 @@ def test_a_run_from_before_an_added_field_is_read_with_its_earlier_behaviour(tmp
   c = test_config.get_config()
   old = workdir_lib.config_to_dict(c)
   for key, _ in config_lib.ADDED_FIELDS:
-    section, name = key.split(".")
-    del old[section][name]
+    *path, name = key.split(".")
+    node = old
+    for section in path:
+      node = node[section]
+    del node[name]
   (tmp_path / "config.json").write_text(json.dumps(old))
   diff = workdir_lib.config_diff(c, str(tmp_path))
   assert diff == ["inference.contrast_loc_weight: 0.5 -> 0.0",
                   "inference.extent: 'proposal' -> 'localization'",
                   "inference.extent_fallback: False -> True",
                   "inference.outer_outside: 'ignored' -> 'neutral'",
-                  "inference.proposal_cas: 'average' -> 'classification'"]
+                  "inference.proposal_cas: 'average' -> 'classification'",
+                  "inference.rules: 'jaxseg' -> 'auto'"]
   earlier = config_lib.with_overrides(c, **{k: v for k, v in config_lib.ADDED_FIELDS})
   assert workdir_lib.config_diff(earlier, str(tmp_path)) == []
   run = predict.run_config(str(tmp_path))
@@ -273,4 +278,5 @@ def test_a_run_from_before_an_added_field_is_read_with_its_earlier_behaviour(tmp
   assert workdir_lib.config_diff(c, str(tmp_path)) == [
       "inference.extent_fallback: False -> True",
       "inference.outer_outside: 'ignored' -> 'neutral'",
-      "inference.proposal_cas: 'average' -> 'classification'"]
+      "inference.proposal_cas: 'average' -> 'classification'",
+      "inference.rules: 'jaxseg' -> 'auto'"]

@@ -229,7 +229,7 @@ def test_reading_a_run_back_writes_nothing(full_run, tmp_path, data_dir):
   changed = sorted(os.path.relpath(p, run_dir) for p in set(before) | set(after)
                    if before.get(p) != after.get(p))
   assert set(changed) <= {"detections.json", "detections_selected.json", "results.csv",
-                          "results.md", "results.json"}, changed
+                          "results.md", "results.json", "rules.json"}, changed
   # A run that is not there is an error, not a fresh workdir.
   with pytest.raises(config_lib.ConfigError, match="holds no run"):
     workdir_lib.load_run(c, str(tmp_path / "nothing"))
