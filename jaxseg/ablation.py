@@ -153,8 +153,12 @@ def run_ablation(config: ml_collections.ConfigDict, workdir: str, *,
         "git_commit": res["provenance"].get("git_commit")}
     for which in ("final", "selected"):
       # The row's label mode wins over the run's own (provenance: what it trained on).
+      # "rules": the inference rules the checkpoint was scored under (validation
+      # records carry it; results.json its choice).
+      chosen = res.get("rules", {}).get(which, {}).get("chosen") if split == "test" else None
       rows.append({**prov, "label_mode": mode, "losses": combo[0], "seed": seed_index,
-                   "trained_on": on, "split": split, "checkpoint": which, **res[which]})
+                   "trained_on": on, "split": split, "checkpoint": which, **res[which],
+                   **({"rules": chosen} if chosen else {})})
   df = pd.DataFrame(rows)
   io.atomic_write_text(os.path.join(workdir, "ablation.csv"), df.round(4).to_csv(index=False))
   io.atomic_write_text(os.path.join(workdir, "ablation_summary.csv"),

@@ -218,7 +218,7 @@ def base_config() -> ml_collections.ConfigDict:
   # localization branch the class evidence eq. 5-13 cannot (they are invariant
   # to a class's offset and softmaxed over time); score videos from C_a with it
   # (inference.score_source = "average"). Measured across synthetic worlds, not
-  # the default: docs/paper-notes.md, round 5.
+  # the default: docs/paper-notes.md, "The class evidence of C_loc".
   lo.loc_classification_weight = 0.0
   # The r of that term's top-k on C_loc: 0 uses C_cls's k (r = 2Q, or
   # topk_ratio); > 0 a fixed k = floor(l / r) (2: the top half of the video).
@@ -279,7 +279,7 @@ def base_config() -> ml_collections.ConfigDict:
   i.contrast_on = "raw"  # outer-inner contrast on the "raw" CAS or its per-class "normalized" form
   # The CAS of that contrast: (1 - w) C_cls + w C_loc (0.5: C_a; 4.7 prints no
   # proposal score). 0: detections are ranked by the classification module's
-  # evidence (docs/paper-notes.md, round 6).
+  # evidence (docs/paper-notes.md, "The CAS of the proposal score").
   i.contrast_loc_weight = 0.0
   # "localization": a kept proposal takes the extent of the run of C_a containing
   # it with the best contrast on C_loc (if better than its own), and keeps its
@@ -295,7 +295,7 @@ def base_config() -> ml_collections.ConfigDict:
   # The outer region's part past the video's ends: "neutral" (counts as the
   # inner mean, so a run reaching an end is not judged on a few outer segments)
   # or "ignored" (the outer mean over the rest). Chosen on validation across
-  # worlds: docs/paper-notes.md, round 8.
+  # worlds: docs/paper-notes.md, "The outer region past a video's end".
   i.outer_outside = "neutral"
   i.class_score_weight = 1.0  # proposal score = inner-outer + w * class score
   # The rules detections are made with (jaxseg/rules.py): "auto" (after

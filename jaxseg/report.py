@@ -53,7 +53,11 @@ def run_table(runs: Sequence[str], checkpoint: str = "final") -> pd.DataFrame:
     res = io.load_json(os.path.join(run, "results.json"), "results")
     if checkpoint not in res:
       raise DataError(f"{run}/results.json: no {checkpoint!r} results")
-    rows.append({"run": name, **res[checkpoint]})
+    row = {"run": name, **res[checkpoint]}
+    choice = res.get("rules", {})
+    if isinstance(choice, dict) and isinstance(choice.get(checkpoint), dict):
+      row["rules"] = str(choice[checkpoint].get("chosen"))  # the inference rules used
+    rows.append(row)
     cfg = config_lib.flatten(res.get("provenance", {}).get("config", {}))
     configs.append({k: v for k, v in cfg.items() if k not in _LOCATION_FIELDS})
   table = pd.DataFrame(rows).set_index("run")

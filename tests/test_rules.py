@@ -196,6 +196,9 @@ def test_the_choice_is_in_every_result_file(run):
   assert "## Inference rules" in md and f"| {choice['final']['chosen']}" in md
   with open(os.path.join(work, "results.csv")) as f:
     assert f.readline().split(",")[2] == "rules"
+  from jaxseg import report  # pylint: disable=g-import-not-at-top
+  for which in ("final", "selected"):
+    assert report.run_table([work], which)["rules"].tolist() == [choice[which]["chosen"]]
 
 
 def test_the_test_split_is_scored_under_the_chosen_rules(run):
