@@ -9,12 +9,7 @@ trains on "training" and tests on "validation" (the test labels are withheld)::
       --config.data.annotation_path=/data/anet12/gt.json \
       --config.data.features_dir=/data/anet12/features
 
-Presets (``config.PRESETS``), chosen after the file name: ``:jaxseg`` (the
-default: jaxseg's method, inference rules chosen on the validation hold-out),
-``:paper`` (Fig. 3's network and section 4.7's inference, with only the
-readings the printed losses need to train) and ``:printed`` (the paper as
-printed, a diagnostic); docs/presets.md lists every field where each departs
-from the print.
+Also ``configs/activitynet12_i3d.py:paper`` and ``:printed`` (docs/presets.md).
 """
 
 from jaxseg import config as config_lib

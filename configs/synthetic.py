@@ -10,12 +10,8 @@ Table 1 of the paper on the same data::
 
   python -m jaxseg.main --config configs/synthetic.py --workdir runs/ablation --mode ablate
 
-Presets (``config.PRESETS``), chosen after the file name: ``:jaxseg`` (the
-default: jaxseg's method, inference rules chosen on the validation hold-out),
-``:paper`` (Fig. 3's network and section 4.7's inference, with only the
-readings the printed losses need to train) and ``:printed`` (the paper as
-printed, a diagnostic); docs/presets.md lists every field where each departs
-from the print.
+The presets of every dataset config (docs/presets.md) run on this data too,
+e.g. the paper's network and inference::
 
   python -m jaxseg.main --config configs/synthetic.py:paper --workdir runs/synthetic_paper
 """

@@ -16,12 +16,9 @@ the test split::
 From section 5.1: alpha 0.1, beta 1e-4, gamma 0.02, r = 2Q;
 Adam lr 1e-4 with weight decay 5e-4 as in W-TALC / BaSNet.
 
-Presets (``config.PRESETS``), chosen after the file name: ``:jaxseg`` (the
-default: jaxseg's method, inference rules chosen on the validation hold-out),
-``:paper`` (Fig. 3's network and section 4.7's inference, with only the
-readings the printed losses need to train) and ``:printed`` (the paper as
-printed, a diagnostic); docs/presets.md lists every field where each departs
-from the print.
+Presets after the file name: ``:jaxseg`` (the default), ``:paper`` (Fig. 3's
+network, section 4.7's inference) and ``:printed`` (the paper as printed);
+what each sets and why: docs/presets.md::
 
   python -m jaxseg.main --config configs/thumos14_i3d.py:paper --workdir runs/thumos14_paper ...
 """
