@@ -103,19 +103,22 @@ def validation_result(run_dir: str) -> dict:
 
 def _train_cell(c: ml_collections.ConfigDict, run_dir: str, split: str, *,
                 overwrite: bool) -> dict:
-  """Trains one run (or reuses a finished one) and returns its scores on ``split``."""
+  """Trains one run and returns its scores on ``split``.
+
+  A cell already there is not taken on trust: training resumes it (a finished
+  run has no step left, an interrupted one finishes) and refuses it when its
+  config or data changed (naming what changed; ``overwrite`` starts it over),
+  and its scores are computed again, never read from an earlier report.
+  """
   if split == "test":
-    done = os.path.join(run_dir, "results.json")
-    if not os.path.exists(done) or overwrite:
-      train.train_and_evaluate(c, run_dir, overwrite=overwrite)
-    with open(done) as f:
+    train.train_and_evaluate(c, run_dir, overwrite=overwrite)
+    with open(os.path.join(run_dir, "results.json")) as f:  # written by that call
       return json.load(f)
-  done = os.path.join(run_dir, "validation.json")
-  if not os.path.exists(done) or overwrite:
-    train.train_and_evaluate(c, run_dir, overwrite=overwrite, evaluate=False)
-    io.atomic_write_text(done, json.dumps(validation_result(run_dir), indent=1) + "\n")
-  with open(done) as f:
-    return json.load(f)
+  train.train_and_evaluate(c, run_dir, overwrite=overwrite, evaluate=False)
+  res = validation_result(run_dir)
+  io.atomic_write_text(os.path.join(run_dir, "validation.json"),
+                       json.dumps(res, indent=1) + "\n")
+  return res
 
 
 def run_ablation(config: ml_collections.ConfigDict, workdir: str, *,
@@ -133,7 +136,9 @@ def run_ablation(config: ml_collections.ConfigDict, workdir: str, *,
     default: the same run in every label row).
   """
   config_checks.validate(config)  # before the workdir exists, naming ablation.* fields
-  num_seeds = num_seeds or config.ablation.num_seeds
+  num_seeds = config.ablation.num_seeds if num_seeds is None else num_seeds
+  if num_seeds < 1:
+    raise config_lib.ConfigError(f"--seeds: expected at least 1, got {num_seeds}")
   split = config.ablation.split
   os.makedirs(workdir, exist_ok=True)
   rows = []

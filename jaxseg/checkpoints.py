@@ -54,6 +54,27 @@ def checkpoint_managers(workdir: str, config, *, read_only: bool = False):
   return latest, best
 
 
+def check_finished(config, workdir: str, *, action: str) -> int:
+  """The step of a finished run's last checkpoint; refuses a run that has not finished.
+
+  A run has finished when its newest ``latest`` checkpoint is at
+  ``train.num_steps``: training saves one at its last step, and nothing else
+  writes there. So an interrupted run (or one still training) is never taken
+  for a finished one, whatever reports it holds.
+
+  Raises:
+    ConfigError: naming the step reached and the command that finishes it.
+  """
+  latest, _ = checkpoint_managers(workdir, config, read_only=True)
+  step = latest.latest_step()
+  if step is None or int(step) < config.train.num_steps:
+    reached = "no checkpoint" if step is None else f"step {int(step)}"
+    raise ConfigError(
+        f"{workdir} holds an unfinished run ({reached} of train.num_steps = "
+        f"{config.train.num_steps}); rerun its training command to finish it before {action}")
+  return int(step)
+
+
 def restore(manager, step: int, like: Any) -> Any:
   """The checkpoint of ``step`` in ``manager``, restored into the tree of ``like``."""
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)

@@ -133,6 +133,8 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1) -> None:
          "eval.tiou_thresholds", "must be a non-empty list of values in (0, 1]")
   for name, lo_, hi_ in c.eval.averages:
     _check(lo_ <= hi_, "eval.averages", f"{name}: low {lo_} > high {hi_}")
+  _check(len(c.ablation.label_modes) > 0, "ablation.label_modes",
+         "must name at least one label mode")
   for mode in c.ablation.label_modes:
     _check(mode in LABEL_MODES, "ablation.label_modes", f"{mode!r} is not one of {LABEL_MODES}")
   _check(c.ablation.num_seeds >= 1, "ablation.num_seeds", "must be >= 1")

@@ -235,13 +235,15 @@ def results_markdown(config, data: run_data.RunData, table: pd.DataFrame,
 def evaluate_workdir(config, workdir: str) -> dict:
   """``--mode eval``: re-evaluates the final and selected checkpoints of a run.
 
-  Reads the run with :func:`jaxseg.workdir.load_run` (which writes nothing)
-  and rewrites only the reports: ``detections.json``,
+  Reads the run with :func:`jaxseg.workdir.load_run` (which writes nothing),
+  refuses a run that has not finished training
+  (:func:`jaxseg.checkpoints.check_finished`) and rewrites only the reports: ``detections.json``,
   ``detections_selected.json``, ``results.csv``, ``results.md``,
   ``results.json``; with ``config.eval.num_plot_videos > 0`` also the CAS
   timelines of that many test videos in ``workdir/plots/``.
   """
   run = workdir_lib.load_run(config, workdir, which="final")
+  checkpoints_lib.check_finished(config, workdir, action="evaluating it")
   _, best_mngr = checkpoints_lib.checkpoint_managers(workdir, config, read_only=True)
   apply_fn = make_apply_fn(run.model)
   out = evaluate_and_report(config, workdir, run.model, run.data, run.state, best_mngr,

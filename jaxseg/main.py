@@ -94,6 +94,10 @@ def main(argv):
   workdir = _WORKDIR.value
   if config is None and _MODE.value != "predict":
     raise app.UsageError(f"--config is required with --mode {_MODE.value}")
+  if _SEEDS.value is not None and _MODE.value not in ("train", "ablate"):
+    print(f"error: --seeds applies to --mode train and ablate, not {_MODE.value}",
+          file=sys.stderr)
+    sys.exit(2)
   try:
     if _MODE.value == "predict":
       _predict(config, workdir)
@@ -185,5 +189,10 @@ def _flag_error(message: str) -> None:
   sys.exit(2)
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """The ``jaxseg`` command (the console script of ``pip install .``)."""
   app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+  run()

@@ -126,12 +126,70 @@ def read_folder(features_dir: str, class_names, feature_dim: int, *, feature_rat
   return Dataset(list(class_names), videos, notes=[layout.describe()])
 
 
-def _check_out(out_dir: str, overwrite: bool) -> None:
-  if os.path.isfile(out_dir) or (os.path.isdir(out_dir) and os.listdir(out_dir)
-                                 and not overwrite):
-    raise config_lib.ConfigError(
-        f"{out_dir}: already exists and is not an empty folder; pass --overwrite "
-        "to replace it, or give another --predict_out")
+# Written into every output folder of predict: --overwrite replaces only a
+# folder that holds it (one this command made), never another folder.
+OUTPUT_MARKER = ".jaxseg-predictions"
+
+
+def _is_run(path: str) -> bool:
+  """Whether ``path`` is a jaxseg run directory (a config and checkpoints)."""
+  return (os.path.isfile(os.path.join(path, "config.json"))
+          and os.path.isdir(os.path.join(path, "checkpoints")))
+
+
+def _overlaps(a: str, b: str) -> bool:
+  """Whether real paths ``a`` and ``b`` are the same or one lies inside the other."""
+  return a == b or a.startswith(b.rstrip(os.sep) + os.sep) or b.startswith(
+      a.rstrip(os.sep) + os.sep)
+
+
+def _check_out(out_dir: str, overwrite: bool, *, inputs: dict[str, str]) -> None:
+  """The output rule of ``--predict_out``.
+
+  It may not be a symlink, nor be, contain or lie inside an input (``inputs``:
+  ``{"the features folder": path, "the run": path}``) or any other run
+  directory; an existing non-empty folder is replaced only with ``overwrite``
+  and only when this command made it (:data:`OUTPUT_MARKER`).
+  """
+  bad = config_lib.ConfigError
+  if os.path.islink(out_dir):
+    raise bad(f"{out_dir}: --predict_out is a symlink; give the folder itself")
+  real = os.path.realpath(out_dir)
+  for what, path in inputs.items():
+    if _overlaps(real, os.path.realpath(path)):
+      raise bad(f"{out_dir}: --predict_out may not be, contain or lie inside {what} "
+                f"({path}); give a folder of its own")
+  parent = real
+  while True:
+    if _is_run(parent):
+      raise bad(f"{out_dir}: --predict_out lies inside the run {parent}; give a folder "
+                "outside every run directory")
+    up = os.path.dirname(parent)
+    if up == parent:
+      break
+    parent = up
+  if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
+    raise bad(f"{out_dir}: --predict_out exists and is not a folder")
+  if os.path.isdir(out_dir) and os.listdir(out_dir):
+    if not overwrite:
+      raise bad(f"{out_dir}: already exists and is not an empty folder; pass --overwrite "
+                "to replace it, or give another --predict_out")
+    if not os.path.isfile(os.path.join(out_dir, OUTPUT_MARKER)):
+      raise bad(f"{out_dir}: --overwrite replaces only a folder --mode predict wrote "
+                f"(it holds {OUTPUT_MARKER}); this one it did not: give another --predict_out")
+
+
+def _remove_leftovers(out_dir: str) -> None:
+  """Removes the temporary folders a killed predict left beside ``out_dir``."""
+  parent, base = os.path.split(out_dir)
+  if not os.path.isdir(parent):
+    return
+  for name in os.listdir(parent):
+    path = os.path.join(parent, name)
+    ours = (name.startswith(f".{base}.") and name.endswith((".tmp", ".old"))
+            and os.path.isdir(path) and not os.path.islink(path))
+    if ours and (os.path.isfile(os.path.join(path, OUTPUT_MARKER)) or not os.listdir(path)):
+      shutil.rmtree(path, ignore_errors=True)
 
 
 def _install(tmp: str, out_dir: str) -> None:
@@ -170,8 +228,10 @@ def predict_folder(workdir: str, features_dir: str, out_dir: str, *,
   if which not in CHECKPOINTS:
     raise ValueError(f"predict: which must be one of {CHECKPOINTS}, got {which!r}")
   out_dir = os.path.abspath(out_dir)
-  _check_out(out_dir, overwrite)
+  inputs = {"the features folder": features_dir, "the run": workdir}
+  _check_out(out_dir, overwrite, inputs=inputs)
   config = run_config(workdir)
+  checkpoints_lib.check_finished(config, workdir, action="predicting with it")
   rules = rules_lib.read_choice(config, workdir, which)  # as the run's evaluation chose
   class_names, feature_dim = run_classes(config, workdir)
   streams = _streams(config, features_dir)
@@ -188,15 +248,21 @@ def predict_folder(workdir: str, features_dir: str, out_dir: str, *,
       videos=ds, class_names=class_names, rules=rules,
       topk_ratio=config.loss.topk_ratio, return_cas=True)
   os.makedirs(os.path.dirname(out_dir), exist_ok=True)
+  _remove_leftovers(out_dir)
   tmp = tempfile.mkdtemp(dir=os.path.dirname(out_dir),
                          prefix=f".{os.path.basename(out_dir)}.", suffix=".tmp")
   try:
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # as a folder made by os.makedirs, not mkdtemp's 0700
+    with open(os.path.join(tmp, OUTPUT_MARKER), "w") as f:
+      f.write("Written by python -m jaxseg.main --mode predict; --overwrite may replace it.\n")
     _write(tmp, ds, pred, plots=plots, provenance={
         "workdir": os.path.abspath(workdir), "checkpoint": which, "step": step,
         "rules": rules.name,
         "features_dir": os.path.abspath(features_dir), "features": ds.notes[0],
         "config": json.loads(config.to_json_best_effort())})
-    _check_out(out_dir, overwrite)  # nothing appeared meanwhile
+    _check_out(out_dir, overwrite, inputs=inputs)  # nothing appeared meanwhile
     _install(tmp, out_dir)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)

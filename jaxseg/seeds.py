@@ -3,7 +3,8 @@
 Seed ``i`` sets ``config.seed`` (initialization, dropout, data order) and
 ``config.labels.seed`` (which segments are labeled) to base + i, as the
 ablation does. Each run has its own work directory ``workdir/seed_<i>`` (a
-full run directory: rerunning resumes or skips it); ``workdir/seeds.csv``
+full run directory: rerunning resumes it, refuses it when the config or the
+data changed, and evaluates it again); ``workdir/seeds.csv``
 holds one row per run and ``workdir/seeds.md`` the mean ± sample standard
 deviation of every metric, final and selected checkpoint.
 
@@ -42,9 +43,11 @@ def run_seeds(config: ml_collections.ConfigDict, workdir: str, num_seeds: int, *
   runs = []
   for i in range(num_seeds):
     run_dir = os.path.join(workdir, f"seed_{i}")
-    if overwrite or not os.path.exists(os.path.join(run_dir, "results.json")):
-      logging.info("seed %d of %d: %s", i + 1, num_seeds, run_dir)
-      train.train_and_evaluate(seed_config(config, i), run_dir, overwrite=overwrite)
+    # Never reused on the strength of an earlier report: training resumes the
+    # run (nothing left to do once finished), refuses a changed config or data,
+    # and the run is evaluated again.
+    logging.info("seed %d of %d: %s", i + 1, num_seeds, run_dir)
+    train.train_and_evaluate(seed_config(config, i), run_dir, overwrite=overwrite)
     runs.append(run_dir)
   per_run = pd.concat({which: report.run_table(runs, which)
                        for which in ("final", "selected")}, names=["checkpoint"])

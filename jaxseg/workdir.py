@@ -44,7 +44,7 @@ ConfigError = config_lib.ConfigError
 RERUN_FREE_FIELDS = ("train.progress", "train.num_steps", "train.device_data",
                      "eval.num_plot_videos", "train.log_to", "train.log_project",
                      "train.log_images",
-                     "ablation.num_seeds", "parallel.num_devices",
+                     "parallel.num_devices",
                      "distributed.coordinator_address", "distributed.num_processes",
                      "distributed.process_id", "distributed.auto")
 
@@ -52,7 +52,8 @@ RERUN_FREE_FIELDS = ("train.progress", "train.num_steps", "train.device_data",
 RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "segment_labels.npz", "splits.json",
                "classes.json",
                "detections.json", "detections_selected.json", "results.csv",
-               "results.md", "results.json", "data.json", "plots", "tensorboard")
+               "results.md", "results.json", "rules.json", "data.json", "plots",
+               "tensorboard")
 LOCK_FILE = ".lock"
 # Fields a cosine schedule depends on: with it, changing one is a new run.
 SCHEDULE_FIELDS = ("train.num_steps",)
@@ -82,8 +83,10 @@ def config_diff(config, workdir: str) -> list[str] | None:
   free = set(RERUN_FREE_FIELDS)
   if "cosine" in (a.get("train.schedule"), b.get("train.schedule")):
     free -= set(SCHEDULE_FIELDS)  # the learning rate of every step depends on them
+  # The ablation.* fields describe a sweep of runs (which cells, seeds, split,
+  # Fig. 5's times), not a run: a cell is the same run under any of them.
   keys = sorted(k for k in set(a) | set(b)
-                if k not in free and a.get(k) != b.get(k))
+                if k not in free and not k.startswith("ablation.") and a.get(k) != b.get(k))
   return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys]
 
 

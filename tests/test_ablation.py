@@ -100,13 +100,16 @@ def test_run_ablation_end_to_end_and_resume(tmp_path, monkeypatch):
   assert cl["label_seed"].nunique() == 2
   md = (tmp_path / "abl" / "ablation.md").read_text()
   assert "mAP@0.5" in md and "±" in md
-  # A rerun reuses every finished cell: nothing is trained again.
+  # A rerun trains no step of a finished cell (it resumes at its last step and is
+  # scored again, with the same numbers: never read from an earlier report).
   from jaxseg import train
 
-  def fail(*a, **k):
-    raise AssertionError("a finished cell was trained again")
+  def no_step(*a, **k):
+    def fail(*args, **kwargs):
+      raise AssertionError("a finished cell was trained again")
+    return fail
 
-  monkeypatch.setattr(train, "train_and_evaluate", fail)
+  monkeypatch.setattr(train, "make_train_step", no_step)
   again = ablation.run_ablation(c, str(tmp_path / "abl"), num_seeds=2)
   pd.testing.assert_frame_equal(again[again.label_mode == "one-segment"].reset_index(drop=True),
                                 df)

@@ -100,7 +100,7 @@ def test_predict_scores_exactly_as_mode_eval(basnet, tmp_path):
                       "--subset", "test")
   _same_numbers(scored, reported)
   # The CAS of every video, (T, N), and no plot unless asked.
-  assert sorted(os.listdir(out)) == ["cas", "detections.json"]
+  assert sorted(os.listdir(out)) == [predict.OUTPUT_MARKER, "cas", "detections.json"]
   for vid, t, _, _ in basnet["videos"]["test"]:
     with np.load(os.path.join(out, "cas", vid + ".npz")) as z:
       assert z["cas_cls"].shape == z["cas_loc"].shape == z["cas_a"].shape == (t, 2)

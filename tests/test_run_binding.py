@@ -1,0 +1,204 @@
+"""Runs that cannot destroy or mislead: the output rule of ``--mode predict``,
+"finished" as a fact of training, and sweeps (``--seeds``, ablate) that never
+report an earlier config's results."""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from jaxseg import ablation
+from jaxseg import config as config_lib
+from jaxseg import evaluate
+from jaxseg import predict
+from jaxseg import seeds
+from jaxseg import train
+from jaxseg import workdir as workdir_lib
+from tests.conftest import make_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 8
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cache(compilation_cache):
+  yield
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """One finished run of configs/test.py and a flat folder of test-video features."""
+  root = tmp_path_factory.mktemp("binding")
+  config = make_config(root / "data", **{"train.num_steps": STEPS})
+  workdir = root / "run"
+  train.train_and_evaluate(config, str(workdir))
+  feats = root / "features"
+  feats.mkdir()
+  run = workdir_lib.load_run(config, str(workdir))
+  for v in run.data.test.videos[:3]:
+    np.save(feats / f"{v.video_id}.npy", v.features)
+  return {"config": config, "workdir": workdir, "root": root, "features": feats}
+
+
+def _listing(path):
+  """``{relative path: sha256}`` of every file under ``path`` (symlinks as their target)."""
+  out = {}
+  for d, _, files in os.walk(path):
+    for f in files:
+      p = os.path.join(d, f)
+      with open(p, "rb") as fh:
+        out[os.path.relpath(p, path)] = hashlib.sha256(fh.read()).hexdigest()
+  return out
+
+
+def _copy(trained, tmp_path, name="run"):
+  dst = tmp_path / name
+  shutil.copytree(trained["workdir"], dst)
+  return dst
+
+
+# ------------------------------------------------------------ output rule
+
+
+def test_predict_never_writes_over_or_into_an_input(trained, tmp_path):
+  run = _copy(trained, tmp_path)
+  feats = tmp_path / "features"
+  shutil.copytree(trained["features"], feats)
+  before = {"run": _listing(run), "features": _listing(feats)}
+  other = _copy(trained, tmp_path, "other_run")
+  for out, what in ((run, "the run"), (feats, "the features folder"),
+                    (run / "predictions", "the run"), (feats / "out", "the features folder"),
+                    (tmp_path, "the features folder"), (other / "sub", "lies inside the run")):
+    with pytest.raises(config_lib.ConfigError, match=what):
+      predict.predict_folder(str(run), str(feats), str(out), overwrite=True)
+  assert {"run": _listing(run), "features": _listing(feats)} == before
+  assert not os.path.exists(other / "sub")
+
+
+def test_overwrite_replaces_only_a_folder_predict_made(trained, tmp_path):
+  feats = str(trained["features"])
+  mine = tmp_path / "mine"
+  mine.mkdir()
+  (mine / "notes.txt").write_text("keep me")
+  with pytest.raises(config_lib.ConfigError, match="replaces only a folder --mode predict wrote"):
+    predict.predict_folder(str(trained["workdir"]), feats, str(mine), overwrite=True)
+  assert (mine / "notes.txt").read_text() == "keep me"
+  out = tmp_path / "pred"
+  predict.predict_folder(str(trained["workdir"]), feats, str(out))
+  assert (out / predict.OUTPUT_MARKER).is_file()
+  mode = os.stat(out).st_mode & 0o777
+  umask = os.umask(0)
+  os.umask(umask)
+  assert mode == 0o777 & ~umask
+  with pytest.raises(config_lib.ConfigError, match="already exists"):
+    predict.predict_folder(str(trained["workdir"]), feats, str(out))
+  predict.predict_folder(str(trained["workdir"]), feats, str(out), overwrite=True)
+  link = tmp_path / "link"
+  link.symlink_to(out)
+  with pytest.raises(config_lib.ConfigError, match="is a symlink"):
+    predict.predict_folder(str(trained["workdir"]), feats, str(link), overwrite=True)
+  assert link.is_symlink() and not any(p.name.endswith(".old") for p in tmp_path.iterdir())
+
+
+def test_a_killed_predicts_leftovers_are_removed_at_the_next_start(trained, tmp_path):
+  out = tmp_path / "pred"
+  left = tmp_path / ".pred.abc123.tmp"
+  left.mkdir()
+  (left / predict.OUTPUT_MARKER).write_text("")
+  (left / "detections.json").write_text("{")
+  foreign = tmp_path / ".pred.keep.tmp"  # not ours: no marker, not empty
+  foreign.mkdir()
+  (foreign / "x").write_text("x")
+  predict.predict_folder(str(trained["workdir"]), str(trained["features"]), str(out))
+  assert not left.exists() and (foreign / "x").exists()
+  assert sorted(p.name for p in tmp_path.iterdir()) == [".pred.keep.tmp", "pred"]
+
+
+def test_cli_predict_into_the_run_is_one_error_line_and_the_run_survives(trained, tmp_path):
+  run = _copy(trained, tmp_path)
+  before = _listing(run)
+  proc = subprocess.run(
+      [sys.executable, "-m", "jaxseg.main", "--mode", "predict", "--workdir", str(run),
+       "--predict_features", str(trained["features"]), "--predict_out", str(run),
+       "--overwrite"], capture_output=True, text=True, cwd=REPO, timeout=300)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1 and "may not be, contain or lie inside the run" in errors[0]
+  assert "Traceback" not in proc.stderr and _listing(run) == before
+
+
+# ---------------------------------------------------------------- finished
+
+
+def test_an_unfinished_run_is_neither_evaluated_nor_used_to_predict(trained, tmp_path):
+  run = _copy(trained, tmp_path)
+  before = _listing(run)
+  # The same run seen by a config asking for more steps: interrupted at step 8.
+  longer = config_lib.with_overrides(trained["config"], **{"train.num_steps": 12})
+  with pytest.raises(config_lib.ConfigError, match=r"unfinished run \(step 8 of "
+                     r"train.num_steps = 12\)"):
+    evaluate.evaluate_workdir(longer, str(run))
+  assert _listing(run) == before  # no results.json that makes it look finished
+  cfg = json.loads((run / "config.json").read_text())
+  cfg["train"]["num_steps"] = 12
+  (run / "config.json").write_text(json.dumps(cfg))
+  with pytest.raises(config_lib.ConfigError, match="unfinished run"):
+    predict.predict_folder(str(run), str(trained["features"]), str(tmp_path / "p"))
+  assert not os.path.exists(tmp_path / "p")
+
+
+# ------------------------------------------------------------------ sweeps
+
+
+def test_a_seeds_rerun_with_another_config_refuses_instead_of_reporting_the_old_one(
+    trained, tmp_path):
+  c = config_lib.with_overrides(trained["config"], **{"train.num_steps": 4})
+  sweep = str(tmp_path / "sweep")
+  first = seeds.run_seeds(c, sweep, 1)
+  old = (tmp_path / "sweep" / "seeds.csv").read_bytes()
+  changed = config_lib.with_overrides(c, **{"train.learning_rate": 3e-3, "loss.alpha": 0.5})
+  with pytest.raises(config_lib.ConfigError, match="loss.alpha: 0.1 -> 0.5.*train.learning_rate"):
+    seeds.run_seeds(changed, sweep, 1)
+  assert (tmp_path / "sweep" / "seeds.csv").read_bytes() == old
+  # --overwrite starts the runs over under the new config.
+  again = seeds.run_seeds(changed, sweep, 1, overwrite=True)
+  cfg = json.loads((tmp_path / "sweep" / "seed_0" / "config.json").read_text())
+  assert cfg["train"]["learning_rate"] == 3e-3 and not again.equals(first)
+
+
+def test_an_interrupted_seed_is_finished_not_taken_as_done(trained, tmp_path):
+  c = config_lib.with_overrides(trained["config"], **{"train.num_steps": 4})
+  sweep = tmp_path / "sweep"
+  short = config_lib.with_overrides(c, **{"train.num_steps": 2})
+  train.train_and_evaluate(seeds.seed_config(short, 0), str(sweep / "seed_0"))  # "killed" at 2
+  seeds.run_seeds(c, str(sweep), 1)
+  with open(sweep / "seed_0" / "results.json") as f:
+    assert json.load(f)["final"]["step"] == 4
+  steps = [json.loads(l)["step"] for l in open(sweep / "seed_0" / "metrics.jsonl")
+           if json.loads(l)["kind"] == "train"]
+  assert steps[-1] == 4
+
+
+@pytest.mark.parametrize("num_seeds", [0, -1])
+def test_ablate_refuses_a_seed_count_below_one(trained, tmp_path, num_seeds):
+  with pytest.raises(config_lib.ConfigError, match=f"--seeds: expected at least 1, got {num_seeds}"):
+    ablation.run_ablation(trained["config"], str(tmp_path / "abl"), num_seeds=num_seeds)
+  c = config_lib.with_overrides(trained["config"], **{"ablation.label_modes": ()})
+  with pytest.raises(config_lib.ConfigError, match="ablation.label_modes"):
+    ablation.run_ablation(c, str(tmp_path / "abl"))
+  assert not os.path.exists(tmp_path / "abl")
+
+
+def test_seeds_with_eval_is_refused():
+  proc = subprocess.run(
+      [sys.executable, "-m", "jaxseg.main", "--config", "configs/test.py", "--workdir",
+       "/nonexistent/never", "--mode", "eval", "--seeds", "2"],
+      capture_output=True, text=True, cwd=REPO, timeout=120)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines()[-1] == (
+      "error: --seeds applies to --mode train and ablate, not eval")
