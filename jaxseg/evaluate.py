@@ -237,7 +237,8 @@ def evaluate_workdir(config, workdir: str) -> dict:
 
   Reads the run with :func:`jaxseg.workdir.load_run` (which writes nothing),
   refuses a run that has not finished training
-  (:func:`jaxseg.checkpoints.check_finished`) and rewrites only the reports: ``detections.json``,
+  (:func:`jaxseg.checkpoints.check_finished`) and rewrites only the reports
+  and the rules choice (``rules.json``): ``detections.json``,
   ``detections_selected.json``, ``results.csv``, ``results.md``,
   ``results.json``; with ``config.eval.num_plot_videos > 0`` also the CAS
   timelines of that many test videos in ``workdir/plots/``.
@@ -250,7 +251,8 @@ def evaluate_workdir(config, workdir: str) -> dict:
                             apply_fn=apply_fn)
   if config.eval.num_plot_videos > 0 and parallel.is_main_process():
     write_timelines(run, os.path.join(workdir, "plots"), config.eval.num_plot_videos,
-                    rules=rules_lib.read_choice(config, workdir, "final"), apply_fn=apply_fn)
+                    rules=rules_lib.read_choice(config, workdir, "final", run.step),
+                    apply_fn=apply_fn)
   return out
 
 

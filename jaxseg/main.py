@@ -171,7 +171,10 @@ def _parse_flags(argv: list[str]) -> list[str]:
       _CONFIG.value.keys()  # a --config file that failed to load raises on first use
     return rest
   except flags.Error as e:
-    _flag_error(str(e).splitlines()[0])
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    if len(lines) > 1 and "config file" in lines[0]:  # the reason is the last line
+      _flag_error(f"--config: cannot load the config file: {lines[-1]}")
+    _flag_error(lines[0] if lines else "bad flag")
   except (AttributeError, KeyError) as e:  # an override of a field the config lacks
     names = [a.split("=", 1)[0].lstrip("-") for a in argv[1:] if a.startswith("--config.")]
     leaf = str(e).strip("'\"")

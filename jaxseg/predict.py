@@ -232,7 +232,6 @@ def predict_folder(workdir: str, features_dir: str, out_dir: str, *,
   _check_out(out_dir, overwrite, inputs=inputs)
   config = run_config(workdir)
   checkpoints_lib.check_finished(config, workdir, action="predicting with it")
-  rules = rules_lib.read_choice(config, workdir, which)  # as the run's evaluation chose
   class_names, feature_dim = run_classes(config, workdir)
   streams = _streams(config, features_dir)
   ds = read_folder(features_dir, class_names, feature_dim,
@@ -241,6 +240,7 @@ def predict_folder(workdir: str, features_dir: str, out_dir: str, *,
                                                      if streams else ""))
   model, state, step = checkpoints_lib.load_checkpoint(config, workdir, feature_dim,
                                                        len(class_names), which=which)
+  rules = rules_lib.read_choice(config, workdir, which, step)  # as its evaluation chose
   batches = batching.eval_batches(ds, batch_size=config.inference.batch_size,
                                   buckets=config.train.length_buckets)
   pred = inference.predict(

@@ -27,6 +27,7 @@ from typing import Any, Mapping
 from jaxseg.config import (CLASS_SCORES, CONTRAST_ON, EXTENTS, OUTER_OUTSIDE, PRESET_RULES,
                            PRESETS, PROPOSAL_CAS, RULES, SCORE_SOURCES, ConfigError, require)
 from jaxseg.data import io
+from jaxseg.data.video import DataError
 
 CHOICE_FILE = "rules.json"
 
@@ -203,33 +204,42 @@ def write_choice(workdir: str, choices: Mapping[str, Mapping[str, Any]]) -> None
                        json.dumps(dict(choices), indent=2, sort_keys=True) + "\n")
 
 
-def read_choice(config, workdir: str, which: str) -> InferenceRules:
-  """The rules a run's checkpoint ``which`` ("final" or "selected") detects with.
+def read_choice(config, workdir: str, which: str, step: int) -> InferenceRules:
+  """The rules a run's checkpoint ``which`` ("final" or "selected") at ``step``
+  detects with.
 
   Under a named preset, that preset's rules from ``config``; under ``"auto"``,
-  the preset recorded in ``<workdir>/rules.json`` when the run was evaluated.
+  the preset recorded in ``<workdir>/rules.json`` when the run was evaluated,
+  which must be the choice made for that very checkpoint (its ``step``: a run
+  trained further since has no choice for its new checkpoint yet).
 
   Raises:
-    ConfigError: ``rules.json`` missing or malformed, or naming a preset that
-      is not a candidate of ``config``.
+    ConfigError: ``rules.json`` missing or malformed, made for another step, or
+      naming a preset that is not a candidate of ``config``.
   """
   inference = config.inference
   options = candidates(inference)
   if require(inference, "rules", where="config.inference") != "auto":
     return next(iter(options.values()))
   path = os.path.join(workdir, CHOICE_FILE)
+  again = "run --mode eval to choose the rules for it"
   if not os.path.isfile(path):
     raise ConfigError(f"{path}: missing; the run chooses its inference rules on validation "
                       "when it is evaluated (inference.rules = 'auto'): run --mode eval first")
   try:
     record = io.load_json(path, "inference rules choice")
-  except Exception as e:  # a DataError naming the file
+  except DataError as e:
     raise ConfigError(str(e)) from None
   entry = record.get(which) if isinstance(record, dict) else None
-  chosen = entry.get("chosen") if isinstance(entry, dict) else None
-  if chosen not in options:
+  if not isinstance(entry, dict):
+    raise ConfigError(f"{path}: field {which!r}: missing or not an object; {again}")
+  chosen, made_for = entry.get("chosen"), entry.get("step")
+  if not isinstance(chosen, str) or chosen not in options:
     raise ConfigError(f"{path}: field {which}.chosen: {chosen!r} is not one of the run's "
-                      f"candidates {tuple(options)}; run --mode eval to choose again")
+                      f"candidates {tuple(options)}; {again}")
+  if type(made_for) is not int or made_for != int(step):
+    raise ConfigError(f"{path}: field {which}.step: the choice was made for step "
+                      f"{made_for!r}, the {which} checkpoint is step {int(step)}; {again}")
   return options[chosen]
 
 

@@ -52,6 +52,11 @@ def run_seeds(config: ml_collections.ConfigDict, workdir: str, num_seeds: int, *
   per_run = pd.concat({which: report.run_table(runs, which)
                        for which in ("final", "selected")}, names=["checkpoint"])
   summary = spread(per_run)
+  if "rules" in per_run.columns:  # the inference rules each run's checkpoints used
+    summary.attrs["rules"] = {
+        which: ", ".join(f"{name} {count}" for name, count in
+                         per_run.loc[which, "rules"].value_counts().items())
+        for which in ("final", "selected")}
   io.atomic_write_text(os.path.join(workdir, "seeds.csv"), per_run.round(4).to_csv())
   io.atomic_write_text(os.path.join(workdir, "seeds.md"), seeds_markdown(summary, config,
                                                                          num_seeds))
@@ -79,4 +84,6 @@ def seeds_markdown(summary: pd.DataFrame, config: ml_collections.ConfigDict,
       f"Test split `{config.data.test_subset}`, detection mAP (%), mean ± sample "
       "standard deviation over the seeds (seed i: `seed` and `labels.seed` + i); "
       "one row per run in seeds.csv.", "",
-      report.markdown(cells), ""])
+      report.markdown(cells), "",
+      *([f"Inference rules used (runs per preset): final {rules['final']}; selected "
+         f"{rules['selected']}.", ""] if (rules := summary.attrs.get("rules")) else [])])

@@ -35,6 +35,7 @@ from jaxseg import parallel
 from jaxseg import run_data
 from jaxseg import state as state_lib
 from jaxseg.data import io
+from jaxseg.data.video import DataError
 
 ConfigError = config_lib.ConfigError
 
@@ -71,13 +72,15 @@ def config_diff(config, workdir: str) -> list[str] | None:
     ConfigError: ``config.json`` is unreadable.
   """
   path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  if not os.path.lexists(path):
     return None
   try:
-    with open(path) as f:
-      old = json.load(f)
-  except json.JSONDecodeError as e:
-    raise ConfigError(f"{path}: unreadable ({e}); move it away or pass --overwrite") from e
+    old = io.load_json(path, "run config")
+  except DataError as e:
+    raise ConfigError(f"{e}; move it away or pass --overwrite") from None
+  if not isinstance(old, dict):
+    raise ConfigError(f"{path}: not a run's config (a JSON object of config sections); "
+                      "move it away or pass --overwrite")
   a = config_lib.flatten(config_lib.with_added_fields(old))
   b = config_lib.flatten(config_to_dict(config))
   free = set(RERUN_FREE_FIELDS)

@@ -188,7 +188,7 @@ def test_timelines_never_write_outside_the_workdir(trained, tmp_path):
   run.data.test.videos[0].video_id = "../../escape"
   with pytest.raises(DataError, match="'../../escape'"):
     evaluate.write_timelines(run, str(workdir / "plots2"), 2,
-                            rules=rules_lib.read_choice(run.config, str(workdir), "final"))
+                            rules=rules_lib.read_choice(run.config, str(workdir), "final", run.step))
   assert not (tmp_path.parent / "escape.png").exists()
   assert not os.path.exists(os.path.join(workdir, "..", "..", "escape.png"))
 

@@ -224,7 +224,8 @@ def test_wtalc_ambiguous_used_by_evaluation_and_score(wtalc, tmp_path, protocol)
     config = config_lib.with_overrides(config, **{"eval.protocol": protocol})
   run = workdir_lib.load_run(wtalc["config"], wtalc["work"], which="selected")
   res = evaluate.evaluate_params(config, run.model, run.state.params, run.data.test,
-                                rules=rules_lib.read_choice(config, wtalc["work"], "selected"))
+                                rules=rules_lib.read_choice(config, wtalc["work"], "selected",
+                                                           run.step))
   if protocol == wtalc["config"].eval.protocol:
     reported = json.load(open(os.path.join(wtalc["work"], "results.json")))["selected"]
     for k, v in res["summary"].items():

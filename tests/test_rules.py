@@ -203,7 +203,7 @@ def test_the_choice_is_in_every_result_file(run):
 
 def test_the_test_split_is_scored_under_the_chosen_rules(run):
   loaded = _loaded(run)
-  chosen = rules_lib.read_choice(run["config"], run["workdir"], "final")
+  chosen = rules_lib.read_choice(run["config"], run["workdir"], "final", loaded.step)
   res = evaluate.evaluate_params(run["config"], loaded.model, loaded.state.params,
                                  loaded.data.test, rules=chosen)
   got = run["out"]["final"]
@@ -276,7 +276,7 @@ def test_predict_uses_the_choice_and_refuses_without_it(run, tmp_path):
   got = predict.predict_folder(run["workdir"], feats, str(tmp_path / "pred"), which="final")
   with open(os.path.join(got["out_dir"], "detections.json")) as f:
     written = json.load(f)
-  chosen = rules_lib.read_choice(run["config"], run["workdir"], "final")
+  chosen = rules_lib.read_choice(run["config"], run["workdir"], "final", got["step"])
   assert written["provenance"]["rules"] == chosen.name
   # The same detections as the chosen rules give on those videos, and (where
   # the candidates differ) not those of another candidate.
@@ -298,10 +298,24 @@ def test_predict_uses_the_choice_and_refuses_without_it(run, tmp_path):
   with pytest.raises(config_lib.ConfigError, match="rules.json: missing.*--mode eval"):
     predict.predict_folder(work, feats, str(tmp_path / "pred2"), which="final")
   assert not os.path.exists(tmp_path / "pred2")
+  step = got["step"]
+  for bad, match in (
+      ({"final": {"chosen": "best", "step": step}}, "final.chosen: 'best'"),
+      ({"final": {"chosen": ["paper"], "step": step}}, r"final.chosen: \['paper'\]"),
+      ({"final": {"chosen": "paper"}}, "made for step None, the final checkpoint is step"),
+      # A run trained further since its evaluation: the choice is for another step.
+      ({"final": {"chosen": "paper", "step": step - 2}}, f"made for step {step - 2}, "
+       f"the final checkpoint is step {step}"),
+      ({"final": 5}, "field 'final': missing or not an object"), ([], "field 'final'")):
+    with open(os.path.join(work, "rules.json"), "w") as f:
+      json.dump(bad, f)
+    with pytest.raises(config_lib.ConfigError, match=match):
+      predict.predict_folder(work, feats, str(tmp_path / "pred2"), which="final")
   with open(os.path.join(work, "rules.json"), "w") as f:
-    json.dump({"final": {"chosen": "best"}}, f)
-  with pytest.raises(config_lib.ConfigError, match="final.chosen: 'best'"):
+    f.write("[" * 100000 + "]" * 100000)
+  with pytest.raises(config_lib.ConfigError, match="rules.json: .*nested too deeply"):
     predict.predict_folder(work, feats, str(tmp_path / "pred2"), which="final")
+  assert not os.path.exists(tmp_path / "pred2")
 
 
 def test_predict_validates_the_runs_config(run, tmp_path):
@@ -321,11 +335,25 @@ def test_predict_validates_the_runs_config(run, tmp_path):
   lines = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
   assert len(lines) == 1 and "config.json" in lines[0] and "inference.nms_iou" in lines[0]
   assert "Traceback" not in proc.stderr and not os.path.exists(tmp_path / "pred")
-  for bad in ({"train": 5}, []):
+  for bad in ({"train": 5}, [], [5], "abc"):
     with open(path, "w") as f:
       json.dump(bad, f)
     with pytest.raises(config_lib.ConfigError, match="config.json"):
       predict.run_config(work)
+    # --mode eval and a training rerun read it through config_diff: an error
+    # naming the file, or (a section of the wrong type) the fields that differ.
+    try:
+      diff = workdir_lib.config_diff(run["config"], work)
+    except config_lib.ConfigError as e:
+      assert "config.json" in str(e)
+    else:
+      assert diff and any(d.startswith("train.") for d in diff)
+  for raw in (b"\xff\xfe{}", b"[" * 100000 + b"]" * 100000):
+    with open(path, "wb") as f:
+      f.write(raw)
+    for read in (predict.run_config, lambda w: workdir_lib.config_diff(run["config"], w)):
+      with pytest.raises(config_lib.ConfigError, match="config.json: (not UTF-8|.*nested)"):
+        read(work)
 
 
 def test_the_thumos14_paper_preset_trains_on_activitynet_layout_data(tmp_path):
@@ -348,3 +376,16 @@ def test_the_thumos14_paper_preset_trains_on_activitynet_layout_data(tmp_path):
   assert out["rules"]["final"]["chosen"] == "paper"
   assert set(out["rules"]["final"]["candidates"]) == {"paper"}
   assert 0 <= out["final"]["mAP@0.1"] <= 100
+
+
+@pytest.mark.parametrize("spec,reason", [
+    ("configs/synthetic_small.py:nope", "unknown preset 'nope'; the presets are"),
+    ("configs/test.py:paper", "get_config() takes 0 positional arguments")])
+def test_a_bad_preset_names_its_reason_on_one_line(spec, reason, tmp_path):
+  proc = subprocess.run([sys.executable, "-m", "jaxseg.main", "--config", spec, "--workdir",
+                         str(tmp_path / "w")], capture_output=True, text=True, cwd=REPO,
+                        timeout=120)
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: --config:") and reason in lines[0]
+  assert not os.path.exists(tmp_path / "w")

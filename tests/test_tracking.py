@@ -169,7 +169,7 @@ def test_train_with_two_seeds_writes_two_runs_and_their_spread(tmp_path):
   per_run = pd.read_csv(work / "seeds.csv")
   assert len(per_run) == 4 and set(per_run["checkpoint"]) == {"final", "selected"}
   md = (work / "seeds.md").read_text()
-  assert "2 seeds" in md and "±" in md
+  assert "2 seeds" in md and "±" in md and "Inference rules used (runs per preset): final" in md
   # A rerun trains no step of the finished runs; it scores them again, to the
   # same numbers (reports are never reused on trust: tests/test_run_binding.py).
   from jaxseg import train  # pylint: disable=g-import-not-at-top

@@ -93,6 +93,8 @@ def load_json(path: str, what: str = "JSON") -> Any:
   except json.JSONDecodeError as e:
     raise DataError(
         f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+  except RecursionError:
+    raise DataError(f"{path}: {what} JSON nested too deeply to read") from None
 
 
 def _unique_keys(path: str, pairs: list) -> dict:
