@@ -1,6 +1,7 @@
 """Two-stream I3D features of a folder of videos, in the layout the readers take.
 
   python -m jaxseg.extract --videos DIR --weights WEIGHTS_DIR --out FEATURES_DIR
+  python -m jaxseg.extract --videos DIR --streams rgb --weights-rgb rgb_i3d.npz --out FEATURES_DIR
 
 ``WEIGHTS_DIR`` holds ``rgb_i3d.npz`` and ``flow_i3d.npz`` (from
 ``python -m jaxseg.features.convert``), or name the files with
@@ -10,8 +11,13 @@ floor(frames at 25 fps / 16)``, ``<vid>`` the file's stem; then train with
 ``--config.data.features_dir=FEATURES_DIR
 --config.data.feature_streams="('rgb','flow')"``.
 
-* Resumable: a video whose two files exist and are valid (2-D float32, the
-  weights' feature width, the same ``T``) is skipped. Files are written to a
+``--streams rgb`` (or ``flow``) extracts one stream: with ``rgb`` alone no
+flow weights are needed and no optical flow is computed; train on the
+1024-d features with ``--config.data.feature_streams="('rgb',)"
+--config.data.feature_dim=1024``.
+
+* Resumable: a video whose files (one per stream) exist and are valid (2-D
+  float32, the weights' feature width, the same ``T``) is skipped. Files are written to a
   temporary name in the same folder and renamed, so a file named ``<vid>.npy``
   is always whole; a stale temporary file (``.<vid>.npy.<pid>.tmp``) from an
   interrupted run is never read and is removed when the video is redone.
@@ -47,7 +53,7 @@ from jaxseg.features.errors import (DuplicateVideoIdError, ExtractionError,
 
 STREAMS = ("rgb", "flow")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg",
-                    ".wmv", ".flv", ".3gp", ".ts")
+                    ".wmv", ".flv", ".3gp", ".ts", ".gif")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,199}$")
 
 
@@ -91,14 +97,30 @@ def find_videos(source: str, extensions: Sequence[str] = VIDEO_EXTENSIONS
   return videos, bad
 
 
-def output_paths(out_dir: str, video_id: str) -> dict[str, str]:
-  return {s: os.path.join(out_dir, s, video_id + ".npy") for s in STREAMS}
+def parse_streams(text: str) -> tuple[str, ...]:
+  """``"rgb"``, ``"flow"``, ``"rgb,flow"`` -> the streams in :data:`STREAMS` order.
+
+  Raises:
+    ValueError: an unknown or repeated stream, or none.
+  """
+  names = [n.strip() for n in text.split(",") if n.strip()]
+  unknown = [n for n in names if n not in STREAMS]
+  if unknown or not names or len(set(names)) != len(names):
+    raise ValueError(f"--streams {text!r}: give rgb, flow or rgb,flow")
+  return tuple(s for s in STREAMS if s in names)
 
 
-def is_done(out_dir: str, video_id: str, feature_dim: int) -> bool:
-  """Both files exist and hold ``(T, feature_dim) float32`` with the same ``T >= 1``."""
+def output_paths(out_dir: str, video_id: str,
+                 streams: Sequence[str] = STREAMS) -> dict[str, str]:
+  return {s: os.path.join(out_dir, s, video_id + ".npy") for s in streams}
+
+
+def is_done(out_dir: str, video_id: str, feature_dim: int,
+            streams: Sequence[str] = STREAMS) -> bool:
+  """Each stream's file exists and holds ``(T, feature_dim) float32``, the same
+  ``T >= 1`` for all."""
   lengths = set()
-  for path in output_paths(out_dir, video_id).values():
+  for path in output_paths(out_dir, video_id, streams).values():
     try:
       arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError, EOFError):
@@ -136,10 +158,13 @@ def remove_stale_tmp(out_dir: str, video_id: str) -> None:
 
 
 class Extractor:
-  """Both streams' networks and weights; :meth:`extract` runs one video.
+  """The streams' networks and weights; :meth:`extract` runs one video.
 
   Args:
-    rgb_weights, flow_weights: converted ``.npz`` files.
+    rgb_weights, flow_weights: converted ``.npz`` files (only those of
+      ``streams`` are read; the other may be ``None``).
+    streams: ``("rgb", "flow")``, ``("rgb",)`` or ``("flow",)``. With RGB
+      alone no optical flow is computed.
     batch_size: snippets per network call (one compiled shape per stream).
     video_config: frame preparation (defaults: 25 fps, 256, 224).
     precision: convolution precision (``None``: the backend's default).
@@ -148,36 +173,50 @@ class Extractor:
     WeightsError: a bad weight file (named error, naming the tensor).
   """
 
-  def __init__(self, rgb_weights: str, flow_weights: str, *, batch_size: int = 8,
+  def __init__(self, rgb_weights: str | None, flow_weights: str | None, *,
+               streams: Sequence[str] = STREAMS, batch_size: int = 8,
                video_config: video_lib.VideoConfig = video_lib.VideoConfig(),
                precision: str | None = None):
+    self.streams = tuple(s for s in STREAMS if s in streams)
+    if not self.streams or len(self.streams) != len(tuple(streams)):
+      raise ValueError(f"streams must be a subset of {STREAMS}, got {streams!r}")
+    paths = {"rgb": rgb_weights, "flow": flow_weights}
     self.variables, self.fns, self.infos = {}, {}, {}
-    for stream, path in (("rgb", rgb_weights), ("flow", flow_weights)):
-      variables, info = weights_lib.load_weights(path, stream=stream)
+    for stream in self.streams:
+      variables, info = weights_lib.load_weights(paths[stream], stream=stream)
       self.variables[stream] = variables
       self.infos[stream] = info
       self.fns[stream] = i3d.feature_fn(info.in_channels, info.width_multiplier, precision)
     dims = {s: info.feature_dim for s, info in self.infos.items()}
-    if dims["rgb"] != dims["flow"]:
+    if len(set(dims.values())) > 1:
       raise WeightsError(f"{rgb_weights} gives {dims['rgb']}-d features but "
                          f"{flow_weights} {dims['flow']}-d")
-    self.feature_dim = dims["rgb"]
+    self.feature_dim = dims[self.streams[0]]
     self.batch_size = batch_size
     self.video_config = video_config
 
+  def _snippets(self, path: str, stats: video_lib.VideoStats):
+    """``{stream: (16, H, W, C)}`` per snippet; TV-L1 only when flow is wanted."""
+    if self.streams == ("rgb",):
+      for rgb in video_lib.iter_rgb_snippets(path, self.video_config, stats):
+        yield {"rgb": rgb}
+    else:
+      for rgb, flow in video_lib.iter_snippets(path, self.video_config, stats):
+        yield {"rgb": rgb, "flow": flow}
+
   def extract(self, path: str) -> tuple[dict[str, np.ndarray], video_lib.VideoStats]:
-    """``({"rgb": (T, F), "flow": (T, F)} float32, stats)`` of one video file.
+    """``({stream: (T, F) float32}, stats)`` of one video file.
 
     Batches go to the networks as soon as they are full; JAX's asynchronous
     dispatch lets the next snippets' decoding and flow run meanwhile.
     """
     stats = video_lib.VideoStats()
-    pending = {s: [] for s in STREAMS}
-    outs: dict[str, list] = {s: [] for s in STREAMS}
+    pending: dict[str, list] = {s: [] for s in self.streams}
+    outs: dict[str, list] = {s: [] for s in self.streams}
 
     def flush():
-      n = len(pending["rgb"])
-      for s in STREAMS:
+      for s in self.streams:
+        n = len(pending[s])
         clips = np.stack(pending[s])
         if n < self.batch_size:
           clips = np.concatenate([clips, np.zeros((self.batch_size - n, *clips.shape[1:]),
@@ -185,15 +224,15 @@ class Extractor:
         outs[s].append((self.fns[s](self.variables[s], clips), n))
         pending[s].clear()
 
-    for rgb, flow in video_lib.iter_snippets(path, self.video_config, stats):
-      pending["rgb"].append(rgb)
-      pending["flow"].append(flow)
-      if len(pending["rgb"]) == self.batch_size:
+    for snippet in self._snippets(path, stats):
+      for s in self.streams:
+        pending[s].append(snippet[s])
+      if len(pending[self.streams[0]]) == self.batch_size:
         flush()
-    if pending["rgb"]:
+    if pending[self.streams[0]]:
       flush()
     feats = {s: np.concatenate([np.asarray(o)[:n] for o, n in outs[s]]).astype(np.float32)
-             for s in STREAMS}
+             for s in self.streams}
     for s, f in feats.items():
       if f.shape != (stats.snippets, self.feature_dim):
         raise AssertionError(f"{path}: {s} features {f.shape}, expected "
@@ -203,18 +242,19 @@ class Extractor:
     return feats, stats
 
 
-def _weights_paths(args) -> tuple[str, str]:
-  rgb, flow = args.weights_rgb, args.weights_flow
+def _weights_paths(args) -> dict[str, str]:
+  """``{stream: .npz}`` for the streams of ``--streams``."""
+  given = {"rgb": args.weights_rgb, "flow": args.weights_flow}
+  names = " and ".join(f"{s}_i3d.npz" for s in args.streams)
   if args.weights:
     if not os.path.isdir(args.weights):
-      raise WeightsError(f"--weights {args.weights}: not a folder (it should hold "
-                         "rgb_i3d.npz and flow_i3d.npz)")
-    rgb = rgb or os.path.join(args.weights, "rgb_i3d.npz")
-    flow = flow or os.path.join(args.weights, "flow_i3d.npz")
-  if not rgb or not flow:
-    raise WeightsError("give --weights DIR (with rgb_i3d.npz and flow_i3d.npz) or both "
-                       "--weights-rgb and --weights-flow")
-  return rgb, flow
+      raise WeightsError(f"--weights {args.weights}: not a folder (it should hold {names})")
+    for s in args.streams:
+      given[s] = given[s] or os.path.join(args.weights, f"{s}_i3d.npz")
+  missing = [f"--weights-{s}" for s in args.streams if not given[s]]
+  if missing:
+    raise WeightsError(f"give --weights DIR (with {names}) or {' and '.join(missing)}")
+  return {s: given[s] for s in args.streams}
 
 
 def parse_args(argv: Sequence[str] | None):
@@ -226,6 +266,9 @@ def parse_args(argv: Sequence[str] | None):
   p.add_argument("--weights", default="", help="folder with rgb_i3d.npz and flow_i3d.npz")
   p.add_argument("--weights-rgb", default="", help="the RGB stream's .npz")
   p.add_argument("--weights-flow", default="", help="the flow stream's .npz")
+  p.add_argument("--streams", default="rgb,flow",
+                 help="rgb, flow or rgb,flow (default): the streams to extract; with rgb "
+                      "alone no flow weights are needed and no optical flow is computed")
   p.add_argument("--batch-size", type=int, default=8, help="snippets per network call")
   p.add_argument("--fps", type=float, default=video_lib.FPS)
   p.add_argument("--short-side", type=int, default=video_lib.SHORT_SIDE,
@@ -238,6 +281,10 @@ def parse_args(argv: Sequence[str] | None):
                  help="comma-separated extensions taken from a folder")
   p.add_argument("--no-progress", action="store_true", help="no progress bar")
   args = p.parse_args(argv)
+  try:
+    args.streams = parse_streams(args.streams)
+  except ValueError as e:
+    p.error(str(e))
   if args.batch_size < 1:
     p.error("--batch-size must be >= 1")
   if args.crop > args.short_side:
@@ -250,21 +297,22 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = parse_args(argv)
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   try:
-    rgb_w, flow_w = _weights_paths(args)
+    paths = _weights_paths(args)
     extractor = Extractor(
-        rgb_w, flow_w, batch_size=args.batch_size, precision=args.precision,
+        paths.get("rgb"), paths.get("flow"), streams=args.streams,
+        batch_size=args.batch_size, precision=args.precision,
         video_config=video_lib.VideoConfig(fps=args.fps, short_side=args.short_side,
                                            crop=args.crop))
   except WeightsError as e:
-    print(f"{type(e).__name__}: {e}", file=sys.stderr)
+    print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
     return 2
   if not os.path.exists(args.videos):
-    print(f"--videos {args.videos}: not found", file=sys.stderr)
+    print(f"error: --videos {args.videos}: not found", file=sys.stderr)
     return 2
   exts = tuple(e if e.startswith(".") else "." + e
                for e in (x.strip().lower() for x in args.extensions.split(",")) if e)
   videos, failures = find_videos(args.videos, exts)
-  for stream in STREAMS:
+  for stream in args.streams:
     os.makedirs(os.path.join(args.out, stream), exist_ok=True)
   done = skipped = 0
   vfr = []
@@ -272,13 +320,13 @@ def main(argv: Sequence[str] | None = None) -> int:
   bar = tqdm(videos, unit="video", disable=args.no_progress or None, file=sys.stderr)
   for vid, path in bar:
     bar.set_postfix_str(vid)
-    if is_done(args.out, vid, extractor.feature_dim):
+    if is_done(args.out, vid, extractor.feature_dim, args.streams):
       skipped += 1
       continue
     try:
       remove_stale_tmp(args.out, vid)
       feats, stats = extractor.extract(path)
-      for stream, out_path in output_paths(args.out, vid).items():
+      for stream, out_path in output_paths(args.out, vid, args.streams).items():
         write_npy_atomic(out_path, feats[stream])
       done += 1
       if stats.variable_frame_rate:

@@ -165,6 +165,12 @@ def _parse_flags(argv: list[str]) -> list[str]:
   that cannot be loaded are user errors like a bad config value: no usage
   text, no traceback.
   """
+  if any(a in ("--help", "-h", "-?", "--helpshort") for a in argv[1:]):
+    # The flags of this module (absl would look them up by sys.argv[0], which
+    # for the installed `jaxseg` command is not this file) and exit 0.
+    print(__doc__.rstrip() + "\n\nflags:\n")
+    print(flags.FLAGS.module_help(sys.modules[__name__]))
+    sys.exit(0)
   try:
     rest = flags.FLAGS(argv)
     if _CONFIG.value is not None:  # --mode predict may go without one

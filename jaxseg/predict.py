@@ -95,12 +95,12 @@ EXTRACT_STREAMS = ("rgb", "flow")
 
 def _streams(config, features_dir: str) -> tuple[str, ...]:
   """The run's stream sub-folders; for a run on joined features, the
-  ``jaxseg.extract`` folders when ``features_dir`` has them."""
+  ``jaxseg.extract`` folders ``features_dir`` has (both, joined in that order,
+  or one: a run on RGB-only features)."""
   if config.data.format == "activitynet" and config.data.feature_streams:
     return tuple(config.data.feature_streams)
-  if all(os.path.isdir(os.path.join(features_dir, s)) for s in EXTRACT_STREAMS):
-    return EXTRACT_STREAMS
-  return ()
+  found = tuple(s for s in EXTRACT_STREAMS if os.path.isdir(os.path.join(features_dir, s)))
+  return found  # rgb and flow joined, or one of them alone (jaxseg.extract --streams)
 
 
 def read_folder(features_dir: str, class_names, feature_dim: int, *, feature_rate: float,

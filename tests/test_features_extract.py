@@ -241,3 +241,50 @@ def test_extract_benchmark_quick(tmp_path):
   assert np.all(df["frames_per_s"] > 0)
   net = df[df["stage"].str.endswith("network")]
   assert np.all(net["gflop_per_snippet"] > 0) and np.all(net["ratio_to_floor"] > 0)
+
+
+def test_one_stream_extraction(tmp_path, weights_dir, monkeypatch, capsys):
+  """--streams rgb: no flow weights, no TV-L1, the same RGB features as both streams."""
+  vids = tmp_path / "videos"
+  vids.mkdir()
+  V.write_video(str(vids / "good.mp4"), _frames(40))
+  both, rgb_only, flow_only = (tmp_path / n for n in ("both", "rgb", "flow"))
+  assert extract.main(["--videos", str(vids), "--weights", str(weights_dir),
+                       "--out", str(both), *SMALL]) == 0
+
+  def no_flow(*args, **kwargs):
+    raise AssertionError("TV-L1 must not run for --streams rgb")
+
+  with monkeypatch.context() as m:
+    m.setattr(V, "TVL1", no_flow)
+    argv = ["--videos", str(vids), "--streams", "rgb", "--weights-rgb",
+            str(weights_dir / "rgb_i3d.npz"), "--out", str(rgb_only), *SMALL]
+    assert extract.main(argv) == 0
+    assert os.listdir(rgb_only) == ["rgb"]
+    np.testing.assert_array_equal(np.load(rgb_only / "rgb" / "good.npy"),
+                                  np.load(both / "rgb" / "good.npy"))
+    capsys.readouterr()
+    assert extract.main(argv) == 0  # resumable: one stream's file is the whole output
+    assert "0 video(s) extracted, 1 already done" in capsys.readouterr().out
+  assert extract.main(["--videos", str(vids), "--streams", "flow", "--weights",
+                       str(weights_dir), "--out", str(flow_only), *SMALL]) == 0
+  assert os.listdir(flow_only) == ["flow"]
+  np.testing.assert_array_equal(np.load(flow_only / "flow" / "good.npy"),
+                                np.load(both / "flow" / "good.npy"))
+  # The readers take a one-stream folder with data.feature_streams=('rgb',).
+  gt = tmp_path / "gt.json"
+  gt.write_text(json.dumps({"database": {"good": {
+      "subset": "validation", "annotations": [{"segment": [0.2, 1.0], "label": "Move"}]}}}))
+  ds = readers.read_activitynet(str(gt), str(rgb_only), feature_streams=("rgb",),
+                                feature_dim=128)
+  assert ds.videos[0].features.shape == (2, 128)
+  # Only the weights of the streams asked for are needed; a bad --streams is a usage error.
+  capsys.readouterr()
+  assert extract.main(["--videos", str(vids), "--streams", "rgb", "--out",
+                       str(tmp_path / "x"), *SMALL]) == 2
+  assert capsys.readouterr().err.strip() == (
+      "error: WeightsError: give --weights DIR (with rgb_i3d.npz) or --weights-rgb")
+  with pytest.raises(SystemExit):
+    extract.main(["--videos", str(vids), "--streams", "rgb,depth", "--weights",
+                  str(weights_dir), "--out", str(tmp_path / "x"), *SMALL])
+  assert extract.parse_streams("flow, rgb") == ("rgb", "flow")

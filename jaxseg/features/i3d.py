@@ -174,10 +174,13 @@ class I3D(nn.Module):
       against the input).
     width_multiplier: scales every channel count; 1.0 is I3D (1024-d output).
     precision: convolution precision, see :class:`Unit3D`.
+    keep_map: return ``Mixed_5c`` itself, ``(S, T', H', W', F)``, instead of
+      its mean (for the classifier's pooling, :mod:`jaxseg.features.classify`).
   """
   in_channels: int = 3
   width_multiplier: float = 1.0
   precision: str | None = None
+  keep_map: bool = False
 
   @nn.compact
   def __call__(self, clips: Array) -> Array:
@@ -189,7 +192,8 @@ class I3D(nn.Module):
         Any ``T, H, W`` works (the padding adapts).
 
     Returns:
-      ``(S, F) float32``, ``F = feature_dim(width_multiplier)`` (1024 at width 1).
+      ``(S, F) float32``, ``F = feature_dim(width_multiplier)`` (1024 at width 1);
+      with ``keep_map``, ``(S, T', H', W', F)``.
     """
     if clips.ndim != 5 or clips.shape[-1] != self.in_channels:
       raise ValueError(f"I3D: expected clips (S, T, H, W, {self.in_channels}), "
@@ -205,7 +209,7 @@ class I3D(nn.Module):
       else:
         x = InceptionModule(tuple(scaled(c, w) for c in spec), precision=self.precision,
                             name=name)(x)
-    return jnp.mean(x, axis=(1, 2, 3))
+    return x if self.keep_map else jnp.mean(x, axis=(1, 2, 3))
 
 
 def variable_shapes(in_channels: int, width_multiplier: float = 1.0) -> dict[str, Any]:
@@ -265,19 +269,22 @@ def conv_flops(in_channels: int, width_multiplier: float = 1.0,
 
 
 def feature_fn(in_channels: int, width_multiplier: float = 1.0,
-               precision: str | None = None) -> Callable[[Any, Array], Array]:
-  """The jitted ``(variables, clips (S, 16, H, W, C)) -> (S, F)`` of one stream.
+               precision: str | None = None, keep_map: bool = False
+               ) -> Callable[[Any, Array], Array]:
+  """The jitted ``(variables, clips (S, 16, H, W, C)) -> (S, F)`` of one stream
+  (``keep_map``: the ``Mixed_5c`` map, see :class:`I3D`).
 
   Cached per configuration, so every caller in a process shares its compiled
   executables (one per input shape).
   """
-  return _feature_fn(int(in_channels), float(width_multiplier), precision)
+  return _feature_fn(int(in_channels), float(width_multiplier), precision, bool(keep_map))
 
 
 @functools.lru_cache(maxsize=None)
-def _feature_fn(in_channels: int, width_multiplier: float, precision: str | None):
+def _feature_fn(in_channels: int, width_multiplier: float, precision: str | None,
+                keep_map: bool):
   model = I3D(in_channels=in_channels, width_multiplier=width_multiplier,
-              precision=precision)
+              precision=precision, keep_map=keep_map)
   return jax.jit(model.apply)
 
 

@@ -218,6 +218,74 @@ def scale_flow(flow: np.ndarray, bound: float = FLOW_BOUND) -> np.ndarray:
   return np.clip(flow, -bound, bound).astype(np.float32) / np.float32(bound)
 
 
+def iter_frames(path: str, config: VideoConfig = VideoConfig(),
+                stats: VideoStats | None = None) -> Iterator[tuple[int, np.ndarray]]:
+  """``(source index, (H, W, 3) uint8 RGB)`` at ``config.fps``, the shorter side
+  resized to ``config.short_side`` (not cropped). A frame that resampling
+  repeats is converted once: its copies are the same array.
+
+  Raises:
+    The errors of :func:`decode` and :func:`resample`.
+  """
+  stats = stats if stats is not None else VideoStats()
+  if config.crop > config.short_side:
+    raise ValueError(f"crop {config.crop} > short side {config.short_side}")
+  cached_src, cached = -1, None
+  for src, frame in resample(decode(path, stats), config.fps, path=path, stats=stats):
+    stats.frames += 1
+    if src != cached_src:
+      cached_src = src
+      cached = resize_short_side(frame.to_ndarray(format="rgb24"), config.short_side)
+    yield src, cached
+
+
+def _too_short(path: str, config: VideoConfig, stats: VideoStats) -> VideoTooShortError:
+  return VideoTooShortError(
+      f"{path}: {stats.frames} frame(s) at {config.fps:g} fps "
+      f"({stats.duration_s:.3f} s), fewer than one {SNIPPET_FRAMES}-frame snippet")
+
+
+def iter_rgb_snippets(path: str, config: VideoConfig = VideoConfig(),
+                      stats: VideoStats | None = None) -> Iterator[np.ndarray]:
+  """The RGB stream's input alone (no optical flow), one 16-frame snippet at a
+  time: ``(16, crop, crop, 3) float32`` in ``[-1, 1]``, the snippets of
+  :func:`iter_snippets`.
+
+  Raises:
+    As :func:`iter_snippets`.
+  """
+  stats = stats if stats is not None else VideoStats()
+  buf: list[np.ndarray] = []
+  for _, rgb in iter_frames(path, config, stats):
+    buf.append(scale_rgb(center_crop(rgb, config.crop)))
+    if len(buf) == SNIPPET_FRAMES:
+      stats.snippets += 1
+      yield np.stack(buf)
+      buf.clear()
+  if stats.snippets == 0:
+    raise _too_short(path, config, stats)
+
+
+def read_rgb_clip(path: str, config: VideoConfig = VideoConfig(), max_frames: int = 0,
+                  stats: VideoStats | None = None) -> np.ndarray:
+  """The RGB input of a whole clip as one array: ``(N, crop, crop, 3) float32``
+  in ``[-1, 1]``, every frame at ``config.fps`` (the first ``max_frames``
+  when that is positive), prepared as :func:`iter_snippets` prepares them.
+
+  Raises:
+    As :func:`iter_snippets` (VideoTooShortError below 16 frames).
+  """
+  stats = stats if stats is not None else VideoStats()
+  frames = []
+  for _, rgb in iter_frames(path, config, stats):
+    frames.append(scale_rgb(center_crop(rgb, config.crop)))
+    if len(frames) == max_frames:
+      break
+  if len(frames) < SNIPPET_FRAMES:
+    raise _too_short(path, config, stats)
+  return np.stack(frames)
+
+
 def iter_snippets(path: str, config: VideoConfig = VideoConfig(),
                   stats: VideoStats | None = None
                   ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -233,19 +301,14 @@ def iter_snippets(path: str, config: VideoConfig = VideoConfig(),
   """
   cv2 = _cv2()
   stats = stats if stats is not None else VideoStats()
-  if config.crop > config.short_side:
-    raise ValueError(f"crop {config.crop} > short side {config.short_side}")
   flow_fn = TVL1()
   rgb_buf: list[np.ndarray] = []
   flow_buf: list[np.ndarray] = []
   prev_gray = prev_src = None
-  cached_src, cached = -1, None
-  for src, frame in resample(decode(path, stats), config.fps, path=path, stats=stats):
-    stats.frames += 1
+  cached_src, gray = -1, None
+  for src, rgb in iter_frames(path, config, stats):
     if src != cached_src:  # a repeated frame is converted once
-      rgb = resize_short_side(frame.to_ndarray(format="rgb24"), config.short_side)
-      cached_src, cached = src, (rgb, cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
-    rgb, gray = cached
+      cached_src, gray = src, cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
     if prev_gray is not None:  # the flow of the previous frame
       if src == prev_src:
         flow = np.zeros((config.crop, config.crop, 2), np.float32)
@@ -260,9 +323,7 @@ def iter_snippets(path: str, config: VideoConfig = VideoConfig(),
     flow_buf.append(flow_buf[-1])  # the video's last frame: repeat the flow before it
     yield _snippet(rgb_buf, flow_buf, stats)
   if stats.snippets == 0:
-    raise VideoTooShortError(
-        f"{path}: {stats.frames} frame(s) at {config.fps:g} fps "
-        f"({stats.duration_s:.3f} s), fewer than one {SNIPPET_FRAMES}-frame snippet")
+    raise _too_short(path, config, stats)
 
 
 def _snippet(rgb_buf: list, flow_buf: list, stats: VideoStats):

