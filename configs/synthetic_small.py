@@ -3,7 +3,7 @@
 ``configs/synthetic.py`` shrunk: 10 classes, 80 training videos (a quarter held
 out for validation), 40 test videos, 400 steps of 8 videos. It is the setup of
 ``benchmarks/robustness.py`` (every world of the family starts from it) and of
-the README's Table 1::
+docs/results.md's Table 1::
 
   python -m jaxseg.main --config configs/synthetic_small.py --workdir runs/small
   python -m jaxseg.main --config configs/synthetic_small.py --workdir runs/table1 --mode ablate --seeds 3
