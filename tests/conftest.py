@@ -1,53 +1,8 @@
-"""Helpers the test modules share: the test config, a small dataset, loss arguments,
-a compilation cache for modules that train the same config several times."""
+"""Fixtures the test modules share: a compilation cache for modules that train the
+same config several times. Plain helpers are in ``tests/helpers.py``."""
 
 import jax
-import numpy as np
 import pytest
-
-from configs import test as test_config
-from jaxseg import config as config_lib
-from jaxseg.data.video import Dataset, Instance, Video
-
-
-def make_config(data_dir=None, **overrides):
-  """``configs/test.py`` with dotted-name overrides, e.g. ``**{"loss.alpha": -1.0}``.
-
-  ``data_dir``: where the synthetic dataset is generated (shared between runs).
-  """
-  c = test_config.get_config()
-  if data_dir is not None:
-    c.data.synthetic.output_dir = str(data_dir)
-  return config_lib.with_overrides(c, **overrides)
-
-
-def index_features(k, t, dim=3):
-  """Row j of video k is (k, j, 1, ...): a row identifies its video and segment."""
-  f = np.ones((t, dim), np.float32)
-  f[:, 0] = k
-  f[:, 1] = np.arange(t)
-  return f
-
-
-def make_dataset(lengths=(5, 12, 30, 70, 9), dim=3):
-  """Videos of the given lengths (1 segment per second), 3 classes, 3 instances each
-  (the third overlaps the first), features from :func:`index_features`."""
-  videos = []
-  for k, t in enumerate(lengths):
-    inst = [Instance(0.0, t * 0.25, k % 3), Instance(t * 0.5, t * 0.9, (k + 1) % 3),
-            Instance(t * 0.1, t * 0.3, (k + 2) % 3)]
-    videos.append(Video(f"v{k}", "validation", index_features(k, t, dim), 1.0, float(t),
-                        inst))
-  return Dataset(["A", "B", "C"], videos)
-
-
-def loss_kwargs(**overrides):
-  """The keyword arguments of ``losses.total_loss``: ``config.loss`` with overrides."""
-  kw = config_lib.base_config().loss.to_dict()
-  unknown = set(overrides) - set(kw)
-  assert not unknown, f"not fields of config.loss: {unknown}"
-  kw.update(overrides)
-  return kw
 
 
 @pytest.fixture(scope="module")

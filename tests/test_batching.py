@@ -6,7 +6,7 @@ import pytest
 from jaxseg.data import batching
 from jaxseg.data.labels import sample_segment_labels
 from jaxseg.data.video import DataError, Dataset, Instance, Video
-from tests.conftest import index_features, make_dataset
+from tests.helpers import index_features, make_dataset
 
 BUCKETS = (8, 16, 32)
 D = 3

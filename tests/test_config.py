@@ -25,7 +25,7 @@ from jaxseg import evaluate
 from jaxseg import train
 from jaxseg import workdir as workdir_lib
 from jaxseg.data import readers
-from tests.conftest import make_config
+from tests.helpers import make_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -10,7 +10,7 @@ from jaxseg.data import batching
 from jaxseg.data import device_data
 from jaxseg.data.labels import sample_segment_labels
 from jaxseg.data.video import DataError
-from tests.conftest import make_dataset
+from tests.helpers import make_dataset
 
 BUCKETS = (8, 16, 32)
 D, N = 5, 3

@@ -106,7 +106,7 @@ def test_extract_rgb_only_on_the_clip(rgb_weights, tmp_path, capsys):
 def test_predict_reads_the_rgb_only_features_with_a_1024_d_run(rgb_weights, tmp_path):
   """extract --streams rgb, then --mode predict with a run trained on 1024-d features."""
   from jaxseg import predict, train  # pylint: disable=g-import-not-at-top
-  from tests.conftest import make_config  # pylint: disable=g-import-not-at-top
+  from tests.helpers import make_config  # pylint: disable=g-import-not-at-top
   out = tmp_path / "features"
   assert extract.main(["--videos", GIF, "--streams", "rgb", "--weights-rgb", rgb_weights,
                        "--out", str(out), "--batch-size", "4", "--no-progress"]) == 0

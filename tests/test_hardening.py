@@ -35,7 +35,7 @@ from jaxseg.data import readers
 from jaxseg.data import wtalc
 from jaxseg.data import wtalc_convert
 from jaxseg.data.video import DataError
-from tests.conftest import make_config
+from tests.helpers import make_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RATE = 25.0 / 16.0

@@ -14,7 +14,7 @@ from jax.test_util import check_grads
 from jaxseg import config as config_lib
 from jaxseg import losses
 from tests import reference_losses as ref
-from tests.conftest import loss_kwargs
+from tests.helpers import loss_kwargs
 
 B, T, N, E = 5, 12, 4, 6
 RTOL = 1e-5

@@ -9,7 +9,7 @@ import pytest
 
 from jaxseg import losses
 from jaxseg import model as model_lib
-from tests.conftest import loss_kwargs
+from tests.helpers import loss_kwargs
 
 B, T, D, E, N = 3, 10, 7, 6, 5
 

@@ -37,7 +37,7 @@ from jaxseg import parallel
 from jaxseg import state as state_lib
 from jaxseg import train
 from jaxseg import workdir as workdir_lib
-from tests.conftest import make_config
+from tests.helpers import make_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH = 8

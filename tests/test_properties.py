@@ -58,7 +58,7 @@ from jaxseg import metrics as ev
 from jaxseg import losses
 from tests import anet_json
 from tests import reference_activitynet as anet_ref
-from tests.conftest import loss_kwargs
+from tests.helpers import loss_kwargs
 
 # ================================================================== losses
 

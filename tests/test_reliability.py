@@ -37,7 +37,7 @@ from jaxseg import workdir as workdir_lib
 from jaxseg.data import batching
 from jaxseg.data import labels as labels_lib
 from jaxseg.data.video import Dataset, Instance, Video
-from tests.conftest import make_config
+from tests.helpers import make_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 24

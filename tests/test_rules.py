@@ -24,7 +24,7 @@ from jaxseg import run_data
 from jaxseg import train
 from jaxseg import workdir as workdir_lib
 from jaxseg.data import batching
-from tests.conftest import make_config
+from tests.helpers import make_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -19,7 +19,7 @@ from jaxseg import predict
 from jaxseg import seeds
 from jaxseg import train
 from jaxseg import workdir as workdir_lib
-from tests.conftest import make_config
+from tests.helpers import make_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 8

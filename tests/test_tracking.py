@@ -151,7 +151,7 @@ def test_report_refuses_a_folder_without_runs(tmp_path, capsys):
 
 def test_train_with_two_seeds_writes_two_runs_and_their_spread(tmp_path):
   from jaxseg import seeds  # pylint: disable=g-import-not-at-top
-  from tests.conftest import make_config  # pylint: disable=g-import-not-at-top
+  from tests.helpers import make_config  # pylint: disable=g-import-not-at-top
   c = make_config(tmp_path / "data", **{"train.num_steps": 4, "train.eval_every": 4,
                                         "train.log_to": ()})
   work = tmp_path / "s"

@@ -18,7 +18,7 @@ from jaxseg import train
 from jaxseg import run_data
 from jaxseg import workdir as workdir_lib
 from jaxseg.data import batching
-from tests.conftest import make_config
+from tests.helpers import make_config
 
 
 @pytest.fixture(scope="module", autouse=True)
