@@ -1,5 +1,7 @@
 """Helpers the test modules share: the test config, a small dataset, loss arguments."""
 
+import os
+
 import numpy as np
 
 from configs import test as test_config
@@ -45,3 +47,24 @@ def loss_kwargs(**overrides):
   assert not unknown, f"not fields of config.loss: {unknown}"
   kw.update(overrides)
   return kw
+
+
+def snapshot(root) -> dict:
+  """``{relative path: bytes}`` of every file under ``root``: to show nothing changed."""
+  out = {}
+  for dirpath, _, files in os.walk(root):
+    for name in files:
+      p = os.path.join(dirpath, name)
+      with open(p, "rb") as f:
+        out[os.path.relpath(p, root)] = f.read()
+  return out
+
+
+def finished_run(root, steps: int) -> dict:
+  """One finished ``steps``-step run of configs/test.py under ``root`` (its data in
+  ``root/data``): ``{"config", "workdir", "root"}``; copy it before changing it."""
+  from jaxseg import train  # pylint: disable=g-import-not-at-top
+  config = make_config(root / "data", **{"train.num_steps": steps})
+  workdir = root / "run"
+  train.train_and_evaluate(config, str(workdir))
+  return {"config": config, "workdir": workdir, "root": root}

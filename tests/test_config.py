@@ -25,7 +25,7 @@ from jaxseg import evaluate
 from jaxseg import train
 from jaxseg import workdir as workdir_lib
 from jaxseg.data import readers
-from tests.helpers import make_config
+from tests.helpers import make_config, snapshot
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -281,33 +281,24 @@ def _dummy_run(workdir, config):
   (workdir / "results.json").write_text('{"final": {"step": 8}}\n')
 
 
-def _snapshot(root):
-  out = {}
-  for dirpath, _, files in os.walk(root):
-    for name in files:
-      p = os.path.join(dirpath, name)
-      with open(p, "rb") as f:
-        out[os.path.relpath(p, root)] = f.read()
-  return out
-
 
 def test_workdir_of_another_config_is_refused_and_left_intact(tmp_path):
   workdir = tmp_path / "run"
   old = make_config()
   _dummy_run(workdir, old)
-  before = _snapshot(workdir)
+  before = snapshot(workdir)
   other = make_config(**{"loss.gamma": 0.5, "train.learning_rate": 3e-4})
   with pytest.raises(config_lib.ConfigError) as info:
     workdir_lib.claim_workdir(other, str(workdir))
   msg = str(info.value)
   assert "loss.gamma: 0.02 -> 0.5" in msg and "train.learning_rate" in msg
   assert "--overwrite" in msg
-  assert _snapshot(workdir) == before
+  assert snapshot(workdir) == before
   # The same config, or one differing only in rerun-free fields, is accepted.
   workdir_lib.claim_workdir(make_config(), str(workdir))
   workdir_lib.claim_workdir(make_config(**{"train.num_steps": 99, "train.progress": True}),
                       str(workdir))
-  assert set(_snapshot(workdir)) == set(before)
+  assert set(snapshot(workdir)) == set(before)
 
 
 def test_overwrite_replaces_the_old_run(tmp_path):
@@ -329,7 +320,7 @@ def test_overwrite_replaces_the_old_run(tmp_path):
 
 def test_unreadable_config_json_is_a_config_error(tmp_path):
   (tmp_path / "config.json").write_text('{"loss": {"alpha": 0.1')
-  with pytest.raises(config_lib.ConfigError, match="config.json: unreadable"):
+  with pytest.raises(config_lib.ConfigError, match="config.json: malformed JSON at line 1"):
     workdir_lib.claim_workdir(make_config(), str(tmp_path))
 
 
@@ -382,13 +373,13 @@ def test_cli_non_integer_margin_is_a_flag_error(tmp_path):
 def test_cli_refuses_a_workdir_of_another_config(tmp_path):
   workdir = tmp_path / "run"
   _dummy_run(workdir, make_config())
-  before = _snapshot(workdir)
+  before = snapshot(workdir)
   proc = _cli(workdir, "--config.loss.gamma=0.5")
   assert proc.returncode == 2, proc.stderr
   last = proc.stderr.strip().splitlines()[-1]
   assert last.startswith(f"error: {workdir} holds a run of another config")
   assert "loss.gamma: 0.02 -> 0.5" in last and "--overwrite" in last
-  assert _snapshot(workdir) == before
+  assert snapshot(workdir) == before
 
 
 # ------------------------------------------------ gaps (library change needed)

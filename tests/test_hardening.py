@@ -35,7 +35,7 @@ from jaxseg.data import readers
 from jaxseg.data import wtalc
 from jaxseg.data import wtalc_convert
 from jaxseg.data.video import DataError
-from tests.helpers import make_config
+from tests.helpers import finished_run, make_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RATE = 25.0 / 16.0
@@ -143,11 +143,7 @@ def _one_error_line(stderr):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   """One finished 8-step run of configs/test.py (copy it before changing it)."""
-  root = tmp_path_factory.mktemp("hardening")
-  config = make_config(root / "data", **{"train.num_steps": STEPS})
-  workdir = root / "run"
-  train.train_and_evaluate(config, str(workdir))
-  return {"config": config, "workdir": workdir, "root": root}
+  return finished_run(tmp_path_factory.mktemp("hardening"), STEPS)
 
 
 def _copy(trained, tmp_path, name="run"):

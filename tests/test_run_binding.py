@@ -2,7 +2,6 @@
 "finished" as a fact of training, and sweeps (``--seeds``, ablate) that never
 report an earlier config's results."""
 
-import hashlib
 import json
 import os
 import shutil
@@ -19,7 +18,7 @@ from jaxseg import predict
 from jaxseg import seeds
 from jaxseg import train
 from jaxseg import workdir as workdir_lib
-from tests.helpers import make_config
+from tests.helpers import finished_run, snapshot
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 8
@@ -33,10 +32,8 @@ def _cache(compilation_cache):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   """One finished run of configs/test.py and a flat folder of test-video features."""
-  root = tmp_path_factory.mktemp("binding")
-  config = make_config(root / "data", **{"train.num_steps": STEPS})
-  workdir = root / "run"
-  train.train_and_evaluate(config, str(workdir))
+  run = finished_run(tmp_path_factory.mktemp("binding"), STEPS)
+  config, workdir, root = run["config"], run["workdir"], run["root"]
   feats = root / "features"
   feats.mkdir()
   run = workdir_lib.load_run(config, str(workdir))
@@ -44,16 +41,6 @@ def trained(tmp_path_factory):
     np.save(feats / f"{v.video_id}.npy", v.features)
   return {"config": config, "workdir": workdir, "root": root, "features": feats}
 
-
-def _listing(path):
-  """``{relative path: sha256}`` of every file under ``path`` (symlinks as their target)."""
-  out = {}
-  for d, _, files in os.walk(path):
-    for f in files:
-      p = os.path.join(d, f)
-      with open(p, "rb") as fh:
-        out[os.path.relpath(p, path)] = hashlib.sha256(fh.read()).hexdigest()
-  return out
 
 
 def _copy(trained, tmp_path, name="run"):
@@ -69,14 +56,14 @@ def test_predict_never_writes_over_or_into_an_input(trained, tmp_path):
   run = _copy(trained, tmp_path)
   feats = tmp_path / "features"
   shutil.copytree(trained["features"], feats)
-  before = {"run": _listing(run), "features": _listing(feats)}
+  before = {"run": snapshot(run), "features": snapshot(feats)}
   other = _copy(trained, tmp_path, "other_run")
   for out, what in ((run, "the run"), (feats, "the features folder"),
                     (run / "predictions", "the run"), (feats / "out", "the features folder"),
                     (tmp_path, "the features folder"), (other / "sub", "lies inside the run")):
     with pytest.raises(config_lib.ConfigError, match=what):
       predict.predict_folder(str(run), str(feats), str(out), overwrite=True)
-  assert {"run": _listing(run), "features": _listing(feats)} == before
+  assert {"run": snapshot(run), "features": snapshot(feats)} == before
   assert not os.path.exists(other / "sub")
 
 
@@ -121,7 +108,7 @@ def test_a_killed_predicts_leftovers_are_removed_at_the_next_start(trained, tmp_
 
 def test_cli_predict_into_the_run_is_one_error_line_and_the_run_survives(trained, tmp_path):
   run = _copy(trained, tmp_path)
-  before = _listing(run)
+  before = snapshot(run)
   proc = subprocess.run(
       [sys.executable, "-m", "jaxseg.main", "--mode", "predict", "--workdir", str(run),
        "--predict_features", str(trained["features"]), "--predict_out", str(run),
@@ -129,7 +116,7 @@ def test_cli_predict_into_the_run_is_one_error_line_and_the_run_survives(trained
   assert proc.returncode == 2, proc.stderr[-2000:]
   errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
   assert len(errors) == 1 and "may not be, contain or lie inside the run" in errors[0]
-  assert "Traceback" not in proc.stderr and _listing(run) == before
+  assert "Traceback" not in proc.stderr and snapshot(run) == before
 
 
 # ---------------------------------------------------------------- finished
@@ -137,13 +124,13 @@ def test_cli_predict_into_the_run_is_one_error_line_and_the_run_survives(trained
 
 def test_an_unfinished_run_is_neither_evaluated_nor_used_to_predict(trained, tmp_path):
   run = _copy(trained, tmp_path)
-  before = _listing(run)
+  before = snapshot(run)
   # The same run seen by a config asking for more steps: interrupted at step 8.
   longer = config_lib.with_overrides(trained["config"], **{"train.num_steps": 12})
   with pytest.raises(config_lib.ConfigError, match=r"unfinished run \(step 8 of "
                      r"train.num_steps = 12\)"):
     evaluate.evaluate_workdir(longer, str(run))
-  assert _listing(run) == before  # no results.json that makes it look finished
+  assert snapshot(run) == before  # no results.json that makes it look finished
   cfg = json.loads((run / "config.json").read_text())
   cfg["train"]["num_steps"] = 12
   (run / "config.json").write_text(json.dumps(cfg))
