@@ -14,6 +14,13 @@ and XLA temporary memory, each row has XLA's estimate of the bytes the program
 reads and writes (``xla_bytes_gib``; a memory-bound program's floor is that
 over the device's memory bandwidth).
 
+``--methods ... pallas`` adds the Pallas kernels of the fused form
+(``jaxseg.propagation_pallas``; not in the default list): timed on a GPU only
+(elsewhere they run in interpret mode, which is no speed, so the row is
+skipped, except with ``--quick``, a smoke run), and each such row's note gives
+its largest difference from ``fused`` (value, ``df``, ``dC``, relative to
+``fused``'s largest magnitude), a check of the compiled kernels.
+
   python benchmarks/loss_throughput.py                 # the paper's shapes
   python benchmarks/loss_throughput.py --quick         # a small CPU smoke run
   python benchmarks/loss_throughput.py --batch 4 --lengths 2048 --dim 2048  # CPU ratio
@@ -39,6 +46,7 @@ from jaxseg import losses  # pylint: disable=g-import-not-at-top,wrong-import-po
 from jaxseg.data import device_data  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 METHODS = ("naive", "dense", "factorized", "fused")
+OPTIONAL_METHODS = ("pallas",)  # on request (--methods); timed on a GPU only
 
 
 def make_inputs(batch: int, length: int, dim: int, classes: int, seed: int = 0) -> dict:
@@ -80,6 +88,21 @@ def total_fn(features, cas_cls, cas_loc, weight, batch, similarity: str = "cosin
   return jax.value_and_grad(loss, argnums=(0, 1, 2, 3))(features, cas_cls, cas_loc, weight)
 
 
+def on_gpu() -> bool:
+  return jax.default_backend() in ("gpu", "cuda", "rocm")
+
+
+def agreement(compiled, ref_fn, args) -> str:
+  """Largest difference of ``compiled``'s value and gradients from ``ref_fn``'s, relative."""
+  got, want = compiled(*args), jax.jit(ref_fn)(*args)
+  parts = []
+  for name, a, b in zip(("value", "df", "dC"), jax.tree_util.tree_leaves(got),
+                        jax.tree_util.tree_leaves(want)):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    parts.append(f"{name} {np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30):.1e}")
+  return "vs fused: " + ", ".join(parts)
+
+
 def estimated_bytes(method: str, b: int, t: int, d: int, n: int) -> float:
   """A rough upper estimate of the form's working memory, to skip what cannot fit."""
   base = 4.0 * b * t * (d + n) * 4
@@ -108,11 +131,12 @@ def _failed(exc: Exception) -> str:
 
 def run(batch: int, lengths, dim: int, classes: int, repeats: int, methods,
         include_total: bool = True, similarity: str = "cosine",
-        partial_csv: str | None = None) -> pd.DataFrame:
+        partial_csv: str | None = None, interpret_ok: bool = False) -> pd.DataFrame:
   """One row per (case, T). A case that runs out of memory is recorded, not fatal.
 
   ``partial_csv``: rewritten after every row, so a run stopped by a time limit
-  keeps what it measured.
+  keeps what it measured. ``interpret_ok``: time ``pallas`` without a GPU too
+  (interpret mode: a smoke run, not a speed).
   """
   limit = device_memory_bytes()
   rows = []
@@ -130,10 +154,13 @@ def run(batch: int, lengths, dim: int, classes: int, repeats: int, methods,
                     lambda f, cc, cl, w, b=b: total_fn(f, cc, cl, w, b, similarity),
                     (dev["features"], dev["cas_cls"], dev["cas_loc"], dev["weight"])))
     for name, fn, args in cases:
-      method = name if name in METHODS else "fused"
+      method = name if name in METHODS + OPTIONAL_METHODS else "fused"
       row = {"loss": name, "B": batch, "T": t, "D": dim, "N": classes,
              "similarity": similarity}
-      if estimated_bytes(method, batch, t, dim, classes) > limit:
+      if method == "pallas" and not (on_gpu() or interpret_ok):
+        rows.append({**row, **empty, "note": "skipped: no GPU (Pallas interpret mode is "
+                                             "no speed)"})
+      elif estimated_bytes(method, batch, t, dim, classes) > limit:
         rows.append({**row, **empty, "note": "skipped: would not fit"})
       else:
         try:
@@ -144,8 +171,16 @@ def run(batch: int, lengths, dim: int, classes: int, repeats: int, methods,
           print(f"{name:>28} T={t:5d}: {rows[-1]['note']}", flush=True)
         else:
           gib = common.bytes_accessed(compiled) / 2 ** 30
+          note = ""
+          if method == "pallas":
+            try:
+              note = agreement(compiled, propagation_fn("fused", similarity), args)
+            except Exception as exc:  # pylint: disable=broad-except
+              note = f"no check against fused: {_failed(exc)}"
+            if not on_gpu():
+              note += "; interpret mode (no GPU): not a speed"
           rows.append({**row, **timing, "temp_mib": temp / 2 ** 20, "xla_bytes_gib": gib,
-                       "note": ""})
+                       "note": note})
           print(f"{name:>28} T={t:5d}: {timing['median_ms']:9.3f} ms  "
                 f"temp {temp / 2 ** 20:10.1f} MiB  XLA bytes {gib:8.3f} GiB", flush=True)
           del compiled
@@ -163,7 +198,9 @@ def main(argv=None):
   p.add_argument("--dim", type=int, default=2048)
   p.add_argument("--classes", type=int, default=20)
   p.add_argument("--repeats", type=int, default=10)
-  p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+  p.add_argument("--methods", nargs="+", default=list(METHODS),
+                 choices=METHODS + OPTIONAL_METHODS,
+                 help="forms of eq. 13; 'pallas' (not a default) is timed on a GPU only")
   p.add_argument("--no-total", action="store_true", help="skip the four-term loss")
   p.add_argument("--similarity", default="cosine", choices=config_lib.PROPAGATION_SIMILARITIES,
                  help="S of eq. 13: cosine (the configs' default) or dot (as printed)")
@@ -173,10 +210,11 @@ def main(argv=None):
     args.batch, args.lengths, args.dim, args.repeats = 2, [64, 256], 32, 3
   df = run(args.batch, args.lengths, args.dim, args.classes, args.repeats, args.methods,
            include_total=not args.no_total, similarity=args.similarity,
-           partial_csv=os.path.join(args.out, "loss_throughput.partial.csv"))
+           partial_csv=os.path.join(args.out, "loss_throughput.partial.csv"),
+           interpret_ok=args.quick)
   notes = []
   for base, others in (("factorized", ("naive", "dense")),
-                       ("fused", ("naive", "dense", "factorized"))):
+                       ("fused", ("naive", "dense", "factorized", "pallas"))):
     ref = df[df["loss"] == base].set_index("T")["median_ms"]
     for m in others:
       other = df[df["loss"] == m].set_index("T")["median_ms"]

@@ -551,6 +551,11 @@ def propagation_loss(features: Array, cas: Array, mask: Array, *, method: str,
       hand-written gradient: reads ``f`` twice forward and twice backward and
       holds no ``(B, T, E)`` intermediate but the masked ``f`` (see
       ``_fused_propagation``).
+    * ``"pallas"``: the ``fused`` form as Pallas kernels
+      (:mod:`jaxseg.propagation_pallas`: the row norms folded into the ``f^T W``
+      reduction, ``f G`` and ``df`` in one pass); every similarity and
+      ``grad_through_similarity``. Compiled (Triton) on a GPU; elsewhere in
+      Pallas interpret mode, which is correct but slow (a check, not a speed).
   All but ``naive`` subtract each class's mean over the real steps from ``c``
   first (the loss is shift invariant) to limit cancellation.
 
@@ -558,7 +563,7 @@ def propagation_loss(features: Array, cas: Array, mask: Array, *, method: str,
     features: ``(B, T, E) float`` ``f``.
     cas: ``(B, T, N) float`` ``C_loc``.
     mask: ``(B, T) bool``.
-    method: ``"naive"``, ``"dense"``, ``"factorized"`` or ``"fused"``.
+    method: ``"naive"``, ``"dense"``, ``"factorized"``, ``"fused"`` or ``"pallas"``.
     grad_through_similarity: if False (the config's default), ``S`` is a constant
       (``stop_gradient`` on ``f``): eq. 12 treats it as the given similarity
       ``W_ij`` of eq. 11, and letting the loss shrink ``f`` collapses it.
@@ -579,10 +584,13 @@ def propagation_loss(features: Array, cas: Array, mask: Array, *, method: str,
     count = jnp.maximum(jnp.sum(mask, axis=1), 1).astype(c.dtype)
     mean = jax.lax.stop_gradient(jnp.sum(c, axis=1) / count[:, None])
     c = _masked(c - mean[:, None, :], mask)
-  if method == "fused":
+  if method in ("fused", "pallas"):
     f = features if grad_through_similarity else jax.lax.stop_gradient(features)
-    per_video = _fused_propagation(f, c, jnp.asarray(mask, bool), _is_cosine(similarity),
-                                   bool(grad_through_similarity))
+    fused = _fused_propagation
+    if method == "pallas":
+      from jaxseg.propagation_pallas import pallas_propagation as fused  # pylint: disable=g-import-not-at-top
+    per_video = fused(f, c, jnp.asarray(mask, bool), _is_cosine(similarity),
+                      bool(grad_through_similarity))
   else:
     f = _similarity_features(_masked(features, mask), similarity)
     if not grad_through_similarity:
