@@ -25,7 +25,9 @@ from jaxseg.config import (ConfigError, ABLATION_LOSSES, ABLATION_NON_PSL_CELLS,
                            TOPK_MODES, base_config, require,
                            trains_localization)
 from jaxseg import rules as rules_lib
+from jaxseg.data import io
 from jaxseg.data import synthetic
+from jaxseg.data.video import DataError
 
 
 def _check(ok: bool, field: str, message: str) -> None:
@@ -54,6 +56,14 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1) -> None:
   if c.data.format == "wtalc":
     _check(bool(c.data.wtalc_dir), "data.wtalc_dir", "is required with data.format='wtalc'")
   _check(c.data.feature_rate > 0, "data.feature_rate", "must be > 0")
+  streams = tuple(require(c, "data.feature_streams"))
+  for stream in streams:  # folder names under data.features_dir: never a path
+    try:
+      io.plain_name(stream, what="stream")
+    except DataError as e:
+      raise ConfigError(f"config.data.feature_streams: {e}") from None
+  _check(len(set(streams)) == len(streams), "data.feature_streams",
+         f"names a stream twice: {streams}")
   for split in ("train", "test"):
     _check(not (c.data[f"{split}_split_file"] and c.data[f"{split}_subset"] == SUBSET_AUTO),
            f"data.{split}_subset", f"a split file defines a subset: name it (not "

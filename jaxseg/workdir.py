@@ -282,6 +282,7 @@ class MetricsLog:
 def describe_data(config, workdir: str) -> str:
   """``--mode data``: the summary of the data the config names (prepared in ``workdir``)."""
   config_checks.validate(config)
+  check_same_config(config, workdir)  # a run's data under another config: refused
   make_workdir(workdir)
   with locked(workdir):
     return run_data.data_summary(run_data.prepare_data(config, workdir))

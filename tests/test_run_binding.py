@@ -13,6 +13,7 @@ import pytest
 
 from jaxseg import ablation
 from jaxseg import config as config_lib
+from jaxseg import config_checks
 from jaxseg import evaluate
 from jaxseg import predict
 from jaxseg import seeds
@@ -189,3 +190,34 @@ def test_seeds_with_eval_is_refused():
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines()[-1] == (
       "error: --seeds applies to --mode train and ablate, not eval")
+
+
+# ---------------------------------------------------- validated everywhere
+
+
+@pytest.mark.parametrize("streams,message", [
+    (("rgb", "rgb"), "names a stream twice"), (("",), "stream ''"),
+    (("../x/rgb",), "stream '../x/rgb': not usable as a file name")])
+def test_stream_names_are_plain_and_distinct(trained, streams, message):
+  c = config_lib.with_overrides(trained["config"], **{"data.feature_streams": streams})
+  with pytest.raises(config_lib.ConfigError, match=f"config.data.feature_streams: .*{message}"):
+    config_checks.validate(c)
+
+
+def test_json_past_the_readers_limits_is_one_error_naming_the_file(tmp_path):
+  from jaxseg.data import io  # pylint: disable=g-import-not-at-top
+  from jaxseg.data.video import DataError  # pylint: disable=g-import-not-at-top
+  for name, text in (("digits.json", '{"a": ' + "9" * 5001 + "}"),
+                     ("deep.json", "[" * 100000 + "]" * 100000)):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(DataError, match=str(tmp_path / name)):
+      io.load_json(str(tmp_path / name), "annotation")
+
+
+def test_mode_data_refuses_a_run_of_another_config(trained, tmp_path):
+  run = _copy(trained, tmp_path)
+  before = snapshot(run)
+  other = config_lib.with_overrides(trained["config"], **{"labels.seed": 7})
+  with pytest.raises(config_lib.ConfigError, match=r"labels.seed: 0 -> 7"):
+    workdir_lib.describe_data(other, str(run))
+  assert snapshot(run) == before

@@ -95,6 +95,8 @@ def load_json(path: str, what: str = "JSON") -> Any:
         f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
   except RecursionError:
     raise DataError(f"{path}: {what} JSON nested too deeply to read") from None
+  except ValueError as e:  # e.g. an integer past Python's digit limit
+    raise DataError(f"{path}: {what} JSON unreadable: {e}") from None
 
 
 def _unique_keys(path: str, pairs: list) -> dict:
@@ -108,12 +110,11 @@ def _unique_keys(path: str, pairs: list) -> dict:
   return out
 
 
-def child_path(folder: str, name: str, suffix: str = "", *, what: str = "video id") -> str:
-  """``folder/<name><suffix>`` for a name read from an input file (an id, a label).
+def plain_name(name: str, *, what: str = "video id") -> str:
+  """``name`` when it is one plain file name (an id, a label, a stream or subset name).
 
-  An id or a label is never a path: a name that is empty, ``.`` or ``..``, holds
-  a path separator or a NUL byte, or is absolute is refused, so nothing read or
-  written through this stays outside ``folder``.
+  A name that is empty, ``.`` or ``..``, holds a path separator or a NUL byte,
+  or is absolute is refused: such a name is never a path.
 
   Raises:
     DataError: naming ``what`` and the name.
@@ -123,7 +124,18 @@ def child_path(folder: str, name: str, suffix: str = "", *, what: str = "video i
   if bad:
     raise DataError(f"{what} {name!r}: not usable as a file name (an id must be one "
                     "plain name: no '/', '\\\\', '..' or absolute path)")
-  return os.path.join(folder, name + suffix)
+  return name
+
+
+def child_path(folder: str, name: str, suffix: str = "", *, what: str = "video id") -> str:
+  """``folder/<name><suffix>`` for a name read from an input file (an id, a label):
+  :func:`plain_name`, so nothing read or written through this stays outside
+  ``folder``.
+
+  Raises:
+    DataError: naming ``what`` and the name.
+  """
+  return os.path.join(folder, plain_name(name, what=what) + suffix)
 
 
 def read_lines(path: str, what: str) -> list[str]:

@@ -62,7 +62,7 @@ class Layout:
     if self.name.startswith("subset"):
       base = io.child_path(self.root, subset, what="subset")
     if self.streams:
-      return [io.child_path(os.path.join(base, s), video_id, ".npy")
+      return [io.child_path(io.child_path(base, s, what="stream"), video_id, ".npy")
               for s in self.streams]
     return [io.child_path(base, video_id, ".npy")]
 
