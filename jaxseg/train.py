@@ -249,7 +249,7 @@ def _train_and_evaluate(config, workdir: str, mesh, *, overwrite: bool,
       return res
   try:
     with checkpoint_errors(os.path.join(workdir, "checkpoints")):
-      state = _loop(config, workdir, state, start, feeder, train_step, (log, writer),
+      state = run_steps(config, workdir, state, start, feeder, train_step, (log, writer),
                     validate, latest_mngr, best_mngr)
       latest_mngr.wait_until_finished()
       best_mngr.wait_until_finished()
@@ -307,8 +307,8 @@ def _resume(config, workdir: str, latest_mngr, best_mngr, state):
   return latest_mngr, best_mngr, start, state
 
 
-def _loop(config, workdir, state, start, feeder, train_step, logs, validate,
-          latest_mngr, best_mngr):
+def run_steps(config, workdir, state, start, feeder, train_step, logs, validate,
+              latest_mngr, best_mngr):
   """Steps ``start .. train.num_steps``: logs, validates and checkpoints on the boundaries.
 
   ``logs`` is ``(metrics.jsonl log, metric writer)``: every record goes to both.

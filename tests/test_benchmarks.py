@@ -116,3 +116,26 @@ def test_device_check_script_quick(tmp_path):
   loss = pd.read_csv(tmp_path / "loss_throughput.csv")
   assert np.all(loss["median_ms"] > 0)
   assert not (tmp_path / "loss_throughput.partial.csv").exists()
+
+
+def test_end_to_end_quick_times_every_phase(tmp_path):
+  """The whole run, phase by phase: every phase timed, the phases partition the total."""
+  from benchmarks import end_to_end
+  out, data = tmp_path / "out", tmp_path / "data"
+  df = end_to_end.main(["--quick", "--out", str(out), "--data", str(data)])
+  saved = pd.read_csv(out / "end_to_end.csv")
+  assert (out / "end_to_end.md").stat().st_size > 0
+  phases = saved[saved["kind"] == "phase"]
+  assert list(phases["phase"]) == list(end_to_end.ROW_ORDER)
+  assert np.all(saved["seconds"] >= 0) and np.all(saved["count"] >= 0)
+  total = saved.loc[saved["kind"] == "total", "seconds"].item()
+  assert total > 0
+  assert abs(phases["share"].sum() - 1.0) < 1e-6
+  assert abs(phases["seconds"].sum() - total) < 1e-6 * total
+  counts = phases.set_index("phase")["count"]
+  assert counts["compilation + first step"] >= 1
+  assert counts["training"] + counts["compilation + first step"] == end_to_end.QUICK_STEPS
+  assert counts["validation during training"] == 2  # eval_every: half the steps
+  assert counts["test mAP"] >= 1 and counts["writing results"] == 1
+  assert len(df) == len(saved)
+  assert (out / "run" / "results.json").exists()
