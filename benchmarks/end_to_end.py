@@ -91,7 +91,10 @@ QUICK_STEPS = 4
 # The wrapped functions' phase names, and the report rows they make.
 SCOPES = {"validate": "validation during training",
           "choose_rules": "rules choice on validation (end of run)"}
+# evaluate.forward runs the model once per split; inference.predict scores
+# its outputs (video scores and the detections' host work): one row for both.
 SCOPE_PARTS = {"compile_eval": "compilation (+ first run) per new shape",
+               "forward": "inference (forward + video scores)",
                "predict": "inference (forward + video scores)",
                "generate_proposals": "proposals", "temporal_nms": "NMS",
                "detection_map": "mAP"}
@@ -101,6 +104,7 @@ LEAVES = {"run": "run setup and teardown",
           "compile": "compilation + first step",
           "run_steps": "training",
           "compile_eval": "test compilation (+ first run) per new shape",
+          "forward": "test inference (forward + video scores)",
           "predict": "test inference (forward + video scores)",
           "generate_proposals": "test proposals",
           "temporal_nms": "test NMS",
@@ -203,7 +207,7 @@ def instrumented(clock: PhaseClock) -> Iterator[dict[str, list[FirstCalls]]]:
     with clock.phase("run_steps"):
       return loop(*bound.args, **bound.kwargs)
 
-  targets = [(run_data, "prepare_data"), (evaluate, "choose_rules"),
+  targets = [(run_data, "prepare_data"), (evaluate, "choose_rules"), (evaluate, "forward"),
              (evaluate, "evaluate_and_report"), (evaluate, "write_results"),
              (inference, "predict"), (inference, "generate_proposals"),
              (proposals, "temporal_nms"), (metrics, "detection_map")]

@@ -39,9 +39,25 @@ def make_apply_fn(model) -> Callable:
   return jax.jit(functools.partial(model.apply, deterministic=True))
 
 
-def evaluate_params(config, model, params, split: Dataset, *, rules: rules_lib.InferenceRules,
-                    apply_fn=None, with_cas: bool = False) -> dict:
-  """Detections and metrics of ``params`` on ``split`` under ``rules``.
+def forward(config, params, split: Dataset, *, apply_fn) -> list[tuple[dict, dict]]:
+  """The model on every eval batch of ``split``, once: ``[(batch, outputs)]``.
+
+  ``outputs`` keeps ``cas_cls`` and ``cas_loc`` ``(B, T, N)`` only (not the
+  ``(B, T, E)`` features), so a whole split's outputs stay small; any number
+  of rule sets can then be scored from them (:func:`score_outputs`).
+  """
+  batches = batching.eval_batches(split, batch_size=config.inference.batch_size,
+                                  buckets=config.train.length_buckets)
+  out = []
+  for batch in batches:
+    res = apply_fn({"params": params}, batch["features"], batch["mask"])
+    out.append((batch, {k: res[k] for k in ("cas_cls", "cas_loc") if k in res}))
+  return out
+
+
+def score_outputs(config, split: Dataset, forwarded: list[tuple[dict, dict]], *,
+                  rules: rules_lib.InferenceRules, with_cas: bool = False) -> dict:
+  """Detections and metrics of :func:`forward`'s outputs on ``split`` under ``rules``.
 
   Returns:
     dict with ``predictions`` (ActivityNet results dict, see
@@ -49,14 +65,11 @@ def evaluate_params(config, model, params, split: Dataset, *, rules: rules_lib.I
     DataFrame of :func:`jaxseg.metrics.detection_map`) and ``summary`` (mAP per
     threshold, the ``config.eval.averages`` and ``cls_mAP``, in percent).
   """
-  apply_fn = apply_fn or make_apply_fn(model)
-  batches = batching.eval_batches(split, batch_size=config.inference.batch_size,
-                                  buckets=config.train.length_buckets)
+  replay = iter([outputs for _, outputs in forwarded])
   pred = inference.predict(
-      apply_fn, {"params": params}, batches,
+      lambda variables, features, mask: next(replay), None, [b for b, _ in forwarded],
       videos={v.video_id: v for v in split.videos}, class_names=split.class_names,
-      rules=rules, topk_ratio=config.loss.topk_ratio,
-      return_cas=with_cas)
+      rules=rules, topk_ratio=config.loss.topk_ratio, return_cas=with_cas)
   table = metrics.detection_map(split.ground_truth(), pred,
                                 tuple(config.eval.tiou_thresholds),
                                 protocol=config.eval.protocol,
@@ -69,6 +82,15 @@ def evaluate_params(config, model, params, split: Dataset, *, rules: rules_lib.I
   scores = np.stack([np.asarray(pred["p_a"][i]) for i in ids])
   summary["cls_mAP"] = 100.0 * classification_metrics.classification_map(y, scores)
   return {"predictions": pred, "table": table, "summary": summary}
+
+
+def evaluate_params(config, model, params, split: Dataset, *, rules: rules_lib.InferenceRules,
+                    apply_fn=None, with_cas: bool = False) -> dict:
+  """Detections and metrics of ``params`` on ``split`` under ``rules``
+  (:func:`forward`, then :func:`score_outputs`)."""
+  apply_fn = apply_fn or make_apply_fn(model)
+  return score_outputs(config, split, forward(config, params, split, apply_fn=apply_fn),
+                       rules=rules, with_cas=with_cas)
 
 
 def selection_score(summary: dict) -> float:
@@ -103,12 +125,12 @@ def choose_rules(config, model, params, validation: Dataset | None, *,
           "config.inference.rules: 'auto' chooses on the validation hold-out, and this "
           "run has none (train.validation_fraction = 0)")
     return next(iter(options.values())), None, {}
-  apply_fn = apply_fn or make_apply_fn(model)
+  forwarded = forward(config, params, validation, apply_fn=apply_fn or make_apply_fn(model))
   results: dict[str, dict] = {}
   for name, r in options.items():
     same = next((n for n in results if options[n].same_detections(r)), None)
-    results[name] = results[same] if same is not None else evaluate_params(
-        config, model, params, validation, rules=r, apply_fn=apply_fn)
+    results[name] = results[same] if same is not None else score_outputs(
+        config, validation, forwarded, rules=r)
   chosen = max(options, key=lambda n: selection_score(results[n]["summary"]))
   return options[chosen], results[chosen], {n: res["summary"] for n, res in results.items()}
 
