@@ -9,6 +9,10 @@ import pytest
 from configs import test as test_config
 from jaxseg import ablation, config_checks
 
+# End-to-end: trains, runs subprocesses or full-size networks (pytest -m "not slow"
+# skips the module).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module", autouse=True)
 def _cache(compilation_cache):

@@ -4,9 +4,14 @@ import os
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from benchmarks import loss_throughput
 from benchmarks import train_step
+
+# End-to-end: trains, runs subprocesses or full-size networks (pytest -m "not slow"
+# skips the module).
+pytestmark = pytest.mark.slow
 
 
 def test_fc_flops_counts_the_three_layers():

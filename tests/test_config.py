@@ -281,7 +281,6 @@ def _dummy_run(workdir, config):
   (workdir / "results.json").write_text('{"final": {"step": 8}}\n')
 
 
-
 def test_workdir_of_another_config_is_refused_and_left_intact(tmp_path):
   workdir = tmp_path / "run"
   old = make_config()
@@ -301,6 +300,7 @@ def test_workdir_of_another_config_is_refused_and_left_intact(tmp_path):
   assert set(snapshot(workdir)) == set(before)
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_the_old_run(tmp_path):
   workdir = tmp_path / "run"
   _dummy_run(workdir, make_config())
@@ -340,6 +340,7 @@ def _cli(workdir, *args, env=None):
     ("--config.loss.propagation_method=sparse", "loss.propagation_method"),
     ("--config.inference.nms_iou=1.5", "inference.nms_iou"),
 ])
+@pytest.mark.slow
 def test_cli_exits_2_naming_the_field_and_creates_no_workdir(tmp_path, flag, field):
   workdir = tmp_path / "run"
   proc = _cli(workdir, flag)
@@ -349,6 +350,7 @@ def test_cli_exits_2_naming_the_field_and_creates_no_workdir(tmp_path, flag, fie
   assert not workdir.exists()
 
 
+@pytest.mark.slow
 def test_cli_batch_size_not_dividing_the_devices(tmp_path):
   workdir = tmp_path / "run"
   proc = _cli(workdir, "--config.train.batch_size=4",
@@ -359,6 +361,7 @@ def test_cli_batch_size_not_dividing_the_devices(tmp_path):
   assert not workdir.exists()
 
 
+@pytest.mark.slow
 def test_cli_non_integer_margin_is_a_flag_error(tmp_path):
   # ConfigDict types the field as int, so absl rejects the flag itself before
   # main() runs; jaxseg.main turns that into one error line and exit status 2.
@@ -370,6 +373,7 @@ def test_cli_non_integer_margin_is_a_flag_error(tmp_path):
   assert not workdir.exists()
 
 
+@pytest.mark.slow
 def test_cli_refuses_a_workdir_of_another_config(tmp_path):
   workdir = tmp_path / "run"
   _dummy_run(workdir, make_config())
@@ -416,6 +420,7 @@ def test_validate_rejects_infinite_values(overrides, field):
   _rejects(make_config(**overrides), field)
 
 
+@pytest.mark.slow
 def test_cli_ablate_rejects_before_creating_the_workdir(tmp_path):
   workdir = tmp_path / "run"
   proc = _cli(workdir, "--mode", "ablate", "--config.ablation.label_modes=('foo',)")

@@ -18,6 +18,11 @@ from jaxseg.features import video as V
 from jaxseg.features import weights as W
 from jaxseg.features.errors import VideoTimestampError, VideoTooShortError
 
+# End-to-end: trains, runs subprocesses or full-size networks (pytest -m "not slow"
+# skips the module).
+pytestmark = pytest.mark.slow
+
+
 WIDTH = 0.125
 SMALL = ["--short-side", "64", "--crop", "57", "--batch-size", "2", "--no-progress"]
 

@@ -21,6 +21,11 @@ from jaxseg.features import classify
 from jaxseg.features import convert
 from jaxseg.features import weights as W
 
+# End-to-end: trains, runs subprocesses or full-size networks (pytest -m "not slow"
+# skips the module).
+pytestmark = pytest.mark.slow
+
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIF = os.path.join(os.path.dirname(REPO), "shared", "i3d-sample",
                    "v_CricketShot_g04_c01_rgb.gif")

@@ -171,6 +171,7 @@ def test_a_wtalc_name_that_is_a_path_is_refused(tmp_path):
     wtalc.read_wtalc(d, "F.npy")
 
 
+@pytest.mark.slow
 def test_timelines_never_write_outside_the_workdir(trained, tmp_path):
   workdir = _copy(trained, tmp_path)
   before = set(os.listdir(tmp_path))
@@ -311,6 +312,7 @@ def _hold_lock(workdir):
   return proc
 
 
+@pytest.mark.slow
 def test_a_second_run_is_refused_naming_the_holder_and_a_killed_holder_never_blocks(
     trained, tmp_path):
   workdir = _copy(trained, tmp_path)
@@ -434,6 +436,7 @@ def test_an_unknown_field_in_a_config_file_is_refused():
     (["--config=configs/test.py", "--config.train.num_steps=abc"], "config.train.num_steps"),
     (["--config=configs/test.py", "--config.train.grad_clip_norm=nan"],
      "config.train.grad_clip_norm: must be finite")])
+@pytest.mark.slow
 def test_cli_flag_errors_are_one_line_and_exit_2(tmp_path, args, message):
   workdir = tmp_path / "run"
   proc = _cli(*args, "--workdir", str(workdir))
@@ -477,6 +480,7 @@ def test_read_only_or_full_disk_is_one_line(tmp_path, monkeypatch):
   assert path.read_text() == "old" and os.listdir(tmp_path) == ["results.json"]
 
 
+@pytest.mark.slow
 def test_disk_full_while_checkpointing_keeps_the_previous_one_and_resumes(
     trained, tmp_path, monkeypatch):
   config = trained["config"]
@@ -503,6 +507,7 @@ def test_disk_full_while_checkpointing_keeps_the_previous_one_and_resumes(
 # ----------------------------------- 9. a corrupted newest checkpoint
 
 
+@pytest.mark.slow
 def test_a_truncated_newest_checkpoint_falls_back_to_the_newest_intact_one(
     trained, tmp_path, caplog):
   workdir = _copy(trained, tmp_path)
@@ -602,6 +607,7 @@ def test_a_symlink_loop_says_so(tmp_path):
     readers.read_activitynet(ann, fdir)
 
 
+@pytest.mark.slow
 def test_the_nonfinite_error_names_the_last_good_checkpoint(trained, tmp_path):
   class State:
     first_bad_step, bad_terms = 5, 1

@@ -26,6 +26,11 @@ from jaxseg.data import batching
 from jaxseg.data.video import Dataset, Instance, Video
 from tests import reference_losses as ref
 
+# End-to-end: trains, runs subprocesses or full-size networks (pytest -m "not slow"
+# skips the module).
+pytestmark = pytest.mark.slow
+
+
 T = 20_000  # segments of the video
 LENGTH = 19_990  # real segments of the loss input (the rest is padding)
 E, N = 16, 4

@@ -375,6 +375,7 @@ def padding_fns():
 
 
 @pytest.mark.parametrize("junk", [1e30, -3e38, np.nan])
+@pytest.mark.slow
 def test_padding_invariance_jit_and_vmap(padding_fns, junk):
   b = PAD_BATCH
   bad = with_junk(b, junk)
@@ -415,6 +416,7 @@ def test_empty_video_is_left_out_of_the_mean(fns):
 
 
 # ------------------------------------------------------------ total (eq. 1)
+@pytest.mark.slow
 def test_total_loss_weights_and_switches():
   b = random_batch(9)
   rng = np.random.default_rng(1)
@@ -542,6 +544,7 @@ def edge_batch():
               segment_labels=seg, num_labeled=num_labeled, weight=weight)
 
 
+@pytest.mark.slow
 def test_gradients_numerically_on_edge_cases():
   b = edge_batch()
   def check(fn, args):

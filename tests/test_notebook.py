@@ -20,6 +20,10 @@ import nbformat
 from nbclient import NotebookClient
 import pytest
 
+# End-to-end: trains, runs subprocesses or full-size networks (pytest -m "not slow"
+# skips the module).
+pytestmark = pytest.mark.slow
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "loss_inspection.ipynb"
 BUDGET_S = 120.0  # the notebook test finishes in under 2 minutes on CPU
@@ -35,6 +39,7 @@ CHECKS = r'''
 import sys as _sys
 import numpy as _np
 import matplotlib.image as _mpimg
+
 
 assert _sys.prefix == EXPECTED_PREFIX, (_sys.prefix, EXPECTED_PREFIX)
 assert len(videos) == 2 and len({v.video_id for v in videos}) == 2

@@ -178,6 +178,7 @@ def forbid_test_split(monkeypatch):
     monkeypatch.setattr(run_data, name, guarded)
 
 
+@pytest.mark.slow
 def test_non_psl_cells_never_see_segment_labels_and_fill_both_rows(tmp_path, monkeypatch):
   monkeypatch.setattr(ablation, "COMBINATIONS", ablation.COMBINATIONS[:2])
   c = _small(tmp_path)
@@ -225,6 +226,7 @@ def test_the_validation_ablation_needs_a_hold_out():
   assert isinstance(c, ml_collections.ConfigDict)
 
 
+@pytest.mark.slow
 def test_robustness_quick_scores_on_validation_and_never_reads_test(tmp_path, monkeypatch):
   from benchmarks import robustness
   forbid_test_split(monkeypatch)
@@ -261,6 +263,7 @@ def test_robustness_quick_scores_on_validation_and_never_reads_test(tmp_path, mo
     assert par.iloc[0][metric] == pytest.approx(first[metric], abs=1e-3)
 
 
+@pytest.mark.slow
 def test_the_paper_config_trains_end_to_end_on_synthetic_data(tmp_path, monkeypatch):
   from jaxseg import train
   c = synthetic.get_config("printed")

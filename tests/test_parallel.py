@@ -39,6 +39,10 @@ from jaxseg import train
 from jaxseg import workdir as workdir_lib
 from tests.helpers import make_config
 
+# End-to-end: trains, runs subprocesses or full-size networks (pytest -m "not slow"
+# skips the module).
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH = 8
 NUM_STEPS = 3  # of the step-equivalence check
@@ -54,6 +58,7 @@ from configs import test as test_config
 from jaxseg import parallel, train
 from jaxseg import state as state_lib
 from jaxseg.data import batching
+
 
 args = json.loads(sys.argv[1])
 out = {"device_count": jax.device_count(), "times": {}}

@@ -27,6 +27,11 @@ from jaxseg import losses
 from jaxseg import propagation_pallas as pp
 from tests import reference_losses as ref
 
+# End-to-end: trains, runs subprocesses or full-size networks (pytest -m "not slow"
+# skips the module).
+pytestmark = pytest.mark.slow
+
+
 N = 3
 
 

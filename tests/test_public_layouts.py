@@ -33,6 +33,11 @@ from jaxseg.data import readers
 from jaxseg.data.video import DataError
 from tests import public_layouts
 
+# End-to-end: trains, runs subprocesses or full-size networks (pytest -m "not slow"
+# skips the module).
+pytestmark = pytest.mark.slow
+
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # For speed only: the layouts need no other override.
 FAST = {"train.num_steps": 2, "model.embed_dim": 32, "train.batch_size": 4,

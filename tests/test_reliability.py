@@ -39,6 +39,11 @@ from jaxseg.data import labels as labels_lib
 from jaxseg.data.video import Dataset, Instance, Video
 from tests.helpers import make_config
 
+# End-to-end: trains, runs subprocesses or full-size networks (pytest -m "not slow"
+# skips the module).
+pytestmark = pytest.mark.slow
+
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 24
 KILL_SEED = int(os.environ.get("JAXSEG_KILL_SEED", "8"))  # vary it to explore kill points

@@ -159,6 +159,7 @@ def _loaded(run, which="final"):
   return workdir_lib.load_run(run["config"], run["workdir"], which=which)
 
 
+@pytest.mark.slow
 def test_auto_chooses_the_best_candidate_on_validation(run):
   loaded = _loaded(run)
   rules, res, scores = evaluate.choose_rules(run["config"], loaded.model, loaded.state.params,
@@ -177,6 +178,7 @@ def test_auto_chooses_the_best_candidate_on_validation(run):
   assert rules.name == best and res["summary"] == pytest.approx(scores[best])
 
 
+@pytest.mark.slow
 def test_the_choice_is_in_every_result_file(run):
   work = run["workdir"]
   with open(os.path.join(work, "rules.json")) as f:
@@ -201,6 +203,7 @@ def test_the_choice_is_in_every_result_file(run):
     assert report.run_table([work], which)["rules"].tolist() == [choice[which]["chosen"]]
 
 
+@pytest.mark.slow
 def test_the_test_split_is_scored_under_the_chosen_rules(run):
   loaded = _loaded(run)
   chosen = rules_lib.read_choice(run["config"], run["workdir"], "final", loaded.step)
@@ -230,6 +233,7 @@ class _Forbidden:
     raise AssertionError(f"the test split was read ({name})")
 
 
+@pytest.mark.slow
 def test_the_choice_never_reads_the_test_split(run, tmp_path, monkeypatch):
   work = str(tmp_path / "run")
   shutil.copytree(run["workdir"], work)
@@ -249,6 +253,7 @@ def test_the_choice_never_reads_the_test_split(run, tmp_path, monkeypatch):
     assert json.load(f) == again
 
 
+@pytest.mark.slow
 def test_eval_reproduces_the_choice(run, tmp_path):
   work = str(tmp_path / "run")
   shutil.copytree(run["workdir"], work)
@@ -271,6 +276,7 @@ def _dets(rows):
           for d in rows]
 
 
+@pytest.mark.slow
 def test_predict_uses_the_choice_and_refuses_without_it(run, tmp_path):
   feats = _features(run, str(tmp_path / "feats"))
   got = predict.predict_folder(run["workdir"], feats, str(tmp_path / "pred"), which="final")
@@ -318,6 +324,7 @@ def test_predict_uses_the_choice_and_refuses_without_it(run, tmp_path):
   assert not os.path.exists(tmp_path / "pred2")
 
 
+@pytest.mark.slow
 def test_predict_validates_the_runs_config(run, tmp_path):
   feats = _features(run, str(tmp_path / "feats"))
   work = str(tmp_path / "bad")
@@ -356,6 +363,7 @@ def test_predict_validates_the_runs_config(run, tmp_path):
         read(work)
 
 
+@pytest.mark.slow
 def test_the_thumos14_paper_preset_trains_on_activitynet_layout_data(tmp_path):
   """``configs/thumos14_i3d.py:paper`` end to end on a small dataset in the
   ActivityNet layout it reads (the synthetic generator writes that layout)."""
@@ -381,6 +389,7 @@ def test_the_thumos14_paper_preset_trains_on_activitynet_layout_data(tmp_path):
 @pytest.mark.parametrize("spec,reason", [
     ("configs/synthetic_small.py:nope", "unknown preset 'nope'; the presets are"),
     ("configs/test.py:paper", "get_config() takes 0 positional arguments")])
+@pytest.mark.slow
 def test_a_bad_preset_names_its_reason_on_one_line(spec, reason, tmp_path):
   proc = subprocess.run([sys.executable, "-m", "jaxseg.main", "--config", spec, "--workdir",
                          str(tmp_path / "w")], capture_output=True, text=True, cwd=REPO,

@@ -21,6 +21,11 @@ from jaxseg import train
 from jaxseg import workdir as workdir_lib
 from tests.helpers import finished_run, snapshot
 
+# End-to-end: trains, runs subprocesses or full-size networks (pytest -m "not slow"
+# skips the module).
+pytestmark = pytest.mark.slow
+
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 8
 
@@ -41,7 +46,6 @@ def trained(tmp_path_factory):
   for v in run.data.test.videos[:3]:
     np.save(feats / f"{v.video_id}.npy", v.features)
   return {"config": config, "workdir": workdir, "root": root, "features": feats}
-
 
 
 def _copy(trained, tmp_path, name="run"):

@@ -17,6 +17,10 @@ from tensorboard.backend.event_processing import event_file_loader
 from jaxseg import metric_writers
 from jaxseg import report
 
+# End-to-end: trains, runs subprocesses or full-size networks (pytest -m "not slow"
+# skips the module).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module", autouse=True)
 def _cache(compilation_cache):

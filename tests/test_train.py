@@ -20,6 +20,10 @@ from jaxseg import workdir as workdir_lib
 from jaxseg.data import batching
 from tests.helpers import make_config
 
+# End-to-end: trains, runs subprocesses or full-size networks (pytest -m "not slow"
+# skips the module).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module", autouse=True)
 def _cache(compilation_cache):
