@@ -9,6 +9,7 @@ state of a finished run without its data.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from typing import Any
@@ -67,11 +68,21 @@ def check_finished(config, workdir: str, *, action: str) -> int:
   """
   latest, _ = checkpoint_managers(workdir, config, read_only=True)
   step = latest.latest_step()
-  if step is None or int(step) < config.train.num_steps:
+  # The steps the run was last started for: a rerun asking for more steps
+  # (train.num_steps may change between reruns) writes them to config.json.
+  num_steps = config.train.num_steps
+  try:
+    with open(os.path.join(workdir, "config.json")) as f:
+      recorded = json.load(f)["train"]["num_steps"]
+    if type(recorded) is int:
+      num_steps = max(num_steps, recorded)
+  except (OSError, ValueError, KeyError, TypeError):
+    pass  # an unreadable config.json is refused by the config check, not here
+  if step is None or int(step) < num_steps:
     reached = "no checkpoint" if step is None else f"step {int(step)}"
     raise ConfigError(
         f"{workdir} holds an unfinished run ({reached} of train.num_steps = "
-        f"{config.train.num_steps}); rerun its training command to finish it before {action}")
+        f"{num_steps}); rerun its training command to finish it before {action}")
   return int(step)
 
 

@@ -136,7 +136,9 @@ def _predict(config, workdir: str) -> None:
   from jaxseg import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   from jaxseg.config import ConfigError  # pylint: disable=g-import-not-at-top
   if not _PREDICT_FEATURES.value or not _PREDICT_OUT.value:
-    raise app.UsageError("--mode predict needs --predict_features and --predict_out")
+    print("error: --mode predict needs --predict_features and --predict_out (folders)",
+          file=sys.stderr)
+    sys.exit(2)
   if config is not None:
     diff = workdir_lib.config_diff(config, workdir)
     if diff:

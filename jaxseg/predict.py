@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 
@@ -177,6 +178,11 @@ def _check_out(out_dir: str, overwrite: bool, *, inputs: dict[str, str]) -> None
     if not os.path.isfile(os.path.join(out_dir, OUTPUT_MARKER)):
       raise bad(f"{out_dir}: --overwrite replaces only a folder --mode predict wrote "
                 f"(it holds {OUTPUT_MARKER}); this one it did not: give another --predict_out")
+    for dirpath, dirnames, _ in os.walk(out_dir):  # a run moved in since: never replaced
+      if _is_run(dirpath):
+        raise bad(f"{out_dir}: --overwrite would remove the run {dirpath} inside it; "
+                  "move it out or give another --predict_out")
+      dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]
 
 
 def _remove_leftovers(out_dir: str) -> None:
@@ -184,10 +190,12 @@ def _remove_leftovers(out_dir: str) -> None:
   parent, base = os.path.split(out_dir)
   if not os.path.isdir(parent):
     return
+  # tempfile.mkdtemp's names: ".<base>." + 8 random characters + ".tmp" / ".old".
+  pattern = re.compile(rf"\.{re.escape(base)}\.[a-z0-9_]{{8}}\.(tmp|old)")
   for name in os.listdir(parent):
     path = os.path.join(parent, name)
-    ours = (name.startswith(f".{base}.") and name.endswith((".tmp", ".old"))
-            and os.path.isdir(path) and not os.path.islink(path))
+    ours = (pattern.fullmatch(name) is not None and os.path.isdir(path)
+            and not os.path.islink(path))
     if ours and (os.path.isfile(os.path.join(path, OUTPUT_MARKER)) or not os.listdir(path)):
       shutil.rmtree(path, ignore_errors=True)
 

@@ -99,16 +99,42 @@ def test_overwrite_replaces_only_a_folder_predict_made(trained, tmp_path):
 
 def test_a_killed_predicts_leftovers_are_removed_at_the_next_start(trained, tmp_path):
   out = tmp_path / "pred"
-  left = tmp_path / ".pred.abc123.tmp"
+  left = tmp_path / ".pred.abc12345.tmp"  # tempfile.mkdtemp's name for it
   left.mkdir()
   (left / predict.OUTPUT_MARKER).write_text("")
   (left / "detections.json").write_text("{")
-  foreign = tmp_path / ".pred.keep.tmp"  # not ours: no marker, not empty
-  foreign.mkdir()
-  (foreign / "x").write_text("x")
+  keep = [".pred.keep1234.tmp",  # not ours: no marker, not empty
+          ".pred.x.abc12345.tmp",  # the temporary folder of another output, pred.x
+          ".pred.mine.old"]  # not a temporary name
+  for name in keep:
+    (tmp_path / name).mkdir()
+    (tmp_path / name / predict.OUTPUT_MARKER).write_text("")
+  (tmp_path / keep[0] / predict.OUTPUT_MARKER).unlink()
+  (tmp_path / keep[0] / "x").write_text("x")
   predict.predict_folder(str(trained["workdir"]), str(trained["features"]), str(out))
-  assert not left.exists() and (foreign / "x").exists()
-  assert sorted(p.name for p in tmp_path.iterdir()) == [".pred.keep.tmp", "pred"]
+  assert not left.exists()
+  assert sorted(p.name for p in tmp_path.iterdir()) == sorted(keep + ["pred"])
+
+
+def test_overwrite_never_removes_a_run_inside_an_old_output(trained, tmp_path):
+  out = tmp_path / "pred"
+  predict.predict_folder(str(trained["workdir"]), str(trained["features"]), str(out))
+  shutil.copytree(trained["workdir"], out / "run2")
+  before = snapshot(out / "run2")
+  with pytest.raises(config_lib.ConfigError, match="would remove the run .*run2"):
+    predict.predict_folder(str(trained["workdir"]), str(trained["features"]), str(out),
+                           overwrite=True)
+  assert snapshot(out / "run2") == before
+
+
+def test_cli_predict_without_an_output_is_one_error_line(trained):
+  proc = subprocess.run(
+      [sys.executable, "-m", "jaxseg.main", "--mode", "predict", "--workdir",
+       str(trained["workdir"]), "--predict_features", str(trained["features"]),
+       "--predict_out", ""], capture_output=True, text=True, cwd=REPO, timeout=120)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines() == [
+      "error: --mode predict needs --predict_features and --predict_out (folders)"]
 
 
 def test_cli_predict_into_the_run_is_one_error_line_and_the_run_survives(trained, tmp_path):
@@ -137,11 +163,16 @@ def test_an_unfinished_run_is_neither_evaluated_nor_used_to_predict(trained, tmp
     evaluate.evaluate_workdir(longer, str(run))
   assert snapshot(run) == before  # no results.json that makes it look finished
   cfg = json.loads((run / "config.json").read_text())
-  cfg["train"]["num_steps"] = 12
+  cfg["train"]["num_steps"] = 12  # as a rerun asking for 12 steps writes it, then killed
   (run / "config.json").write_text(json.dumps(cfg))
+  before = snapshot(run)
   with pytest.raises(config_lib.ConfigError, match="unfinished run"):
     predict.predict_folder(str(run), str(trained["features"]), str(tmp_path / "p"))
   assert not os.path.exists(tmp_path / "p")
+  # --mode eval with the original 8-step config: the run was started for 12.
+  with pytest.raises(config_lib.ConfigError, match=r"step 8 of train.num_steps = 12"):
+    evaluate.evaluate_workdir(trained["config"], str(run))
+  assert snapshot(run) == before
 
 
 # ------------------------------------------------------------------ sweeps
