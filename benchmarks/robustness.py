@@ -44,6 +44,7 @@ from configs import synthetic_small  # noqa: E402
 from configs import test as test_config  # noqa: E402
 from jaxseg import ablation, train  # noqa: E402
 from jaxseg import config as config_lib  # noqa: E402
+from jaxseg import presets  # noqa: E402
 from jaxseg.data import io, synthetic  # noqa: E402
 
 # name -> data.synthetic overrides (the default world is the generator's default).
@@ -142,10 +143,10 @@ ARMS = {
                   "loss.propagation_normalization": "none"},
     "full-gradS": {"labels.mode": "one-segment", "loss.propagation_grad_through_similarity": True},
     "full-gamma0.02": {"labels.mode": "one-segment", "loss.gamma": 0.02},
-    # The presets: "paper" (config.PAPER_PRESET, one-segment labels) and the
-    # paper as printed (config.paper_as_printed, two-segment labels, gamma 0.02).
-    "paper": {**dict(config_lib.PAPER_PRESET), "labels.mode": "one-segment"},
-    "printed": {**dict(config_lib.PAPER_AS_PRINTED), "inference.rules": "printed",
+    # The presets: "paper" (presets.PAPER_PRESET, one-segment labels) and the
+    # paper as printed (presets.paper_as_printed, two-segment labels, gamma 0.02).
+    "paper": {**dict(presets.PAPER_PRESET), "labels.mode": "one-segment"},
+    "printed": {**dict(presets.PAPER_AS_PRINTED), "inference.rules": "printed",
                 "loss.gamma": 0.02},
 }
 

@@ -13,6 +13,7 @@ Also ``configs/activitynet12_i3d.py:paper`` and ``:printed`` (docs/presets.md).
 """
 
 from jaxseg import config as config_lib
+from jaxseg import presets
 
 
 def get_config(preset=None):
@@ -31,4 +32,4 @@ def get_config(preset=None):
   c.eval.tiou_thresholds = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
   c.eval.averages = (("avg0.5:0.95", 0.5, 0.95),)
   c.ablation.annotation_time = config_lib.ACTIVITYNET_ANNOTATION_TIME
-  return config_lib.apply_preset(c, preset)
+  return presets.apply_preset(c, preset)

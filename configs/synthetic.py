@@ -17,6 +17,7 @@ e.g. the paper's network and inference::
 """
 
 from jaxseg import config as config_lib
+from jaxseg import presets
 
 
 def get_config(preset=None):
@@ -39,4 +40,4 @@ def get_config(preset=None):
   c.train.validation_fraction = 0.1
   if preset == "printed":
     c.loss.gamma = 0.02  # the printed weight (lowered above for this data)
-  return config_lib.apply_preset(c, preset)
+  return presets.apply_preset(c, preset)

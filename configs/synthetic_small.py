@@ -14,6 +14,7 @@ With the presets of ``configs/synthetic.py``: ``configs/synthetic_small.py:paper
 
 from configs import synthetic as synthetic_config
 from jaxseg import config as config_lib
+from jaxseg import presets
 
 
 def get_config(preset=None):
@@ -28,4 +29,4 @@ def get_config(preset=None):
   c.train.validation_fraction = 0.25
   if preset == "printed":
     c.loss.gamma = 0.02  # the printed weight (configs/synthetic.py lowers it)
-  return config_lib.apply_preset(c, preset)
+  return presets.apply_preset(c, preset)

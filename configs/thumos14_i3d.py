@@ -24,6 +24,7 @@ what each sets and why: docs/presets.md::
 """
 
 from jaxseg import config as config_lib
+from jaxseg import presets
 
 
 def get_config(preset=None):
@@ -44,4 +45,4 @@ def get_config(preset=None):
   c.train.validation_fraction = 0.1
   c.eval.tiou_thresholds = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
   c.eval.averages = (("avg0.1:0.5", 0.1, 0.5), ("avg0.1:0.7", 0.1, 0.7))
-  return config_lib.apply_preset(c, preset)
+  return presets.apply_preset(c, preset)

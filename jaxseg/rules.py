@@ -8,7 +8,7 @@ function reads the config again per video.
 
 A config names the rules it runs with in ``config.inference.rules``: a preset
 of ``config.PRESETS`` (``"jaxseg"``: the config's own ``inference`` fields;
-``"paper"`` and ``"printed"``: those fields with ``config.PRESET_RULES``
+``"paper"`` and ``"printed"``: those fields with ``presets.PRESET_RULES``
 applied), or ``"auto"``: after training, the validation hold-out is scored
 under each preset of ``config.inference.rule_candidates`` and the best
 (``jaxseg.evaluate.selection_score``) is used for the test split and for
@@ -24,8 +24,9 @@ import math
 import os
 from typing import Any, Mapping
 
-from jaxseg.config import (CLASS_SCORES, CONTRAST_ON, EXTENTS, OUTER_OUTSIDE, PRESET_RULES,
-                           PRESETS, PROPOSAL_CAS, RULES, SCORE_SOURCES, ConfigError, require)
+from jaxseg.config import (CLASS_SCORES, CONTRAST_ON, EXTENTS, OUTER_OUTSIDE, PRESETS,
+                           PROPOSAL_CAS, RULES, SCORE_SOURCES, ConfigError, require)
+from jaxseg.presets import PRESET_RULES
 from jaxseg.data import io
 from jaxseg.data.video import DataError
 

@@ -17,6 +17,7 @@ from configs import thumos14_i3d
 from jaxseg import ablation, losses, proposals, run_data
 from jaxseg import rules as rules_lib
 from jaxseg import config as config_lib
+from jaxseg import presets
 from jaxseg import config_checks
 from jaxseg.data import batching
 
@@ -34,7 +35,7 @@ def test_paper_configs_set_every_printed_choice():
     if c.data.format == "activitynet":
       c.data.annotation_path, c.data.features_dir = "gt.json", "features"
     config_checks.validate(c)
-    for key, value in config_lib.PAPER_AS_PRINTED:
+    for key, value in presets.PAPER_AS_PRINTED:
       section, name = key.split(".")
       assert c[section][name] == value, key
     assert c.labels.mode == "two-segment"
@@ -49,7 +50,7 @@ def test_every_printed_choice_is_a_departure_of_the_defaults_or_says_why():
   # choice jaxseg follows or the reading it keeps where 4.7 prints none (r = 2Q;
   # eq. 2-4 on C_cls only; the outer-inner contrast on the raw CAS plus s_a).
   base = config_lib.base_config()
-  same = {k for k, v in config_lib.PAPER_AS_PRINTED
+  same = {k for k, v in presets.PAPER_AS_PRINTED
           if base[k.split(".")[0]][k.split(".")[1]] == v}
   assert same == {"loss.topk_mode", "loss.loc_classification_weight",
                   "inference.contrast_on", "inference.class_score"}

@@ -14,6 +14,7 @@ import pytest
 
 from configs import activitynet12_i3d, synthetic, synthetic_small, thumos14_i3d
 from jaxseg import config as config_lib
+from jaxseg import presets
 from jaxseg import config_checks
 from jaxseg import evaluate
 from jaxseg import inference
@@ -75,7 +76,7 @@ def test_presets_apply_their_rules_over_the_config_fields():
   assert all(r.nms_iou == 0.45 for r in got.values())
   assert got["jaxseg"].fields() == {**rules_lib.from_config(inference, "jaxseg").fields()}
   for name in ("paper", "printed"):
-    for field, value in config_lib.PRESET_RULES[name].items():
+    for field, value in presets.PRESET_RULES[name].items():
       assert getattr(got[name], field) == value
   # Section 4.7 as printed: proposals from C_a, their own extent, classes by s_a > 0.
   paper = got["paper"]
@@ -106,20 +107,20 @@ def test_every_dataset_config_has_the_three_presets():
       if preset in (None, "jaxseg"):
         assert c.to_dict() == base.to_dict() and c.inference.rules == "auto"
       elif preset == "paper":
-        for key, value in config_lib.PAPER_PRESET:
+        for key, value in presets.PAPER_PRESET:
           assert c[key.split(".")[0]][key.split(".")[1]] == value, key
         # Only the listed fields move: the loss readings the print needs to train
         # stay at jaxseg's values, the labels at the dataset's.
         diff = {k for k, v in config_lib.flatten(c.to_dict()).items()
                 if config_lib.flatten(base.to_dict())[k] != v}
-        assert diff <= {k for k, _ in config_lib.PAPER_PRESET}
+        assert diff <= {k for k, _ in presets.PAPER_PRESET}
         assert (c.loss.classification_normalization, c.loss.segment_normalization,
                 c.loss.topk_count, c.loss.propagation_similarity,
                 c.loss.propagation_normalization,
                 c.loss.propagation_grad_through_similarity) == (
                     "labels", "instances", "instances", "cosine", "pairs", False)
       else:
-        for key, value in config_lib.PAPER_AS_PRINTED:
+        for key, value in presets.PAPER_AS_PRINTED:
           assert c[key.split(".")[0]][key.split(".")[1]] == value, key
         assert c.inference.rules == "printed" and c.loss.gamma == 0.02
   with pytest.raises(config_lib.ConfigError, match="unknown preset 'papr'"):
