@@ -13,7 +13,6 @@ With the presets of ``configs/synthetic.py``: ``configs/synthetic_small.py:paper
 """
 
 from configs import synthetic as synthetic_config
-from jaxseg import config as config_lib
 from jaxseg import presets
 
 
