@@ -1,5 +1,6 @@
 """Helpers the test modules share: the test config, a small dataset, loss arguments."""
 
+import dataclasses
 import os
 
 import numpy as np
@@ -68,3 +69,39 @@ def finished_run(root, steps: int) -> dict:
   workdir = root / "run"
   train.train_and_evaluate(config, str(workdir))
   return {"config": config, "workdir": workdir, "root": root}
+
+
+class ForbiddenSplit:
+  """A test split that raises on any read but counting its videos (for the log)."""
+
+  def __init__(self, n):
+    self.videos = _CountOnly(n)
+
+  def __getattr__(self, name):
+    raise AssertionError(f"the test split was read (.{name})")
+
+
+class _CountOnly(list):
+  def __init__(self, n):
+    super().__init__()
+    self.n = n
+
+  def __len__(self):
+    return self.n
+
+  def __iter__(self):
+    raise AssertionError("the test split was read (videos)")
+
+  def __getitem__(self, i):
+    raise AssertionError("the test split was read (videos)")
+
+
+def forbid_test_split(monkeypatch):
+  """Any read of the test split (beyond its size) raises."""
+  from jaxseg import run_data  # pylint: disable=g-import-not-at-top
+  for name in ("prepare_data", "read_data"):  # every way a run gets its RunData
+    def guarded(*a, _load=getattr(run_data, name), **k):
+      data = _load(*a, **k)
+      return dataclasses.replace(data, test=ForbiddenSplit(len(data.test.videos)))
+
+    monkeypatch.setattr(run_data, name, guarded)

@@ -1,7 +1,6 @@
 """The paper as printed in one switch, Table 1 as the paper ran it, and
 tuning that never reads the test split."""
 
-import dataclasses
 import os
 
 import jax.numpy as jnp
@@ -14,12 +13,13 @@ from configs import activitynet12_i3d
 from configs import synthetic
 from configs import test as test_config
 from configs import thumos14_i3d
-from jaxseg import ablation, losses, proposals, run_data
+from jaxseg import ablation, losses, proposals
 from jaxseg import rules as rules_lib
 from jaxseg import config as config_lib
 from jaxseg import presets
 from jaxseg import config_checks
 from jaxseg.data import batching
+from tests.helpers import forbid_test_split
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -142,41 +142,6 @@ def _small(tmp_path):
   c.train.num_steps = 6
   c.ablation.label_modes = ("one-segment", "two-segment")
   return c
-
-
-class _Forbidden:
-  """A test split that raises on any read but counting its videos (for the log)."""
-
-  def __init__(self, n):
-    self.videos = _Count(n)
-
-  def __getattr__(self, name):
-    raise AssertionError(f"the test split was read (.{name})")
-
-
-class _Count(list):
-  def __init__(self, n):
-    super().__init__()
-    self.n = n
-
-  def __len__(self):
-    return self.n
-
-  def __iter__(self):
-    raise AssertionError("the test split was read (videos)")
-
-  def __getitem__(self, i):
-    raise AssertionError("the test split was read (videos)")
-
-
-def forbid_test_split(monkeypatch):
-  """Any read of the test split (beyond its size) raises."""
-  for name in ("prepare_data", "read_data"):  # every way a run gets its RunData
-    def guarded(*a, _load=getattr(run_data, name), **k):
-      data = _load(*a, **k)
-      return dataclasses.replace(data, test=_Forbidden(len(data.test.videos)))
-
-    monkeypatch.setattr(run_data, name, guarded)
 
 
 @pytest.mark.slow

@@ -21,11 +21,10 @@ from jaxseg import inference
 from jaxseg import metrics
 from jaxseg import predict
 from jaxseg import rules as rules_lib
-from jaxseg import run_data
 from jaxseg import train
 from jaxseg import workdir as workdir_lib
 from jaxseg.data import batching
-from tests.helpers import make_config
+from tests.helpers import forbid_test_split, make_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -224,27 +223,12 @@ def test_the_test_split_is_scored_under_the_chosen_rules(run):
   assert 100 * table.loc["mean", 0.5] == pytest.approx(got["mAP@0.5"], abs=1e-6)
 
 
-class _Forbidden:
-  """A test split that fails on any use beyond its size."""
-
-  def __init__(self, n):
-    self.n = n
-
-  def __getattr__(self, name):
-    raise AssertionError(f"the test split was read ({name})")
-
-
 @pytest.mark.slow
 def test_the_choice_never_reads_the_test_split(run, tmp_path, monkeypatch):
   work = str(tmp_path / "run")
   shutil.copytree(run["workdir"], work)
   os.remove(os.path.join(work, "rules.json"))
-
-  def guarded(*a, _load=run_data.read_data, **k):
-    data = _load(*a, **k)
-    return dataclasses.replace(data, test=_Forbidden(len(data.test.videos)))
-
-  monkeypatch.setattr(run_data, "read_data", guarded)
+  forbid_test_split(monkeypatch)
   with pytest.raises(AssertionError, match="the test split was read"):
     evaluate.evaluate_workdir(run["config"], work)
   # The choice was made and written before the test split was touched: the same.
