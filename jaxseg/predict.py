@@ -79,14 +79,16 @@ def run_config(workdir: str) -> ml_collections.ConfigDict:
   return config
 
 
-def run_classes(config, workdir: str) -> tuple[list[str], int]:
-  """``(class_names, D)`` of a run: ``classes.json``, or (a run from before
-  that file) its dataset read back as :func:`jaxseg.run_data.read_data` does."""
+def run_classes(config, workdir: str) -> tuple[list[str], int, dict[str, int]]:
+  """``(class_names, D, stream_widths)`` of a run: ``classes.json``, or (a run
+  from before that file) its dataset read back as
+  :func:`jaxseg.run_data.read_data` does."""
   got = run_data.load_run_classes(workdir)
   if got is not None:
     return got
   data = run_data.read_data(config, workdir)
-  return list(data.dataset.class_names), data.dataset.feature_dim
+  return (list(data.dataset.class_names), data.dataset.feature_dim,
+          dict(data.dataset.stream_widths))
 
 
 # The stream folders jaxseg.extract writes; a run trained on joined features
@@ -105,17 +107,24 @@ def _streams(config, features_dir: str) -> tuple[str, ...]:
 
 
 def read_folder(features_dir: str, class_names, feature_dim: int, *, feature_rate: float,
-                streams=(), source: str = "the run") -> Dataset:
+                streams=(), stream_widths=None, source: str = "the run") -> Dataset:
   """The videos of a features folder (no annotations) as a :class:`Dataset`.
+
+  Args:
+    stream_widths: ``{stream: width}`` the run was trained on (each stream's
+      file is checked against it); None or empty: the total D only.
 
   Raises:
     DataError: no features, a mixed layout, a missing stream file, bad values,
-      or a video whose D is not ``feature_dim`` (naming the file, expected and got).
+      a stream of another width than the run's, or a video whose D is not
+      ``feature_dim`` (naming the file, expected and got).
   """
   layout, found = layouts.scan_folder(features_dir, streams)
   videos = []
   for vid, sub in found:
-    raw, path = reader_common.load_feature_files(layout.paths(vid, sub), vid)
+    raw, path, files = reader_common.load_feature_files(layout.paths(vid, sub), vid)
+    reader_common.check_stream_widths(files, stream_widths or {}, video_id=vid,
+                                      source=source)
     if getattr(raw, "ndim", 0) == 2 and raw.shape[1] != feature_dim:
       raise DataError(f"{path}: video {vid!r}: feature dimension D={raw.shape[1]}, but "
                       f"{source} takes D={feature_dim} (expected {feature_dim}, got "
@@ -240,10 +249,11 @@ def predict_folder(workdir: str, features_dir: str, out_dir: str, *,
   _check_out(out_dir, overwrite, inputs=inputs)
   config = run_config(workdir)
   checkpoints_lib.check_finished(config, workdir, action="predicting with it")
-  class_names, feature_dim = run_classes(config, workdir)
+  class_names, feature_dim, stream_widths = run_classes(config, workdir)
   streams = _streams(config, features_dir)
   ds = read_folder(features_dir, class_names, feature_dim,
                    feature_rate=float(config.data.feature_rate), streams=streams,
+                   stream_widths=stream_widths,
                    source=f"the run in {workdir}" + (f" (streams {'+'.join(streams)})"
                                                      if streams else ""))
   model, state, step = checkpoints_lib.load_checkpoint(config, workdir, feature_dim,

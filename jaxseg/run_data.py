@@ -60,8 +60,9 @@ def _split(train: Dataset, ids: list[str]) -> tuple[Dataset, Dataset | None]:
   if not rest:
     raise ConfigError("train.validation_fraction leaves no training video")
   val = Dataset(train.class_names, [v for v in train.videos if v.video_id in held],
-                list(train.skipped_videos))
-  return (Dataset(train.class_names, rest, list(train.skipped_videos)),
+                list(train.skipped_videos), stream_widths=dict(train.stream_widths))
+  return (Dataset(train.class_names, rest, list(train.skipped_videos),
+                  stream_widths=dict(train.stream_widths)),
           val if val.videos else None)
 
 
@@ -119,16 +120,21 @@ def _run_data(config, workdir: str, *, write: bool) -> RunData:
 
 
 def save_run_classes(workdir: str, dataset: Dataset) -> None:
-  """Writes ``workdir/classes.json``: the class list (label index order) and
-  the feature dimension D the run's model takes, so that ``--mode predict``
-  needs the run directory only, not the training data."""
-  io.atomic_write_text(os.path.join(workdir, CLASSES_FILE), json.dumps(
-      {"class_names": list(dataset.class_names), "feature_dim": dataset.feature_dim},
-      indent=1) + "\n")
+  """Writes ``workdir/classes.json``: the class list (label index order), the
+  feature dimension D the run's model takes and, for a stream layout, each
+  stream's width, so that ``--mode predict`` needs the run directory only,
+  not the training data."""
+  record = {"class_names": list(dataset.class_names), "feature_dim": dataset.feature_dim}
+  if dataset.stream_widths:
+    record["stream_widths"] = dict(dataset.stream_widths)
+  io.atomic_write_text(os.path.join(workdir, CLASSES_FILE),
+                       json.dumps(record, indent=1) + "\n")
 
 
-def load_run_classes(workdir: str) -> tuple[list[str], int] | None:
-  """``(class_names, feature_dim)`` from ``workdir/classes.json``; None without it.
+def load_run_classes(workdir: str) -> tuple[list[str], int, dict[str, int]] | None:
+  """``(class_names, feature_dim, stream_widths)`` from ``workdir/classes.json``
+  (``stream_widths`` ``{}`` for joint features or a file without them); None
+  without the file.
 
   Raises:
     DataError: the file is malformed.
@@ -139,10 +145,19 @@ def load_run_classes(workdir: str) -> tuple[list[str], int] | None:
   data = io.load_json(path, "class list")
   names = data.get("class_names") if isinstance(data, dict) else None
   dim = data.get("feature_dim") if isinstance(data, dict) else None
+  widths = data.get("stream_widths", {}) if isinstance(data, dict) else None
+
+  def positive(x):
+    return isinstance(x, int) and not isinstance(x, bool) and x > 0
+
   if (not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names)
-      or not isinstance(dim, int) or dim <= 0):
-    raise DataError(f'{path}: expected {{"class_names": [str, ...], "feature_dim": int > 0}}')
-  return names, dim
+      or not positive(dim) or not isinstance(widths, dict)
+      or not all(isinstance(k, str) and positive(w) for k, w in widths.items())
+      or (widths and sum(widths.values()) != dim)):
+    raise DataError(f'{path}: expected {{"class_names": [str, ...], "feature_dim": int > 0, '
+                    f'"stream_widths": {{stream: int > 0, ...}} summing to feature_dim '
+                    f'(optional)}}')
+  return names, dim, dict(widths)
 
 
 def file_sha256(path: str) -> str:

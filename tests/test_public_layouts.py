@@ -89,7 +89,8 @@ def test_basnet_layout_trains_and_evaluates_with_paths_only(basnet):
   res = json.load(open(os.path.join(basnet["work"], "results.json")))
   assert 0 <= res["selected"]["mAP@0.5"] <= 100
   classes = json.load(open(os.path.join(basnet["work"], "classes.json")))
-  assert classes == {"class_names": list(public_layouts.CLASSES), "feature_dim": 2048}
+  assert classes == {"class_names": list(public_layouts.CLASSES), "feature_dim": 2048,
+                     "stream_widths": {"rgb": 1024, "flow": 1024}}
 
 
 def test_predict_scores_exactly_as_mode_eval(basnet, tmp_path):
@@ -136,24 +137,31 @@ def test_predict_reads_every_layout_alike(basnet, tmp_path):
 
 
 def test_predict_refuses_wrong_dimension_and_writes_nothing(basnet, tmp_path):
+  """Each stream's width is checked against the run's (1536 + 512 has the
+  run's total D = 2048 but not its 1024 + 1024), and then the total."""
   bad = tmp_path / "bad"
-  for s in ("rgb", "flow"):
+  for s, width in (("rgb", 1536), ("flow", 512)):
     (bad / s).mkdir(parents=True)
-    np.save(bad / s / "video_test_0000001.npy", np.zeros((20, 512), np.float32))
+    np.save(bad / s / "video_test_0000001.npy", np.zeros((20, width), np.float32))
   out = tmp_path / "out"
   with pytest.raises(DataError) as e:
     predict.predict_folder(basnet["work"], str(bad), str(out))
   msg = str(e.value)
-  assert str(bad / "rgb" / "video_test_0000001.npy") in msg
-  assert "expected 2048, got 1024" in msg
+  assert msg.startswith(str(bad / "rgb" / "video_test_0000001.npy") + ": ")
+  assert "stream 'rgb' has width 1536" in msg and "'rgb' of width 1024" in msg
   assert sorted(os.listdir(tmp_path)) == ["bad"]  # no output, no temporary folder
+  joined = tmp_path / "joined"
+  joined.mkdir()
+  np.save(joined / "video_test_0000001.npy", np.zeros((20, 1024), np.float32))
+  with pytest.raises(DataError, match="expected 2048, got 1024"):
+    predict.predict_folder(basnet["work"], str(joined), str(out))
   # The command line: a named error, exit status 2, nothing written.
   proc = subprocess.run(
       [sys.executable, "-m", "jaxseg.main", "--mode", "predict", "--workdir", basnet["work"],
        "--predict_features", str(bad), "--predict_out", str(out)],
       cwd=ROOT, capture_output=True, text=True, timeout=120)
-  assert proc.returncode == 2 and "expected 2048, got 1024" in proc.stderr
-  assert sorted(os.listdir(tmp_path)) == ["bad"]
+  assert proc.returncode == 2 and "stream 'rgb' has width 1536" in proc.stderr
+  assert sorted(os.listdir(tmp_path)) == ["bad", "joined"]
 
 
 def test_predict_refuses_an_output_folder_in_use(basnet, tmp_path):
@@ -392,3 +400,43 @@ def test_read_ambiguous_text_and_json(tmp_path):
   bad.write_text("v 5 2\n")
   with pytest.raises(DataError, match=r"line 1: end 2.0 < start 5.0"):
     reader_common.read_ambiguous(str(bad))
+
+
+def test_scan_reports_a_video_missing_from_the_first_stream(tmp_path):
+  """Ids come from every stream folder: rgb/b.npy missing with flow/b.npy
+  present is an error naming rgb/b.npy, never a dropped video."""
+  for vid in ("a", "b"):
+    _touch(str(tmp_path / "flow" / f"{vid}.npy"))
+  _touch(str(tmp_path / "rgb" / "a.npy"))
+  with pytest.raises(DataError) as e:
+    layouts.scan_folder(str(tmp_path), ("rgb", "flow"))
+  msg = str(e.value)
+  assert msg.startswith(str(tmp_path / "rgb" / "b.npy") + ": feature file missing for video 'b'")
+  assert str(tmp_path / "flow" / "b.npy") in msg
+
+
+@pytest.mark.parametrize("subset_layout", [False, True])
+def test_scan_reports_a_missing_stream_folder(tmp_path, subset_layout):
+  """A subset (or the folder) with flow/ but no rgb/ is an error naming the
+  missing folder, never a silently dropped subset."""
+  _touch(str(tmp_path / "train" / "rgb" / "a.npy"))
+  _touch(str(tmp_path / "train" / "flow" / "a.npy"))
+  base = tmp_path / "test" if subset_layout else tmp_path
+  if not subset_layout:
+    for s in ("rgb", "flow"):
+      os.remove(tmp_path / "train" / s / "a.npy")
+      os.rmdir(tmp_path / "train" / s)
+    os.rmdir(tmp_path / "train")
+  _touch(str(base / "flow" / "b.npy"))
+  with pytest.raises(DataError) as e:
+    layouts.scan_folder(str(tmp_path), ("rgb", "flow"))
+  assert str(e.value).startswith(f"{base / 'rgb'}: stream folder missing")
+
+
+def test_an_empty_folder_error_names_each_path_once(tmp_path):
+  for streams in ((), ("rgb", "flow")):
+    with pytest.raises(DataError) as e:
+      layouts.scan_folder(str(tmp_path), streams)
+    looked = str(e.value).split("looked for ", 1)[1].rstrip(")")
+    paths = looked.replace(" and ", ", ").split(", ")
+    assert len(paths) == len(set(paths)) == (4 if streams else 2)

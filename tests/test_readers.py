@@ -408,3 +408,35 @@ def test_load_dataset_synthetic_into_workdir(tmp_path):
   assert len(ds.subset("validation").videos) == 4 and len(ds.subset("test").videos) == 3
   with pytest.raises(ValueError, match="workdir"):
     readers.load_dataset(c.data)
+
+
+def test_activitynet_checks_each_streams_width(tmp_path):
+  """12 + 4 after 8 + 8 has the same D but other streams: refused, naming the
+  stream's file (or skipped and listed with skip_bad_videos)."""
+  ann, fdir = _write_anet(tmp_path, _db(), streams=("rgb", "flow"),
+                          dims={"rgb": 8, "flow": 8})
+  np.save(os.path.join(fdir, "rgb", "vB.npy"), _feats(10, 12, 0))
+  np.save(os.path.join(fdir, "flow", "vB.npy"), _feats(10, 4, 0))
+  with pytest.raises(DataError) as e:
+    readers.read_activitynet(ann, fdir, feature_streams=("rgb", "flow"))
+  msg = str(e.value)
+  assert msg.startswith(os.path.join(fdir, "rgb", "vB.npy") + ": video 'vB': stream 'rgb' "
+                        "has width 12, but the first video has 'rgb' of width 8")
+  with pytest.warns(UserWarning, match="skipped 1 bad video"):
+    ds = readers.read_activitynet(ann, fdir, feature_streams=("rgb", "flow"),
+                                  skip_bad_videos=True)
+  assert [v.video_id for v in ds.videos] == ["vA", "vC"]
+  assert ds.stream_widths == {"rgb": 8, "flow": 8}
+  assert ds.subset("validation").stream_widths == {"rgb": 8, "flow": 8}
+
+
+def test_features_beyond_float32_are_not_called_nan(tmp_path):
+  ann, fdir = _write_anet(tmp_path, _db())
+  arr = np.zeros((10, 4))
+  arr[3, 2] = 1e300
+  np.save(os.path.join(fdir, "vB.npy"), arr)
+  with pytest.raises(DataError) as e:
+    readers.read_activitynet(ann, fdir)
+  msg = str(e.value)
+  assert "beyond float32's range" in msg and "segment 3, dim 2" in msg
+  assert "NaN" not in msg

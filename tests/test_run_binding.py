@@ -16,9 +16,11 @@ from jaxseg import config as config_lib
 from jaxseg import config_checks
 from jaxseg import evaluate
 from jaxseg import predict
+from jaxseg import run_data
 from jaxseg import seeds
 from jaxseg import train
 from jaxseg import workdir as workdir_lib
+from jaxseg.data.video import DataError
 from tests.helpers import finished_run, snapshot
 
 # End-to-end: trains, runs subprocesses or full-size networks (pytest -m "not slow"
@@ -256,3 +258,20 @@ def test_mode_data_refuses_a_run_of_another_config(trained, tmp_path):
   with pytest.raises(config_lib.ConfigError, match=r"labels.seed: 0 -> 7"):
     workdir_lib.describe_data(other, str(run))
   assert snapshot(run) == before
+
+
+@pytest.mark.parametrize("record", [
+    {"class_names": ["a"], "feature_dim": 16, "stream_widths": {"rgb": 12, "flow": 8}},
+    {"class_names": ["a"], "feature_dim": 16, "stream_widths": {"rgb": "8", "flow": 8}},
+    {"class_names": ["a"], "feature_dim": 16, "stream_widths": [8, 8]},
+    {"class_names": ["a"], "feature_dim": True}])
+def test_a_malformed_class_record_is_one_error_naming_the_file(tmp_path, record):
+  (tmp_path / run_data.CLASSES_FILE).write_text(json.dumps(record))
+  with pytest.raises(DataError, match=f"{tmp_path / run_data.CLASSES_FILE}: expected"):
+    run_data.load_run_classes(str(tmp_path))
+
+
+def test_class_records_without_stream_widths_still_read(tmp_path):
+  (tmp_path / run_data.CLASSES_FILE).write_text(
+      json.dumps({"class_names": ["a", "b"], "feature_dim": 16}))
+  assert run_data.load_run_classes(str(tmp_path)) == (["a", "b"], 16, {})

@@ -194,6 +194,26 @@ def _npy_stems(folder: str) -> list[str]:
                 and os.path.isfile(os.path.join(folder, n)))
 
 
+def _stream_stems(folder: str, streams: Sequence[str]) -> list[str]:
+  """The ids with a file in any stream folder of ``folder`` (a video missing
+  from one stream is then reported, never dropped)."""
+  return sorted(set().union(*(_npy_stems(os.path.join(folder, s)) for s in streams)))
+
+
+def _check_stream_folders(folder: str, streams: Sequence[str]) -> None:
+  """Every stream folder is in ``folder`` once one of them is.
+
+  Raises:
+    DataError: naming the missing stream folder and the ones present.
+  """
+  present = [s for s in streams if os.path.isdir(os.path.join(folder, s))]
+  for s in streams:
+    if s not in present:
+      raise DataError(f"{os.path.join(folder, s)}: stream folder missing (data."
+                      f"feature_streams is {list(streams)}; {folder} has "
+                      f"{', '.join(present)})")
+
+
 def _subdirs(folder: str) -> list[str]:
   return sorted(n for n in os.listdir(folder)
                 if not n.startswith(".") and os.path.isdir(os.path.join(folder, n)))
@@ -202,29 +222,34 @@ def _subdirs(folder: str) -> list[str]:
 def scan_folder(root: str, streams: Sequence[str]) -> tuple[Layout, list[tuple[str, str]]]:
   """The layout and the videos of a folder without annotations (ids: file stems).
 
-  With streams configured, ``DIR/<stream>/`` (every stream folder present)
-  is the ``stream`` layout and ``DIR/<sub>/<stream>/`` the ``subset/stream``
-  one; otherwise, or when no stream folder is there, ``DIR/*.npy`` is ``flat``
-  and ``DIR/<sub>/*.npy`` is ``subset``. A video must have the file of every
-  stream.
+  With streams configured, ``DIR/<stream>/`` is the ``stream`` layout and
+  ``DIR/<sub>/<stream>/`` the ``subset/stream`` one; otherwise, or when no
+  stream folder is there, ``DIR/*.npy`` is ``flat`` and ``DIR/<sub>/*.npy`` is
+  ``subset``. The videos are the ids of every stream folder together, and
+  each must have the file of every stream: a video (or a subset's stream
+  folder) missing from one stream is an error, never a dropped video.
 
   Returns:
     ``(layout, [(video_id, subset), ...])`` sorted by subset then id.
 
   Raises:
     DataError: not a folder; no ``.npy``; ``.npy`` files in two layouts; a
-      video missing one stream's file; the same id in two subsets.
+      stream folder missing where another is; a video missing one stream's
+      file; the same id in two subsets.
   """
   if not os.path.isdir(root):
     raise DataError(f"{root}: features folder not found")
   streams = tuple(streams)
   found: dict[str, list[tuple[str, str]]] = {}
   subdirs = _subdirs(root)
-  if streams and all(s in subdirs for s in streams):
-    found["stream"] = [(v, "") for v in _npy_stems(os.path.join(root, streams[0]))]
+  if streams and any(s in subdirs for s in streams):
+    _check_stream_folders(root, streams)
+    found["stream"] = [(v, "") for v in _stream_stems(root, streams)]
   elif streams:
-    subs = [d for d in subdirs if all(os.path.isdir(os.path.join(root, d, s)) for s in streams)]
-    vids = [(v, d) for d in subs for v in _npy_stems(os.path.join(root, d, streams[0]))]
+    subs = [d for d in subdirs if any(os.path.isdir(os.path.join(root, d, s)) for s in streams)]
+    for d in subs:
+      _check_stream_folders(os.path.join(root, d), streams)
+    vids = [(v, d) for d in subs for v in _stream_stems(os.path.join(root, d), streams)]
     if vids:
       found["subset/stream"] = vids
   flat = [(v, "") for v in _npy_stems(root)]
@@ -237,8 +262,11 @@ def scan_folder(root: str, streams: Sequence[str]) -> tuple[Layout, list[tuple[s
       found["subset"] = nested
   if not found:
     want = "{" + ",".join(streams) + "}/" if streams else ""
-    raise DataError(f"{root}: no .npy features found (looked for {root}/{want}<vid>.npy, "
-                    f"{root}/<subset>/{want}<vid>.npy and {root}/<vid>.npy)")
+    looked = [f"{root}/{want}<vid>.npy", f"{root}/<subset>/{want}<vid>.npy"]
+    if streams:
+      looked += [f"{root}/<vid>.npy", f"{root}/<subset>/<vid>.npy"]
+    raise DataError(f"{root}: no .npy features found (looked for "
+                    f"{', '.join(looked[:-1])} and {looked[-1]})")
   if len(found) > 1:
     names = sorted(found)
     raise DataError(f"{root}: mixed feature layouts: .npy files both in layout "
@@ -254,8 +282,11 @@ def scan_folder(root: str, streams: Sequence[str]) -> tuple[Layout, list[tuple[s
       raise DataError(f"{root}: video {vid!r} is in two subsets ({seen[vid]!r} and "
                       f"{sub!r})")
     seen[vid] = sub
-    for p in layout.paths(vid, sub):
+    paths = layout.paths(vid, sub)
+    for p in paths:
       if not os.path.isfile(p):
-        raise DataError(f"{p}: feature file missing for video {vid!r} (its "
-                        f"{layout.paths(vid, sub)[0]} exists; layout {layout.pattern()})")
+        explain_unreadable(p, vid)
+        have = ", ".join(q for q in paths if os.path.isfile(q))
+        raise DataError(f"{p}: feature file missing for video {vid!r} (its {have} "
+                        f"exists; layout {layout.pattern()})")
   return layout, sorted(vids, key=lambda x: (x[1], x[0]))

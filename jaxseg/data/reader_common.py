@@ -101,13 +101,21 @@ def check_features(features: Any, *, path: str, video_id: str,
     raise DataError(
         f"{where}: feature dimension D={features.shape[1]} but expected "
         f"D={feature_dim} (data.feature_dim in the config, or the first video's D)")
-  out = np.asarray(features, np.float32)
-  finite = np.isfinite(out)
+  finite = np.isfinite(features)
   if not finite.all():
     bad = np.argwhere(~finite)[0]
     raise DataError(
         f"{where}: {int((~finite).sum())} non-finite value(s) (NaN or inf), "
         f"first at segment {bad[0]}, dim {bad[1]}")
+  with np.errstate(over="ignore"):
+    out = np.asarray(features, np.float32)
+  overflow = ~np.isfinite(out)
+  if overflow.any():  # finite in the file's dtype, too large for float32
+    bad = np.argwhere(overflow)[0]
+    raise DataError(
+        f"{where}: {int(overflow.sum())} value(s) beyond float32's range "
+        f"(|x| > {float(np.finfo(np.float32).max):.3g}), first at segment {bad[0]}, "
+        f"dim {bad[1]}: {features[tuple(bad)]!r}")
   return out
 
 
@@ -132,11 +140,13 @@ def _explain_missing(path: str, video_id: str) -> None:
 
 
 
-def load_feature_files(paths: Sequence[str], video_id: str) -> tuple[np.ndarray, str]:
+def load_feature_files(paths: Sequence[str], video_id: str
+                       ) -> tuple[np.ndarray, str, tuple[tuple[str, int], ...]]:
   """Raw ``(T, D)`` features of one video from its file(s), one per stream
-  (concatenated on D, same T), and the first file (for messages)."""
+  (concatenated on D, same T), the first file (for messages), and each
+  stream's ``(file, width)`` (empty for one file: a joint layout)."""
   if len(paths) == 1:
-    return _load_npy(paths[0], video_id=video_id), paths[0]
+    return _load_npy(paths[0], video_id=video_id), paths[0], ()
   parts = []
   for path in paths:
     arr = check_features(_load_npy(path, video_id=video_id), path=path,
@@ -145,11 +155,47 @@ def load_feature_files(paths: Sequence[str], video_id: str) -> tuple[np.ndarray,
   lengths = [p.shape[0] for p in parts]
   if len(set(lengths)) > 1:
     detail = ", ".join(f"{p}: T={t}" for p, t in zip(paths, lengths))
-    names = [os.path.basename(os.path.dirname(p)) for p in paths]
+    names = [stream_name(p) for p in paths]
     raise DataError(
         f"{paths[0]}: video {video_id!r}: streams {names} differ in "
         f"length ({detail})")
-  return np.concatenate(parts, axis=1), paths[0]
+  return (np.concatenate(parts, axis=1), paths[0],
+          tuple((p, int(a.shape[1])) for p, a in zip(paths, parts)))
+
+
+def stream_name(path: str) -> str:
+  """The stream of a stream layout's feature file: its folder's name."""
+  return os.path.basename(os.path.dirname(path))
+
+
+def stream_widths(files: Sequence[tuple[str, int]]) -> dict[str, int]:
+  """``{stream: width}`` of :func:`load_feature_files`' ``(file, width)`` pairs."""
+  return {stream_name(p): w for p, w in files}
+
+
+def check_stream_widths(files: Sequence[tuple[str, int]], expected: dict, *,
+                        video_id: str, source: str) -> None:
+  """Each stream's width is the one ``expected`` gives it (``{stream: width}``).
+
+  Args:
+    files: the video's ``(file, width)`` per stream (:func:`load_feature_files`).
+    expected: ``{stream: width}``; a stream it does not name is not checked.
+    video_id: for the message.
+    source: what ``expected`` comes from, for the message ("the run", ...).
+
+  Raises:
+    DataError: naming the stream's file, its width and the expected one.
+  """
+  for path, width in files:
+    name = stream_name(path)
+    want = expected.get(name)
+    if want is not None and want != width:
+      got = ", ".join(f"{k} {v}" for k, v in stream_widths(files).items())
+      wanted = ", ".join(f"{k} {v}" for k, v in expected.items())
+      raise DataError(
+          f"{path}: video {video_id!r}: stream {name!r} has width {width}, but "
+          f"{source} has {name!r} of width {want} (this video: {got}; expected: "
+          f"{wanted})")
 
 
 class Collector:
@@ -159,10 +205,13 @@ class Collector:
     self.feature_dim = feature_dim
     self.skip = skip_bad_videos
     self.skipped: list[tuple[str, str]] = []
+    self.stream_widths: dict[str, int] = {}  # of the first video (stream layouts)
 
   def features(self, load, *, video_id: str) -> np.ndarray | None:
     try:
-      raw, path = load()
+      raw, path, files = load()
+      check_stream_widths(files, self.stream_widths, video_id=video_id,
+                          source="the first video")
       feats = check_features(raw, path=path, video_id=video_id,
                              feature_dim=self.feature_dim)
     except DataError as e:
@@ -172,6 +221,8 @@ class Collector:
       return None
     if self.feature_dim is None:
       self.feature_dim = int(feats.shape[1])
+    if files and not self.stream_widths:
+      self.stream_widths = stream_widths(files)
     return feats
 
   def finish(self, dataset: Dataset, source: str) -> Dataset:
@@ -183,6 +234,7 @@ class Collector:
     if not dataset.videos:
       raise DataError(f"{source}: no usable video")
     dataset.skipped_videos = list(self.skipped)
+    dataset.stream_widths = dict(self.stream_widths)
     return dataset
 
 

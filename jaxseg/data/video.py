@@ -84,12 +84,15 @@ class Dataset:
       :meth:`subset` and :meth:`select`, and passed to every evaluation.
     notes: lines the data summary prints about how the data was read (the
       detected feature layout, ...).
+    stream_widths: ``{stream: width}`` of a stream layout, in the order the
+      streams are concatenated on D (empty for joint features).
   """
   class_names: list[str]
   videos: list[Video]
   skipped_videos: list[tuple[str, str]] = dataclasses.field(default_factory=list)
   ambiguous: dict[str, list[tuple[float, float]]] = dataclasses.field(default_factory=dict)
   notes: list[str] = dataclasses.field(default_factory=list)
+  stream_widths: dict[str, int] = dataclasses.field(default_factory=dict)
 
   @property
   def num_classes(self) -> int:

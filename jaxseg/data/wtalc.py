@@ -175,7 +175,7 @@ def read_wtalc(directory: str, features_file: str, *,
   col = Collector(feature_dim, skip_bad_videos)
   videos = []
   for i, (vid, subset, duration, instances) in enumerate(parsed):
-    feats = col.features(lambda i=i: (features[i], feat_path), video_id=vid)
+    feats = col.features(lambda i=i: (features[i], feat_path, ()), video_id=vid)
     if feats is None:
       continue
     if duration <= 0:
