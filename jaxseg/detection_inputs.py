@@ -2,7 +2,9 @@
 
 :mod:`jaxseg.metrics` scores what these classes hold. Every malformed input
 raises :class:`DataError` naming the source, the video and the field: missing
-keys, non-numeric or non-finite bounds or scores, ``end < start``.
+keys, non-numeric or non-finite bounds or scores, ``end < start``, a
+ground-truth ``start < 0`` (as the dataset readers refuse it), an empty label.
+Labels are taken without surrounding white space, as the readers take them.
 """
 
 from __future__ import annotations
@@ -57,6 +59,18 @@ def _segment(seg, source: str, vid, field: str) -> tuple[float, float]:
   return s, e
 
 
+def _label(label, source: str, vid, field: str) -> str:
+  """A class name without surrounding white space ("Diving " is "Diving", as
+  the readers take it), never empty."""
+  if type(label) is not str and not isinstance(label, str):
+    raise DataError(
+        f"{source}: video {vid!r}: field {field + '.label'!r}: {label!r} is not a string")
+  out = label.strip()
+  if not out:
+    raise DataError(f"{source}: video {vid!r}: field {field + '.label'!r}: empty class name")
+  return out
+
+
 def _require_key(d, key: str, source: str, vid=None):
   if type(d) is dict and key in d:  # fast path
     return d[key]
@@ -102,11 +116,12 @@ class GroundTruth:
         if not isinstance(ann, Mapping):
           raise DataError(f"{source}: video {vid!r}: field {field!r}: expected an object")
         seg = _require_key(ann, "segment", source, vid)
-        label = _require_key(ann, "label", source, vid)
-        if not isinstance(label, str):
-          raise DataError(
-              f"{source}: video {vid!r}: field {field + '.label'!r}: {label!r} is not a string")
-        segs.append(_segment(seg, source, vid, field + ".segment"))
+        label = _label(_require_key(ann, "label", source, vid), source, vid, field)
+        start, end = _segment(seg, source, vid, field + ".segment")
+        if start < 0:
+          raise DataError(f"{source}: video {vid!r}: field {field + '.segment'!r}: "
+                          f"start {start} < 0")
+        segs.append((start, end))
         vids.append(code)
         labels.append(label)
     if subset is not None and not self.video_ids:
@@ -141,10 +156,7 @@ class Predictions:
         field = f"results[{j}]"
         if type(p) is not dict and not isinstance(p, Mapping):
           raise DataError(f"{source}: video {vid!r}: field {field!r}: expected an object")
-        label = _require_key(p, "label", source, vid)
-        if type(label) is not str:
-          raise DataError(
-              f"{source}: video {vid!r}: field {field + '.label'!r}: {label!r} is not a string")
+        label = _label(_require_key(p, "label", source, vid), source, vid, field)
         scores.append(_real(_require_key(p, "score", source, vid), source, vid, field + ".score",
                             allow_str=False))
         segs.append(_segment(_require_key(p, "segment", source, vid), source, vid,

@@ -648,6 +648,10 @@ def test_cli_wtalc_and_activitynet_thresholds(files, tmp_path, capsys):
      "video 'v': field 'results\\[0\\].segment': end"),
     ("pred", '{"res": {}}', "missing field 'results'"),
     ("gt", '{"database": {"v": {"subset": "test"}}}', "video 'v': missing field 'annotations'"),
+    ("gt", '{"database": {"v": {"subset": "test", "annotations": [{"segment": [-20, 1], '
+     '"label": "class0"}]}}}', "video 'v': field 'annotations\\[0\\].segment': start -20.0 < 0"),
+    ("gt", '{"database": {"v": {"subset": "test", "annotations": [{"segment": [1, 2], '
+     '"label": "  "}]}}}', "video 'v': field 'annotations\\[0\\].label': empty class name"),
 ])
 def test_cli_bad_files(files, tmp_path, capsys, which, content, pattern):
   _, _, gt_path, pred_path = files
@@ -663,6 +667,23 @@ def test_cli_bad_files(files, tmp_path, capsys, which, content, pattern):
   assert err.count("\n") == 1 and err.startswith(f"error: {bad}: ")
   assert pd.Series([err]).str.contains(pattern).all(), err
   assert not os.path.exists(tmp_path / "r.csv")
+
+
+def test_labels_are_read_without_surrounding_space_as_the_readers_read_them(tmp_path, capsys):
+  """A ground-truth label "Diving " trains as "Diving" (the readers strip it),
+  so the run's detections say "Diving": scored as the same class."""
+  gt = {"database": {"v": {"subset": "test", "duration": 30.0, "annotations": [
+      {"segment": [2.0, 6.0], "label": "Diving "}, {"segment": [10.0, 14.0], "label": "Bowl"}]}}}
+  pred = {"results": {"v": [{"label": "Diving", "score": 0.9, "segment": [2.0, 6.0]},
+                            {"label": " Bowl", "score": 0.8, "segment": [10.0, 14.0]}]}}
+  df = ev.detection_map(gt, pred, [0.5], protocol="activitynet")
+  assert sorted(df.index[:-1]) == ["Bowl", "Diving"]
+  assert df.loc["Bowl", 0.5] == df.loc["Diving", 0.5] == 1.0
+  (tmp_path / "gt.json").write_text(json.dumps(gt))
+  (tmp_path / "pred.json").write_text(json.dumps(pred))
+  assert cli.main(["--ground-truth", str(tmp_path / "gt.json"), "--predictions",
+                   str(tmp_path / "pred.json"), "--tiou", "0.5"]) == 0
+  assert "100.0" in capsys.readouterr().out
 
 
 def test_cli_bad_arguments(files, tmp_path, capsys):
