@@ -103,6 +103,11 @@ def test_checkpoint_extras_are_ignored_and_a_dataparallel_prefix_removed(ref):
   state["module.logits.conv3d.bias"] = np.zeros((400,), np.float32)
   flat = W.torch_to_flax(state, 3, ref["width"])
   assert len(flat) == 285
+  # X and module.X (different values): neither silently wins.
+  both = {**state, FIRST: np.zeros_like(ref["rgb_state"][FIRST])}
+  with pytest.raises(UnexpectedWeightError) as e:
+    W.torch_to_flax(both, 3, ref["width"])
+  assert f"'module.{FIRST}' and '{FIRST}' are the same variable" in str(e.value)
 
 
 def test_full_width_variables_are_pytorch_i3d_s_tensors():

@@ -198,12 +198,14 @@ def torch_to_flax(state_dict: Mapping[str, Any], in_channels: int,
     ``{flat Flax key: float32 array}`` (conv kernels as ``(T, H, W, I, O)``).
 
   Raises:
-    UnexpectedWeightError: a name that maps to no variable of the network.
+    UnexpectedWeightError: a name that maps to no variable of the network, or
+      two names to one (``X`` and ``module.X``).
     MissingWeightError: an expected tensor is absent.
     WeightShapeError: a tensor of the wrong shape (names it, both shapes).
   """
   expected = expected_shapes(in_channels, width_multiplier)
   out: dict[str, np.ndarray] = {}
+  source_name: dict[str, str] = {}  # Flax key -> the tensor name it came from
   for name, value in state_dict.items():
     try:
       key = flax_key(name)
@@ -211,6 +213,12 @@ def torch_to_flax(state_dict: Mapping[str, Any], in_channels: int,
       key = "?"
     if key is None:
       continue
+    if key in source_name:
+      raise UnexpectedWeightError(
+          f"{source}: tensors {source_name[key]!r} and {name!r} are the same variable "
+          f"of I3D ({torch_name(key)!r}; the 'module.' prefix of nn.DataParallel is "
+          "removed); keep one of them")
+    source_name[key] = name
     if key not in expected:
       raise UnexpectedWeightError(
           f"{source}: tensor {name!r} is not a variable of I3D (in_channels="
