@@ -207,13 +207,9 @@ def test_a_pickle_payload_is_refused_and_not_run(tmp_path, array):
     assert "refusing to unpickle" in str(e.value) and "system" in str(e.value)
 
 
-def test_wtalc_converts_to_a_pickle_free_layout_that_reads_back_the_same(tmp_path):
-  d = _wtalc(tmp_path)
-  out = tmp_path / "converted"
-  assert wtalc_convert.main(["--wtalc-dir", d, "--features-file", "F.npy",
-                             "--out", str(out)]) == 0
-  a = wtalc.read_wtalc(d, "F.npy")
-  b = wtalc_convert.read_converted(str(out))
+def _same_dataset(a, b):
+  """Field by field: classes, ids, subsets, durations, instances, video-level
+  labels, features (bit for bit) and ambiguous intervals."""
   assert b.class_names == a.class_names
   assert [v.video_id for v in b.videos] == [v.video_id for v in a.videos]
   for va, vb in zip(a.videos, b.videos):
@@ -221,10 +217,69 @@ def test_wtalc_converts_to_a_pickle_free_layout_that_reads_back_the_same(tmp_pat
     assert vb.features.tobytes() == va.features.tobytes()
     assert [(i.start, i.end, i.label) for i in vb.instances] == \
         [(i.start, i.end, i.label) for i in va.instances]
+    assert vb.extra_labels == va.extra_labels
+    np.testing.assert_array_equal(vb.video_labels(len(a.class_names)),
+                                  va.video_labels(len(a.class_names)))
+  assert b.ambiguous == a.ambiguous
+
+
+@pytest.mark.parametrize("extras", [False, True])
+def test_wtalc_converts_to_a_pickle_free_layout_that_reads_back_the_same(tmp_path, extras):
+  """Every file of the bundle survives: with labels_all.npy (video_test_3 shows
+  Archery but has no annotated instance) and Ambiguous_test.txt, the
+  conversion reads back the same, and the video-level labels and ambiguous
+  intervals are not lost."""
+  d = _wtalc(tmp_path)
+  if extras:
+    np.save(os.path.join(d, "labels_all.npy"),
+            _obj([[b"Archery", b"Diving"], [b"Diving"], [b"Archery"]]), allow_pickle=True)
+    with open(os.path.join(d, wtalc.WTALC_AMBIGUOUS_FILE), "w") as f:
+      f.write("video_test_2 0.2 0.4\nvideo_test_3 1.0 2.0\n")
+  out = tmp_path / "converted"
+  assert wtalc_convert.main(["--wtalc-dir", d, "--features-file", "F.npy",
+                             "--out", str(out)]) == 0
+  a = wtalc.read_wtalc(d, "F.npy")
+  b = wtalc_convert.read_converted(str(out))
+  _same_dataset(a, b)
+  if extras:
+    assert a.videos[2].extra_labels == (1,) and a.videos[2].instances == []
+    assert a.ambiguous == {"video_test_2": [(0.2, 0.4)], "video_test_3": [(1.0, 2.0)]}
+    assert (out / wtalc.WTALC_AMBIGUOUS_FILE).read_bytes() == \
+        open(os.path.join(d, wtalc.WTALC_AMBIGUOUS_FILE), "rb").read()
+    assert sorted(os.listdir(out)) == [wtalc.WTALC_AMBIGUOUS_FILE, "annotations.json",
+                                       "features"]
+  else:
+    assert sorted(os.listdir(out)) == ["annotations.json", "features"]
   for f in os.listdir(out / "features"):  # plain arrays, readable without pickle
     np.load(out / "features" / f, allow_pickle=False)
   assert wtalc_convert.main(["--wtalc-dir", d, "--features-file", "F.npy",
                              "--out", str(out)]) == 2  # never overwrites
+
+
+@pytest.mark.parametrize("rate", ["0", "-3", "nan", "inf"])
+def test_wtalc_convert_refuses_a_bad_feature_rate_in_one_line(tmp_path, capsys, rate):
+  d = _wtalc(tmp_path)
+  out = tmp_path / "converted"
+  assert wtalc_convert.main(["--wtalc-dir", d, "--features-file", "F.npy",
+                             "--out", str(out), "--feature-rate", rate]) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and err.startswith("error: --feature-rate: ")
+  assert not out.exists()
+
+
+def test_activitynet_video_labels_are_checked(tmp_path):
+  ann = tmp_path / "gt.json"
+  fdir = tmp_path / "f"
+  fdir.mkdir()
+  np.save(fdir / "v.npy", np.zeros((4, 3), np.float32))
+  for labels, msg in (("Diving", "must be a list of class names"),
+                      (["Diving", 3], "must be a list of class names"),
+                      (["Bowling"], "video_labels\\[0\\]: unknown class 'Bowling'")):
+    ann.write_text(json.dumps({"database": {"v": {
+        "subset": "test", "annotations": [{"segment": [0, 1], "label": "Diving"}],
+        "video_labels": labels}}}))
+    with pytest.raises(DataError, match=f"{ann}: video 'v'.*{msg}"):
+      readers.read_activitynet(str(ann), str(fdir), class_names=["Diving"])
 
 
 # ----------------------------- 3. a workdir is bound to its data; overwrite

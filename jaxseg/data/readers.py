@@ -77,10 +77,20 @@ def _parse_activitynet(path: str, data: Any) -> dict[str, dict[str, Any]]:
       if not isinstance(label, str) or not label.strip():
         raise DataError(f'{aw}: field "label" missing or not a string')
       parsed.append((start, end, label.strip()))  # "Diving " is "Diving", as in W-TALC
-    out[str(vid)] = {"subset": subset, "duration": duration, "annotations": parsed}
+    out[str(vid)] = {"subset": subset, "duration": duration, "annotations": parsed,
+                     "video_labels": _video_labels(entry.get("video_labels", []), where)}
   if not out:
     raise DataError(f'{path}: "database" holds no video')
   return out
+
+
+def _video_labels(labels: Any, where: str) -> list[str]:
+  """The optional ``"video_labels"`` of a video: class names it shows with or
+  without annotated instances (W-TALC's ``labels_all.npy``)."""
+  if not isinstance(labels, list) or not all(isinstance(x, str) and x.strip() for x in labels):
+    raise DataError(f'{where}: field "video_labels" must be a list of class names, '
+                    f"got {labels!r}")
+  return [x.strip() for x in labels]
 
 
 def read_activitynet(annotation_path: str, features_dir: str, *,
@@ -93,8 +103,11 @@ def read_activitynet(annotation_path: str, features_dir: str, *,
   """Reads format 1: ActivityNet-style JSON plus a features folder.
 
   JSON: ``{"database": {vid: {"subset": str, "duration": s (optional),
-  "annotations": [{"segment": [start_s, end_s], "label": str}, ...]}}}``;
-  bounds may be numbers or numeric strings. Features: ``features_dir/<vid>.npy``
+  "annotations": [{"segment": [start_s, end_s], "label": str}, ...],
+  "video_labels": [str, ...] (optional)}}}``; bounds may be numbers or numeric
+  strings. ``video_labels`` are classes the video shows with or without
+  annotated instances (the video-level labels ``y`` add them; W-TALC's
+  ``labels_all.npy``, as :mod:`jaxseg.data.wtalc_convert` writes it). Features: ``features_dir/<vid>.npy``
   ``(T, D)``, or with ``feature_streams=("rgb", "flow")``
   ``features_dir/rgb/<vid>.npy`` and ``features_dir/flow/<vid>.npy``
   concatenated on D (in that order; they must have the same T).
@@ -125,7 +138,8 @@ def read_activitynet(annotation_path: str, features_dir: str, *,
     raise ValueError(f"feature_rate must be > 0, got {feature_rate}")
   entries = _parse_activitynet(annotation_path, io.load_json(annotation_path, "annotation"))
   if class_names is None:
-    class_names = sorted({lab for e in entries.values() for _, _, lab in e["annotations"]})
+    class_names = sorted({lab for e in entries.values() for _, _, lab in e["annotations"]}
+                         | {lab for e in entries.values() for lab in e["video_labels"]})
     if not class_names:
       raise DataError(f"{annotation_path}: no annotated instance, so no class list; "
                       "give class_names")
@@ -135,6 +149,11 @@ def read_activitynet(annotation_path: str, features_dir: str, *,
       if lab not in index:
         raise DataError(
             f"{annotation_path}: video {vid!r}: annotations[{i}].label: unknown "
+            f"class {lab!r}; known: {list(class_names)}")
+    for i, lab in enumerate(e["video_labels"]):
+      if lab not in index:
+        raise DataError(
+            f"{annotation_path}: video {vid!r}: video_labels[{i}]: unknown "
             f"class {lab!r}; known: {list(class_names)}")
   assignment = split_assignment(split_files, entries)
   if not os.path.isdir(features_dir):
@@ -155,7 +174,8 @@ def read_activitynet(annotation_path: str, features_dir: str, *,
     videos.append(Video(
         video_id=vid, subset=e["subset"], features=feats,
         feature_rate=float(feature_rate), duration=float(duration),
-        instances=[Instance(s, t, index[lab]) for s, t, lab in e["annotations"]]))
+        instances=[Instance(s, t, index[lab]) for s, t, lab in e["annotations"]],
+        extra_labels=tuple(sorted({index[lab] for lab in e["video_labels"]}))))
   if assignment:
     apply_splits(videos, assignment, split_files)
   return col.finish(Dataset(list(class_names), videos, notes=[layout.describe()]),

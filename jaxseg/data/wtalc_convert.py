@@ -9,21 +9,28 @@ object arrays. jaxseg reads them with an unpickler that runs no code
 this writes
 
 * ``OUT/annotations.json``: ``{"database": {vid: {"subset", "duration",
-  "annotations": [{"segment": [start, end], "label": name}]}}, "classes": [...]}``
-  (format 1 of :mod:`jaxseg.data.readers`; ``classes`` keeps W-TALC's class
-  order, which ``read_activitynet(class_names=...)`` takes);
+  "annotations": [{"segment": [start, end], "label": name}],
+  "video_labels": [name, ...]}}, "classes": [...]}`` (format 1 of
+  :mod:`jaxseg.data.readers`; ``classes`` keeps W-TALC's class order, which
+  ``read_activitynet(class_names=...)`` takes; ``video_labels``, when the
+  bundle has ``labels_all.npy``, every class the video shows, also without
+  annotated instances);
 * ``OUT/features/<vid>.npy``: each video's ``(T, D) float32`` features, plain
-  arrays read with ``allow_pickle=False``.
+  arrays read with ``allow_pickle=False``;
+* ``OUT/Ambiguous_test.txt``: the bundle's file, byte for byte, when it has one.
 
 Then train with ``data.format="activitynet"``, ``data.annotation_path=OUT/annotations.json``,
-``data.features_dir=OUT/features``. Every file is written atomically; ``OUT``
-must not hold an ``annotations.json`` already (nothing is overwritten).
+``data.features_dir=OUT/features`` and, when written, ``data.ambiguous_path=
+OUT/Ambiguous_test.txt`` (the command prints these flags). Every file is written
+atomically; ``OUT`` must not hold an ``annotations.json`` already (nothing is
+overwritten).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from typing import Sequence
@@ -31,6 +38,7 @@ from typing import Sequence
 import numpy as np
 
 from jaxseg.data import io
+from jaxseg.data import reader_common
 from jaxseg.data import readers
 from jaxseg.data import wtalc
 from jaxseg.data.video import I3D_FEATURE_RATE, DataError, Dataset
@@ -47,6 +55,8 @@ def to_annotation_json(dataset: Dataset) -> dict:
         "subset": v.subset, "duration": float(v.duration),
         "annotations": [{"segment": [float(i.start), float(i.end)],
                          "label": dataset.class_names[i.label]} for i in v.instances]}
+    if v.extra_labels:
+      db[v.video_id]["video_labels"] = [dataset.class_names[c] for c in v.extra_labels]
   return {"database": db, "classes": list(dataset.class_names)}
 
 
@@ -61,6 +71,9 @@ def convert(wtalc_dir: str, features_file: str, out_dir: str, *,
     DataError: bad bundle (naming file and video), or ``out_dir`` holds a
       conversion already.
   """
+  if not (math.isfinite(feature_rate) and feature_rate > 0):
+    raise DataError(f"--feature-rate: segments per second must be a number > 0, got "
+                    f"{feature_rate}")
   dataset = wtalc.read_wtalc(wtalc_dir, features_file, feature_rate=feature_rate)
   ann_path = os.path.join(out_dir, ANNOTATION_FILE)
   if os.path.exists(ann_path):
@@ -70,6 +83,12 @@ def convert(wtalc_dir: str, features_file: str, out_dir: str, *,
   for v in dataset.videos:
     with io.atomic_open(io.child_path(feat_dir, v.video_id, ".npy"), "wb") as f:
       np.save(f, np.asarray(v.features, np.float32), allow_pickle=False)
+  amb = os.path.join(wtalc_dir, wtalc.WTALC_AMBIGUOUS_FILE)
+  if os.path.isfile(amb):  # read_wtalc has checked it
+    with open(amb, "rb") as src:
+      data = src.read()
+    with io.atomic_open(os.path.join(out_dir, wtalc.WTALC_AMBIGUOUS_FILE), "wb") as f:
+      f.write(data)
   # The annotations last: a crash leaves no annotations.json, so a rerun redoes it all.
   io.atomic_write_text(ann_path, json.dumps(to_annotation_json(dataset), indent=1) + "\n")
   return dataset
@@ -79,8 +98,21 @@ def read_converted(out_dir: str, *, feature_rate: float = I3D_FEATURE_RATE) -> D
   """Reads a conversion back with the ActivityNet reader, in W-TALC's class order."""
   ann_path = os.path.join(out_dir, ANNOTATION_FILE)
   classes = io.load_json(ann_path, "annotation").get("classes")
-  return readers.read_activitynet(ann_path, os.path.join(out_dir, FEATURES_DIR),
-                                  feature_rate=feature_rate, class_names=classes)
+  ds = readers.read_activitynet(ann_path, os.path.join(out_dir, FEATURES_DIR),
+                                feature_rate=feature_rate, class_names=classes)
+  amb = os.path.join(out_dir, wtalc.WTALC_AMBIGUOUS_FILE)
+  return reader_common.attach_ambiguous(ds, amb) if os.path.isfile(amb) else ds
+
+
+def config_flags(out_dir: str) -> list[str]:
+  """The ``--config.data.*`` flags that train on a conversion in ``out_dir``."""
+  flags = ['--config.data.format=activitynet',
+           f"--config.data.annotation_path={os.path.join(out_dir, ANNOTATION_FILE)}",
+           f"--config.data.features_dir={os.path.join(out_dir, FEATURES_DIR)}"]
+  amb = os.path.join(out_dir, wtalc.WTALC_AMBIGUOUS_FILE)
+  if os.path.isfile(amb):
+    flags.append(f"--config.data.ambiguous_path={amb}")
+  return flags
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -101,7 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   except OSError as e:
     print(f"error: {e.filename or args.out}: {e.strerror or e}", file=sys.stderr)
     return 2
-  print(f"wrote {len(ds.videos)} videos, {len(ds.class_names)} classes to {args.out}")
+  print(f"wrote {len(ds.videos)} videos, {len(ds.class_names)} classes to {args.out}; "
+        "train on it with\n  " + " \\\n  ".join(config_flags(args.out)))
   return 0
 
 
