@@ -7,7 +7,10 @@ folder of such directories (e.g. the ``seed_*`` runs of ``--seeds N``). Writes
 ``report.csv`` and ``report.md`` (one row per run: mAP per tIoU, the averages,
 classification mAP, and, as columns, every config field whose value differs
 between the runs) and ``report.png`` (mAP against tIoU, one line per run), and
-prints the markdown table.
+prints the markdown table. The ``commit`` column names the code each run came
+from; runs made from uncommitted code (a ``-dirty`` commit) mark the report
+"NOT PUBLISHABLE" at the top of ``report.md`` and on stderr. A malformed
+``results.json`` is one ``error:`` line naming the file and field (exit 2).
 """
 
 from __future__ import annotations
@@ -45,18 +48,59 @@ def find_runs(paths: Sequence[str]) -> list[str]:
   return runs
 
 
+def load_results(run: str, checkpoint: str) -> dict:
+  """A run's ``results.json``, checked for what the report reads.
+
+  Returns:
+    The parsed file: ``checkpoint`` an object of numbers (the metrics),
+    ``provenance`` an object (its ``config`` an object, when present).
+
+  Raises:
+    DataError: naming the file and the field that is missing or malformed.
+  """
+  path = os.path.join(run, "results.json")
+  res = io.load_json(path, "results")
+  if not isinstance(res, dict):
+    raise DataError(f"{path}: expected an object, got {type(res).__name__}")
+  metrics = res.get(checkpoint)
+  if metrics is None:
+    raise DataError(f"{path}: no {checkpoint!r} results")
+  if not isinstance(metrics, dict) or not metrics:
+    raise DataError(f"{path}: field {checkpoint!r}: expected an object of metrics, got "
+                    f"{metrics!r:.60}")
+  for key, value in metrics.items():
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+      raise DataError(f"{path}: field {checkpoint}.{key}: expected a number, got "
+                      f"{value!r:.60}")
+  provenance = res.get("provenance", {})
+  if not isinstance(provenance, dict) or not isinstance(provenance.get("config", {}), dict):
+    raise DataError(f"{path}: field 'provenance': expected an object with a 'config' "
+                    f"object, got {provenance!r:.60}")
+  return res
+
+
+def dirty_runs(results: Sequence[dict], names: Sequence[str]) -> list[str]:
+  """The runs whose provenance names uncommitted code (a ``-dirty`` commit)."""
+  return [name for name, res in zip(names, results)
+          if str(res.get("provenance", {}).get("git_commit") or "").endswith("-dirty")]
+
+
 def run_table(runs: Sequence[str], checkpoint: str = "final") -> pd.DataFrame:
-  """One row per run: its metrics at ``checkpoint`` and the config fields that differ."""
+  """One row per run: its metrics at ``checkpoint``, the code it came from
+  (``commit``) and the config fields that differ.
+
+  Raises:
+    DataError: a malformed ``results.json`` (:func:`load_results`).
+  """
   rows, configs = [], []
   names = _names(runs)
-  for name, run in zip(names, runs):
-    res = io.load_json(os.path.join(run, "results.json"), "results")
-    if checkpoint not in res:
-      raise DataError(f"{run}/results.json: no {checkpoint!r} results")
+  results = [load_results(run, checkpoint) for run in runs]
+  for name, res in zip(names, results):
     row = {"run": name, **res[checkpoint]}
     choice = res.get("rules", {})
     if isinstance(choice, dict) and isinstance(choice.get(checkpoint), dict):
       row["rules"] = str(choice[checkpoint].get("chosen"))  # the inference rules used
+    row["commit"] = str(res["provenance"].get("git_commit") or "(unknown)")
     rows.append(row)
     cfg = config_lib.flatten(res.get("provenance", {}).get("config", {}))
     configs.append({k: v for k, v in cfg.items() if k not in _LOCATION_FIELDS})
@@ -134,6 +178,23 @@ def metric_columns(table: pd.DataFrame) -> list[str]:
   return [c for c in table.columns if c.startswith("mAP@")]
 
 
+def label_modes(runs: Sequence[str]) -> list[str]:
+  """Each run's ``labels.mode`` (its provenance's ``label_mode``), for ``--fig5``.
+
+  Raises:
+    DataError: a run without one, naming its file.
+  """
+  modes = []
+  for run in runs:
+    path = os.path.join(run, "results.json")
+    mode = io.load_json(path, "results").get("provenance", {}).get("label_mode")
+    if not isinstance(mode, str) or not mode:
+      raise DataError(f"{path}: field 'provenance.label_mode': --fig5 needs the label "
+                      f"mode each run was trained with, got {mode!r:.60}")
+    modes.append(mode)
+  return modes
+
+
 def plot_runs(table: pd.DataFrame, path: str) -> str | None:
   """mAP against tIoU, one line per run; None where matplotlib is missing."""
   try:
@@ -164,12 +225,26 @@ def _png(fig) -> bytes:
   return buf.getvalue()
 
 
+def dirty_warning(table: pd.DataFrame) -> str:
+  """The line that marks a report with runs from uncommitted code ("" if none)."""
+  dirty = [str(n) for n, c in table["commit"].items() if str(c).endswith("-dirty")] \
+      if "commit" in table.columns else []
+  if not dirty:
+    return ""
+  return (f"NOT PUBLISHABLE: {len(dirty)} of {len(table)} run(s) were made from "
+          f"uncommitted code (a '-dirty' commit): {', '.join(dirty[:5])}"
+          + (" ..." if len(dirty) > 5 else "") + "; commit and rerun them before "
+          "publishing these numbers.")
+
+
 def write_report(table: pd.DataFrame, out_dir: str) -> list[str]:
   os.makedirs(out_dir, exist_ok=True)
   csv_path = os.path.join(out_dir, "report.csv")
   md_path = os.path.join(out_dir, "report.md")
   io.atomic_write_text(csv_path, table.round(4).to_csv())
-  io.atomic_write_text(md_path, markdown(table) + "\n")
+  warning = dirty_warning(table)
+  io.atomic_write_text(md_path, (f"**{warning}**\n\n" if warning else "")
+                       + markdown(table) + "\n")
   paths = [csv_path, md_path]
   png = plot_runs(table, os.path.join(out_dir, "report.png"))
   if png:
@@ -201,14 +276,13 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     runs = find_runs(args.runs)
     table = run_table(runs, args.checkpoint)
-    paths = write_report(table, args.out)
-    if args.fig5:
+    if args.fig5:  # checked before anything is written
       if args.fig5 not in table.columns:
         raise DataError(f"--fig5: no metric {args.fig5!r} in the runs' results")
-      modes = [io.load_json(os.path.join(r, "results.json"), "results")["provenance"]
-               ["label_mode"] for r in runs]
-      points = annotation_time_points(modes, table[args.fig5].to_numpy(float),
+      points = annotation_time_points(label_modes(runs), table[args.fig5].to_numpy(float),
                                       _pairs(args.annotation_time))
+    paths = write_report(table, args.out)
+    if args.fig5:
       paths += write_annotation_time(
           points, args.out, args.fig5,
           f"{args.checkpoint} checkpoint of {len(runs)} runs; the split each run was "
@@ -217,6 +291,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   print(markdown(table))
+  warning = dirty_warning(table)
+  if warning:
+    print(f"warning: {warning}", file=sys.stderr)
   print("wrote", ", ".join(paths))
   return 0
 

@@ -145,6 +145,45 @@ def test_report_table_shows_metrics_and_only_differing_config(tmp_path, capsys):
   assert "two-segment" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("results, field", [
+    ({"final": 5}, "field 'final': expected an object of metrics"),
+    ({"final": {"mAP@0.5": "high"}}, "field final.mAP@0.5: expected a number"),
+    ({"final": {"mAP@0.5": 1.0}, "provenance": "x"}, "field 'provenance'"),
+    ({"final": {"mAP@0.5": 1.0}, "provenance": {"config": []}}, "field 'provenance'"),
+    ([], "expected an object"),
+    ({"final": {"mAP@0.5": 1.0}, "provenance": {"config": {}}}, "provenance.label_mode"),
+])
+def test_report_on_malformed_results_is_one_error_naming_file_and_field(
+    tmp_path, capsys, results, field):
+  run = tmp_path / "runs" / "a"
+  run.mkdir(parents=True)
+  (run / "results.json").write_text(json.dumps(results))
+  out = tmp_path / "rep"
+  assert report.main([str(run), "--out", str(out), "--fig5", "mAP@0.5"]) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and err.startswith(f"error: {run / 'results.json'}: ")
+  assert field in err and "Traceback" not in err
+  assert not out.exists()
+
+
+def test_report_marks_runs_from_uncommitted_code(tmp_path, capsys):
+  for name, commit in (("a", "0123abc"), ("b", "0123abc-dirty")):
+    _fake_run(tmp_path / "runs" / name, {"seed": 0}, {"step": 1, "mAP@0.5": 1.0})
+    res = json.loads((tmp_path / "runs" / name / "results.json").read_text())
+    res["provenance"]["git_commit"] = commit
+    (tmp_path / "runs" / name / "results.json").write_text(json.dumps(res))
+  out = tmp_path / "rep"
+  assert report.main([str(tmp_path / "runs"), "--out", str(out)]) == 0
+  assert "warning: NOT PUBLISHABLE: 1 of 2 run(s)" in capsys.readouterr().err
+  md = (out / "report.md").read_text()
+  assert md.startswith("**NOT PUBLISHABLE: 1 of 2 run(s) were made from uncommitted code")
+  assert list(pd.read_csv(out / "report.csv", index_col="run")["commit"]) == [
+      "0123abc", "0123abc-dirty"]
+  os.remove(tmp_path / "runs" / "b" / "results.json")
+  assert report.main([str(tmp_path / "runs"), "--out", str(out)]) == 0
+  assert "NOT PUBLISHABLE" not in (out / "report.md").read_text()
+
+
 def test_report_refuses_a_folder_without_runs(tmp_path, capsys):
   (tmp_path / "empty").mkdir()
   assert report.main([str(tmp_path / "empty"), "--out", str(tmp_path / "rep")]) == 2
