@@ -321,3 +321,11 @@ def timeline_images(config, model, params, split: Dataset, num_videos: int, *,
     images[f"cas/{v.video_id}"] = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
     plt.close(fig)
   return images
+
+
+if __name__ == "__main__":  # the scoring command's earlier name
+  import sys  # pylint: disable=g-import-not-at-top
+  print("error: jaxseg.evaluate is a library module, not a command; score a results "
+        "file with python -m jaxseg.score, or evaluate a run with python -m jaxseg.main "
+        "--mode eval --workdir RUN", file=sys.stderr)
+  sys.exit(2)

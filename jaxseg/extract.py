@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import math
 import os
 import re
 import sys
@@ -44,6 +45,7 @@ from typing import Sequence
 
 import numpy as np
 
+from jaxseg import cli
 from jaxseg.features import i3d
 from jaxseg.features import video as video_lib
 from jaxseg.features import weights as weights_lib
@@ -258,7 +260,7 @@ def _weights_paths(args) -> dict[str, str]:
 
 
 def parse_args(argv: Sequence[str] | None):
-  p = argparse.ArgumentParser(prog="python -m jaxseg.extract",
+  p = cli.ArgumentParser(prog="python -m jaxseg.extract",
                               description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--videos", required=True, help="a folder of videos, or one video file")
@@ -287,9 +289,33 @@ def parse_args(argv: Sequence[str] | None):
     p.error(str(e))
   if args.batch_size < 1:
     p.error("--batch-size must be >= 1")
+  if not (math.isfinite(args.fps) and args.fps > 0):
+    p.error(f"--fps must be a number > 0, got {args.fps}")
+  if args.short_side < 1 or args.crop < 1:
+    p.error("--short-side and --crop must be >= 1")
   if args.crop > args.short_side:
     p.error(f"--crop {args.crop} > --short-side {args.short_side}")
   return args
+
+
+def _make_out(out: str, streams: Sequence[str]) -> None:
+  """Creates ``out/<stream>/``.
+
+  Raises:
+    ExtractionError: ``out`` is, or is under, a file, or cannot be created.
+  """
+  for stream in streams:
+    path = os.path.join(out, stream)
+    try:
+      os.makedirs(path, exist_ok=True)
+    except FileExistsError:
+      raise ExtractionError(f"--out {out}: {path} is in the way (a file, not a "
+                            "folder)") from None
+    except NotADirectoryError:
+      raise ExtractionError(f"--out {out}: is, or is under, a file") from None
+    except OSError as e:
+      raise ExtractionError(f"--out {out}: cannot create {path}: "
+                            f"{e.strerror or e}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -304,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         video_config=video_lib.VideoConfig(fps=args.fps, short_side=args.short_side,
                                            crop=args.crop))
   except WeightsError as e:
-    print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+    print(f"error: {e}", file=sys.stderr)
     return 2
   if not os.path.exists(args.videos):
     print(f"error: --videos {args.videos}: not found", file=sys.stderr)
@@ -312,8 +338,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   exts = tuple(e if e.startswith(".") else "." + e
                for e in (x.strip().lower() for x in args.extensions.split(",")) if e)
   videos, failures = find_videos(args.videos, exts)
-  for stream in args.streams:
-    os.makedirs(os.path.join(args.out, stream), exist_ok=True)
+  try:
+    _make_out(args.out, args.streams)
+  except ExtractionError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   done = skipped = 0
   vfr = []
   t0 = time.perf_counter()

@@ -27,6 +27,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from jaxseg.config import ConfigError
+
 Image = np.ndarray  # (H, W, 3 or 4) uint8, or float in [0, 1]
 
 
@@ -245,12 +247,12 @@ def _optional(module: str, field: str):
   try:
     return importlib.import_module(module)
   except ImportError as e:
-    raise ValueError(f"{field}: the package {module!r} is not installed "
-                     f"(pip install {module})") from e
+    raise ConfigError(f"config.{field}: the package {module!r} is not installed "
+                      f"(pip install {module})") from None
 
 
 def check_backends(log_to: Sequence[str]) -> None:
-  """Raises ``ValueError`` naming ``train.log_to`` if a backend cannot be used.
+  """Raises ``ConfigError`` naming ``train.log_to`` if a backend cannot be used.
 
   Called before anything is created, so a run asked to log to W&B without
   wandb installed fails at once, not after training.

@@ -15,13 +15,13 @@ from; runs made from uncommitted code (a ``-dirty`` commit) mark the report
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from typing import Sequence
 
 import pandas as pd
 
+from jaxseg import cli
 from jaxseg import config as config_lib
 from jaxseg.data import io
 from jaxseg.data.video import DataError
@@ -260,7 +260,7 @@ def markdown(table: pd.DataFrame) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  p = argparse.ArgumentParser(prog="python -m jaxseg.report",
+  p = cli.ArgumentParser(prog="python -m jaxseg.report",
                               description=__doc__.split("\n")[0])
   p.add_argument("runs", nargs="+", help="run directories, or folders of them")
   p.add_argument("--out", default="report", help="folder for report.csv/.md/.png")

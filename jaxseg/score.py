@@ -21,6 +21,7 @@ import argparse
 import sys
 from typing import Sequence
 
+from jaxseg import cli
 from jaxseg import map_summary
 from jaxseg import metrics
 from jaxseg.config import PROTOCOLS
@@ -43,7 +44,7 @@ def _load_json(path: str, what: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(
+  p = cli.ArgumentParser(
       prog="python -m jaxseg.score",
       description="Detection mAP at temporal IoU of ActivityNet-format predictions.")
   p.add_argument("--ground-truth", required=True, metavar="GT.json",

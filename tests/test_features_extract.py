@@ -159,7 +159,7 @@ def test_wrong_weights_stop_before_any_video(tmp_path, weights_dir, capsys):
   assert extract.main([*base, "--weights-rgb", str(weights_dir / "rgb_i3d.npz"),
                        "--weights-flow", str(bad)]) == 2
   err = capsys.readouterr().err
-  assert "WeightShapeError" in err and "'params/Mixed_4d/b2b/conv3d/kernel'" in err
+  assert err.startswith("error: ") and "'params/Mixed_4d/b2b/conv3d/kernel' has shape" in err
   assert "(3, 3, 3, 3, 7), expected (3, 3, 3, 3, 8)" in err
   assert not out.exists()
   # The RGB file given for the flow stream, and a missing file: named errors too.
@@ -288,8 +288,21 @@ def test_one_stream_extraction(tmp_path, weights_dir, monkeypatch, capsys):
   assert extract.main(["--videos", str(vids), "--streams", "rgb", "--out",
                        str(tmp_path / "x"), *SMALL]) == 2
   assert capsys.readouterr().err.strip() == (
-      "error: WeightsError: give --weights DIR (with rgb_i3d.npz) or --weights-rgb")
-  with pytest.raises(SystemExit):
-    extract.main(["--videos", str(vids), "--streams", "rgb,depth", "--weights",
-                  str(weights_dir), "--out", str(tmp_path / "x"), *SMALL])
+      "error: give --weights DIR (with rgb_i3d.npz) or --weights-rgb")
+  for bad in (["--streams", "rgb,depth"], ["--fps", "0"], ["--fps", "nan"],
+              ["--crop", "0"]):
+    with pytest.raises(SystemExit) as e:
+      extract.main(["--videos", str(vids), "--weights", str(weights_dir),
+                    "--out", str(tmp_path / "x"), *SMALL, *bad])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and bad[0] in err, err
+  # --out is, or is under, a file: one line, nothing extracted.
+  (tmp_path / "a_file").write_text("x")
+  for out in (tmp_path / "a_file", tmp_path / "a_file" / "feats"):
+    assert extract.main(["--videos", str(vids), "--weights", str(weights_dir),
+                         "--streams", "rgb", "--out", str(out), *SMALL]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: --out {out}: "), err
+  assert (tmp_path / "a_file").read_text() == "x"
   assert extract.parse_streams("flow, rgb") == ("rgb", "flow")

@@ -174,7 +174,7 @@ def test_wrong_shape_or_name_is_a_named_error(ref, tmp_path):
   with pytest.raises(WeightsError, match="'rgb' stream, expected 'flow'"):
     W.load_weights(good, stream="flow")
   (tmp_path / "junk.npz").write_bytes(b"not a zip")
-  with pytest.raises(WeightsError, match="cannot read"):
+  with pytest.raises(WeightsError, match="not an .npz weight file"):
     W.load_weights(str(tmp_path / "junk.npz"))
   np.savez(tmp_path / "other.npz", x=np.zeros(3))
   with pytest.raises(WeightsError, match="not a converted I3D weight file"):
@@ -226,11 +226,63 @@ def test_convert_command(ref, tmp_path, monkeypatch, capsys):
   assert convert.main(["--torch", "flow.pt", "--stream", "rgb", "--out",
                        str(tmp_path / "x.npz"), "--width-multiplier", "0.125"]) == 2
   err = capsys.readouterr().err
-  assert "WeightShapeError" in err and FIRST in err and "(8, 2, 7, 7, 7)" in err
+  assert err.count("\n") == 1 and err.startswith("error: flow.pt: tensor ")
+  assert FIRST in err and "(8, 2, 7, 7, 7)" in err
   assert not os.path.exists(tmp_path / "x.npz")
+  # A bad width or an output under a file: one line, nothing written.
+  (tmp_path / "a_file").write_text("x")
+  for args, start in (
+      (["--width-multiplier", "nan"], "error: --width-multiplier must be a number > 0"),
+      (["--width-multiplier", "0"], "error: --width-multiplier must be a number > 0"),
+      (["--out", str(tmp_path / "a_file" / "w.npz")], f"error: --out {tmp_path}/a_file/w.npz:")):
+    argv = ["--torch", "flow.pt", "--stream", "flow", "--out", str(tmp_path / "y.npz"),
+            "--width-multiplier", "0.125"]
+    assert convert.main(argv + args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(start), err
+  assert sorted(os.listdir(tmp_path)) == ["a_file", "weights"]
 
 
-def test_convert_without_torch_says_what_to_install(monkeypatch):
+def test_convert_without_torch_says_what_to_install(monkeypatch, tmp_path, capsys):
   monkeypatch.setitem(sys.modules, "torch", None)  # import torch -> ImportError
-  with pytest.raises(SystemExit, match="needs PyTorch"):
+  with pytest.raises(WeightsError, match="needs PyTorch"):
     convert.read_torch_state_dict("rgb_imagenet.pt")
+  assert convert.main(["--torch", "rgb_imagenet.pt", "--stream", "rgb", "--out",
+                       str(tmp_path / "w.npz")]) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and err.startswith("error: ") and "pip install torch" in err
+
+
+@pytest.mark.parametrize("meta, message", [
+    ({"meta/stream": None}, "meta/stream missing"),
+    ({"meta/width_multiplier": np.array(np.nan)}, "meta/width_multiplier must be a finite"),
+    ({"meta/width_multiplier": np.array(-1.0)}, "meta/width_multiplier must be a finite"),
+    ({"meta/in_channels": np.array("three")}, "meta/in_channels must be a single number"),
+    ({"meta/stream": np.array([b"rgb"])}, "meta/stream must be a single name"),
+])
+def test_weight_metadata_is_checked_naming_the_key(ref, tmp_path, meta, message):
+  good = str(tmp_path / "good.npz")
+  W.save_weights(good, W.torch_to_flax(ref["rgb_state"], 3, 0.125), stream="rgb",
+                 width_multiplier=0.125)
+  with np.load(good) as z:
+    data = {k: z[k] for k in z.files}
+  for k, v in meta.items():
+    if v is None:
+      del data[k]
+    else:
+      data[k] = v
+  bad = str(tmp_path / "bad.npz")
+  np.savez(bad, **data)
+  with pytest.raises(WeightsError, match=f"{bad}: {message}"):
+    W.load_weights(bad)
+
+
+def test_a_text_file_as_weights_says_it_is_not_an_npz(tmp_path):
+  path = tmp_path / "rgb_i3d.npz"
+  path.write_text("these are not weights\n")
+  with pytest.raises(WeightsError, match="not an .npz weight file") as e:
+    W.load_weights(str(path))
+  assert "pickle" not in str(e.value)
+  path.write_bytes(b"PK\x03\x04 a truncated zip")
+  with pytest.raises(WeightsError, match="cannot read weight file"):
+    W.load_weights(str(path))

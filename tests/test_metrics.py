@@ -688,6 +688,13 @@ def test_labels_are_read_without_surrounding_space_as_the_readers_read_them(tmp_
 
 def test_cli_bad_arguments(files, tmp_path, capsys):
   _, _, gt_path, pred_path = files
+  for argv in (["--ground-truth", gt_path], ["--ground-truth", gt_path, "--predictions",
+                                             pred_path, "--protocol", "x"]):
+    with pytest.raises(SystemExit) as e:  # a usage error: one line, not argparse's block
+      cli.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1
+    assert err.startswith("error: ") and err.endswith("; see python -m jaxseg.score --help\n")
   assert cli.main(["--ground-truth", gt_path, "--predictions", pred_path,
                    "--tiou", "0.1:0.7"]) == 2
   assert "--tiou" in capsys.readouterr().err
@@ -711,6 +718,10 @@ def test_cli_module_entry_point(files):
                        capture_output=True, text=True, cwd=REPO, env=env, timeout=60)
   assert bad.returncode == 2
   assert bad.stderr.strip() == f"error: {gt_path}.missing: ground-truth file not found"
+  old_name = subprocess.run([sys.executable, "-m", "jaxseg.evaluate", "--ground-truth", gt_path],
+                            capture_output=True, text=True, cwd=REPO, env=env, timeout=60)
+  assert old_name.returncode == 2 and old_name.stdout == ""
+  assert old_name.stderr.count("\n") == 1 and "python -m jaxseg.score" in old_name.stderr
 
 
 def test_activitynet_ambiguous_predictions_removed():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import types
 
@@ -16,6 +17,8 @@ from tensorboard.backend.event_processing import event_file_loader
 
 from jaxseg import metric_writers
 from jaxseg import report
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # End-to-end: trains, runs subprocesses or full-size networks (pytest -m "not slow"
 # skips the module).
@@ -91,6 +94,21 @@ def test_optional_backends_need_their_package(monkeypatch):
   with pytest.raises(ValueError, match=r"train.log_to='wandb'.*not installed"):
     metric_writers.check_backends(["wandb"])
   metric_writers.check_backends(["tensorboard"])  # installed: no error
+
+
+def test_cli_log_to_a_missing_backend_is_one_error_line_and_writes_nothing(tmp_path):
+  code = ("import sys; sys.modules['wandb'] = None; "  # as if not installed
+          "from jaxseg import main; main.run()")
+  work = tmp_path / "run"
+  proc = subprocess.run(
+      [sys.executable, "-c", code, "--config", os.path.join(REPO, "configs", "test.py"),
+       "--workdir", str(work), "--config.train.log_to=('wandb',)"],
+      cwd=str(tmp_path), env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO),
+      capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert proc.stderr.strip() == ("error: config.train.log_to='wandb': the package 'wandb' "
+                                 "is not installed (pip install wandb)")
+  assert os.listdir(tmp_path) == []
 
 
 def test_wandb_writer_calls(monkeypatch, tmp_path):

@@ -28,7 +28,6 @@ overwritten).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -37,6 +36,7 @@ from typing import Sequence
 
 import numpy as np
 
+from jaxseg import cli
 from jaxseg.data import io
 from jaxseg.data import reader_common
 from jaxseg.data import readers
@@ -116,7 +116,7 @@ def config_flags(out_dir: str) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  p = argparse.ArgumentParser(prog="python -m jaxseg.data.wtalc_convert",
+  p = cli.ArgumentParser(prog="python -m jaxseg.data.wtalc_convert",
                               description=__doc__.splitlines()[0])
   p.add_argument("--wtalc-dir", required=True, help="the W-TALC bundle folder")
   p.add_argument("--features-file", required=True,

@@ -31,6 +31,7 @@ from typing import Sequence
 
 import numpy as np
 
+from jaxseg import cli
 from jaxseg.features import i3d
 from jaxseg.features import video as video_lib
 from jaxseg.features import weights as weights_lib
@@ -100,7 +101,7 @@ def classify(weights: str, video: str, *, top: int = 5, pool: str = "window",
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  p = argparse.ArgumentParser(prog="python -m jaxseg.features.classify",
+  p = cli.ArgumentParser(prog="python -m jaxseg.features.classify",
                               description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter,
                               epilog=__doc__.split("\n\n")[1])

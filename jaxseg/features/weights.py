@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 from typing import Any, Mapping, Sequence
 
@@ -296,10 +297,37 @@ def save_weights(path: str, variables: Mapping[str, Any], *, stream: str,
       "meta/width_multiplier": np.array(width_multiplier, np.float64)})
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = f"{path}.{os.getpid()}.tmp"
-  with open(tmp, "wb") as f:
-    np.savez(f, **arrays)
-  os.replace(tmp, path)
+  try:
+    with open(tmp, "wb") as f:
+      np.savez(f, **arrays)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
   return path
+
+
+def _read_meta(path: str, data: Mapping[str, np.ndarray]) -> tuple[str, int, float]:
+  """``(stream, in_channels, width_multiplier)`` of a weight file, each checked.
+
+  Raises:
+    WeightsError: a key missing or of the wrong kind, naming it.
+  """
+  def scalar(key: str, kind: str):
+    if key not in data:
+      raise WeightsError(f"{path}: {key} missing (not a file jaxseg.features.convert wrote)")
+    value = data[key]
+    if value.shape != () or value.dtype.kind not in kind:
+      raise WeightsError(f"{path}: {key} must be a single "
+                         f"{'name' if kind == 'U' else 'number'}, got {value!r:.60}")
+    return value.item()
+
+  stream = scalar("meta/stream", "U")
+  in_channels = scalar("meta/in_channels", "iu")
+  width = scalar("meta/width_multiplier", "fiu")
+  if not (math.isfinite(width) and width > 0):
+    raise WeightsError(f"{path}: meta/width_multiplier must be a finite number > 0, got {width}")
+  return str(stream), int(in_channels), float(width)
 
 
 def load_weights(path: str, stream: str | None = None) -> tuple[dict[str, Any], WeightsInfo]:
@@ -320,6 +348,16 @@ def load_weights(path: str, stream: str | None = None) -> tuple[dict[str, Any], 
       tensors; a bad or partial classifier.
   """
   try:
+    with open(path, "rb") as f:
+      magic = f.read(4)
+  except FileNotFoundError:
+    raise WeightsError(f"{path}: weight file not found") from None
+  except OSError as e:
+    raise WeightsError(f"{path}: cannot read weight file: {e.strerror or e}") from None
+  if magic[:2] != b"PK":
+    raise WeightsError(f"{path}: not an .npz weight file (an .npz is a zip archive; "
+                       "convert weights with python -m jaxseg.features.convert)")
+  try:
     with np.load(path, allow_pickle=False) as npz:
       data = {k: npz[k] for k in npz.files}
   except FileNotFoundError:
@@ -331,9 +369,7 @@ def load_weights(path: str, stream: str | None = None) -> tuple[dict[str, Any], 
   if str(data.get("meta/format", "")) != FORMAT:
     raise WeightsError(f"{path}: not a converted I3D weight file (meta/format is not "
                        f"{FORMAT!r}); convert with python -m jaxseg.features.convert")
-  file_stream = str(data["meta/stream"])
-  in_channels = int(data["meta/in_channels"])
-  width = float(data["meta/width_multiplier"])
+  file_stream, in_channels, width = _read_meta(path, data)
   if stream is not None and file_stream != stream:
     raise WeightsError(f"{path}: weights for the {file_stream!r} stream, expected {stream!r}")
   if STREAM_CHANNELS.get(file_stream) != in_channels:
