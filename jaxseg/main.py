@@ -121,6 +121,12 @@ def main(argv):
   except OSError as e:  # disk full, read-only file system, permissions: one line
     print(f"error: {os_error_line(e)}", file=sys.stderr)
     sys.exit(2)
+  except MemoryError:  # a huge feature file padded into a batch, ...: one line
+    print(f"error: out of memory in --mode {_MODE.value} (host memory): a video or a "
+          "batch larger than this machine holds; lower train.batch_size or "
+          "inference.batch_size, lower train.max_length, or drop the longest videos",
+          file=sys.stderr)
+    sys.exit(2)
 
 
 def os_error_line(e: OSError) -> str:

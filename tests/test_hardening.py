@@ -171,6 +171,24 @@ def test_a_wtalc_name_that_is_a_path_is_refused(tmp_path):
     wtalc.read_wtalc(d, "F.npy")
 
 
+@pytest.mark.parametrize("subset", ["../x", "a/b", ".."])
+def test_a_subset_that_is_a_path_is_refused_naming_file_and_video(tmp_path, subset):
+  """A subset is a folder name of the subset layouts: never a path."""
+  db = _db()
+  first = next(iter(db))
+  db[first]["subset"] = subset
+  (tmp_path / "anet").mkdir()
+  ann, fdir = _anet(tmp_path / "anet", db)
+  with pytest.raises(DataError) as e:
+    readers.read_activitynet(ann, fdir)
+  assert str(e.value).startswith(f"{ann}: video {first!r}: subset {subset!r}: not usable")
+  d = _wtalc(tmp_path, subset=np.array([b"validation", subset.encode(), b"test"]))
+  with pytest.raises(DataError) as e:
+    wtalc.read_wtalc(d, "F.npy")
+  assert str(e.value).startswith(
+      f"{os.path.join(d, 'subset.npy')}: video 'video_test_2': subset {subset!r}: not usable")
+
+
 @pytest.mark.slow
 def test_timelines_never_write_outside_the_workdir(trained, tmp_path):
   workdir = _copy(trained, tmp_path)

@@ -275,3 +275,19 @@ def test_class_records_without_stream_widths_still_read(tmp_path):
   (tmp_path / run_data.CLASSES_FILE).write_text(
       json.dumps({"class_names": ["a", "b"], "feature_dim": 16}))
   assert run_data.load_run_classes(str(tmp_path)) == (["a", "b"], 16, {})
+
+
+def test_out_of_host_memory_is_one_error_line(tmp_path):
+  """A MemoryError (a huge feature file padded into a batch) is one line, exit 2."""
+  code = ("from jaxseg import train\n"
+          "def oom(*a, **k):\n  raise MemoryError()\n"
+          "train.train_and_evaluate = oom\n"
+          "from jaxseg import main; main.run()")
+  proc = subprocess.run(
+      [sys.executable, "-c", code, "--config", os.path.join(REPO, "configs", "test.py"),
+       "--workdir", str(tmp_path / "run")], cwd=str(tmp_path), capture_output=True,
+      text=True, timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO))
+  assert proc.returncode == 2
+  assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(
+      "error: out of memory in --mode train (host memory)")
+  assert "Traceback" not in proc.stderr

@@ -61,10 +61,11 @@ def number(value: Any, *, where: str) -> float:
   return out
 
 
-def check_id(vid: Any, *, where: str) -> None:
-  """A video id is a plain file name (never a path): else DataError naming ``where``."""
+def check_id(vid: Any, *, where: str, what: str = "video id") -> None:
+  """A video id (or a subset: ``what``) is a plain file name (never a path):
+  else DataError naming ``where``."""
   try:
-    io.child_path("", vid)
+    io.child_path("", vid, what=what)
   except DataError as e:
     raise DataError(f"{where}: {e}") from None
 

@@ -56,6 +56,7 @@ def _parse_activitynet(path: str, data: Any) -> dict[str, dict[str, Any]]:
     subset = entry.get("subset")
     if not isinstance(subset, str) or not subset:
       raise DataError(f'{where}: field "subset" missing or not a string')
+    check_id(subset, where=where, what="subset")  # a folder of the subset layouts
     duration = entry.get("duration")
     if duration is not None:
       duration = number(duration, where=f'{where}: field "duration"')

@@ -141,6 +141,9 @@ def read_wtalc(directory: str, features_file: str, *,
   lab_path = os.path.join(directory, "labels.npy")
   dur_path = os.path.join(directory, "duration.npy")
   subsets = _bundle_texts(arrays["subset"], os.path.join(directory, "subset.npy"), "subset")
+  for vid, subset in zip(names, subsets):
+    check_id(subset, where=f"{os.path.join(directory, 'subset.npy')}: video {vid!r}",
+             what="subset")
   parsed = []
   for i, vid in enumerate(names):
     segs = arrays["segments"][i]
