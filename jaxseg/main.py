@@ -76,7 +76,7 @@ class _OrbaxWarningsOnly(std_logging.Filter):
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    _flag_error(f"unexpected arguments {argv[1:]} (every option is a --flag; see --help)")
   # Imported here so that `--help` is fast and JAX starts after flag parsing.
   # pylint: disable=g-import-not-at-top
   from jaxseg import ablation
@@ -93,7 +93,7 @@ def main(argv):
   config = _CONFIG.value
   workdir = _WORKDIR.value
   if config is None and _MODE.value != "predict":
-    raise app.UsageError(f"--config is required with --mode {_MODE.value}")
+    _flag_error(f"--config is required with --mode {_MODE.value} (see --help)")
   if _SEEDS.value is not None and _MODE.value not in ("train", "ablate"):
     print(f"error: --seeds applies to --mode train and ablate, not {_MODE.value}",
           file=sys.stderr)

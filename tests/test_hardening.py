@@ -508,7 +508,9 @@ def test_an_unknown_field_in_a_config_file_is_refused():
     (["--config=/nonexistent.py"], "--config: cannot load the config file"),
     (["--config=configs/test.py", "--config.train.num_steps=abc"], "config.train.num_steps"),
     (["--config=configs/test.py", "--config.train.grad_clip_norm=nan"],
-     "config.train.grad_clip_norm: must be finite")])
+     "config.train.grad_clip_norm: must be finite"),
+    (["--mode=eval"], "--config is required with --mode eval"),
+    (["--config=configs/test.py", "stray"], "unexpected arguments ['stray']")])
 @pytest.mark.slow
 def test_cli_flag_errors_are_one_line_and_exit_2(tmp_path, args, message):
   workdir = tmp_path / "run"
