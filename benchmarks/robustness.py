@@ -100,7 +100,7 @@ ARMS = {
     "full": {"labels.mode": "one-segment"},
     "full-two": {"labels.mode": "two-segment"},
     "full-all": {"labels.mode": "full"},
-    # Candidate defaults (docs/paper-notes.md): Q counting labeled instances,
+    # Candidate defaults (docs/decisions.md): Q counting labeled instances,
     # S from pre-dropout f, labeled segments kept by the subsampling.
     "full-two-inst": {"labels.mode": "two-segment", "loss.topk_count": "instances"},
     "full-all-inst": {"labels.mode": "full", "loss.topk_count": "instances"},
@@ -178,8 +178,9 @@ INFERENCE = {
     "loc0.8": {"contrast_loc_weight": 0.8},
     "loc1": {"contrast_loc_weight": 1.0},
     # Proposals cut from C_a, ranked by the contrast on C_cls (or C_a), extent
-    # from C_loc (the defaults of round 6 of docs/paper-notes.md), and the
-    # scoring before them.
+    # from C_loc (the scoring chosen in
+    # docs/experiments/2026-11-27-proposal-score-cas-and-extent.md), and the
+    # scoring before it.
     "extent-loc": {"extent": "localization", "contrast_loc_weight": 0.0,
                    "proposal_cas": "average", "extent_fallback": False,
                    "outer_outside": "ignored"},
@@ -188,15 +189,15 @@ INFERENCE = {
                       "outer_outside": "ignored"},
     "own-extent0.5": {"extent": "proposal", "contrast_loc_weight": 0.5,
                       "proposal_cas": "average", "outer_outside": "ignored"},
-    # Cut from C_cls (round 7), without the fallback, and with each proposal's
-    # own segment (CL's scoring), all with the outer region's part past the
-    # video's ends left out, as then.
+    # Cut from C_cls (docs/experiments/2026-11-27-proposal-cas.md), without the
+    # fallback, and with each proposal's own segment (CL's scoring), all with the
+    # outer region's part past the video's ends left out, as then.
     "cut-cls": {"proposal_cas": "classification", "outer_outside": "ignored"},
     "cut-cls-nofallback": {"proposal_cas": "classification", "extent_fallback": False,
                            "outer_outside": "ignored"},
     "cut-cls-own": {"proposal_cas": "classification", "extent": "proposal",
                     "outer_outside": "ignored"},
-    # Round 8's defaults with each proposal's own segment.
+    # The default scoring (with the neutral outer region) and each proposal's own segment.
     "own-extent": {"extent": "proposal"},
 }
 

@@ -27,7 +27,7 @@ def get_config(preset=None):
   c.data.feature_dim = 64
   c.labels.mode = "one-segment"
   # With the cosine, pair-averaged propagation loss (config.loss defaults), 0.02
-  # over-smooths C_loc on this data; see docs/paper-notes.md and the ablation.
+  # over-smooths C_loc on this data; see docs/decisions.md#eq-13-scale-and-gamma and the ablation.
   c.loss.gamma = 0.002
   c.model.dropout_rate = 0.5
   c.train.batch_size = 16

@@ -177,7 +177,8 @@ def base_config() -> ml_collections.ConfigDict:
   # The f of the C_loc head (and of eq. 8-13): "shared" with C_cls (paper
   # Fig. 3), "detached" (the same f, but the losses on C_loc train only its
   # head) or "separate" (an embedding of its own: eq. 4 alone trains C_cls's).
-  # Chosen on validation across synthetic worlds: docs/paper-notes.md.
+  # Chosen on validation across synthetic worlds:
+  # docs/decisions.md#fig-3-the-localization-embedding.
   m.localization_embedding = "separate"
 
   # ----------------------------------------------------------------- loss
@@ -196,12 +197,14 @@ def base_config() -> ml_collections.ConfigDict:
   # What Q of r = 2Q counts: labeled "segments" (paper 5.1, literally) or labeled
   # "instances" (runs of labeled segments of a class; one per labeled instance
   # for every label mode; the same Q for one-segment labels). Chosen on
-  # validation across synthetic worlds: docs/paper-notes.md.
+  # validation across synthetic worlds:
+  # docs/decisions.md#eq-2-and-section-51-the-top-k-and-q.
   lo.topk_count = "instances"
   # Eq. 6 summed over every labeled segment ("none", as printed) or averaged
   # within each labeled instance ("instances": the term counts instances, so
   # two-segment and full labels weigh it as one-segment labels do; the same
-  # value for one-segment labels). Chosen as topk_count: docs/paper-notes.md.
+  # value for one-segment labels). Chosen as topk_count:
+  # docs/decisions.md#eq-6-summed-over-labeled-segments.
   lo.segment_normalization = "instances"
   # Eq. 10 over the classes "present" in the video (jaxseg) or "all" N (as printed).
   lo.sphere_classes = "present"
@@ -218,7 +221,7 @@ def base_config() -> ml_collections.ConfigDict:
   # localization branch the class evidence eq. 5-13 cannot (they are invariant
   # to a class's offset and softmaxed over time); score videos from C_a with it
   # (inference.score_source = "average"). Measured across synthetic worlds, not
-  # the default: docs/paper-notes.md, "The class evidence of C_loc".
+  # the default: docs/decisions.md#eq-2-4-on-c_loc-an-option.
   lo.loc_classification_weight = 0.0
   # The r of that term's top-k on C_loc: 0 uses C_cls's k (r = 2Q, or
   # topk_ratio); > 0 a fixed k = floor(l / r) (2: the top half of the video).
@@ -279,7 +282,7 @@ def base_config() -> ml_collections.ConfigDict:
   i.contrast_on = "raw"  # outer-inner contrast on the "raw" CAS or its per-class "normalized" form
   # The CAS of that contrast: (1 - w) C_cls + w C_loc (0.5: C_a; 4.7 prints no
   # proposal score). 0: detections are ranked by the classification module's
-  # evidence (docs/paper-notes.md, "The CAS of the proposal score").
+  # evidence (docs/decisions.md#section-47-proposals-their-score-and-extent).
   i.contrast_loc_weight = 0.0
   # "localization": a kept proposal takes the extent of the run of C_a containing
   # it with the best contrast on C_loc (if better than its own), and keeps its
@@ -295,7 +298,7 @@ def base_config() -> ml_collections.ConfigDict:
   # The outer region's part past the video's ends: "neutral" (counts as the
   # inner mean, so a run reaching an end is not judged on a few outer segments)
   # or "ignored" (the outer mean over the rest). Chosen on validation across
-  # worlds: docs/paper-notes.md, "The outer region past a video's end".
+  # worlds: docs/decisions.md#section-47-the-outer-region-past-a-videos-end.
   i.outer_outside = "neutral"
   i.class_score_weight = 1.0  # proposal score = inner-outer + w * class score
   # The rules detections are made with (jaxseg/rules.py): "auto" (after
@@ -307,7 +310,8 @@ def base_config() -> ml_collections.ConfigDict:
   i.rules = "auto"
   i.rule_candidates = PRESETS
   # Class-wise NMS: drop a proposal whose tIoU with a better one of its class is
-  # above this (not printed; chosen on validation across worlds: docs/paper-notes.md).
+  # above this (not printed; chosen on validation across worlds:
+  # docs/decisions.md#section-47-nms).
   i.nms_iou = 0.3
   i.max_proposals_per_video = 100
 

@@ -8,7 +8,7 @@
 In Fig. 3 both heads read one ``f`` (``localization_embedding="shared"``);
 jaxseg's default gives ``C_loc`` an embedding of its own (``"separate"``), so
 that the localization losses do not reshape the features video
-classification reads (docs/paper-notes.md has the measurements).
+classification reads (docs/decisions.md#fig-3-the-localization-embedding has the measurements).
 
 Usage::
 

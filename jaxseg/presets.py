@@ -14,7 +14,7 @@ from jaxseg.config import PRESETS, ConfigError
 
 
 # The fields where jaxseg departs from what the paper prints, and the printed
-# value (docs/paper-notes.md, "The paper as printed", has the table).
+# value (docs/decisions.md#the-decisions-table has the table).
 PAPER_AS_PRINTED = (
     ("labels.mode", "two-segment"),  # Table 2's headline model
     ("model.localization_embedding", "shared"),  # Fig. 3: one f for both heads

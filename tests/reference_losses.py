@@ -113,7 +113,7 @@ def sphere_psi(theta, m):
 
 
 def sphere_loss(features, cas, labels, lengths, weight, margin):
-  """Eq. 7-10, one A-Softmax term per present class (see docs/paper-notes.md)."""
+  """Eq. 7-10, one A-Softmax term per present class (see docs/decisions.md#eq-9-the-1d-sum-fni-and-the-sphere-weight-w and #eq-10-which-classes-enter-the-sphere-loss)."""
   f_all = _f64(features)
   a_all = normalized_cas(cas, lengths)
   y = _f64(labels)

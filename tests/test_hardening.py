@@ -1,5 +1,5 @@
-"""Hardening, round 2: hostile ids and pickles, silent wrong results,
-tracebacks instead of a named error. One test (or a few) per numbered case of
+"""Hostile ids and pickles, silent wrong results, tracebacks instead of a
+named error. One test (or a few) per numbered case of
 the issue; docs/reliability.md lists them.
 
 Most cases call the library in-process; the few that are about the command

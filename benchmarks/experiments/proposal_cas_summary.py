@@ -1,26 +1,35 @@
-"""The table of docs/paper-notes.md (round 7) from seeds0-4/, seeds5-9/ and seeds10-19/.
+"""The summary table of the proposal-CAS runs from seeds0-4/, seeds5-9/ and seeds10-19/.
 
-  python benchmarks/results/robustness/cut-cls/summary.py > benchmarks/results/robustness/cut-cls/summary.md
+The experiment docs/experiments/2026-11-27-proposal-cas.md ("Confirmed on new
+runs"): mean over seeds 0-9 of CL (video-level labels), the full model with
+one-segment labels (`full`) and with full labels (`full-all`), the defaults of
+that day, and the paired-by-seed differences with their standard error
+(sample std / sqrt(n)). Seeds 10-19 (long-instance and AR(0.9) worlds, full
+model only) enter the full-labels comparison only, with their own mean. It
+reads the robustness.csv files of benchmarks/results/robustness/cut-cls/ and
+ran as::
 
-Mean over seeds 0-9 of CL (video-level labels), the full model with one-segment
-labels (`full`) and with full labels (`full-all`), current defaults, and the
-paired-by-seed differences with their standard error (sample std / sqrt(n)).
-Seeds 10-19 (long-instance and AR(0.9) worlds, full model only) enter the
-full-labels comparison only, with their own mean.
+  python benchmarks/experiments/proposal_cas_summary.py > benchmarks/results/robustness/cut-cls/summary.md
 """
 
+import argparse
 import os
 
 import numpy as np
 import pandas as pd
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+RESULTS = os.path.join(ROOT, "benchmarks", "results", "robustness", "cut-cls")
 WORLDS = ["default", "white-noise", "ar0.9-noise", "relu", "hard-snr", "easy-snr",
           "long-instances", "d2048", "d2048-relu-ar0.9"]
 
 
-def main():
-  df = pd.concat([pd.read_csv(os.path.join(HERE, d, "robustness.csv"))
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--results", default=RESULTS,
+                 help="the folder holding seeds0-4/, seeds5-9/ and seeds10-19/")
+  a = p.parse_args(argv)
+  df = pd.concat([pd.read_csv(os.path.join(a.results, d, "robustness.csv"))
                   for d in ("seeds0-4", "seeds5-9", "seeds10-19")])
   df = df[df.arm.isin(["CL", "full", "full-all"])]
 

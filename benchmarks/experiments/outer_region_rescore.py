@@ -1,25 +1,29 @@
-"""Round 8 of docs/paper-notes.md: the outer region's part past a video's end.
+"""The outer region's part past a video's end: train, dump the validation CAS, re-score.
 
-Three steps; the first needs the trained runs, the others only its dumps.
+The experiment docs/experiments/2026-11-27-outer-region-past-video-end.md
+(``inference.outer_outside``). Three steps; the first needs the trained runs,
+the others only its dumps. It ran as::
 
   # 1. train robustness runs and dump each one's validation CAS (the kept
   #    classes' C_cls and C_loc as float16, s_a, p_a, ground truth):
-  python benchmarks/results/robustness/outer/outer_rescore.py train --out /tmp/runs \
+  python benchmarks/experiments/outer_region_rescore.py train --out /tmp/runs \
       --dump /tmp/dumps --jobs 15 --spec long-instances:full,full-all:0:20 \
       --spec default:CL,full,full-all:0:10 ...
   # 2. score every dump with jaxseg.proposals.generate_proposals under each
   #    value of inference.outer_outside (the run's own config otherwise):
-  python benchmarks/results/robustness/outer/outer_rescore.py score --dump /tmp/dumps \
+  python benchmarks/experiments/outer_region_rescore.py score --dump /tmp/dumps \
       --csv benchmarks/results/robustness/outer/scores.csv
-  # 3. the tables of the notes (paired by seed, ± standard error):
-  python benchmarks/results/robustness/outer/outer_rescore.py summary \
-      --csv benchmarks/results/robustness/outer/scores.csv > .../summary.md
+  # 3. the tables of the experiment (paired by seed, ± standard error):
+  python benchmarks/experiments/outer_region_rescore.py summary \
+      --csv benchmarks/results/robustness/outer/scores.csv > benchmarks/results/robustness/outer/summary.md
 
 A dump holds only the classes that class selection keeps (they are the same
 under either value: the field changes no class score), so a re-score runs the
 same proposals code on the same numbers; float16 moves a run's mAP by 0.05
 on average (at most 1.1 on one run of 164) against the float32 scores of the
-run itself, and both values are scored from the same dump.
+run itself, and both values are scored from the same dump. Every run is
+scored under the inference fields of its config as they are (the "jaxseg"
+rules), whatever ``inference.rules`` says.
 """
 
 from __future__ import annotations
@@ -30,17 +34,15 @@ import json
 import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.dirname(os.path.abspath(__file__))))))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-import robustness  # noqa: E402
+from benchmarks import robustness  # noqa: E402
 from jaxseg import config as config_lib  # noqa: E402
 from jaxseg import map_summary, metrics, proposals  # noqa: E402
+from jaxseg import rules as rules_lib  # noqa: E402
 
 VALUES = ("neutral", "ignored")
 METRICS = ("mAP@0.1", "mAP@0.3", "mAP@0.5", "mAP@0.7", "avg0.1:0.7")
@@ -55,18 +57,18 @@ def dump_run(c, run_dir: str, path: str) -> None:
   from jaxseg import evaluate, workdir  # noqa: PLC0415
   run = workdir.load_run(c, run_dir, which="final")
   split = run.data.validation
-  pred = evaluate.evaluate_params(c, run.model, run.state.params, split,
+  rules = rules_lib.from_config(c.inference, "jaxseg")
+  pred = evaluate.evaluate_params(c, run.model, run.state.params, split, rules=rules,
                                   with_cas=True)["predictions"]
   arrays, meta = {}, {"class_names": list(split.class_names), "videos": {},
                       "ground_truth": split.ground_truth(),
                       "ambiguous": split.ambiguous_of_videos()}
-  i = c.inference
   for v in split.videos:
     vid = v.video_id
     s_a, p_a = np.asarray(pred["s_a"][vid]), np.asarray(pred["p_a"][vid])
-    keep = proposals.select_classes(s_a, p_a, class_threshold=float(i.class_threshold),
-                                    class_top_ratio=float(i.class_top_ratio),
-                                    keep_top_class=bool(i.keep_top_class))
+    keep = proposals.select_classes(s_a, p_a, class_threshold=rules.class_threshold,
+                                    class_top_ratio=rules.class_top_ratio,
+                                    keep_top_class=rules.keep_top_class)
     cas = pred["cas"][vid]
     arrays[f"{vid}|cls"] = cas["cas_cls"][:, keep].astype(np.float16)
     arrays[f"{vid}|loc"] = cas["cas_loc"][:, keep].astype(np.float16)
@@ -118,7 +120,8 @@ def score_dump(path: str, c) -> dict:
     meta = json.load(f)
   arrays = np.load(path + ".npz")
   names = meta["class_names"]
-  w = float(c.inference.contrast_loc_weight)
+  rules = rules_lib.from_config(c.inference, "jaxseg")
+  w = rules.contrast_loc_weight
   results = {}
   for vid, v in meta["videos"].items():
     cas_cls = arrays[f"{vid}|cls"].astype(np.float32)
@@ -128,7 +131,7 @@ def score_dump(path: str, c) -> dict:
       continue
     dets = proposals.generate_proposals(
         (cas_cls + cas_loc) / 2, arrays[f"{vid}|s"], arrays[f"{vid}|p"],
-        feature_rate=v["rate"], duration=v["duration"], config=c.inference,
+        feature_rate=v["rate"], duration=v["duration"], rules=rules,
         cas_cls=cas_cls, cas_contrast=(1 - w) * cas_cls + w * cas_loc,
         cas_extent=cas_loc, video_id=vid)
     results[vid] = [{"label": names[v["classes"][d["label"]]], "score": d["score"],
