@@ -10,6 +10,20 @@
       --config.train.learning_rate=3e-4
   python -m jaxseg.main --mode predict --workdir runs/t14 \\
       --predict_features FEATURES_DIR --predict_out predictions [--predict_plots]
+
+Which config to start from (configs/):
+  synthetic.py, synthetic_small.py   the embedded synthetic dataset (no download)
+  thumos14_i3d.py                    THUMOS14 I3D features, ActivityNet JSON + .npy
+                                     (BaSNet/LACP layouts, or jaxseg.extract's)
+  thumos14_wtalc_i3d.py              THUMOS14 as W-TALC's bundle
+  activitynet12_i3d.py               ActivityNet v1.2
+  activitynet13_i3d.py               ActivityNet v1.3
+  test.py                            a tiny run for trying the commands
+Each dataset config takes a preset after a colon: configs/thumos14_i3d.py:jaxseg
+(the default: the choices validated across data worlds, inference rules chosen
+on each run's validation hold-out), :paper (the paper's method with the readings
+it needs to train) or :printed (every choice as printed). docs/presets.md says
+what each sets; the README, how to feed your own features.
 """
 
 from __future__ import annotations

@@ -15,6 +15,8 @@ import zipfile
 import pytest
 from packaging.requirements import Requirement
 
+from jaxseg import config as config_lib
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = {"jaxseg": "jaxseg.main:run", "jaxseg-score": "jaxseg.score:main",
            "jaxseg-report": "jaxseg.report:main", "jaxseg-extract": "jaxseg.extract:main"}
@@ -94,3 +96,10 @@ def test_help_lists_the_flags_and_exits_0():
   assert proc.returncode == 0, proc.stderr
   for flag in ("--config", "--workdir", "--mode", "--seeds", "--predict_out"):
     assert flag in proc.stdout, flag
+  # Which config and preset to start from: every dataset config and every preset.
+  configs = sorted(f for f in os.listdir(os.path.join(ROOT, "configs"))
+                   if f.endswith(".py") and f != "__init__.py")
+  for name in configs:
+    assert name in proc.stdout, name
+  for preset in config_lib.PRESETS:
+    assert f":{preset}" in proc.stdout, preset
