@@ -43,10 +43,24 @@ def _choice(c: ml_collections.ConfigDict, field: str, choices: tuple) -> None:
 def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1) -> None:
   """Rejects a bad configuration before anything is loaded or compiled.
 
+  The checks run section by section, in a fixed order: the first offending
+  field is the one named.
+
   Raises:
     ConfigError: naming the first offending field.
   """
   check_fields(c)
+  _check_data(c)
+  _check_labels_and_model(c)
+  _check_loss(c)
+  _check_train(c, num_devices=num_devices)
+  _check_inference(c)
+  _check_eval(c)
+  _check_ablation(c)
+
+
+def _check_data(c: ml_collections.ConfigDict) -> None:
+  """``data``: the format and the inputs it needs, the rate, the streams, the splits."""
   _choice(c, "data.format", DATASET_FORMATS)
   if c.data.format == "activitynet":
     _check(bool(c.data.annotation_path), "data.annotation_path",
@@ -68,6 +82,10 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1) -> None:
     _check(not (c.data[f"{split}_split_file"] and c.data[f"{split}_subset"] == SUBSET_AUTO),
            f"data.{split}_subset", f"a split file defines a subset: name it (not "
            f"{SUBSET_AUTO!r}) with data.{split}_split_file")
+
+
+def _check_labels_and_model(c: ml_collections.ConfigDict) -> None:
+  """``labels`` (the mode and its files), ``model`` and the metric logging of ``train``."""
   _choice(c, "labels.mode", LABEL_MODES)
   if c.labels.mode == "points":
     _check(bool(c.labels.points_csv), "labels.points_csv", "is required with labels.mode='points'")
@@ -82,6 +100,11 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1) -> None:
   _check(int(require(c, "train.log_images")) >= 0, "train.log_images", "must be >= 0")
   _check(c.model.embed_dim == -1 or c.model.embed_dim > 0, "model.embed_dim",
          "must be > 0, or -1 for the feature dimension")
+
+
+def _check_loss(c: ml_collections.ConfigDict) -> None:
+  """``loss`` (eq. 1 weights, the margin, the top-k, every term's choices, at least
+  one term on), with the choices of ``train.subsample`` and the ablation cells."""
   for name in ("alpha", "beta", "gamma", "loc_classification_weight"):
     v = getattr(c.loss, name)
     _check(0 <= v < math.inf, f"loss.{name}", f"loss weights must be finite and >= 0, got {v}")
@@ -106,6 +129,11 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1) -> None:
   _choice(c, "loss.propagation_normalization", PROPAGATION_NORMALIZATIONS)
   _check(c.loss.use_classification or c.loss.use_segment or c.loss.use_sphere
          or c.loss.use_propagation, "loss", "at least one loss term must be on")
+
+
+def _check_train(c: ml_collections.ConfigDict, *, num_devices: int) -> None:
+  """``train`` (sizes, the optimizer, cropping, intervals, the hold-out) and
+  ``parallel.num_devices``; the batch divides over ``num_devices``."""
   t = c.train
   _check(t.batch_size >= 1, "train.batch_size", "must be >= 1")
   _check(c.parallel.num_devices == -1 or c.parallel.num_devices >= 1,
@@ -124,6 +152,10 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1) -> None:
   for name in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
     _check(getattr(t, name) >= 1, f"train.{name}", "must be >= 1")
   _check(0.0 <= t.validation_fraction < 1.0, "train.validation_fraction", "must be in [0, 1)")
+
+
+def _check_inference(c: ml_collections.ConfigDict) -> None:
+  """``inference``: the batch size and every rule set the run may detect with."""
   i = c.inference
   _check(i.batch_size >= 1, "inference.batch_size", "must be >= 1")
   # Every rule set the run may detect with, checked as jaxseg.rules builds it.
@@ -133,16 +165,24 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1) -> None:
            f"the {name!r} rules take extent 'localization', which needs a trained C_loc "
            "(loss.use_segment, use_sphere, use_propagation or loc_classification_weight > 0)"
            + ("; use 'proposal'" if name == "jaxseg" else ""))
-  _check(i.rules != "auto" or t.validation_fraction > 0, "inference.rules",
+  _check(i.rules != "auto" or c.train.validation_fraction > 0, "inference.rules",
          "'auto' chooses the rules on the validation hold-out: it needs "
          "train.validation_fraction > 0 (or name a preset of "
          f"{PRESETS})")
+
+
+def _check_eval(c: ml_collections.ConfigDict) -> None:
+  """``eval``: the protocol, the tIoU thresholds and the averages over them."""
   _choice(c, "eval.protocol", PROTOCOLS)
   _check(len(c.eval.tiou_thresholds) > 0
          and all(0.0 < x <= 1.0 for x in c.eval.tiou_thresholds),
          "eval.tiou_thresholds", "must be a non-empty list of values in (0, 1]")
   for name, lo_, hi_ in c.eval.averages:
     _check(lo_ <= hi_, "eval.averages", f"{name}: low {lo_} > high {hi_}")
+
+
+def _check_ablation(c: ml_collections.ConfigDict) -> None:
+  """``ablation``: label modes, seeds, annotation times, loss combinations, split."""
   _check(len(c.ablation.label_modes) > 0, "ablation.label_modes",
          "must name at least one label mode")
   for mode in c.ablation.label_modes:

@@ -98,7 +98,7 @@ def video_scores(cas_cls: jax.Array, cas_loc: jax.Array, mask: jax.Array,
       ``C_a`` as in the paper's section 4.7, or ``"classification"``, ``C_cls``
       (the localization head is trained only by losses that are invariant to a
       per-class offset of ``C_loc``, eq. 5-6 and 13, so its class offsets carry
-      no class evidence; see docs/paper-notes.md).
+      no class evidence; see docs/decisions.md#section-47-video-level-scores).
     contrast_loc_weight: ``w`` of the CAS the proposals' outer-inner contrast
       is taken on, ``(1 - w) C_cls + w C_loc`` (0.5: ``C_a``).
 
@@ -173,35 +173,14 @@ def predict(apply_fn: Callable[..., Mapping[str, Any]], variables: Any,
   if hasattr(videos, "videos") and not isinstance(videos, Mapping):
     videos = {v.video_id: v for v in videos.videos}
   class_names = list(class_names)
-  if return_cas is True:
-    want_cas = None  # all
-  elif not return_cas:
-    want_cas = frozenset()
-  else:
-    want_cas = frozenset(return_cas)
+  want_cas = _wanted_cas(return_cas)
 
   results, s_out, p_out, cas_out = {}, {}, {}, {}
   for b, batch in enumerate(batches):
-    ids = list(batch["video_ids"])
-    mask = np.asarray(batch["mask"]).astype(bool)
-    if mask.ndim != 2:
-      raise ValueError(f"predict: batch {b}: mask must be (B, T), got {mask.shape}")
-    num_b, num_t = mask.shape
-    if len(ids) > num_b:
-      raise ValueError(f"predict: batch {b} has {len(ids)} video ids for {num_b} rows")
-    if "lengths" in batch:
-      lengths = np.asarray(batch["lengths"]).astype(np.int64).reshape(-1)
-    else:
-      lengths = mask.sum(axis=1)
-    if lengths.shape[0] != num_b:
-      raise ValueError(f"predict: batch {b}: lengths has {lengths.shape[0]} rows, mask {num_b}")
+    ids, mask, lengths = _batch_rows(batch, b)
+    num_t = mask.shape[1]
     out = apply_fn(variables, batch["features"], batch["mask"])
-    for key in ("cas_cls", "cas_loc"):
-      if key not in out:
-        raise ValueError(f"predict: the model output has no {key!r} (keys: {sorted(out)})")
-    if out["cas_cls"].shape[-1] != len(class_names):
-      raise ValueError(f"predict: the model predicts {out['cas_cls'].shape[-1]} classes "
-                       f"but {len(class_names)} class names were given")
+    _check_model_output(out, len(class_names))
     k = inference_topk(np.minimum(lengths, num_t), topk_ratio)
     scores = jax.device_get(video_scores(
         out["cas_cls"], out["cas_loc"], mask, k,
@@ -209,21 +188,10 @@ def predict(apply_fn: Callable[..., Mapping[str, Any]], variables: Any,
     if want_cas is None or want_cas:
       raw = jax.device_get({"cas_cls": out["cas_cls"], "cas_loc": out["cas_loc"]})
     for i, vid in enumerate(ids):
-      if vid in results:
-        raise ValueError(f"predict: video {vid!r} appears twice in the eval batches")
-      if vid not in videos:
-        raise DataError(f"predict: batch {b}: video {vid!r} (field video_ids) "
-                        f"is not in the dataset")
-      video = videos[vid]
+      video = _batch_video(vid, b, videos, seen=results)
       n = int(min(lengths[i], num_t))
-      dets = generate_proposals(
-          scores["cas_a"][i, :n], scores["s_a"][i], scores["p_a"][i],
-          cas_cls=scores["cas_cls"][i, :n], cas_contrast=scores["cas_contrast"][i, :n],
-          cas_extent=scores["cas_loc"][i, :n],
-          feature_rate=float(video.feature_rate), duration=float(video.duration),
-          rules=rules, video_id=vid)
-      results[vid] = [{"label": class_names[d["label"]], "score": d["score"],
-                       "segment": d["segment"]} for d in dets]
+      results[vid] = _video_detections(scores, i, n, video=video, vid=vid, rules=rules,
+                                       class_names=class_names)
       s_out[vid] = np.asarray(scores["s_a"][i], np.float32)
       p_out[vid] = np.asarray(scores["p_a"][i], np.float32)
       if want_cas is None or vid in want_cas:
@@ -234,6 +202,70 @@ def predict(apply_fn: Callable[..., Mapping[str, Any]], variables: Any,
   if want_cas is None or want_cas:
     output["cas"] = cas_out
   return output
+
+
+def _wanted_cas(return_cas: bool | Collection[str]) -> frozenset | None:
+  """The videos whose CAS :func:`predict` returns: None for all, else their ids."""
+  if return_cas is True:
+    return None  # all
+  if not return_cas:
+    return frozenset()
+  return frozenset(return_cas)
+
+
+def _batch_rows(batch: Mapping[str, Any], b: int) -> tuple[list, np.ndarray, np.ndarray]:
+  """``(video_ids, mask (B, T) bool, lengths (B,) int)`` of eval batch ``b``, checked.
+
+  ``lengths`` is ``batch["lengths"]`` when present, else the mask's row sums.
+  """
+  ids = list(batch["video_ids"])
+  mask = np.asarray(batch["mask"]).astype(bool)
+  if mask.ndim != 2:
+    raise ValueError(f"predict: batch {b}: mask must be (B, T), got {mask.shape}")
+  num_b = mask.shape[0]
+  if len(ids) > num_b:
+    raise ValueError(f"predict: batch {b} has {len(ids)} video ids for {num_b} rows")
+  if "lengths" in batch:
+    lengths = np.asarray(batch["lengths"]).astype(np.int64).reshape(-1)
+  else:
+    lengths = mask.sum(axis=1)
+  if lengths.shape[0] != num_b:
+    raise ValueError(f"predict: batch {b}: lengths has {lengths.shape[0]} rows, mask {num_b}")
+  return ids, mask, lengths
+
+
+def _check_model_output(out: Mapping[str, Any], num_classes: int) -> None:
+  """The model output has ``cas_cls`` and ``cas_loc`` of ``num_classes`` classes."""
+  for key in ("cas_cls", "cas_loc"):
+    if key not in out:
+      raise ValueError(f"predict: the model output has no {key!r} (keys: {sorted(out)})")
+  if out["cas_cls"].shape[-1] != num_classes:
+    raise ValueError(f"predict: the model predicts {out['cas_cls'].shape[-1]} classes "
+                     f"but {num_classes} class names were given")
+
+
+def _batch_video(vid: str, b: int, videos: Mapping[str, Any], *, seen: Collection[str]):
+  """The video ``vid`` of batch ``b``; a repeat (in ``seen``) or an unknown id fails."""
+  if vid in seen:
+    raise ValueError(f"predict: video {vid!r} appears twice in the eval batches")
+  if vid not in videos:
+    raise DataError(f"predict: batch {b}: video {vid!r} (field video_ids) "
+                    f"is not in the dataset")
+  return videos[vid]
+
+
+def _video_detections(scores: Mapping[str, np.ndarray], i: int, n: int, *, video: Any,
+                      vid: str, rules: InferenceRules, class_names: list[str]) -> list[dict]:
+  """Detections of row ``i`` of a batch's :func:`video_scores` (its first ``n``
+  segments), labeled with the class names (ActivityNet result format)."""
+  dets = generate_proposals(
+      scores["cas_a"][i, :n], scores["s_a"][i], scores["p_a"][i],
+      cas_cls=scores["cas_cls"][i, :n], cas_contrast=scores["cas_contrast"][i, :n],
+      cas_extent=scores["cas_loc"][i, :n],
+      feature_rate=float(video.feature_rate), duration=float(video.duration),
+      rules=rules, video_id=vid)
+  return [{"label": class_names[d["label"]], "score": d["score"], "segment": d["segment"]}
+          for d in dets]
 
 
 # ---------------------------------------------------------------------- write

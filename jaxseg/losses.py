@@ -9,7 +9,7 @@ with none gives 0).
 
 Shapes: ``B`` videos, ``T`` padded segments, ``E`` embedding dim (``D`` in the
 paper), ``N`` classes. The choices where the paper is ambiguous are argued in
-``docs/paper-notes.md``.
+``docs/decisions.md``.
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def classification_loss(cas: Array, labels: Array, mask: Array, k: Array, *,
       sum divided by ``N``; ``"labels"``: W-TALC's multiple-instance loss the
       paper builds on, ``sum_n -(y_n / sum y) log p_n`` (no ``1/N``), which
       keeps the term's scale independent of the number of classes (see
-      docs/paper-notes.md).
+      docs/decisions.md#eq-4-the-label-vector-and-its-scale-against-eq-6).
 
   Returns:
     scalar float.
@@ -531,6 +531,26 @@ def _fused_bwd(cosine, grad_f, res, g):
 _fused_propagation.defvjp(_fused_fwd, _fused_bwd)
 
 
+def _centered(c: Array, mask: Array) -> Array:
+  """``c (B, T, N)`` (zero on padded steps) minus each class's mean over the real
+  steps (a constant: the loss of eq. 13 is shift invariant), zero on padded steps."""
+  count = jnp.maximum(jnp.sum(mask, axis=1), 1).astype(c.dtype)
+  mean = jax.lax.stop_gradient(jnp.sum(c, axis=1) / count[:, None])
+  return _masked(c - mean[:, None, :], mask)
+
+
+def _normalized_per_video(per_video: Array, mask: Array, normalization: str) -> Array:
+  """``per_video (B,)`` as is (``"none"``) or over the ``l_i^2`` pairs of each
+  video (``"pairs"``), see :func:`propagation_loss`."""
+  if normalization == "pairs":
+    count = jnp.sum(mask, axis=1).astype(per_video.dtype)
+    return per_video / jnp.maximum(count, 1.0) ** 2
+  if normalization != "none":
+    raise ValueError(f"propagation_loss: normalization must be one of "
+                     f"{PROPAGATION_NORMALIZATIONS}, got {normalization!r}")
+  return per_video
+
+
 def propagation_loss(features: Array, cas: Array, mask: Array, *, method: str,
                      grad_through_similarity: bool, similarity: str,
                      normalization: str) -> Array:
@@ -581,9 +601,7 @@ def propagation_loss(features: Array, cas: Array, mask: Array, *, method: str,
   _check_rank("cas", cas, 3)
   c = _masked(cas, mask)
   if method != "naive":
-    count = jnp.maximum(jnp.sum(mask, axis=1), 1).astype(c.dtype)
-    mean = jax.lax.stop_gradient(jnp.sum(c, axis=1) / count[:, None])
-    c = _masked(c - mean[:, None, :], mask)
+    c = _centered(c, mask)
   if method in ("fused", "pallas"):
     f = features if grad_through_similarity else jax.lax.stop_gradient(features)
     fused = _fused_propagation
@@ -596,16 +614,101 @@ def propagation_loss(features: Array, cas: Array, mask: Array, *, method: str,
     if not grad_through_similarity:
       f = jax.lax.stop_gradient(f)
     per_video = _per_video_propagation(f, c, method)
-  if normalization == "pairs":
-    count = jnp.sum(mask, axis=1).astype(per_video.dtype)
-    per_video = per_video / jnp.maximum(count, 1.0) ** 2
-  elif normalization != "none":
-    raise ValueError(f"propagation_loss: normalization must be one of "
-                     f"{PROPAGATION_NORMALIZATIONS}, got {normalization!r}")
-  return _batch_mean(per_video, mask)
+  return _batch_mean(_normalized_per_video(per_video, mask, normalization), mask)
 
 
 # ------------------------------------------------------------- total (eq. 1)
+def _classification_term(cas_cls: Array, cas_loc: Array, batch: Mapping[str, Any],
+                         mask: Array, *, topk_count: str, topk_mode: str, topk_ratio: float,
+                         classification_normalization: str, loc_classification_weight: float,
+                         loc_classification_topk_ratio: float) -> Array:
+  """``L_cls`` of eq. 1: eq. 2-4 on ``C_cls``, plus ``w`` times eq. 2-4 on ``C_loc``.
+
+  Args:
+    cas_cls, cas_loc: ``(B, T, N) float`` ``C_cls`` and ``C_loc``.
+    batch: gives ``lengths``, ``video_labels``, ``segment_labels``, ``num_labeled``.
+    mask: ``(B, T) bool``.
+    topk_count: ``count`` of :func:`labeled_count` (``Q`` of ``r = 2Q``).
+    topk_mode, topk_ratio: ``mode`` and ``ratio`` of :func:`topk_k`.
+    classification_normalization: ``normalization`` of :func:`classification_loss`.
+    loc_classification_weight: ``w`` (0: ``C_cls`` only, as printed).
+    loc_classification_topk_ratio: the ``r`` of the top-k on ``C_loc``: 0 uses
+      ``C_cls``'s ``k``; ``> 0`` a fixed ``k = max(1, floor(l / r))``.
+
+  Returns:
+    scalar float.
+  """
+  q = labeled_count(batch["segment_labels"], mask, batch["num_labeled"],
+                    count=str(topk_count))
+  k = topk_k(batch["lengths"], q, mode=str(topk_mode), ratio=float(topk_ratio))
+  loss = classification_loss(cas_cls, batch["video_labels"], mask, k,
+                             normalization=str(classification_normalization))
+  if float(loc_classification_weight) != 0.0:
+    r_loc = float(loc_classification_topk_ratio)
+    k_loc = topk_k(batch["lengths"], q, mode="fixed", ratio=r_loc) if r_loc > 0 else k
+    loss = loss + float(loc_classification_weight) * classification_loss(
+        cas_loc, batch["video_labels"], mask, k_loc,
+        normalization=str(classification_normalization))
+  return loss
+
+
+def _sphere_term(f: Array, cas_loc: Array, batch: Mapping[str, Any], mask: Array,
+                 weight: Array | None, outputs: Mapping[str, Array], *, margin: int,
+                 sphere_classes: str) -> Array:
+  """``L_sphere`` of eq. 1 (eq. 7-10): :func:`sphere_loss` of ``f (B, T, E)`` and
+  ``C_loc (B, T, N)`` with ``W (N, E)`` = ``weight``, else ``outputs["sphere_weight"]``."""
+  w = weight if weight is not None else outputs.get("sphere_weight")
+  if w is None:
+    raise ValueError("total_loss: the sphere term needs `weight` "
+                     "(params['sphere_weight']) or outputs['sphere_weight']")
+  return sphere_loss(f, cas_loc, batch["video_labels"], mask, w, margin=int(margin),
+                     classes=str(sphere_classes))
+
+
+def _propagation_term(f: Array, cas_loc: Array, outputs: Mapping[str, Array], mask: Array, *,
+                      propagation_features: str, propagation_method: str,
+                      propagation_grad_through_similarity: bool, propagation_similarity: str,
+                      propagation_normalization: str) -> Array:
+  """``L_prop`` of eq. 1: :func:`propagation_loss` (eq. 12-13) on ``C_loc``.
+
+  Args:
+    f: ``(B, T, E) float`` ``outputs["features"]``.
+    cas_loc: ``(B, T, N) float`` ``C_loc``.
+    outputs: the model output dict (gives ``clean_features``).
+    mask: ``(B, T) bool``.
+    propagation_features: ``"dropout"``: ``S`` from ``outputs["features"]``
+      (post-dropout ``f``); ``"clean"``: from ``outputs["clean_features"]``
+      (pre-dropout ``f``; the same at evaluation).
+    propagation_method, propagation_grad_through_similarity,
+      propagation_similarity, propagation_normalization: ``method``,
+      ``grad_through_similarity``, ``similarity`` and ``normalization`` of
+      :func:`propagation_loss`.
+
+  Returns:
+    scalar float.
+  """
+  if propagation_features not in PROPAGATION_FEATURES:
+    raise ValueError(f"propagation features: expected one of {PROPAGATION_FEATURES}, "
+                     f"got {propagation_features!r}")
+  f_s = outputs["clean_features"] if propagation_features == "clean" else f
+  return propagation_loss(
+      f_s, cas_loc, mask, method=str(propagation_method),
+      grad_through_similarity=bool(propagation_grad_through_similarity),
+      similarity=str(propagation_similarity),
+      normalization=str(propagation_normalization))
+
+
+def _switched(use: bool, fn, zero: Array, *, log_disabled_terms: bool) -> Array:
+  """A term of eq. 1: ``fn()`` when switched on; when off, ``fn()`` under
+  ``stop_gradient`` with ``log_disabled_terms`` (for logging), else ``zero``
+  (not computed)."""
+  if use:
+    return fn()
+  if log_disabled_terms:
+    return jax.lax.stop_gradient(fn())
+  return zero
+
+
 def total_loss(outputs: Mapping[str, Array], batch: Mapping[str, Any], *,
                use_classification: bool, use_segment: bool, use_sphere: bool,
                use_propagation: bool, alpha: float, beta: float, gamma: float,
@@ -627,7 +730,7 @@ def total_loss(outputs: Mapping[str, Array], batch: Mapping[str, Any], *,
 
   Args:
     outputs: the :class:`jaxseg.model.SegmentModel` output dict (``features``,
-      ``cas_cls``, ``cas_loc``; optionally ``sphere_weight``).
+      ``cas_cls``, ``cas_loc``; optionally ``clean_features``, ``sphere_weight``).
     batch: the batch pytree of ``docs/design.md`` (``mask``, ``lengths``,
       ``video_labels``, ``segment_labels``, ``num_labeled``).
     use_classification, use_segment, use_sphere, use_propagation: static
@@ -635,24 +738,17 @@ def total_loss(outputs: Mapping[str, Array], batch: Mapping[str, Any], *,
       ``log_disabled_terms`` (then computed under ``stop_gradient``, for
       logging only).
     alpha, beta, gamma: eq. 1 trade-offs.
-    margin: SphereFace ``m`` (static int).
-    topk_mode, topk_ratio: ``mode`` and ``ratio`` of :func:`topk_k`.
-    propagation_method: ``method`` of :func:`propagation_loss`.
-    propagation_grad_through_similarity: ``grad_through_similarity`` of
-      :func:`propagation_loss`.
-    classification_normalization: ``normalization`` of :func:`classification_loss`.
-    propagation_similarity, propagation_normalization: ``similarity`` and
-      ``normalization`` of :func:`propagation_loss`.
-    topk_count: ``count`` of :func:`labeled_count` (``Q`` of ``r = 2Q``).
-    sphere_classes: ``classes`` of :func:`sphere_loss`.
+    topk_mode, topk_ratio, topk_count, classification_normalization,
+      loc_classification_weight, loc_classification_topk_ratio: ``L_cls``,
+      eq. 2-4 on ``C_cls`` plus ``loc_classification_weight`` times eq. 2-4 on
+      ``C_loc`` (:func:`topk_k`, :func:`labeled_count`, :func:`classification_loss`).
     segment_normalization: ``normalization`` of :func:`partial_segment_loss`.
-    loc_classification_weight: ``w``: the classification term is eq. 2-4 on
-      ``C_cls`` plus ``w`` times eq. 2-4 on ``C_loc`` (0: ``C_cls`` only, as printed).
-    loc_classification_topk_ratio: the ``r`` of the top-k on ``C_loc`` in that
-      term: 0 uses ``C_cls``'s ``k``; ``> 0`` a fixed ``k = max(1, floor(l / r))``.
-    propagation_features: ``"dropout"``: ``S`` from ``outputs["features"]``
-      (post-dropout ``f``); ``"clean"``: from ``outputs["clean_features"]``
-      (pre-dropout ``f``; the same at evaluation).
+    margin, sphere_classes: SphereFace ``m`` (static int) and ``classes`` of
+      :func:`sphere_loss`.
+    propagation_method, propagation_grad_through_similarity,
+      propagation_similarity, propagation_normalization, propagation_features:
+      :func:`propagation_loss`; ``propagation_features`` picks the ``f`` of ``S``
+      (``"dropout"``: ``outputs["features"]``, ``"clean"``: ``outputs["clean_features"]``).
     weight: ``(N, E)`` sphere weight ``W`` (``params["sphere_weight"]``);
       defaults to ``outputs["sphere_weight"]``. Needed when the sphere term is
       computed.
@@ -666,56 +762,27 @@ def total_loss(outputs: Mapping[str, Array], batch: Mapping[str, Any], *,
   mask = jnp.asarray(batch["mask"], bool)
   cas_cls, cas_loc, f = outputs["cas_cls"], outputs["cas_loc"], outputs["features"]
   zero = jnp.zeros((), cas_loc.dtype)
-
-  def term(use, fn):
-    if use:
-      return fn()
-    if log_disabled_terms:
-      return jax.lax.stop_gradient(fn())
-    return zero
-
-  def cls():
-    q = labeled_count(batch["segment_labels"], mask, batch["num_labeled"],
-                      count=str(topk_count))
-    k = topk_k(batch["lengths"], q, mode=str(topk_mode), ratio=float(topk_ratio))
-    loss = classification_loss(cas_cls, batch["video_labels"], mask, k,
-                               normalization=str(classification_normalization))
-    if float(loc_classification_weight) != 0.0:
-      r_loc = float(loc_classification_topk_ratio)
-      k_loc = topk_k(batch["lengths"], q, mode="fixed", ratio=r_loc) if r_loc > 0 else k
-      loss = loss + float(loc_classification_weight) * classification_loss(
-          cas_loc, batch["video_labels"], mask, k_loc,
-          normalization=str(classification_normalization))
-    return loss
-
-  def seg():
-    return partial_segment_loss(cas_loc, batch["segment_labels"], mask,
-                                normalization=str(segment_normalization))
-
-  def sph():
-    w = weight if weight is not None else outputs.get("sphere_weight")
-    if w is None:
-      raise ValueError("total_loss: the sphere term needs `weight` "
-                       "(params['sphere_weight']) or outputs['sphere_weight']")
-    return sphere_loss(f, cas_loc, batch["video_labels"], mask, w, margin=int(margin),
-                       classes=str(sphere_classes))
-
-  def prop():
-    if propagation_features not in PROPAGATION_FEATURES:
-      raise ValueError(f"propagation features: expected one of {PROPAGATION_FEATURES}, "
-                       f"got {propagation_features!r}")
-    f_s = outputs["clean_features"] if propagation_features == "clean" else f
-    return propagation_loss(
-        f_s, cas_loc, mask, method=str(propagation_method),
-        grad_through_similarity=bool(propagation_grad_through_similarity),
-        similarity=str(propagation_similarity),
-        normalization=str(propagation_normalization))
-
+  compute = {
+      "classification": lambda: _classification_term(
+          cas_cls, cas_loc, batch, mask, topk_count=topk_count, topk_mode=topk_mode,
+          topk_ratio=topk_ratio, classification_normalization=classification_normalization,
+          loc_classification_weight=loc_classification_weight,
+          loc_classification_topk_ratio=loc_classification_topk_ratio),
+      "segment": lambda: partial_segment_loss(cas_loc, batch["segment_labels"], mask,
+                                              normalization=str(segment_normalization)),
+      "sphere": lambda: _sphere_term(f, cas_loc, batch, mask, weight, outputs, margin=margin,
+                                     sphere_classes=sphere_classes),
+      "propagation": lambda: _propagation_term(
+          f, cas_loc, outputs, mask, propagation_features=propagation_features,
+          propagation_method=propagation_method,
+          propagation_grad_through_similarity=propagation_grad_through_similarity,
+          propagation_similarity=propagation_similarity,
+          propagation_normalization=propagation_normalization),
+  }
   switches = {"classification": bool(use_classification), "segment": bool(use_segment),
               "sphere": bool(use_sphere), "propagation": bool(use_propagation)}
-  terms = {name: term(switches[name], fn)
-           for name, fn in (("classification", cls), ("segment", seg),
-                            ("sphere", sph), ("propagation", prop))}
+  terms = {name: _switched(switches[name], fn, zero, log_disabled_terms=log_disabled_terms)
+           for name, fn in compute.items()}
   total = zero
   for name, scale in (("classification", 1.0), ("segment", float(alpha)),
                       ("sphere", float(beta)), ("propagation", float(gamma))):

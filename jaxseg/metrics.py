@@ -307,18 +307,7 @@ def detection_map(ground_truth: dict, predictions: dict, tiou_thresholds=THUMOS1
       field: missing keys, non-numeric or non-finite bounds or score, end <
       start, a predicted label that is not a class, an empty subset, no class.
   """
-  if protocol not in PROTOCOLS:
-    raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
-  if isinstance(tiou_thresholds, str):
-    thresholds = parse_tiou(tiou_thresholds)
-  else:
-    thresholds = _check_thresholds(np.ravel(np.asarray(tiou_thresholds, dtype=object)).tolist())
-  thr = np.asarray(thresholds, np.float64)
-  if protocol == "wtalc":
-    if isinstance(feature_rate, bool) or not isinstance(feature_rate, numbers.Real) or not (
-        math.isfinite(feature_rate) and feature_rate > 0):
-      raise ValueError(f"feature_rate must be a positive number, got {feature_rate!r}")
-
+  thresholds = _checked_arguments(protocol, tiou_thresholds, feature_rate)
   gt = detection_inputs.GroundTruth(ground_truth, subset, gt_source)
   video_code = {v: i for i, v in enumerate(gt.video_ids)}
   pr = detection_inputs.Predictions(predictions, video_code, pred_source)
@@ -327,40 +316,89 @@ def detection_map(ground_truth: dict, predictions: dict, tiou_thresholds=THUMOS1
   is_amb = np.asarray([wtalc and l == AMBIGUOUS_LABEL for l in gt.label], bool)
   classes = _classes(gt, pr, is_amb, class_names, wtalc=wtalc, subset=subset,
                      gt_source=gt_source, pred_source=pred_source)
-
-  # Integer class codes; -1: not evaluated (Ambiguous, or a class without GT).
-  class_code = {c: i for i, c in enumerate(classes)}
-  gt_cls = np.asarray([-1 if a else class_code[l] for l, a in zip(gt.label, is_amb)], np.int64)
-  pr_cls = np.asarray([class_code.get(l, -1) for l in pr.label], np.int64)
+  gt_cls, pr_cls = _class_codes(classes, gt, pr, is_amb)
+  index = None
   if wtalc:
-    rate = float(feature_rate)
-    gt_idx = _to_index(gt.seg, rate)
-    pr_idx = _to_index(pr.seg, rate)
-    amb = [(int(c), s, e) for c, (s, e) in zip(gt.vid[is_amb], gt.seg[is_amb])]
-    amb += detection_inputs.parse_ambiguous(ambiguous, video_code, ambiguous_source)
-    _wtalc_drop_predictions(gt, gt_cls, pr, pr_cls, pr_idx, amb, rate)
+    index = _wtalc_indices_and_drops(gt, gt_cls, pr, pr_cls, is_amb, ambiguous, video_code,
+                                     feature_rate, ambiguous_source)
   elif ambiguous is not None:
     _drop_ambiguous_seconds(
         pr, pr_cls, detection_inputs.parse_ambiguous(ambiguous, video_code, ambiguous_source))
 
-  ap = np.zeros((len(classes), thr.size))
+  ap = _class_aps(gt, gt_cls, pr, pr_cls, np.asarray(thresholds, np.float64), len(classes),
+                  index)
+  return _ap_frame(ap, classes, thresholds, protocol=protocol, subset=subset,
+                   num_videos=len(gt.video_ids), gt_cls=gt_cls, pr_cls=pr_cls)
+
+
+def _ap_frame(ap: np.ndarray, classes: list, thresholds: tuple[float, ...], *, protocol: str,
+              subset: str | None, num_videos: int, gt_cls: np.ndarray,
+              pr_cls: np.ndarray) -> pd.DataFrame:
+  """The table :func:`detection_map` returns, from the AP ``(C, K)`` of each class."""
+  values = np.concatenate([ap, ap.mean(axis=0, keepdims=True)], axis=0)
+  df = pd.DataFrame(values, index=pd.Index(classes + [MEAN_ROW], name="class"),
+                    columns=pd.Index([_label(t) for t in thresholds], name="tIoU"))
+  df.attrs.update(protocol=protocol, subset=subset, num_videos=num_videos,
+                  num_instances=int(np.sum(gt_cls >= 0)),
+                  num_predictions=int(np.sum(pr_cls >= 0)))
+  return df
+
+
+def _checked_arguments(protocol: str, tiou_thresholds, feature_rate) -> tuple[float, ...]:
+  """Checks ``protocol`` and (``"wtalc"``) ``feature_rate`` of :func:`detection_map`;
+  returns its thresholds (a list or a :func:`parse_tiou` spec), checked."""
+  if protocol not in PROTOCOLS:
+    raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+  if isinstance(tiou_thresholds, str):
+    thresholds = parse_tiou(tiou_thresholds)
+  else:
+    thresholds = _check_thresholds(np.ravel(np.asarray(tiou_thresholds, dtype=object)).tolist())
+  if protocol == "wtalc":
+    if isinstance(feature_rate, bool) or not isinstance(feature_rate, numbers.Real) or not (
+        math.isfinite(feature_rate) and feature_rate > 0):
+      raise ValueError(f"feature_rate must be a positive number, got {feature_rate!r}")
+  return thresholds
+
+
+def _class_codes(classes: list, gt, pr, is_amb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Integer class codes ``(gt_cls (G,), pr_cls (P,)) int64`` of the ground-truth
+  instances and the predictions; -1: not evaluated (Ambiguous, or a class without GT)."""
+  class_code = {c: i for i, c in enumerate(classes)}
+  gt_cls = np.asarray([-1 if a else class_code[l] for l, a in zip(gt.label, is_amb)], np.int64)
+  pr_cls = np.asarray([class_code.get(l, -1) for l in pr.label], np.int64)
+  return gt_cls, pr_cls
+
+
+def _wtalc_indices_and_drops(gt, gt_cls, pr, pr_cls, is_amb, ambiguous, video_code,
+                             feature_rate, ambiguous_source) -> tuple[np.ndarray, np.ndarray]:
+  """W-TALC: the segment-index bounds ``(gt_idx (G, 2), pr_idx (P, 2)) int64``;
+  sets ``pr_cls`` to -1 for the predictions the protocol drops (on videos without
+  annotations, or overlapping an "Ambiguous" instance or an ``ambiguous`` interval)."""
+  rate = float(feature_rate)
+  gt_idx = _to_index(gt.seg, rate)
+  pr_idx = _to_index(pr.seg, rate)
+  amb = [(int(c), s, e) for c, (s, e) in zip(gt.vid[is_amb], gt.seg[is_amb])]
+  amb += detection_inputs.parse_ambiguous(ambiguous, video_code, ambiguous_source)
+  _wtalc_drop_predictions(gt, gt_cls, pr, pr_cls, pr_idx, amb, rate)
+  return gt_idx, pr_idx
+
+
+def _class_aps(gt, gt_cls, pr, pr_cls, thr: np.ndarray, num_classes: int,
+               index: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+  """AP ``(C, K) float64`` of each class at each threshold ``thr (K,)``: the W-TALC
+  protocol on the segment indices ``index = (gt_idx, pr_idx)``, else ActivityNet's."""
+  ap = np.zeros((num_classes, thr.size))
   gt_by_cls, pr_by_cls = _group(gt_cls), _group(pr_cls)
   empty = np.zeros((0,), np.int64)
-  for ci in range(len(classes)):
+  for ci in range(num_classes):
     g, q = gt_by_cls[ci], pr_by_cls.get(ci, empty)
-    if wtalc:
+    if index is not None:
+      gt_idx, pr_idx = index
       ap[ci] = _wtalc_class_ap(gt.vid[g], gt_idx[g], pr.vid[q], pr_idx[q], pr.score[q], thr)
     else:
       ap[ci] = _activitynet_class_ap(gt.vid[g], gt.seg[g], pr.vid[q], pr.seg[q],
                                      pr.score[q], thr)
-
-  values = np.concatenate([ap, ap.mean(axis=0, keepdims=True)], axis=0)
-  df = pd.DataFrame(values, index=pd.Index(classes + [MEAN_ROW], name="class"),
-                    columns=pd.Index([_label(t) for t in thresholds], name="tIoU"))
-  df.attrs.update(protocol=protocol, subset=subset, num_videos=len(gt.video_ids),
-                  num_instances=int(np.sum(gt_cls >= 0)),
-                  num_predictions=int(np.sum(pr_cls >= 0)))
-  return df
+  return ap
 
 
 def _classes(gt, pr, is_amb, class_names, *, wtalc, subset, gt_source, pred_source):

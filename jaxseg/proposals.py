@@ -238,6 +238,140 @@ def _fall_back(segs: np.ndarray, scores: np.ndarray, keep: np.ndarray, own: np.n
   return all_segs, all_scores, temporal_nms(all_segs, tier, iou_threshold)
 
 
+def _checked_inputs(cas_a, s_a, p_a, *, feature_rate: float, duration: float,
+                    rules: InferenceRules, cas_cls, cas_contrast, cas_extent,
+                    video_id: str) -> tuple[np.ndarray, ...]:
+  """The inputs of :func:`generate_proposals` as arrays, checked (its Raises).
+
+  Returns:
+    ``(cas_a, s_a, p_a, cas_contrast, cas_extent, cas_cut)``: ``(T, N)``
+    ``cas_a``; ``(N,) float64`` ``s_a`` and ``p_a``; the ``(T, N)`` CAS of the
+    contrast, of the extent step (``cas_a`` when not given) and the one the
+    proposals are cut from (``rules.proposal_cas``).
+  """
+  if not isinstance(rules, InferenceRules):
+    raise TypeError("generate_proposals: rules must be a jaxseg.rules.InferenceRules "
+                    f"(jaxseg.rules.from_config), got {type(rules).__name__}")
+  cas_a = np.asarray(cas_a)
+  s_a = np.asarray(s_a, np.float64).reshape(-1)
+  p_a = np.asarray(p_a, np.float64).reshape(-1)
+  where = f"inference: video {video_id!r}"
+  if cas_a.ndim != 2:
+    raise ValueError(f"{where}: cas_a must have shape (T, N), got {cas_a.shape}")
+  num_classes = cas_a.shape[1]
+  if s_a.shape[0] != num_classes or p_a.shape[0] != num_classes:
+    raise ValueError(f"{where}: cas_a has {num_classes} classes but s_a/p_a have "
+                     f"{s_a.shape[0]}/{p_a.shape[0]}")
+  if not (math.isfinite(feature_rate) and feature_rate > 0):
+    raise ValueError(f"{where}: field feature_rate must be > 0, got {feature_rate}")
+  if not (math.isfinite(duration) and duration >= 0):
+    raise ValueError(f"{where}: field duration must be >= 0, got {duration}")
+  cas_contrast = cas_a if cas_contrast is None else np.asarray(cas_contrast)
+  if rules.extent == "localization" and cas_extent is None:
+    raise ValueError(f"{where}: inference.extent = 'localization' needs cas_extent (C_loc)")
+  cas_extent = cas_a if cas_extent is None else np.asarray(cas_extent)
+  if rules.proposal_cas == "classification" and cas_cls is None:
+    raise ValueError(f"{where}: inference.proposal_cas = 'classification' needs cas_cls")
+  cas_cut = cas_a if rules.proposal_cas == "average" else np.asarray(cas_cls)
+  for name, x in (("cas_contrast", cas_contrast), ("cas_extent", cas_extent),
+                  ("cas_cls", cas_cut)):
+    if x.shape != cas_a.shape:
+      raise ValueError(f"{where}: {name} has shape {x.shape}, cas_a {cas_a.shape}")
+  if not all(np.all(np.isfinite(x))
+             for x in (cas_a, s_a, cas_contrast, cas_extent, cas_cut)):
+    raise ValueError(f"{where}: the CAS or class scores are not finite")
+  return cas_a, s_a, p_a, cas_contrast, cas_extent, cas_cut
+
+
+def _contrast_and_extent_cas(cas_contrast: np.ndarray, cas_extent: np.ndarray,
+                             classes: np.ndarray, *, rules: InferenceRules
+                             ) -> tuple[np.ndarray, np.ndarray | None]:
+  """The kept classes' CAS the contrast (step 3) and the extent (step 5) are taken on.
+
+  Args:
+    cas_contrast, cas_extent: ``(T, N) float``.
+    classes: ``(C,) int`` the kept classes.
+    rules: gives ``extent`` and ``contrast_on``.
+
+  Returns:
+    ``(contrast, extent)``: ``(C, T) float64`` each, min-max normalised per
+    class with ``rules.contrast_on = "normalized"``; ``extent`` is None unless
+    ``rules.extent = "localization"``.
+  """
+  contrast_cas = cas_contrast[:, classes].astype(np.float64).T  # (C, T)
+  extent_cas = (cas_extent[:, classes].astype(np.float64).T
+                if rules.extent == "localization" else None)
+  if rules.contrast_on == "normalized":
+    contrast_cas = _minmax_rows(contrast_cas)
+    if extent_cas is not None:
+      extent_cas = _minmax_rows(extent_cas)
+  return contrast_cas, extent_cas
+
+
+def _grow_to_containers(a: np.ndarray, b: np.ndarray, segs: np.ndarray, scores: np.ndarray,
+                        keep: np.ndarray, container: tuple[np.ndarray, np.ndarray],
+                        extent_cas: np.ndarray, *, rules: InferenceRules, feature_rate: float,
+                        duration: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Step 5 of :func:`generate_proposals` for one class (``extent = "localization"``).
+
+  Args:
+    a, b: ``(P,) int`` the class's proposals ``[a, b)`` in segments.
+    segs: ``(P, 2) float64`` their segments in seconds; ``scores``: ``(P,)``.
+    keep: ``(M,) int`` the proposals the first NMS kept.
+    container: ``(t0, t1)`` the runs the proposals may grow to, in segments.
+    extent_cas: ``(T,) float64`` the class's extent CAS.
+
+  Returns:
+    ``(segs, scores, keep)`` of the kept proposals, grown where a container
+    fits better, after the second NMS (and the fallback with
+    ``rules.extent_fallback``).
+  """
+  outer_scale, outside, nms_iou = rules.outer_scale, rules.outer_outside, rules.nms_iou
+  ca, cb, c_segs = _in_seconds(*container, feature_rate, duration)
+  pick = _best_container(a[keep], b[keep],
+                         _oic_scores(extent_cas, a[keep], b[keep], outer_scale, outside),
+                         ca, cb, _oic_scores(extent_cas, ca, cb, outer_scale, outside))
+  own, segs, scores = segs[keep], segs[keep].copy(), scores[keep]
+  moved = pick >= 0
+  segs[moved] = c_segs[pick[moved]]
+  keep = temporal_nms(segs, scores, nms_iou)
+  if rules.extent_fallback:
+    segs, scores, keep = _fall_back(segs, scores, keep, own, nms_iou)
+  return segs, scores, keep
+
+
+def _class_detections(c: int, run: tuple[np.ndarray, np.ndarray],
+                      container: tuple[np.ndarray, np.ndarray], contrast_cas: np.ndarray,
+                      extent_cas: np.ndarray | None, video_score: float, *,
+                      rules: InferenceRules, feature_rate: float,
+                      duration: float) -> list[tuple[float, int, float, float]]:
+  """Steps 2-5 of :func:`generate_proposals` for one kept class ``c``.
+
+  Args:
+    c: the class index.
+    run: ``(t0, t1)`` its proposals ``[t0, t1)`` in segments (:func:`_class_runs`).
+    container: the runs its proposals may grow to (step 5).
+    contrast_cas: ``(T,) float64`` the CAS its contrast is taken on.
+    extent_cas: ``(T,) float64`` its extent CAS, None without the extent step.
+    video_score: its ``s_a`` or ``p_a`` (``rules.class_score``).
+
+  Returns:
+    ``(score, c, start, end)`` of its detections after NMS, plain Python numbers.
+  """
+  a, b = run
+  if a.size == 0:
+    return []
+  a, b, segs = _in_seconds(a, b, feature_rate, duration)
+  scores = (_oic_scores(contrast_cas, a, b, rules.outer_scale, rules.outer_outside)
+            + rules.class_score_weight * video_score)
+  keep = temporal_nms(segs, scores, rules.nms_iou)
+  if rules.extent == "localization":
+    segs, scores, keep = _grow_to_containers(a, b, segs, scores, keep, container, extent_cas,
+                                             rules=rules, feature_rate=feature_rate,
+                                             duration=duration)
+  return [(float(scores[i]), int(c), float(segs[i, 0]), float(segs[i, 1])) for i in keep]
+
+
 def generate_proposals(cas_a: np.ndarray, s_a: np.ndarray, p_a: np.ndarray, *,
                        feature_rate: float, duration: float, rules: InferenceRules,
                        cas_cls: np.ndarray | None = None,
@@ -304,87 +438,33 @@ def generate_proposals(cas_a: np.ndarray, s_a: np.ndarray, p_a: np.ndarray, *,
     ValueError: on bad shapes, a non-positive rate, a negative or non-finite
       duration, or non-finite CAS values, naming the video.
   """
-  if not isinstance(rules, InferenceRules):
-    raise TypeError("generate_proposals: rules must be a jaxseg.rules.InferenceRules "
-                    f"(jaxseg.rules.from_config), got {type(rules).__name__}")
-  cas_a = np.asarray(cas_a)
-  s_a = np.asarray(s_a, np.float64).reshape(-1)
-  p_a = np.asarray(p_a, np.float64).reshape(-1)
-  where = f"inference: video {video_id!r}"
-  if cas_a.ndim != 2:
-    raise ValueError(f"{where}: cas_a must have shape (T, N), got {cas_a.shape}")
+  cas_a, s_a, p_a, cas_contrast, cas_extent, cas_cut = _checked_inputs(
+      cas_a, s_a, p_a, feature_rate=feature_rate, duration=duration, rules=rules,
+      cas_cls=cas_cls, cas_contrast=cas_contrast, cas_extent=cas_extent, video_id=video_id)
   num_t, num_classes = cas_a.shape
-  if s_a.shape[0] != num_classes or p_a.shape[0] != num_classes:
-    raise ValueError(f"{where}: cas_a has {num_classes} classes but s_a/p_a have "
-                     f"{s_a.shape[0]}/{p_a.shape[0]}")
-  if not (math.isfinite(feature_rate) and feature_rate > 0):
-    raise ValueError(f"{where}: field feature_rate must be > 0, got {feature_rate}")
-  if not (math.isfinite(duration) and duration >= 0):
-    raise ValueError(f"{where}: field duration must be >= 0, got {duration}")
-  extent = rules.extent
-  fallback = extent == "localization" and rules.extent_fallback
-  proposal_cas = rules.proposal_cas
-  cas_contrast = cas_a if cas_contrast is None else np.asarray(cas_contrast)
-  if extent == "localization" and cas_extent is None:
-    raise ValueError(f"{where}: inference.extent = 'localization' needs cas_extent (C_loc)")
-  cas_extent = cas_a if cas_extent is None else np.asarray(cas_extent)
-  if proposal_cas == "classification" and cas_cls is None:
-    raise ValueError(f"{where}: inference.proposal_cas = 'classification' needs cas_cls")
-  cas_cut = cas_a if proposal_cas == "average" else np.asarray(cas_cls)
-  for name, x in (("cas_contrast", cas_contrast), ("cas_extent", cas_extent),
-                  ("cas_cls", cas_cut)):
-    if x.shape != cas_a.shape:
-      raise ValueError(f"{where}: {name} has shape {x.shape}, cas_a {cas_a.shape}")
-  if not all(np.all(np.isfinite(x))
-             for x in (cas_a, s_a, cas_contrast, cas_extent, cas_cut)):
-    raise ValueError(f"{where}: the CAS or class scores are not finite")
   if num_t == 0 or num_classes == 0:
     return []
 
   thresholds = np.asarray(rules.cas_thresholds, np.float64).reshape(-1)
-  outer_scale, outside = rules.outer_scale, rules.outer_outside
-  weight, nms_iou = rules.class_score_weight, rules.nms_iou
-  max_props, contrast_on, class_score = (rules.max_proposals_per_video, rules.contrast_on,
-                                         rules.class_score)
-  video_score = s_a if class_score == "s_a" else p_a
-
+  video_score = s_a if rules.class_score == "s_a" else p_a
   classes = select_classes(s_a, p_a, class_threshold=rules.class_threshold,
                            class_top_ratio=rules.class_top_ratio,
                            keep_top_class=rules.keep_top_class)
   if classes.size == 0:
     return []
-  contrast_cas = cas_contrast[:, classes].astype(np.float64).T  # (C, T)
-  extent_cas = cas_extent[:, classes].astype(np.float64).T if extent == "localization" else None
-  if contrast_on == "normalized":
-    contrast_cas = _minmax_rows(contrast_cas)
-    if extent_cas is not None:
-      extent_cas = _minmax_rows(extent_cas)
+  contrast_cas, extent_cas = _contrast_and_extent_cas(cas_contrast, cas_extent, classes,
+                                                      rules=rules)
   runs = _class_runs(cas_cut[:, classes], thresholds)
   # The containers of the extent step: the proposals themselves, or C_a's.
-  containers = runs if proposal_cas == "average" or extent != "localization" else (
+  containers = runs if rules.proposal_cas == "average" or rules.extent != "localization" else (
       _class_runs(cas_a[:, classes], thresholds))
 
   detections = []
   for pos, c in enumerate(classes):
-    a, b = runs[pos]
-    if a.size == 0:
-      continue
-    a, b, segs = _in_seconds(a, b, feature_rate, duration)
-    scores = _oic_scores(contrast_cas[pos], a, b, outer_scale, outside) + weight * video_score[c]
-    keep = temporal_nms(segs, scores, nms_iou)
-    if extent == "localization":
-      ca, cb, c_segs = _in_seconds(*containers[pos], feature_rate, duration)
-      pick = _best_container(a[keep], b[keep],
-                             _oic_scores(extent_cas[pos], a[keep], b[keep], outer_scale, outside),
-                             ca, cb, _oic_scores(extent_cas[pos], ca, cb, outer_scale, outside))
-      own, segs, scores = segs[keep], segs[keep].copy(), scores[keep]
-      moved = pick >= 0
-      segs[moved] = c_segs[pick[moved]]
-      keep = temporal_nms(segs, scores, nms_iou)
-      if fallback:
-        segs, scores, keep = _fall_back(segs, scores, keep, own, nms_iou)
-    for i in keep:
-      detections.append((float(scores[i]), int(c), float(segs[i, 0]), float(segs[i, 1])))
+    detections += _class_detections(
+        int(c), runs[pos], containers[pos], contrast_cas[pos],
+        None if extent_cas is None else extent_cas[pos], video_score[c], rules=rules,
+        feature_rate=feature_rate, duration=duration)
   detections.sort(key=lambda d: -d[0])  # stable: ties keep class order
   return [{"label": c, "score": s, "segment": [t_s, t_e]}
-          for s, c, t_s, t_e in detections[:max_props]]
+          for s, c, t_s, t_e in detections[:rules.max_proposals_per_video]]
