@@ -1,15 +1,18 @@
-"""Functions stay short enough to read: no function of the split modules runs
-past ``MAX_LINES`` lines, not counting its docstring (the docstrings cite the
-paper's equations and may be long)."""
+"""Functions stay short enough to read: no function of the package runs past
+``MAX_LINES`` lines, not counting its docstring (the docstrings cite the
+paper's equations and may be long). ``config.base_config`` is exempt: it is
+the list of every field with its default, one per line, and reads best whole."""
 
 import ast
+import glob
 import os
 
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODULES = ("jaxseg/losses.py", "jaxseg/config_checks.py", "jaxseg/metrics.py",
-           "jaxseg/inference.py", "jaxseg/proposals.py")
+MODULES = sorted(os.path.relpath(p, REPO)
+                 for p in glob.glob(os.path.join(REPO, "jaxseg", "**", "*.py"), recursive=True))
+EXEMPT = {("jaxseg/config.py", "base_config")}
 MAX_LINES = 60
 
 
@@ -31,5 +34,5 @@ def test_no_function_is_too_long(module):
   long = [f"{module}:{node.lineno} {node.name}: {_code_lines(node)} lines"
           for node in ast.walk(tree)
           if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
-          and _code_lines(node) > MAX_LINES]
+          and (module, node.name) not in EXEMPT and _code_lines(node) > MAX_LINES]
   assert not long, "\n".join(long)

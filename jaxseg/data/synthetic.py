@@ -370,21 +370,9 @@ def generate_synthetic(output_dir: str, *, seed: int = 0, num_classes: int = 20,
       generator did not write.
     ValueError: on an unknown knob or an impossible setting.
   """
-  fields = {f.name for f in dataclasses.fields(SyntheticParams)}
-  unknown = sorted(set(knobs) - fields)
-  if unknown:
-    raise ValueError(f"generate_synthetic: unknown parameter(s) {unknown}; "
-                     f"known: {sorted(fields)}")
-  if "long_instance_factor" in knobs:
-    knobs["long_instance_factor"] = tuple(float(x) for x in knobs["long_instance_factor"])
-  n = knobs.get("num_cores")
-  if isinstance(n, float) and n.is_integer():
-    knobs["num_cores"] = int(n)  # a config's integral float (2.0)
-  params = SyntheticParams(
-      seed=int(seed), num_classes=int(num_classes), num_train=int(num_train),
-      num_test=int(num_test), feature_dim=int(feature_dim),
-      max_length=int(max_length), feature_rate=float(feature_rate), **knobs)
-  params.validate()
+  params = _params(seed=seed, num_classes=num_classes, num_train=num_train,
+                   num_test=num_test, feature_dim=feature_dim, max_length=max_length,
+                   feature_rate=feature_rate, knobs=knobs)
   output_dir = os.path.abspath(output_dir)
   annotation_path = os.path.join(output_dir, ANNOTATION_FILE)
   record = _generator_record(params)
@@ -410,26 +398,58 @@ def generate_synthetic(output_dir: str, *, seed: int = 0, num_classes: int = 20,
   tmp = tempfile.mkdtemp(prefix=".synthetic-tmp-", dir=parent)
   try:
     _generate_into(tmp, params)
-    if os.path.isdir(output_dir) and not os.listdir(output_dir):
-      os.rmdir(output_dir)
-    if os.path.exists(output_dir):
-      # An older generated dataset with other parameters (or one another
-      # process has just finished): move it aside, then swap.
-      if reusable():
-        return annotation_path
-      old = tempfile.mkdtemp(prefix=".synthetic-old-", dir=parent)
-      os.rmdir(old)
-      os.rename(output_dir, old)
-      os.rename(tmp, output_dir)
-      shutil.rmtree(old, ignore_errors=True)
-    else:
-      try:
-        os.rename(tmp, output_dir)
-      except OSError:
-        if reusable():  # another process won the race with the same dataset
-          return annotation_path
-        raise
+    _install(tmp, output_dir, reusable)
   finally:
     if os.path.exists(tmp):
       shutil.rmtree(tmp, ignore_errors=True)
   return annotation_path
+
+
+def _params(*, seed, num_classes, num_train, num_test, feature_dim, max_length,
+            feature_rate, knobs: dict) -> SyntheticParams:
+  """The checked :class:`SyntheticParams` of :func:`generate_synthetic`'s arguments.
+
+  Raises:
+    ValueError: an unknown knob or an impossible setting.
+  """
+  fields = {f.name for f in dataclasses.fields(SyntheticParams)}
+  unknown = sorted(set(knobs) - fields)
+  if unknown:
+    raise ValueError(f"generate_synthetic: unknown parameter(s) {unknown}; "
+                     f"known: {sorted(fields)}")
+  if "long_instance_factor" in knobs:
+    knobs["long_instance_factor"] = tuple(float(x) for x in knobs["long_instance_factor"])
+  n = knobs.get("num_cores")
+  if isinstance(n, float) and n.is_integer():
+    knobs["num_cores"] = int(n)  # a config's integral float (2.0)
+  params = SyntheticParams(
+      seed=int(seed), num_classes=int(num_classes), num_train=int(num_train),
+      num_test=int(num_test), feature_dim=int(feature_dim),
+      max_length=int(max_length), feature_rate=float(feature_rate), **knobs)
+  params.validate()
+  return params
+
+
+def _install(tmp: str, output_dir: str, reusable) -> None:
+  """Renames the finished dataset ``tmp`` to ``output_dir``, replacing an
+  older generated one; leaves ``tmp`` (the caller removes it) where
+  ``output_dir`` already holds the same dataset (``reusable()``)."""
+  if os.path.isdir(output_dir) and not os.listdir(output_dir):
+    os.rmdir(output_dir)
+  if os.path.exists(output_dir):
+    # An older generated dataset with other parameters (or one another
+    # process has just finished): move it aside, then swap.
+    if reusable():
+      return
+    old = tempfile.mkdtemp(prefix=".synthetic-old-", dir=os.path.dirname(output_dir))
+    os.rmdir(old)
+    os.rename(output_dir, old)
+    os.rename(tmp, output_dir)
+    shutil.rmtree(old, ignore_errors=True)
+  else:
+    try:
+      os.rename(tmp, output_dir)
+    except OSError:
+      if reusable():  # another process won the race with the same dataset
+        return
+      raise

@@ -113,65 +113,19 @@ def read_wtalc(directory: str, features_file: str, *,
     arrays[name] = _load_bundle_array(os.path.join(directory, name + ".npy"),
                                       allow_pickle=name in WTALC_OBJECT_ARRAYS)
   features = _load_bundle_array(feat_path, allow_pickle=True)
-  vn_path = os.path.join(directory, "videoname.npy")
-  names = _bundle_texts(arrays["videoname"], vn_path, "videoname")
-  for vid in names:
-    check_id(vid, where=vn_path)
-  num = len(names)
-  if num == 0:
-    raise DataError(f"{os.path.join(directory, 'videoname.npy')}: no video")
-  if len(set(names)) != num:
-    dup = sorted({n for n in names if names.count(n) > 1})
-    raise DataError(f"{os.path.join(directory, 'videoname.npy')}: duplicate video "
-                    f"id(s) {dup[:3]}")
-  for name, arr in list(arrays.items()) + [("features", features)]:
-    if name == "classlist":
-      continue
-    if len(arr) != num:
-      path = feat_path if name == "features" else os.path.join(directory, name + ".npy")
-      raise DataError(f"{path}: holds {len(arr)} entries but videoname.npy holds {num}")
-  cl_path = os.path.join(directory, "classlist.npy")
-  class_names = _bundle_texts(arrays["classlist"], cl_path, "classlist")
-  if len(set(class_names)) != len(class_names):
-    dup = sorted({n for n in class_names if class_names.count(n) > 1})
-    raise DataError(f"{cl_path}: class(es) {dup} listed twice")
+  names = _video_names(directory, arrays, features, feat_path)
+  class_names = _class_names(directory, arrays["classlist"])
   index = class_index(class_names)
   extra = _wtalc_labels_all(directory, names, index, class_names)
-  seg_path = os.path.join(directory, "segments.npy")
-  lab_path = os.path.join(directory, "labels.npy")
-  dur_path = os.path.join(directory, "duration.npy")
   subsets = _bundle_texts(arrays["subset"], os.path.join(directory, "subset.npy"), "subset")
   for vid, subset in zip(names, subsets):
     check_id(subset, where=f"{os.path.join(directory, 'subset.npy')}: video {vid!r}",
              what="subset")
+  dur_path = os.path.join(directory, "duration.npy")
   parsed = []
   for i, vid in enumerate(names):
-    segs = arrays["segments"][i]
-    labs = arrays["labels"][i]
-    segs = [] if segs is None else list(segs)
-    labs = [] if labs is None else list(np.ravel(np.asarray(labs, dtype=object)))
-    if len(segs) != len(labs):
-      raise DataError(f"{seg_path}: video {vid!r}: {len(segs)} segments but "
-                      f"{lab_path} holds {len(labs)} labels")
-    instances = []
-    for j, (seg, lab) in enumerate(zip(segs, labs)):
-      where = f"{seg_path}: video {vid!r}: segments[{j}]"
-      try:
-        pair = list(seg)
-      except TypeError:
-        raise DataError(f"{where}: expected [start, end], got {seg!r}") from None
-      if len(pair) != 2:
-        raise DataError(f"{where}: expected [start, end], got {seg!r}")
-      start, end = bounds(pair, where=where)
-      try:
-        label = _text(lab).strip()
-      except UnicodeDecodeError as e:
-        raise DataError(f"{lab_path}: video {vid!r}: labels[{j}]: {lab!r} is not UTF-8 "
-                        f"({e.reason})") from None
-      if label not in index:
-        raise DataError(f"{lab_path}: video {vid!r}: labels[{j}]: unknown class "
-                        f"{label!r}; classlist.npy: {class_names}")
-      instances.append(Instance(start, end, index[label]))
+    instances = _instances(directory, vid, arrays["segments"][i], arrays["labels"][i],
+                           index, class_names)
     duration = number(arrays["duration"][i], where=f"{dur_path}: video {vid!r}")
     parsed.append((vid, subsets[i], duration, instances))
   assignment = split_assignment(split_files, names)
@@ -195,6 +149,71 @@ def read_wtalc(directory: str, features_file: str, *,
   if os.path.isfile(amb_path):
     attach_ambiguous(ds, amb_path)
   return col.finish(ds, feat_path)
+
+
+def _video_names(directory: str, arrays: Mapping[str, np.ndarray], features: np.ndarray,
+                 feat_path: str) -> list[str]:
+  """The ids of ``videoname.npy``: plain names, distinct, one per entry of
+  every other array of the bundle."""
+  vn_path = os.path.join(directory, "videoname.npy")
+  names = _bundle_texts(arrays["videoname"], vn_path, "videoname")
+  for vid in names:
+    check_id(vid, where=vn_path)
+  num = len(names)
+  if num == 0:
+    raise DataError(f"{vn_path}: no video")
+  if len(set(names)) != num:
+    dup = sorted({n for n in names if names.count(n) > 1})
+    raise DataError(f"{vn_path}: duplicate video id(s) {dup[:3]}")
+  for name, arr in list(arrays.items()) + [("features", features)]:
+    if name == "classlist":
+      continue
+    if len(arr) != num:
+      path = feat_path if name == "features" else os.path.join(directory, name + ".npy")
+      raise DataError(f"{path}: holds {len(arr)} entries but videoname.npy holds {num}")
+  return names
+
+
+def _class_names(directory: str, classlist: np.ndarray) -> list[str]:
+  """The classes of ``classlist.npy``, in its order, each once."""
+  cl_path = os.path.join(directory, "classlist.npy")
+  class_names = _bundle_texts(classlist, cl_path, "classlist")
+  if len(set(class_names)) != len(class_names):
+    dup = sorted({n for n in class_names if class_names.count(n) > 1})
+    raise DataError(f"{cl_path}: class(es) {dup} listed twice")
+  return class_names
+
+
+def _instances(directory: str, vid: str, segs: Any, labs: Any, index: Mapping[str, int],
+               class_names: Sequence[str]) -> list[Instance]:
+  """One video's instances from its ``segments.npy`` and ``labels.npy`` entries."""
+  seg_path = os.path.join(directory, "segments.npy")
+  lab_path = os.path.join(directory, "labels.npy")
+  segs = [] if segs is None else list(segs)
+  labs = [] if labs is None else list(np.ravel(np.asarray(labs, dtype=object)))
+  if len(segs) != len(labs):
+    raise DataError(f"{seg_path}: video {vid!r}: {len(segs)} segments but "
+                    f"{lab_path} holds {len(labs)} labels")
+  instances = []
+  for j, (seg, lab) in enumerate(zip(segs, labs)):
+    where = f"{seg_path}: video {vid!r}: segments[{j}]"
+    try:
+      pair = list(seg)
+    except TypeError:
+      raise DataError(f"{where}: expected [start, end], got {seg!r}") from None
+    if len(pair) != 2:
+      raise DataError(f"{where}: expected [start, end], got {seg!r}")
+    start, end = bounds(pair, where=where)
+    try:
+      label = _text(lab).strip()
+    except UnicodeDecodeError as e:
+      raise DataError(f"{lab_path}: video {vid!r}: labels[{j}]: {lab!r} is not UTF-8 "
+                      f"({e.reason})") from None
+    if label not in index:
+      raise DataError(f"{lab_path}: video {vid!r}: labels[{j}]: unknown class "
+                      f"{label!r}; classlist.npy: {list(class_names)}")
+    instances.append(Instance(start, end, index[label]))
+  return instances
 
 
 WTALC_AMBIGUOUS_FILE = "Ambiguous_test.txt"
