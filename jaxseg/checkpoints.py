@@ -66,6 +66,12 @@ def check_finished(config, workdir: str, *, action: str) -> int:
   Raises:
     ConfigError: naming the step reached and the command that finishes it.
   """
+  folder = os.path.join(workdir, "checkpoints")
+  if os.path.islink(folder) and not os.path.exists(folder):
+    raise ConfigError(f"{folder}: dangling symbolic link to {os.readlink(folder)!r}; the "
+                      f"run's checkpoints are not there ({action} needs them)")
+  if os.path.exists(folder) and not os.path.isdir(folder):
+    raise ConfigError(f"{folder}: not a folder; the run's checkpoints are not there")
   latest, _ = checkpoint_managers(workdir, config, read_only=True)
   step = latest.latest_step()
   # The steps the run was last started for: a rerun asking for more steps

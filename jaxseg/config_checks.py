@@ -204,7 +204,7 @@ def check_fields(c: ml_collections.ConfigDict) -> None:
   """Every field of ``c`` is a field of :func:`base_config`, of its type, and finite.
 
   The generic half of :func:`validate`: an unknown field (a typo in a config
-  file), a value of another type (``"8"`` for an integer, ``1.5`` for one), a
+  file) or a missing one (a damaged ``config.json`` of a run), a value of another type (``"8"`` for an integer, ``1.5`` for one), a
   NaN or inf anywhere (every float field, and floats inside lists), a negative
   seed, sizes that cannot be, and schedules or subsets that cannot work.
   An integer field takes an integral float (``2.0``), a float field an
@@ -266,6 +266,9 @@ def check_fields(c: ml_collections.ConfigDict) -> None:
 
 
 def _check_node(node, base, prefix: str) -> None:
+  for key in base.keys():  # a run's config.json can lack one (a config file cannot)
+    _check(key in node, f"{prefix}{key}", "missing (every field is listed in "
+           "jaxseg/config.py base_config)")
   for key in node.keys():
     field = f"{prefix}{key}"
     _check(key in base, field, "unknown field (every field is listed in "

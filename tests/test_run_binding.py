@@ -177,6 +177,29 @@ def test_an_unfinished_run_is_neither_evaluated_nor_used_to_predict(trained, tmp
   assert snapshot(run) == before
 
 
+def test_a_run_config_missing_a_field_is_one_error_naming_file_and_field(trained, tmp_path):
+  run = _copy(trained, tmp_path)
+  cfg = json.loads((run / "config.json").read_text())
+  del cfg["data"]["annotation_path"]
+  (run / "config.json").write_text(json.dumps(cfg))
+  before = snapshot(run)
+  with pytest.raises(config_lib.ConfigError) as e:
+    predict.predict_folder(str(run), str(trained["features"]), str(tmp_path / "p"))
+  assert str(e.value) == (f"{run / 'config.json'}: config.data.annotation_path: missing "
+                          "(every field is listed in jaxseg/config.py base_config)")
+  assert snapshot(run) == before and not os.path.exists(tmp_path / "p")
+
+
+def test_dangling_checkpoints_are_named_not_called_unfinished(trained, tmp_path):
+  run = _copy(trained, tmp_path)
+  shutil.rmtree(run / "checkpoints")
+  os.symlink(tmp_path / "gone", run / "checkpoints")
+  with pytest.raises(config_lib.ConfigError) as e:
+    predict.predict_folder(str(run), str(trained["features"]), str(tmp_path / "p"))
+  assert str(e.value).startswith(f"{run / 'checkpoints'}: dangling symbolic link")
+  assert not os.path.exists(tmp_path / "p")
+
+
 # ------------------------------------------------------------------ sweeps
 
 
@@ -244,11 +267,17 @@ def test_stream_names_are_plain_and_distinct(trained, streams, message):
 def test_json_past_the_readers_limits_is_one_error_naming_the_file(tmp_path):
   from jaxseg.data import io  # pylint: disable=g-import-not-at-top
   from jaxseg.data.video import DataError  # pylint: disable=g-import-not-at-top
-  for name, text in (("digits.json", '{"a": ' + "9" * 5001 + "}"),
-                     ("deep.json", "[" * 100000 + "]" * 100000)):
+  for name, text, message in (
+      ("digits.json", '{"a": ' + "9" * 5001 + "}", "unreadable"),
+      ("deep.json", "[" * 100000 + "]" * 100000, "nested too deeply"),
+      ("deeper.json", '{"a": ' * 100 + "1" + "}" * 100, "nested deeper than 64 levels"),
+      ("surrogate.json", '{"database": {"\\ud800": {}}}', "lone surrogate escape")):
     (tmp_path / name).write_text(text)
-    with pytest.raises(DataError, match=str(tmp_path / name)):
+    with pytest.raises(DataError) as e:
       io.load_json(str(tmp_path / name), "annotation")
+    assert str(e.value).startswith(f"{tmp_path / name}: ") and message in str(e.value)
+  (tmp_path / "pair.json").write_text('{"a": "\\ud83d\\ude00"}')  # a pair: one character
+  assert io.load_json(str(tmp_path / "pair.json")) == {"a": "\U0001F600"}
 
 
 def test_mode_data_refuses_a_run_of_another_config(trained, tmp_path):

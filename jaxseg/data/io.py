@@ -15,6 +15,7 @@ import contextlib
 import functools
 import json
 import os
+import re
 import tempfile
 from typing import Any, Iterator
 
@@ -89,14 +90,46 @@ def load_json(path: str, what: str = "JSON") -> Any:
   except OSError as e:
     raise DataError(f"{path}: cannot read {what} file: {e.strerror or e}") from None
   try:
-    return json.loads(text, object_pairs_hook=functools.partial(_unique_keys, path))
+    data = json.loads(text, object_pairs_hook=functools.partial(_unique_keys, path))
   except json.JSONDecodeError as e:
     raise DataError(
         f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
   except RecursionError:
     raise DataError(f"{path}: {what} JSON nested too deeply to read") from None
   except ValueError as e:  # e.g. an integer past Python's digit limit
+    if isinstance(e, DataError):  # a key given twice
+      raise
     raise DataError(f"{path}: {what} JSON unreadable: {e}") from None
+  if _deeper_than(data, MAX_JSON_DEPTH):  # no reader needs more; copies would recurse
+    raise DataError(f"{path}: {what} JSON nested deeper than {MAX_JSON_DEPTH} levels")
+  if _SURROGATE_ESCAPE.search(text):  # a pair is one character; a lone half is no text
+    try:
+      json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as e:
+      raise DataError(f"{path}: {what} JSON holds a string that is not valid Unicode (a "
+                      f"lone surrogate escape {e.object[e.start:e.end]!r})") from None
+  return data
+
+
+# The deepest JSON any reader takes is a few levels (ActivityNet: database,
+# video, annotations, annotation, segment); anything deeper is refused.
+MAX_JSON_DEPTH = 64
+
+
+def _deeper_than(data: Any, limit: int) -> bool:
+  """Whether lists and objects nest deeper than ``limit`` (iteratively: no recursion)."""
+  stack = [(data, 1)]
+  while stack:
+    node, depth = stack.pop()
+    if isinstance(node, (dict, list)):
+      if depth > limit:
+        return True
+      children = node.values() if isinstance(node, dict) else node
+      stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+  return False
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def _unique_keys(path: str, pairs: list) -> dict:
@@ -120,11 +153,20 @@ def plain_name(name: str, *, what: str = "video id") -> str:
     DataError: naming ``what`` and the name.
   """
   bad = (not isinstance(name, str) or name in ("", ".", "..") or "/" in name
-         or "\\" in name or "\x00" in name or os.path.isabs(name))
+         or "\\" in name or "\x00" in name or os.path.isabs(name) or not _encodable(name))
   if bad:
     raise DataError(f"{what} {name!r}: not usable as a file name (an id must be one "
                     "plain name: no '/', '\\\\', '..' or absolute path)")
   return name
+
+
+def _encodable(name: str) -> bool:
+  """A file name must be valid Unicode (a lone surrogate is not)."""
+  try:
+    name.encode("utf-8")
+  except UnicodeEncodeError:
+    return False
+  return True
 
 
 def child_path(folder: str, name: str, suffix: str = "", *, what: str = "video id") -> str:
