@@ -31,6 +31,9 @@ def checkpoint_managers(workdir: str, config, *, read_only: bool = False):
   ``latest`` keeps the last ``train.keep_checkpoints`` steps; ``best`` keeps
   the step with the highest validation ``selection`` score. ``read_only``
   managers create nothing (for reading a run back).
+
+  Raises:
+    ConfigError: a checkpoint whose metadata Orbax cannot read, naming the folder.
   """
   root = os.path.abspath(os.path.join(workdir, "checkpoints"))
 
@@ -38,16 +41,25 @@ def checkpoint_managers(workdir: str, config, *, read_only: bool = False):
     return ocp.CheckpointManagerOptions(create=not read_only, read_only=read_only,
                                         **kwargs)
 
-  latest = ocp.CheckpointManager(
-      os.path.join(root, "latest"),
-      options=options(
+  def manager(name, opts):
+    try:
+      return ocp.CheckpointManager(os.path.join(root, name), options=opts)
+    except Exception as e:  # pylint: disable=broad-except  # Orbax reading a damaged step
+      reason = " ".join(str(e).split())[:200] or type(e).__name__
+      raise ConfigError(f"{os.path.join(root, name)}: a checkpoint there is unreadable "
+                        f"({type(e).__name__}: {reason}); move it away, or train again "
+                        "with --overwrite") from None
+
+  latest = manager(
+      "latest",
+      options(
           max_to_keep=config.train.keep_checkpoints,
           # Distinct barrier names: both managers save the last step.
           multiprocessing_options=ocp.options.MultiprocessingOptions(
               barrier_sync_key_prefix="latest")))
-  best = ocp.CheckpointManager(
-      os.path.join(root, "best"),
-      options=options(
+  best = manager(
+      "best",
+      options(
           max_to_keep=1, best_fn=lambda m: m["selection"], best_mode="max",
           keep_checkpoints_without_metrics=False,
           multiprocessing_options=ocp.options.MultiprocessingOptions(
@@ -150,7 +162,7 @@ def load_checkpoint(config, workdir: str, feature_dim: int, num_classes: int, *,
   the newest intact one. Creates and modifies no file.
 
   Raises:
-    ConfigError: no such checkpoint.
+    ConfigError: no such checkpoint, or the selected one is unreadable.
   """
   if which not in ("final", "selected"):
     raise ValueError(f"load_checkpoint: which must be 'final' or 'selected', got {which!r}")
@@ -169,4 +181,10 @@ def load_checkpoint(config, workdir: str, feature_dim: int, num_classes: int, *,
     if step is None:
       raise ConfigError(f"{workdir}/checkpoints/latest: no readable checkpoint")
     return model, state, int(step)
-  return model, restore(mngr, int(step), state), int(step)
+  try:
+    return model, restore(mngr, int(step), state), int(step)
+  except Exception as e:  # pylint: disable=broad-except  # any way Orbax fails to read it
+    reason = " ".join(str(e).split())[:200] or type(e).__name__
+    raise ConfigError(f"{workdir}/checkpoints/best/{int(step)}: selected checkpoint "
+                      f"unreadable ({reason}); use the final one (--predict_checkpoint "
+                      "final) or train again with --overwrite") from None

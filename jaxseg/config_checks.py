@@ -57,6 +57,22 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1) -> None:
   _check_inference(c)
   _check_eval(c)
   _check_ablation(c)
+  _check_distributed(c)
+
+
+def _check_distributed(c: ml_collections.ConfigDict) -> None:
+  """``distributed``: ``coordinator_address`` empty or ``host:port``; the process
+  count and id in range."""
+  d = c.distributed
+  address = d.coordinator_address
+  if address:
+    host, sep, port = address.rpartition(":")
+    _check(bool(sep and host) and port.isdigit() and 0 < int(port) < 65536,
+           "distributed.coordinator_address",
+           f"expected host:port (the port 1-65535), got {address!r}")
+  _check(d.num_processes >= 1, "distributed.num_processes", "must be >= 1")
+  _check(0 <= d.process_id < d.num_processes, "distributed.process_id",
+         f"must be in [0, distributed.num_processes = {d.num_processes}), got {d.process_id}")
 
 
 def _check_data(c: ml_collections.ConfigDict) -> None:
@@ -303,6 +319,8 @@ def _check_value(value, ref, field: str) -> None:
   names = {"int": "an integer", "float": "a number", "bool": "True or False",
            "str": "a string", "list": "a list"}
   _check(ok, field, f"expected {names.get(want, want)}, got {value!r}")
+  _check(not isinstance(value, str) or "\x00" not in value, field,
+         "holds a NUL byte (no path or name can)")
   _check_finite(value, field)
   if want == "list" and ref:
     if len({kind(r) if kind(r) != "int" else "float" for r in ref}) == 1:

@@ -35,6 +35,7 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
+import ml_collections
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -106,6 +107,9 @@ def main(argv):
   logging.get_absl_handler().addFilter(_OrbaxWarningsOnly())
   config = _CONFIG.value
   workdir = _WORKDIR.value
+  if flags.FLAGS["config"].present and not isinstance(config, ml_collections.ConfigDict):
+    _flag_error(f"--config: the config file's get_config() returned "
+                f"{type(config).__name__}, not an ml_collections.ConfigDict")
   if config is None and _MODE.value != "predict":
     _flag_error(f"--config is required with --mode {_MODE.value} (see --help)")
   if _SEEDS.value is not None and _MODE.value not in ("train", "ablate"):
@@ -203,16 +207,29 @@ def _parse_flags(argv: list[str]) -> list[str]:
     if len(lines) > 1 and "config file" in lines[0]:  # the reason is the last line
       _flag_error(f"--config: cannot load the config file: {lines[-1]}")
     _flag_error(lines[0] if lines else "bad flag")
-  except (AttributeError, KeyError) as e:  # an override of a field the config lacks
+  except (AttributeError, KeyError) as e:  # an unknown override, or a broken config file
     names = [a.split("=", 1)[0].lstrip("-") for a in argv[1:] if a.startswith("--config.")]
-    leaf = str(e).strip("'\"")
-    named = [n for n in names if n.split(".")[-1] == leaf] or names
-    _flag_error(f"{named[0] if named else 'config'}: unknown field (every field is "
-                "listed in jaxseg/config.py base_config)")
+    unknown = [n for n in names if not _is_field(n[len("config."):])]
+    if unknown:
+      _flag_error(f"{unknown[0]}: unknown field (every field is listed in "
+                  "jaxseg/config.py base_config)")
+    _flag_error(f"--config: cannot load the config file: {type(e).__name__}: "
+                f"{str(e).strip()}")
   except Exception as e:  # pylint: disable=broad-except  # loading the --config file
     lines = [l.strip() for l in str(e).splitlines() if l.strip()]
     _flag_error(f"--config: cannot load the config file: {lines[-1] if lines else type(e).__name__}")
   return []  # not reached
+
+
+def _is_field(path: str) -> bool:
+  """Whether ``train.learning_rate`` (say) is a field of the config."""
+  from jaxseg import config as config_lib  # pylint: disable=g-import-not-at-top
+  node = config_lib.base_config()
+  for name in path.split("."):
+    if not hasattr(node, "keys") or name not in node:
+      return False
+    node = node[name]
+  return True
 
 
 def _flag_error(message: str) -> None:

@@ -98,12 +98,18 @@ EXTRACT_STREAMS = ("rgb", "flow")
 
 def _streams(config, features_dir: str) -> tuple[str, ...]:
   """The run's stream sub-folders; for a run on joined features, the
-  ``jaxseg.extract`` folders ``features_dir`` has (both, joined in that order,
-  or one: a run on RGB-only features)."""
+  ``jaxseg.extract`` folders ``features_dir`` (or its subset folders) has
+  (both, joined in that order, or one: a run on RGB-only features)."""
   if config.data.format == "activitynet" and config.data.feature_streams:
     return tuple(config.data.feature_streams)
-  found = tuple(s for s in EXTRACT_STREAMS if os.path.isdir(os.path.join(features_dir, s)))
-  return found  # rgb and flow joined, or one of them alone (jaxseg.extract --streams)
+  def has(stream):  # DIR/<stream>/ or DIR/<subset>/<stream>/
+    if os.path.isdir(os.path.join(features_dir, stream)):
+      return True
+    subs = os.listdir(features_dir) if os.path.isdir(features_dir) else []
+    return any(os.path.isdir(os.path.join(features_dir, d, stream)) for d in subs
+               if not d.startswith("."))
+  # rgb and flow joined, or one of them alone (jaxseg.extract --streams)
+  return tuple(s for s in EXTRACT_STREAMS if has(s))
 
 
 def read_folder(features_dir: str, class_names, feature_dim: int, *, feature_rate: float,

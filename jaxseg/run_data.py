@@ -85,7 +85,7 @@ def _run_data(config, workdir: str, *, write: bool) -> RunData:
   labels_path = os.path.join(workdir, "segment_labels.npz")
   new_splits = None
   if os.path.exists(splits_path):
-    ids = io.load_json(splits_path, "splits")["validation"]
+    ids = _read_splits(splits_path, train)
   elif write:
     fraction, seed = config.train.validation_fraction, config.seed
     ids = _validation_ids(train, fraction, seed)
@@ -183,6 +183,27 @@ def data_record(config, dataset: Dataset) -> dict:
   return record
 
 
+def _read_splits(path: str, train: Dataset) -> list[str]:
+  """The validation ids of a run's ``splits.json``, each a training video.
+
+  Raises:
+    DataError: naming the file: not ``{"validation": [id, ...]}``, or an id
+      that is no training video (the data changed, or the file was edited).
+  """
+  data = io.load_json(path, "splits")
+  ids = data.get("validation") if isinstance(data, dict) else None
+  if not isinstance(ids, list) or not all(isinstance(v, str) for v in ids):
+    raise DataError(f'{path}: expected {{"validation": [video id, ...], ...}}, got '
+                    f"{data!r:.80}; delete it with the run (--overwrite) to split again")
+  known = {v.video_id for v in train.videos}
+  unknown = [v for v in ids if v not in known]
+  if unknown:
+    raise DataError(f"{path}: validation video(s) {unknown[:3]} are not training videos; "
+                    "the data changed since this run started: pass --overwrite to start "
+                    "over, or use another --workdir")
+  return ids
+
+
 def check_data_record(workdir: str, record: dict) -> None:
   """Refuses data that differs from what the run in ``workdir`` was made with.
 
@@ -196,6 +217,9 @@ def check_data_record(workdir: str, record: dict) -> None:
   if not os.path.exists(path):
     return
   old = io.load_json(path, "data record")
+  if not isinstance(old, dict):
+    raise DataError(f"{path}: expected a JSON object (the run's data record), got "
+                    f"{type(old).__name__}; pass --overwrite to start over")
   changed = []
   for key, new in record.items():
     if key not in old or old[key] == new:

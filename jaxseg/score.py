@@ -18,6 +18,7 @@ protocol as columns) atomically. A missing or malformed file prints one line
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Sequence
 
@@ -41,6 +42,14 @@ def _load_json(path: str, what: str):
     return io.load_json(path, what)
   except DataError as e:
     raise _Error(str(e)) from None
+
+
+def _check_output(output: str, inputs: dict) -> None:
+  """``--output`` is never an input (nor a link to one): the CSV would replace it."""
+  out = os.path.realpath(output)
+  for flag, path in inputs.items():
+    if path and os.path.realpath(path) == out:
+      raise _Error(f"--output {output}: is the {flag} file; choose another path")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,6 +89,10 @@ def run(args: argparse.Namespace) -> int:
                   else metrics.parse_tiou(args.tiou))
   except ValueError as e:
     raise _Error(f"--tiou: {e}") from None
+  if args.output:
+    _check_output(args.output, {"--ground-truth": args.ground_truth,
+                                "--predictions": args.predictions,
+                                "--ambiguous": args.ambiguous})
   gt = _load_json(args.ground_truth, "ground-truth")
   pred = _load_json(args.predictions, "predictions")
   amb = None

@@ -201,6 +201,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   mesh = parallel.make_mesh(config.parallel.num_devices)
   config_checks.validate(config, num_devices=mesh.devices.size)
   metric_writers.check_backends(config.train.log_to)
+  workdir_lib.check_inputs_outside(config, workdir)
   if not overwrite and os.path.isdir(workdir):  # refused before even the lock file
     workdir_lib.check_same_config(config, workdir)
   workdir_lib.make_workdir(workdir)

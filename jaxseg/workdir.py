@@ -111,6 +111,31 @@ def _refuse_other_config(workdir: str, diff: list[str]) -> None:
       f"{', ...' if len(diff) > 5 else ''}); use another --workdir or pass --overwrite")
 
 
+# The config fields that name input files or folders.
+INPUT_FIELDS = ("data.annotation_path", "data.features_dir", "data.train_split_file",
+                "data.test_split_file", "data.wtalc_dir", "data.ambiguous_path",
+                "labels.points_csv", "labels.fps_json")
+
+
+def check_inputs_outside(config, workdir: str) -> None:
+  """No input lies in ``workdir``: a run writes there (``classes.json``,
+  ``splits.json``, ...) and ``--overwrite`` removes what it wrote.
+
+  Raises:
+    ConfigError: naming the field, its path and the workdir.
+  """
+  root = os.path.realpath(workdir)
+  for field in INPUT_FIELDS:
+    section, name = field.split(".")
+    path = config[section][name]
+    if not path:
+      continue
+    real = os.path.realpath(path)
+    if real == root or real.startswith(root + os.sep):
+      raise ConfigError(f"config.{field}: {path} lies in --workdir {workdir}, where a run "
+                        "writes its files; keep the inputs outside the run's folder")
+
+
 def claim_workdir(config, workdir: str, *, overwrite: bool = False) -> None:
   """Writes ``workdir/config.json``, refusing a workdir made by another config.
 
@@ -123,6 +148,7 @@ def claim_workdir(config, workdir: str, *, overwrite: bool = False) -> None:
       ``overwrite`` is False; the message lists the differing fields. Also
       if ``workdir`` is a file or under one.
   """
+  check_inputs_outside(config, workdir)
   make_workdir(workdir)
   diff = config_diff(config, workdir)
   if diff and not overwrite:
@@ -282,6 +308,7 @@ class MetricsLog:
 def describe_data(config, workdir: str) -> str:
   """``--mode data``: the summary of the data the config names (prepared in ``workdir``)."""
   config_checks.validate(config)
+  check_inputs_outside(config, workdir)
   check_same_config(config, workdir)  # a run's data under another config: refused
   make_workdir(workdir)
   with locked(workdir):

@@ -456,6 +456,50 @@ def test_score_refuses_duplicate_keys_in_predictions(tmp_path, capsys):
   assert "duplicate key 'a'" in capsys.readouterr().err
 
 
+def test_hostile_wtalc_shapes_are_named_errors(tmp_path):
+  """A segments entry that is a number, and a subset.npy of shape (3, 0)."""
+  for sub in ("a", "b"):
+    (tmp_path / sub).mkdir()
+  d = _wtalc(tmp_path / "a", segments=_obj([[[1.0, 2.5], [4.0, 6.0]], 3.0, []]))
+  with pytest.raises(DataError, match=r"segments\.npy: video 'video_test_2': expected a "
+                     r"list of \[start, end\], got 3\.0"):
+    wtalc.read_wtalc(d, "F.npy")
+  d = _wtalc(tmp_path / "b", subset=np.zeros((3, 0), "S4"))
+  with pytest.raises(DataError, match=r"subset\.npy: holds 0 names but videoname\.npy "
+                     r"holds 3"):
+    wtalc.read_wtalc(d, "F.npy")
+
+
+def test_a_damaged_run_file_is_a_named_error(trained, tmp_path):
+  """A garbled segment_labels.npz, a splits.json or data.json of the wrong shape:
+  --mode eval names the file; nothing is written."""
+  for name, content, message in (
+      ("segment_labels.npz", b"PK\x03\x04garbled", "cannot read segment labels"),
+      ("splits.json", b"null", 'expected {"validation"'),
+      ("splits.json", b'{"validation": ["no_such_video"]}', "are not training videos"),
+      ("data.json", b"[]", "expected a JSON object")):
+    run = _copy(trained, tmp_path, name=f"run_{name}_{len(content)}")
+    (run / name).write_bytes(content)
+    with pytest.raises(DataError) as e:
+      evaluate.evaluate_workdir(trained["config"], str(run))
+    assert str(e.value).startswith(str(run / name)) and message in str(e.value)
+
+
+def test_a_workdir_holding_an_input_is_refused(tmp_path):
+  """--workdir = the annotation file's folder: the run would replace a
+  classes.json (or any file it writes) there, and --overwrite remove it."""
+  ann, fdir = _anet(tmp_path, _db())
+  config = _anet_config(ann, fdir)
+  before = sorted(os.listdir(tmp_path))
+  for workdir in (tmp_path, tmp_path / "features"):
+    with pytest.raises(config_lib.ConfigError, match=r"config.data.(annotation_path|"
+                       rf"features_dir): .* lies in --workdir {workdir}"):
+      workdir_lib.describe_data(config, str(workdir))
+    with pytest.raises(config_lib.ConfigError, match="lies in --workdir"):
+      train.train_and_evaluate(config, str(workdir))
+  assert sorted(os.listdir(tmp_path)) == before
+
+
 # ------------------------------------ 7. values that used to fail after training
 
 
@@ -474,6 +518,10 @@ def test_score_refuses_duplicate_keys_in_predictions(tmp_path, capsys):
     ({"eval.tiou_thresholds": ("0.5",)}, "eval.tiou_thresholds"),
     ({"eval.averages": (("avg", 0.1, float("nan")),)}, "eval.averages"),
     ({"data.train_subset": "test"}, "data.train_subset"),
+    ({"data.ambiguous_path": "\x00"}, "data.ambiguous_path"),
+    ({"distributed.coordinator_address": "abc"}, "distributed.coordinator_address"),
+    ({"distributed.coordinator_address": "host:99999"}, "distributed.coordinator_address"),
+    ({"distributed.num_processes": 2, "distributed.process_id": 2}, "distributed.process_id"),
 ])
 def test_values_that_failed_after_training_are_refused_up_front(overrides, field):
   with pytest.raises(config_lib.ConfigError, match=f"^config.{field}: "):
@@ -510,6 +558,12 @@ def test_an_unknown_field_in_a_config_file_is_refused():
     (["--config=configs/test.py", "--config.train.grad_clip_norm=nan"],
      "config.train.grad_clip_norm: must be finite"),
     (["--mode=eval"], "--config is required with --mode eval"),
+    (["--config=configs/test.py", "--config.train.num_steps=3", "--config.train.foo=1"],
+     "config.train.foo: unknown field"),
+    (["--config=tests/fixtures/config_without_get_config.py", "--config.train.num_steps=3"],
+     "--config: cannot load the config file: AttributeError"),
+    (["--config=tests/fixtures/config_returning_a_dict.py"],
+     "--config: the config file's get_config() returned dict"),
     (["--config=configs/test.py", "stray"], "unexpected arguments ['stray']")])
 @pytest.mark.slow
 def test_cli_flag_errors_are_one_line_and_exit_2(tmp_path, args, message):

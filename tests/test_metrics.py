@@ -705,6 +705,19 @@ def test_cli_bad_arguments(files, tmp_path, capsys):
   assert "no video in subset 'x'" in capsys.readouterr().err
 
 
+def test_cli_output_never_replaces_an_input(files, tmp_path, capsys):
+  _, _, gt_path, pred_path = files
+  os.symlink(gt_path, tmp_path / "link.csv")
+  before = {p: open(p, "rb").read() for p in (gt_path, pred_path)}
+  for out, flag in ((gt_path, "--ground-truth"), (pred_path, "--predictions"),
+                    (str(tmp_path / "link.csv"), "--ground-truth")):
+    assert cli.main(["--ground-truth", gt_path, "--predictions", pred_path,
+                     "--output", out]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: --output {out}: is the {flag} file; choose another path\n"
+  assert {p: open(p, "rb").read() for p in before} == before
+
+
 def test_cli_module_entry_point(files):
   _, _, gt_path, pred_path = files
   env = dict(os.environ, PYTHONPATH=REPO)

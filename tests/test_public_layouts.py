@@ -278,6 +278,17 @@ def test_predict_with_a_joined_features_run_reads_extract_folders(wtalc, tmp_pat
   assert "layout 'stream'" in a["layout"] and "layout 'flat'" in b["layout"]
   load = lambda d: json.load(open(tmp_path / d / "detections.json"))["results"]
   assert load("a") == load("b") and len(load("a")) == 4
+  # The same streams one level down (DIR/<subset>/{rgb,flow}/), and joined files
+  # beside empty stream folders: the same detections.
+  tree = tmp_path / "tree"
+  shutil.copytree(split, tree / "test")
+  c = predict.predict_folder(wtalc["work"], str(tree), str(tmp_path / "c"))
+  assert "layout 'subset/stream'" in c["layout"]
+  for s in ("rgb", "flow"):
+    (joined / s).mkdir()
+  d = predict.predict_folder(wtalc["work"], str(joined), str(tmp_path / "d"))
+  assert "layout 'flat'" in d["layout"]
+  assert load("c") == load("d") == load("a")
 
 
 def test_wtalc_full_101_class_bundle_reads(tmp_path):
@@ -369,6 +380,7 @@ def test_missing_features_list_the_paths_tried(tmp_path):
   with pytest.raises(DataError) as e:
     layouts.detect_layout(str(tmp_path), [("a", "train"), ("b", "test")], ("rgb", "flow"))
   msg = str(e.value)
+  assert "\n" not in msg  # one error line
   assert "feature file missing for annotated video 'b'" in msg
   for p in ("test/rgb/b.npy", "rgb/b.npy", "b.npy", "test/b.npy"):
     assert str(tmp_path / p) in msg

@@ -440,3 +440,11 @@ def test_features_beyond_float32_are_not_called_nan(tmp_path):
   msg = str(e.value)
   assert "beyond float32's range" in msg and "segment 3, dim 2" in msg
   assert "NaN" not in msg
+  arr[3, 2] = -3e7  # finite in float32, but no extractor's: a byte-order or dtype mistake
+  np.save(os.path.join(fdir, "vB.npy"), arr.astype(np.float32))
+  with pytest.raises(DataError, match=r"vB.npy: video 'vB': features: 1 value\(s\) with "
+                     r"\|x\| > 1e\+06, first at segment 3, dim 2: -3e\+07"):
+    readers.read_activitynet(ann, fdir)
+  np.save(os.path.join(fdir, "vB.npy"), np.full((10, 4), 3.7, np.float32).byteswap())
+  with pytest.raises(DataError, match="check the file's byte order and dtype"):
+    readers.read_activitynet(ann, fdir)  # 3.7 with its bytes swapped reads as -4.3e8

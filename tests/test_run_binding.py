@@ -200,6 +200,19 @@ def test_dangling_checkpoints_are_named_not_called_unfinished(trained, tmp_path)
   assert not os.path.exists(tmp_path / "p")
 
 
+def test_predict_names_an_unreadable_selected_checkpoint(trained, tmp_path):
+  run = _copy(trained, tmp_path)
+  best = run / "checkpoints" / "best"
+  step = max(int(d) for d in os.listdir(best) if d.isdigit())
+  for root, _, files in os.walk(best / str(step)):
+    for f in files:
+      open(os.path.join(root, f), "wb").close()  # every file of it emptied
+  with pytest.raises(config_lib.ConfigError) as e:
+    predict.predict_folder(str(run), str(trained["features"]), str(tmp_path / "p"))
+  assert str(e.value).startswith(f"{run}/checkpoints/best: a checkpoint there is unreadable")
+  assert not (tmp_path / "p").exists()
+
+
 # ------------------------------------------------------------------ sweeps
 
 

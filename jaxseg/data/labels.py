@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import zipfile
 import zlib
 from typing import Mapping, Sequence
 
@@ -238,8 +239,9 @@ def load_segment_labels(path: str) -> SegmentLabels:
       data = {k: z[k] for k in z.files}
   except FileNotFoundError:
     raise DataError(f"{path}: segment-label file not found") from None
-  except (OSError, ValueError, EOFError) as e:
-    raise DataError(f"{path}: cannot read segment labels: {e}") from None
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    raise DataError(f"{path}: cannot read segment labels ({type(e).__name__}: {e}); "
+                    "delete the file to sample labels again") from None
   need = ("video_ids", "lengths", "labels", "num_classes", "num_clipped",
           "num_dropped", "mode", "seed", "version")
   missing = [k for k in need if k not in data]

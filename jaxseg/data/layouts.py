@@ -139,28 +139,28 @@ def detect_layout(root: str, videos: Sequence[tuple[str, str]],
   best = max(range(len(lays)), key=lambda i: (counts[i], -i))
   if counts[best] == 0:
     vid, sub = videos[0]
-    tried = "\n  ".join(tried_paths(root, streams, vid, sub))
+    tried = ", ".join(tried_paths(root, streams, vid, sub))
     raise DataError(f"{root}: no feature file found for any annotated video; for video "
-                    f"{vid!r} (subset {sub!r}) these paths were tried:\n  {tried}")
+                    f"{vid!r} (subset {sub!r}) these paths were tried: {tried}")
   layout = lays[best]
   for k, (vid, sub) in enumerate(videos):
     if fits[best][k]:
       continue
     other = [lays[i] for i in range(len(lays)) if fits[i][k]]
-    tried = "\n  ".join(tried_paths(root, streams, vid, sub))
+    tried = ", ".join(tried_paths(root, streams, vid, sub))
     if other:
       raise DataError(
           f"{root}: mixed feature layouts: {counts[best]} video(s) are in layout "
           f"{layout.pattern()} but video {vid!r} (subset {sub!r}) is in "
           f"{other[0].pattern()}; put every video in one layout. Paths tried for "
-          f"{vid!r}:\n  {tried}")
+          f"{vid!r}: {tried}")
     if not allow_missing:
       for p in layout.paths(vid, sub):
         explain_unreadable(p, vid)
       raise DataError(
           f"{layout.paths(vid, sub)[0]}: feature file missing for annotated video "
           f"{vid!r} (subset {sub!r}; the folder's layout is {layout.pattern()}). "
-          f"Paths tried:\n  {tried}")
+          f"Paths tried: {tried}")
   return layout
 
 
@@ -243,10 +243,12 @@ def scan_folder(root: str, streams: Sequence[str]) -> tuple[Layout, list[tuple[s
   found: dict[str, list[tuple[str, str]]] = {}
   subdirs = _subdirs(root)
   if streams and any(s in subdirs for s in streams):
-    _check_stream_folders(root, streams)
-    found["stream"] = [(v, "") for v in _stream_stems(root, streams)]
+    vids = [(v, "") for v in _stream_stems(root, streams)]
+    if vids:  # empty stream folders (beside DIR/<vid>.npy files) hold no layout
+      _check_stream_folders(root, streams)
+      found["stream"] = vids
   elif streams:
-    subs = [d for d in subdirs if any(os.path.isdir(os.path.join(root, d, s)) for s in streams)]
+    subs = [d for d in subdirs if _stream_stems(os.path.join(root, d), streams)]
     for d in subs:
       _check_stream_folders(os.path.join(root, d), streams)
     vids = [(v, d) for d in subs for v in _stream_stems(os.path.join(root, d), streams)]

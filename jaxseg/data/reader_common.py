@@ -80,13 +80,20 @@ def class_index(class_names: Sequence[str]) -> dict[str, int]:
 # ---------------------------------------------------------------- features
 
 
+# No feature extractor in use comes near this (I3D's features are tens at most);
+# a larger value is a byte-order or dtype mistake, and would overflow the
+# model's float32 sums into inf scores.
+MAX_FEATURE_MAGNITUDE = 1e6
+
+
 def check_features(features: Any, *, path: str, video_id: str,
                    feature_dim: int | None) -> np.ndarray:
   """Validates one video's features; returns them as ``(T, D) float32``.
 
   Raises:
-    DataError: not a numeric array, not 2-D, empty, non-finite, or ``D`` not
-      ``feature_dim``; the message names ``path`` and ``video_id``.
+    DataError: not a numeric array, not 2-D, empty, non-finite, a value past
+      float32 or ``MAX_FEATURE_MAGNITUDE``, or ``D`` not ``feature_dim``; the
+      message names ``path`` and ``video_id``.
   """
   where = f"{path}: video {video_id!r}: features"
   if not isinstance(features, np.ndarray):
@@ -117,6 +124,13 @@ def check_features(features: Any, *, path: str, video_id: str,
         f"{where}: {int(overflow.sum())} value(s) beyond float32's range "
         f"(|x| > {float(np.finfo(np.float32).max):.3g}), first at segment {bad[0]}, "
         f"dim {bad[1]}: {features[tuple(bad)]!r}")
+  huge = np.abs(out) > MAX_FEATURE_MAGNITUDE
+  if huge.any():
+    bad = np.argwhere(huge)[0]
+    raise DataError(
+        f"{where}: {int(huge.sum())} value(s) with |x| > {MAX_FEATURE_MAGNITUDE:g}, first "
+        f"at segment {bad[0]}, dim {bad[1]}: {float(out[tuple(bad)]):.3g} (features are "
+        "orders of magnitude smaller; check the file's byte order and dtype)")
   return out
 
 

@@ -118,6 +118,9 @@ def read_wtalc(directory: str, features_file: str, *,
   index = class_index(class_names)
   extra = _wtalc_labels_all(directory, names, index, class_names)
   subsets = _bundle_texts(arrays["subset"], os.path.join(directory, "subset.npy"), "subset")
+  if len(subsets) != len(names):
+    raise DataError(f"{os.path.join(directory, 'subset.npy')}: holds {len(subsets)} names "
+                    f"but videoname.npy holds {len(names)}")
   for vid, subset in zip(names, subsets):
     check_id(subset, where=f"{os.path.join(directory, 'subset.npy')}: video {vid!r}",
              what="subset")
@@ -189,7 +192,11 @@ def _instances(directory: str, vid: str, segs: Any, labs: Any, index: Mapping[st
   """One video's instances from its ``segments.npy`` and ``labels.npy`` entries."""
   seg_path = os.path.join(directory, "segments.npy")
   lab_path = os.path.join(directory, "labels.npy")
-  segs = [] if segs is None else list(segs)
+  try:
+    segs = [] if segs is None else list(segs)
+  except TypeError:
+    raise DataError(f"{seg_path}: video {vid!r}: expected a list of [start, end], got "
+                    f"{segs!r:.60}") from None
   labs = [] if labs is None else list(np.ravel(np.asarray(labs, dtype=object)))
   if len(segs) != len(labs):
     raise DataError(f"{seg_path}: video {vid!r}: {len(segs)} segments but "
