@@ -181,10 +181,20 @@ def load_checkpoint(config, workdir: str, feature_dim: int, num_classes: int, *,
     if step is None:
       raise ConfigError(f"{workdir}/checkpoints/latest: no readable checkpoint")
     return model, state, int(step)
+  return model, restore_selected(mngr, int(step), state, workdir=workdir), int(step)
+
+
+def restore_selected(manager, step: int, like: Any, *, workdir: str) -> Any:
+  """The selected (``best``) checkpoint of ``step``, restored into the tree of ``like``.
+
+  Raises:
+    ConfigError: it cannot be restored (a file of it truncated or missing),
+      naming it; the final checkpoint is still there to use.
+  """
   try:
-    return model, restore(mngr, int(step), state), int(step)
+    return restore(manager, step, like)
   except Exception as e:  # pylint: disable=broad-except  # any way Orbax fails to read it
     reason = " ".join(str(e).split())[:200] or type(e).__name__
-    raise ConfigError(f"{workdir}/checkpoints/best/{int(step)}: selected checkpoint "
-                      f"unreadable ({reason}); use the final one (--predict_checkpoint "
-                      "final) or train again with --overwrite") from None
+    raise ConfigError(f"{workdir}/checkpoints/best/{step}: selected checkpoint unreadable "
+                      f"({reason}); move it away (the final checkpoint remains) or "
+                      "train again with --overwrite") from None

@@ -298,6 +298,20 @@ def _check_node(node, base, prefix: str) -> None:
       _check_value(value, ref, field)
 
 
+def _leaves(value):
+  """``value`` itself, or the items of a (nested) list or tuple."""
+  if isinstance(value, (list, tuple)):
+    for v in value:
+      yield from _leaves(v)
+  else:
+    yield value
+
+
+# Every integer field (sizes, counts, steps, seeds) fits in int32; a larger one
+# reaches JAX or numpy as an overflow, not a named error.
+MAX_INT_FIELD = 2 ** 31
+
+
 def _check_value(value, ref, field: str) -> None:
   """``value`` has the type of the default ``ref``, and every float in it is finite."""
   def kind(v):
@@ -321,6 +335,11 @@ def _check_value(value, ref, field: str) -> None:
   _check(ok, field, f"expected {names.get(want, want)}, got {value!r}")
   _check(not isinstance(value, str) or "\x00" not in value, field,
          "holds a NUL byte (no path or name can)")
+  big = [v for v in _leaves(value)
+         if isinstance(v, int) and not isinstance(v, bool) and abs(v) >= MAX_INT_FIELD]
+  _check(not big, field,
+         f"{big[0] if big else ''} is out of range (|x| < 2**31: every size, count and "
+         "step fits)")
   _check_finite(value, field)
   if want == "list" and ref:
     if len({kind(r) if kind(r) != "int" else "float" for r in ref}) == 1:

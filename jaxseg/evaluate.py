@@ -151,7 +151,8 @@ def evaluate_and_report(config, workdir: str, model, data: run_data.RunData, sta
   checkpoints = {"final": (int(state.step), state.params)}
   best_step = best_mngr.best_step()
   if best_step is not None and int(best_step) != int(state.step):
-    best_state = checkpoints_lib.restore(best_mngr, int(best_step), state)
+    best_state = checkpoints_lib.restore_selected(best_mngr, int(best_step), state,
+                                                  workdir=workdir)
     checkpoints["selected"] = (int(best_step), best_state.params)
   chosen, choices = {}, {}
   for which, (step, params) in checkpoints.items():

@@ -100,7 +100,7 @@ def run_table(runs: Sequence[str], checkpoint: str = "final") -> pd.DataFrame:
     choice = res.get("rules", {})
     if isinstance(choice, dict) and isinstance(choice.get(checkpoint), dict):
       row["rules"] = str(choice[checkpoint].get("chosen"))  # the inference rules used
-    row["commit"] = str(res["provenance"].get("git_commit") or "(unknown)")
+    row["commit"] = str(res.get("provenance", {}).get("git_commit") or "(unknown)")
     rows.append(row)
     cfg = config_lib.flatten(res.get("provenance", {}).get("config", {}))
     configs.append({k: v for k, v in cfg.items() if k not in _LOCATION_FIELDS})

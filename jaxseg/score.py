@@ -18,6 +18,7 @@ protocol as columns) atomically. A missing or malformed file prints one line
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from typing import Sequence
@@ -89,6 +90,9 @@ def run(args: argparse.Namespace) -> int:
                   else metrics.parse_tiou(args.tiou))
   except ValueError as e:
     raise _Error(f"--tiou: {e}") from None
+  if not (math.isfinite(args.feature_rate) and args.feature_rate > 0):
+    raise _Error(f"--feature-rate: segments per second must be a number > 0, got "
+                 f"{args.feature_rate}")
   if args.output:
     _check_output(args.output, {"--ground-truth": args.ground_truth,
                                 "--predictions": args.predictions,

@@ -291,6 +291,8 @@ class MetricsLog:
             rec = json.loads(line)
           except json.JSONDecodeError:
             continue  # a line cut by a crash
+          if not isinstance(rec, dict) or not isinstance(rec.get("step", 0), (int, float)):
+            continue  # not a record of this log (the file was edited)
           if rec.get("step", 0) <= resume_step:
             kept.append(json.dumps(rec))
     if parallel.is_main_process():

@@ -522,6 +522,8 @@ def test_a_workdir_holding_an_input_is_refused(tmp_path):
     ({"distributed.coordinator_address": "abc"}, "distributed.coordinator_address"),
     ({"distributed.coordinator_address": "host:99999"}, "distributed.coordinator_address"),
     ({"distributed.num_processes": 2, "distributed.process_id": 2}, "distributed.process_id"),
+    ({"model.embed_dim": 10 ** 23}, "model.embed_dim"),
+    ({"train.length_buckets": (64, 2 ** 40)}, "train.length_buckets"),
 ])
 def test_values_that_failed_after_training_are_refused_up_front(overrides, field):
   with pytest.raises(config_lib.ConfigError, match=f"^config.{field}: "):

@@ -703,6 +703,10 @@ def test_cli_bad_arguments(files, tmp_path, capsys):
   assert "missing_dir" in capsys.readouterr().err
   assert cli.main(["--ground-truth", gt_path, "--predictions", pred_path, "--subset", "x"]) == 2
   assert "no video in subset 'x'" in capsys.readouterr().err
+  for rate in ("0", "-1", "nan"):
+    assert cli.main(["--ground-truth", gt_path, "--predictions", pred_path, "--protocol",
+                     "wtalc", "--feature-rate", rate]) == 2
+    assert capsys.readouterr().err.startswith("error: --feature-rate: ")
 
 
 def test_cli_output_never_replaces_an_input(files, tmp_path, capsys):

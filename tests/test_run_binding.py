@@ -210,6 +210,17 @@ def test_predict_names_an_unreadable_selected_checkpoint(trained, tmp_path):
   with pytest.raises(config_lib.ConfigError) as e:
     predict.predict_folder(str(run), str(trained["features"]), str(tmp_path / "p"))
   assert str(e.value).startswith(f"{run}/checkpoints/best: a checkpoint there is unreadable")
+  with pytest.raises(config_lib.ConfigError, match=f"{run}/checkpoints/best: "):
+    evaluate.evaluate_workdir(trained["config"], str(run))
+
+
+def test_a_metrics_log_with_foreign_lines_resumes(tmp_path):
+  """metrics.jsonl is jaxseg's own log: on resume, lines that are no record of
+  it (a cut line, a number, a list) are dropped, the records up to the step kept."""
+  path = tmp_path / "metrics.jsonl"
+  path.write_text('{"step": 2, "loss": 1.0}\nNaN\n[1, 2]\n{"step": "x"}\n{"step": 6}\n{"ste')
+  workdir_lib.MetricsLog(str(path), resume_step=4)
+  assert path.read_text() == '{"step": 2, "loss": 1.0}\n'
   assert not (tmp_path / "p").exists()
 
 

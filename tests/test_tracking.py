@@ -184,6 +184,15 @@ def test_report_on_malformed_results_is_one_error_naming_file_and_field(
   assert not out.exists()
 
 
+def test_report_reads_results_without_provenance(tmp_path, capsys):
+  run = tmp_path / "runs" / "a"
+  run.mkdir(parents=True)
+  (run / "results.json").write_text(json.dumps({"final": {"mAP@0.5": 12.5}}))
+  assert report.main([str(run), "--out", str(tmp_path / "rep")]) == 0
+  table = pd.read_csv(tmp_path / "rep" / "report.csv", index_col="run")
+  assert list(table["mAP@0.5"]) == [12.5] and list(table["commit"]) == ["(unknown)"]
+
+
 def test_report_marks_runs_from_uncommitted_code(tmp_path, capsys):
   for name, commit in (("a", "0123abc"), ("b", "0123abc-dirty")):
     _fake_run(tmp_path / "runs" / name, {"seed": 0}, {"step": 1, "mAP@0.5": 1.0})
