@@ -197,6 +197,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
     print(__doc__.rstrip() + "\n\nflags:\n")
     print(flags.FLAGS.module_help(sys.modules[__name__]))
     sys.exit(0)
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(logging.ERROR)  # config_flags' warnings: the error line says it
   try:
     rest = flags.FLAGS(argv)
     if _CONFIG.value is not None:  # --mode predict may go without one
@@ -218,6 +220,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
   except Exception as e:  # pylint: disable=broad-except  # loading the --config file
     lines = [l.strip() for l in str(e).splitlines() if l.strip()]
     _flag_error(f"--config: cannot load the config file: {lines[-1] if lines else type(e).__name__}")
+  finally:
+    logging.set_verbosity(verbosity)
   return []  # not reached
 
 

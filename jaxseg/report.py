@@ -15,6 +15,7 @@ from; runs made from uncommitted code (a ``-dirty`` commit) mark the report
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from typing import Sequence
@@ -72,6 +73,15 @@ def load_results(run: str, checkpoint: str) -> dict:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
       raise DataError(f"{path}: field {checkpoint}.{key}: expected a number, got "
                       f"{value!r:.60}")
+    try:
+      number = float(value)  # NaN: a metric with no class to average (kept)
+      threshold = float(key.split("@", 1)[1]) if key.startswith("mAP@") else 0.5
+    except (OverflowError, ValueError):
+      number = threshold = math.nan
+    if not 0 < threshold <= 1 or math.isinf(number) or (math.isnan(number)
+                                                         and isinstance(value, int)):
+      raise DataError(f"{path}: field {checkpoint}.{key}: not a metric jaxseg writes "
+                      f"(mAP@<tIoU in (0, 1]> of a finite number), got {value!r:.60}")
   provenance = res.get("provenance", {})
   if not isinstance(provenance, dict) or not isinstance(provenance.get("config", {}), dict):
     raise DataError(f"{path}: field 'provenance': expected an object with a 'config' "

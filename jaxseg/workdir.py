@@ -118,8 +118,9 @@ INPUT_FIELDS = ("data.annotation_path", "data.features_dir", "data.train_split_f
 
 
 def check_inputs_outside(config, workdir: str) -> None:
-  """No input lies in ``workdir``: a run writes there (``classes.json``,
-  ``splits.json``, ...) and ``--overwrite`` removes what it wrote.
+  """No input lies in ``workdir``, nor ``workdir`` in an input folder: a run
+  writes there (``classes.json``, ``splits.json``, ...) and ``--overwrite``
+  removes what it wrote.
 
   Raises:
     ConfigError: naming the field, its path and the workdir.
@@ -134,6 +135,9 @@ def check_inputs_outside(config, workdir: str) -> None:
     if real == root or real.startswith(root + os.sep):
       raise ConfigError(f"config.{field}: {path} lies in --workdir {workdir}, where a run "
                         "writes its files; keep the inputs outside the run's folder")
+    if root.startswith(real + os.sep):
+      raise ConfigError(f"--workdir {workdir} lies in config.{field} ({path}); keep the "
+                        "run's folder outside its inputs")
 
 
 def claim_workdir(config, workdir: str, *, overwrite: bool = False) -> None:

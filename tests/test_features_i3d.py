@@ -232,8 +232,9 @@ def test_convert_command(ref, tmp_path, monkeypatch, capsys):
   # A bad width or an output under a file: one line, nothing written.
   (tmp_path / "a_file").write_text("x")
   for args, start in (
-      (["--width-multiplier", "nan"], "error: --width-multiplier must be a number > 0"),
-      (["--width-multiplier", "0"], "error: --width-multiplier must be a number > 0"),
+      (["--width-multiplier", "nan"], "error: --width-multiplier must be a number in (0, 4]"),
+      (["--width-multiplier", "0"], "error: --width-multiplier must be a number in (0, 4]"),
+      (["--width-multiplier", "1e300"], "error: --width-multiplier must be a number in"),
       (["--out", str(tmp_path / "a_file" / "w.npz")], f"error: --out {tmp_path}/a_file/w.npz:")):
     argv = ["--torch", "flow.pt", "--stream", "flow", "--out", str(tmp_path / "y.npz"),
             "--width-multiplier", "0.125"]
@@ -255,8 +256,9 @@ def test_convert_without_torch_says_what_to_install(monkeypatch, tmp_path, capsy
 
 @pytest.mark.parametrize("meta, message", [
     ({"meta/stream": None}, "meta/stream missing"),
-    ({"meta/width_multiplier": np.array(np.nan)}, "meta/width_multiplier must be a finite"),
-    ({"meta/width_multiplier": np.array(-1.0)}, "meta/width_multiplier must be a finite"),
+    ({"meta/width_multiplier": np.array(np.nan)}, "meta/width_multiplier must be a number in"),
+    ({"meta/width_multiplier": np.array(-1.0)}, "meta/width_multiplier must be a number in"),
+    ({"meta/width_multiplier": np.array(1e300)}, "meta/width_multiplier must be a number in"),
     ({"meta/in_channels": np.array("three")}, "meta/in_channels must be a single number"),
     ({"meta/stream": np.array([b"rgb"])}, "meta/stream must be a single name"),
 ])

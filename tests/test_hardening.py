@@ -497,7 +497,11 @@ def test_a_workdir_holding_an_input_is_refused(tmp_path):
       workdir_lib.describe_data(config, str(workdir))
     with pytest.raises(config_lib.ConfigError, match="lies in --workdir"):
       train.train_and_evaluate(config, str(workdir))
-  assert sorted(os.listdir(tmp_path)) == before
+  inside = tmp_path / "features" / "run"
+  with pytest.raises(config_lib.ConfigError, match=rf"--workdir {inside} lies in "
+                     r"config.data.features_dir"):
+    train.train_and_evaluate(config, str(inside))
+  assert sorted(os.listdir(tmp_path)) == before and not inside.exists()
 
 
 # ------------------------------------ 7. values that used to fail after training
@@ -566,6 +570,8 @@ def test_an_unknown_field_in_a_config_file_is_refused():
      "--config: cannot load the config file: AttributeError"),
     (["--config=tests/fixtures/config_returning_a_dict.py"],
      "--config: the config file's get_config() returned dict"),
+    (["--config=tests/fixtures/config_returning_none.py"],
+     "--config: the config file's get_config() returned NoneType"),
     (["--config=configs/test.py", "stray"], "unexpected arguments ['stray']")])
 @pytest.mark.slow
 def test_cli_flag_errors_are_one_line_and_exit_2(tmp_path, args, message):

@@ -452,3 +452,12 @@ def test_an_empty_folder_error_names_each_path_once(tmp_path):
     looked = str(e.value).split("looked for ", 1)[1].rstrip(")")
     paths = looked.replace(" and ", ", ").split(", ")
     assert len(paths) == len(set(paths)) == (4 if streams else 2)
+
+
+def test_a_video_missing_from_one_stream_names_that_streams_file(tmp_path):
+  _touch(str(tmp_path / "rgb" / "a.npy"))
+  _touch(str(tmp_path / "flow" / "a.npy"))
+  _touch(str(tmp_path / "rgb" / "b.npy"))
+  with pytest.raises(DataError) as e:
+    layouts.detect_layout(str(tmp_path), [("a", "train"), ("b", "train")], ("rgb", "flow"))
+  assert str(e.value).startswith(f"{tmp_path / 'flow' / 'b.npy'}: feature file missing")

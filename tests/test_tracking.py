@@ -166,6 +166,8 @@ def test_report_table_shows_metrics_and_only_differing_config(tmp_path, capsys):
 @pytest.mark.parametrize("results, field", [
     ({"final": 5}, "field 'final': expected an object of metrics"),
     ({"final": {"mAP@0.5": "high"}}, "field final.mAP@0.5: expected a number"),
+    ({"final": {"mAP@abc": 1.0}}, "field final.mAP@abc: not a metric jaxseg writes"),
+    ({"final": {"mAP@0.5": 10 ** 400}}, "field final.mAP@0.5: not a metric jaxseg writes"),
     ({"final": {"mAP@0.5": 1.0}, "provenance": "x"}, "field 'provenance'"),
     ({"final": {"mAP@0.5": 1.0}, "provenance": {"config": []}}, "field 'provenance'"),
     ([], "expected an object"),

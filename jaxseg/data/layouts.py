@@ -157,8 +157,9 @@ def detect_layout(root: str, videos: Sequence[tuple[str, str]],
     if not allow_missing:
       for p in layout.paths(vid, sub):
         explain_unreadable(p, vid)
+      missing = [p for p in layout.paths(vid, sub) if not os.path.isfile(p)]
       raise DataError(
-          f"{layout.paths(vid, sub)[0]}: feature file missing for annotated video "
+          f"{missing[0]}: feature file missing for annotated video "
           f"{vid!r} (subset {sub!r}; the folder's layout is {layout.pattern()}). "
           f"Paths tried: {tried}")
   return layout

