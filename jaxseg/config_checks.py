@@ -335,8 +335,10 @@ def _check_value(value, ref, field: str) -> None:
   _check(ok, field, f"expected {names.get(want, want)}, got {value!r}")
   _check(not isinstance(value, str) or "\x00" not in value, field,
          "holds a NUL byte (no path or name can)")
+  integral = [r for r in _leaves(ref) if isinstance(r, int) and not isinstance(r, bool)]
   big = [v for v in _leaves(value)
-         if isinstance(v, int) and not isinstance(v, bool) and abs(v) >= MAX_INT_FIELD]
+         if isinstance(v, (int, float)) and not isinstance(v, bool)
+         and (isinstance(v, int) or integral) and abs(v) >= MAX_INT_FIELD]
   _check(not big, field,
          f"{big[0] if big else ''} is out of range (|x| < 2**31: every size, count and "
          "step fits)")

@@ -166,7 +166,7 @@ def _encodable(name: str) -> bool:
     name.encode("utf-8")
   except UnicodeEncodeError:
     return False
-  return True
+  return all(ord(c) <= 0x10FFFF for c in name)  # numpy's '<U' can hold any 32-bit value
 
 
 def child_path(folder: str, name: str, suffix: str = "", *, what: str = "video id") -> str:

@@ -50,9 +50,15 @@ def _bundle_texts(arr: np.ndarray, path: str, what: str) -> list[str]:
     if not isinstance(v, (str, bytes, np.str_, np.bytes_)):
       raise DataError(f"{path}: {what}[{i}]: expected a string, got {v!r}")
     try:
-      out.append(_text(v).strip())
+      text = _text(v).strip()
+      if any(ord(c) > 0x10FFFF for c in text):  # numpy's '<U' holds any 32-bit value
+        raise ValueError("a code point past U+10FFFF")
+      text.encode("utf-8")
     except UnicodeDecodeError as e:
       raise DataError(f"{path}: {what}[{i}]: {bytes(v)!r} is not UTF-8 ({e.reason})") from None
+    except (UnicodeEncodeError, ValueError, SystemError) as e:  # past U+10FFFF; surrogates
+      raise DataError(f"{path}: {what}[{i}]: not valid Unicode text ({e})") from None
+    out.append(text)
   return out
 
 
