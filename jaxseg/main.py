@@ -134,17 +134,26 @@ def main(argv):
     elif _MODE.value == "data":
       print(workdir_lib.describe_data(config, workdir))
   except (DataError, ConfigError, train.NonFiniteError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    _exit_error(str(e))
   except OSError as e:  # disk full, read-only file system, permissions: one line
-    print(f"error: {os_error_line(e)}", file=sys.stderr)
-    sys.exit(2)
+    _exit_error(os_error_line(e))
   except MemoryError:  # a huge feature file padded into a batch, ...: one line
-    print(f"error: out of memory in --mode {_MODE.value} (host memory): a video or a "
-          "batch larger than this machine holds; lower train.batch_size or "
-          "inference.batch_size, lower train.max_length, or drop the longest videos",
-          file=sys.stderr)
-    sys.exit(2)
+    _exit_error(f"out of memory in --mode {_MODE.value} (host memory): a video or a "
+                "batch larger than this machine holds; lower train.batch_size or "
+                "inference.batch_size, lower train.max_length, or drop the longest videos")
+
+
+def _exit_error(message: str) -> None:
+  """Prints ``error: message`` and exits with status 2.
+
+  The error line is the last thing on stderr: when Orbax failed to read a
+  damaged checkpoint, its TensorStore readers print tracebacks of their own
+  ("Event loop is closed") while Python shuts down; they go to the null device.
+  """
+  print(f"error: {message}", file=sys.stderr)
+  sys.stderr.flush()
+  sys.stderr = open(os.devnull, "w")  # pylint: disable=consider-using-with
+  sys.exit(2)
 
 
 def os_error_line(e: OSError) -> str:
