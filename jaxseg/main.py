@@ -146,12 +146,16 @@ def main(argv):
 def _exit_error(message: str) -> None:
   """Prints ``error: message`` and exits with status 2.
 
-  The error line is the last thing on stderr: when Orbax failed to read a
+  Nothing follows the error line on stderr: when Orbax failed to read a
   damaged checkpoint, its TensorStore readers print tracebacks of their own
-  ("Event loop is closed") while Python shuts down; they go to the null device.
+  ("Event loop is closed") from their threads, also while Python shuts down;
+  from here on stderr (the descriptor) is the null device.
   """
   print(f"error: {message}", file=sys.stderr)
   sys.stderr.flush()
+  null = os.open(os.devnull, os.O_WRONLY)
+  os.dup2(null, 2)
+  os.close(null)
   sys.stderr = open(os.devnull, "w")  # pylint: disable=consider-using-with
   sys.exit(2)
 

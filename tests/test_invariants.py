@@ -113,11 +113,10 @@ KNOWN_BUGS: dict[str, str] = {
         "a damaged file of the only checkpoint (checkpoints/latest/4/default/manifest.ocdbt "
         "or a file of default/d/ emptied, deleted or made a folder; array_metadatas/process_0 "
         "made a folder): --mode eval is refused as it should be ('error: .../checkpoints/"
-        "latest: no readable checkpoint', exit 2). Orbax's TensorStore readers then print "
-        "1-16 tracebacks ('RuntimeError: Event loop is closed') at interpreter shutdown: "
-        "the command sends them to the null device after its error line (main._exit_error; "
-        "checked in fresh processes, 5 of 5 clean), but in process they may land, timing "
-        "dependent, in a later example's stderr, so the class stays excluded here."),
+        "latest: no readable checkpoint', exit 2), but Orbax's TensorStore readers print "
+        "1-16 tracebacks ('RuntimeError: Event loop is closed') from their threads, timing "
+        "dependent: those after the error line go to the null device (main._exit_error), "
+        "those printed while another damaged checkpoint is tried come before it."),
 }
 
 
