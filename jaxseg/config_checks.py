@@ -355,8 +355,6 @@ def _check_value(value, ref, field: str) -> None:
 
 
 def _check_finite(value, field: str) -> None:
-  if isinstance(value, float):
-    _check(math.isfinite(value), field, f"must be finite, got {value}")
-  elif isinstance(value, (tuple, list)):
-    for v in value:
-      _check_finite(v, field)
+  for v in _leaves(value):
+    if isinstance(v, float):
+      _check(math.isfinite(v), field, f"must be finite, got {v}")

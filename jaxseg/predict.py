@@ -153,12 +153,6 @@ def _is_run(path: str) -> bool:
           and os.path.isdir(os.path.join(path, "checkpoints")))
 
 
-def _overlaps(a: str, b: str) -> bool:
-  """Whether real paths ``a`` and ``b`` are the same or one lies inside the other."""
-  return a == b or a.startswith(b.rstrip(os.sep) + os.sep) or b.startswith(
-      a.rstrip(os.sep) + os.sep)
-
-
 def _check_out(out_dir: str, overwrite: bool, *, inputs: dict[str, str]) -> None:
   """The output rule of ``--predict_out``.
 
@@ -172,7 +166,8 @@ def _check_out(out_dir: str, overwrite: bool, *, inputs: dict[str, str]) -> None
     raise bad(f"{out_dir}: --predict_out is a symlink; give the folder itself")
   real = os.path.realpath(out_dir)
   for what, path in inputs.items():
-    if _overlaps(real, os.path.realpath(path)):
+    other = os.path.realpath(path)
+    if io.within(real, other) or io.within(other, real):
       raise bad(f"{out_dir}: --predict_out may not be, contain or lie inside {what} "
                 f"({path}); give a folder of its own")
   parent = real

@@ -132,10 +132,10 @@ def check_inputs_outside(config, workdir: str) -> None:
     if not path:
       continue
     real = os.path.realpath(path)
-    if real == root or real.startswith(root + os.sep):
+    if io.within(real, root):
       raise ConfigError(f"config.{field}: {path} lies in --workdir {workdir}, where a run "
                         "writes its files; keep the inputs outside the run's folder")
-    if root.startswith(real + os.sep):
+    if io.within(root, real):
       raise ConfigError(f"--workdir {workdir} lies in config.{field} ({path}); keep the "
                         "run's folder outside its inputs")
 

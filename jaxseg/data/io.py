@@ -169,6 +169,12 @@ def _encodable(name: str) -> bool:
   return all(ord(c) <= 0x10FFFF for c in name)  # numpy's '<U' can hold any 32-bit value
 
 
+def within(inner: str, outer: str) -> bool:
+  """Whether real path ``inner`` is ``outer`` or lies inside it (both from
+  ``os.path.realpath``)."""
+  return inner == outer or inner.startswith(outer.rstrip(os.sep) + os.sep)
+
+
 def child_path(folder: str, name: str, suffix: str = "", *, what: str = "video id") -> str:
   """``folder/<name><suffix>`` for a name read from an input file (an id, a label):
   :func:`plain_name`, so nothing read or written through this stays outside
